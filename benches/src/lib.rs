@@ -1,0 +1,1 @@
+//! Benchmarks: cold start and decrypt throughput.

@@ -1,0 +1,1 @@
+//! veil runtime configuration: schema, defaults, loading and validation.

@@ -1,0 +1,1 @@
+//! Builds the guest kernel and a reproducible initramfs with veil-agent as init.

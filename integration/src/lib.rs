@@ -1,0 +1,1 @@
+//! End-to-end test harness: private containerd, images, VMs and guest helpers.

@@ -1,0 +1,1 @@
+//! Guest side of the key broker protocol: evidence, attestation and secret retrieval.

@@ -1,0 +1,1 @@
+//! The attestation-gated key broker (Trustee KBS protocol) and its policy engine.

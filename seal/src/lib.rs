@@ -1,0 +1,1 @@
+//! Sealed models: Tink-compatible streaming AEAD, keysets and a parallel decrypting pipeline.
