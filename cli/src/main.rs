@@ -1,5 +1,39 @@
 //! The `veil` command line for node operators and model owners.
+//!
+//! Each subcommand lives in its own module; this file only parses and dispatches.
 
-fn main() {
-    println!("veil {}", env!("CARGO_PKG_VERSION"));
+use clap::{Parser, Subcommand};
+
+/// veil: confidential model serving in lightweight VMs.
+#[derive(Debug, Parser)]
+#[command(name = "veil", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Print the version.
+    Version,
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("VEIL_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn main() -> anyhow::Result<()> {
+    init_logging();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Version => {
+            println!("veil {}", env!("CARGO_PKG_VERSION"));
+            Ok(())
+        }
+    }
 }
