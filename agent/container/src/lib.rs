@@ -1,0 +1,1 @@
+//! Creates and runs OCI containers inside the veil guest.
