@@ -1,1 +1,65 @@
-//! The shim-agent API: protobuf definitions compiled for ttrpc, shared by the shim and the agent.
+//! The shim-agent API: protobuf messages and the ttrpc `AgentService`, shared by
+//! `containerd-shim-veil-v2` (client) and `veil-agent` (server).
+//!
+//! The definitions live in `proto/agent.proto`; `build.rs` compiles them with
+//! `ttrpc-codegen` (pure Rust, no protoc needed).
+
+#![allow(missing_docs)]
+
+mod generated {
+    #![allow(clippy::all, clippy::pedantic, unsafe_code, unused_qualifications)]
+    include!(concat!(env!("OUT_DIR"), "/mod.rs"));
+    pub mod agent_ttrpc {
+        include!(concat!(env!("OUT_DIR"), "/agent_ttrpc.rs"));
+    }
+}
+
+pub use generated::agent::*;
+pub use generated::agent_ttrpc::{create_agent_service, AgentService, AgentServiceClient};
+pub use protobuf;
+pub use ttrpc;
+
+/// Name of the virtio-serial port that carries the agent channel.
+pub const SERIAL_PORT_NAME: &str = "veil.agent";
+/// vsock port the agent listens on where the host has vhost-vsock.
+pub const VSOCK_PORT: u32 = 1024;
+/// 9p mount tag of the per-sandbox directory the shim shares with the guest.
+pub const SHARED_FS_TAG: &str = "veilshare";
+/// Where the agent mounts the shared directory inside the guest.
+pub const GUEST_SHARED_DIR: &str = "/run/veil/shared";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use protobuf::Message;
+
+    #[test]
+    fn create_request_round_trips_through_the_wire_format() {
+        let request = CreateContainerRequest {
+            container_id: "c1".into(),
+            oci_spec_json: br#"{"ociVersion":"1.0.2"}"#.to_vec(),
+            rootfs: "/run/veil/shared/c1/rootfs".into(),
+            stdio: protobuf::MessageField::some(Stdio {
+                stdin: true,
+                stdout: true,
+                terminal: true,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let bytes = request.write_to_bytes().expect("encode");
+        let decoded = CreateContainerRequest::parse_from_bytes(&bytes).expect("decode");
+        assert_eq!(decoded, request);
+    }
+
+    #[test]
+    fn wait_response_keeps_large_timestamps() {
+        let response = WaitProcessResponse {
+            exit_status: 137,
+            exited_at_unix_us: u64::MAX - 1,
+            ..Default::default()
+        };
+        let bytes = response.write_to_bytes().expect("encode");
+        assert_eq!(WaitProcessResponse::parse_from_bytes(&bytes).expect("decode"), response);
+    }
+}
