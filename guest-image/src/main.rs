@@ -1,0 +1,106 @@
+//! `veil-guest-image`: builds the guest kernel and initramfs (see the library docs).
+
+use clap::{Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use veil_guest_image::{build, default_cache_dir, BuildOptions, KernelChoice};
+
+/// Builds veil's guest kernel and reproducible initramfs from Debian packages.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Build vmlinuz, initramfs.img and manifest.json into --out; prints their sha256.
+    Build {
+        /// The static veil-agent binary to install as /init.
+        #[arg(long)]
+        agent: PathBuf,
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
+        /// Cache directory for downloaded packages [default: $XDG_CACHE_HOME/veil/guest-image].
+        #[arg(long)]
+        cache: Option<PathBuf>,
+        /// Which guest kernel.
+        #[arg(long, value_enum, default_value_t = KernelArg::Debian)]
+        kernel: KernelArg,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum KernelArg {
+    /// Debian's linux-image-amd64 with its modules.
+    Debian,
+}
+
+impl From<KernelArg> for KernelChoice {
+    fn from(value: KernelArg) -> Self {
+        match value {
+            KernelArg::Debian => KernelChoice::Debian,
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    init_tracing();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Build {
+            agent,
+            out,
+            cache,
+            kernel,
+        } => {
+            let options = BuildOptions {
+                agent,
+                out_dir: out,
+                cache_dir: cache.unwrap_or_else(default_cache_dir),
+                kernel: kernel.into(),
+            };
+            match build(&options) {
+                Ok(output) => {
+                    // sha256sum's format, so `sha256sum -c` can check the outputs.
+                    println!(
+                        "{}  {}",
+                        output.manifest.outputs.vmlinuz.sha256,
+                        output.vmlinuz.display()
+                    );
+                    println!(
+                        "{}  {}",
+                        output.manifest.outputs.initramfs.sha256,
+                        output.initramfs.display()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(error) => {
+                    report(&error);
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn report(error: &dyn std::error::Error) {
+    let mut text = format!("veil-guest-image: {error}");
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(&format!("\n  caused by: {cause}"));
+        source = cause.source();
+    }
+    eprintln!("{text}");
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
