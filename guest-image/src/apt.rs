@@ -154,17 +154,15 @@ pub fn fetch(package: &PinnedPackage, cache_dir: &Path) -> Result<PathBuf, Fetch
         }
         tracing::warn!(path = %cached.display(), "cached package does not match its pin; downloading again");
     }
-    let staging = debs.join(format!(".download-{}", std::process::id()));
-    // A staging dir left by a killed build is garbage; start clean.
-    let _ = std::fs::remove_dir_all(&staging);
-    std::fs::create_dir_all(&staging).map_err(cache_err(&staging))?;
-    let result = download_into(package, &staging).and_then(|downloaded| {
-        verify(&downloaded, &package.deb_sha256)?;
-        std::fs::rename(&downloaded, &cached).map_err(cache_err(&cached))?;
-        Ok(cached)
-    });
-    let _ = std::fs::remove_dir_all(&staging);
-    result
+    // A private staging dir, so concurrent builds never see each other's partial downloads.
+    let staging = tempfile::Builder::new()
+        .prefix(".download-")
+        .tempdir_in(&debs)
+        .map_err(cache_err(&debs))?;
+    let downloaded = download_into(package, staging.path())?;
+    verify(&downloaded, &package.deb_sha256)?;
+    std::fs::rename(&downloaded, &cached).map_err(cache_err(&cached))?;
+    Ok(cached)
 }
 
 fn download_into(package: &PinnedPackage, dir: &Path) -> Result<PathBuf, FetchPackageError> {

@@ -1,0 +1,134 @@
+//! Boots the built image under QEMU (q35, TCG) with a test /init that loads the modules from
+//! /etc/veil/modules.load, finds the virtio-serial port, mounts a 9p share, writes a marker
+//! there and powers off. Prints how long QEMU took to reach /init and to exit (not asserted).
+
+mod common;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BOOT_LIMIT: Duration = Duration::from_secs(120);
+const POLL: Duration = Duration::from_millis(20);
+/// Kernel command line used by the smoke test; `quiet` keeps the UART out of the boot path.
+const KERNEL_CMDLINE: &str = "console=ttyS0 panic=-1 quiet";
+
+fn qemu_args(dir: &Path, vmlinuz: &Path, initramfs: &Path) -> Vec<String> {
+    let path = |name: &str| dir.join(name).display().to_string();
+    [
+        "-M",
+        "q35",
+        "-accel",
+        "tcg",
+        "-nographic",
+        "-no-reboot",
+        "-m",
+        "512",
+        "-monitor",
+        "none",
+        "-serial",
+        &format!("file:{}", path("console.log")),
+        "-kernel",
+        &vmlinuz.display().to_string(),
+        "-initrd",
+        &initramfs.display().to_string(),
+        "-append",
+        KERNEL_CMDLINE,
+        "-fsdev",
+        &format!("local,id=share,path={},security_model=none", path("share")),
+        "-device",
+        "virtio-9p-pci,fsdev=share,mount_tag=veilshare",
+        "-chardev",
+        &format!(
+            "socket,id=agent,path={},server=on,wait=off",
+            path("agent.sock")
+        ),
+        "-device",
+        "virtio-serial-pci",
+        "-device",
+        "virtserialport,chardev=agent,name=veil.agent",
+        "-device",
+        "virtio-rng-pci",
+    ]
+    .iter()
+    .map(|arg| (*arg).to_owned())
+    .collect()
+}
+
+struct Timings {
+    to_init: Option<Duration>,
+    to_exit: Duration,
+}
+
+/// Waits for QEMU to exit, noting when the console first shows /init's line.
+fn wait_for_qemu(child: &mut Child, console: &Path) -> Result<Timings, String> {
+    let start = Instant::now();
+    let mut to_init = None;
+    while start.elapsed() < BOOT_LIMIT {
+        if to_init.is_none()
+            && std::fs::read_to_string(console)
+                .is_ok_and(|text| text.contains("veil-smoke: [?] init started"))
+        {
+            to_init = Some(start.elapsed());
+        }
+        match child.try_wait() {
+            Ok(Some(status)) if status.success() => {
+                return Ok(Timings {
+                    to_init,
+                    to_exit: start.elapsed(),
+                })
+            }
+            Ok(Some(status)) => return Err(format!("qemu exited with {status}")),
+            Ok(None) => std::thread::sleep(POLL),
+            Err(error) => return Err(format!("cannot wait for qemu: {error}")),
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    Err(format!("the guest did not power off within {BOOT_LIMIT:?}"))
+}
+
+#[test]
+fn debian_kernel_boots_loads_modules_and_uses_9p_and_virtio_serial() {
+    common::require_program("qemu-system-x86_64", "qemu-system-x86");
+    let dir = tempfile::tempdir().unwrap();
+    let agent = common::build_smoke_init(dir.path());
+    let image = common::build_image(&agent, &dir.path().join("image"));
+    std::fs::create_dir(dir.path().join("share")).unwrap();
+
+    let args = qemu_args(dir.path(), &image.vmlinuz, &image.initramfs);
+    let mut child = Command::new("qemu-system-x86_64")
+        .args(&args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("cannot start qemu-system-x86_64 (apt-get install -y qemu-system-x86)");
+    let console = dir.path().join("console.log");
+    let outcome = wait_for_qemu(&mut child, &console);
+    let log = std::fs::read_to_string(&console).unwrap_or_default();
+    let timings = outcome.unwrap_or_else(|error| panic!("{error}\nconsole:\n{log}"));
+
+    assert!(
+        log.contains("veil-smoke: ") && log.contains("] PASS "),
+        "guest did not pass; console:\n{log}"
+    );
+    let marker = std::fs::read_to_string(dir.path().join("share/marker"))
+        .unwrap_or_else(|error| panic!("no marker in the 9p share ({error}); console:\n{log}"));
+    let release = &image.manifest.image.kernel.release;
+    assert!(
+        marker.starts_with(&format!("veil-smoke-ok release={release} ")),
+        "{marker}"
+    );
+    let modules = image.manifest.image.modules.load_order.len();
+    assert!(marker.contains(&format!("modules={modules} ")), "{marker}");
+
+    eprintln!("qemu-system-x86_64 {}", args.join(" "));
+    eprintln!(
+        "boot timings: qemu start -> /init {:?}, -> poweroff {:?}",
+        timings.to_init, timings.to_exit
+    );
+    for line in log.lines().filter(|line| line.starts_with("veil-smoke:")) {
+        eprintln!("{line}");
+    }
+}
