@@ -1,0 +1,46 @@
+//! What the caller sends to the init helper (JSON over a pipe).
+
+use std::path::PathBuf;
+
+use oci_spec::runtime::{Process, Spec};
+use serde::{Deserialize, Serialize};
+
+use crate::namespaces::NamespacePlan;
+
+/// The helper's job.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "mode", rename_all = "snake_case")]
+pub(crate) enum InitRequest {
+    /// Create a container whose init waits for start.
+    Create(Box<CreateRequest>),
+    /// Run a process in a running container.
+    Exec(Box<ExecRequest>),
+}
+
+/// A validated container creation.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct CreateRequest {
+    /// The container id (for messages).
+    pub id: String,
+    /// The rootfs directory in the agent's mount namespace.
+    pub rootfs: PathBuf,
+    /// The OCI spec; `process` is present (validated).
+    pub spec: Spec,
+    /// Namespaces to join and create.
+    pub namespaces: NamespacePlan,
+    /// stdin is a pty slave.
+    pub terminal: bool,
+    /// Allow MS_MOVE + chroot when pivot_root is refused.
+    pub allow_chroot_fallback: bool,
+}
+
+/// A process to run in an existing container.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct ExecRequest {
+    /// The container's init pid in the caller's pid namespace.
+    pub container_pid: i32,
+    /// The process to run.
+    pub process: Process,
+    /// stdin is a pty slave.
+    pub terminal: bool,
+}

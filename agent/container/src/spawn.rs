@@ -1,0 +1,192 @@
+//! The caller's side of process creation: re-executes the init binary (normally
+//! `/proc/self/exe`) in init mode with the request on a pipe, then reads what the helper
+//! and the new process report on the sync pipe.
+//!
+//! std's `Command` is used because it spawns safely from a multi-threaded process; all
+//! namespace work happens in the fresh, single-threaded helper.
+
+use std::io::Write;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
+
+use crate::failure::InitFailure;
+use crate::request::InitRequest;
+use crate::stdio::ChildStdio;
+use crate::sync::{SyncError, SyncMessage, SyncReader};
+
+/// argv[1] that puts the binary into init mode (see [`crate::maybe_run_init`]).
+pub(crate) const INIT_ARG: &str = "__veil_container_init";
+
+/// Launching a container process failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    /// pipe2(2) failed.
+    #[error("create the init helper's pipes: {0}")]
+    Pipe(Errno),
+    /// The init binary could not be started.
+    #[error("start the init helper {binary}: {source}; it must be the agent binary that calls veil_container::maybe_run_init() first in main")]
+    Launch {
+        /// The binary that was executed.
+        binary: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The request could not be serialized (a bug).
+    #[error("encode the init request: {0}")]
+    Encode(serde_json::Error),
+    /// Writing the request failed: the helper died first (see the agent log).
+    #[error("send the init request: {0}; did the binary call maybe_run_init() first in main?")]
+    SendRequest(std::io::Error),
+    /// The sync pipe failed or timed out.
+    #[error(transparent)]
+    Sync(#[from] SyncError),
+    /// A step in the helper or the new process failed.
+    #[error("{0}")]
+    Init(InitFailure),
+    /// The helper exited without reporting (it crashed or the binary ignores init mode).
+    #[error("the init helper exited without reporting; the binary must call veil_container::maybe_run_init() first in main")]
+    Silent,
+}
+
+/// The result of a successful launch.
+pub(crate) struct Launched {
+    /// The new process's pid in the caller's pid namespace.
+    pub pid: i32,
+    /// The sync pipe, still open for create (start errors arrive on it).
+    pub sync: SyncReader,
+    /// The start gate's write end (create only).
+    pub start: Option<OwnedFd>,
+}
+
+/// Launch options shared by create and exec.
+#[derive(Debug, Clone)]
+pub(crate) struct LaunchOptions {
+    /// The binary run in init mode.
+    pub init_binary: PathBuf,
+    /// How long to wait for each report.
+    pub timeout: Duration,
+}
+
+fn pipe() -> Result<(OwnedFd, OwnedFd), SpawnError> {
+    nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(SpawnError::Pipe)
+}
+
+fn stdio_of(fd: Option<OwnedFd>) -> Stdio {
+    fd.map_or_else(Stdio::null, Stdio::from)
+}
+
+/// Starts the helper for `request`. With `start_gate`, returns once the new process is
+/// ready and waits for start; without, once it exec'd (the sync pipe closed).
+pub(crate) fn launch(
+    request: &InitRequest,
+    stdio: ChildStdio,
+    start_gate: bool,
+    options: &LaunchOptions,
+) -> Result<Launched, SpawnError> {
+    let (request_read, request_write) = pipe()?;
+    let (sync_read, sync_write) = pipe()?;
+    let (start_read, start_write) = if start_gate {
+        let (r, w) = pipe()?;
+        (Some(r), Some(w))
+    } else {
+        (None, None)
+    };
+    let inherited: Vec<RawFd> = [Some(&request_read), Some(&sync_write), start_read.as_ref()]
+        .into_iter()
+        .flatten()
+        .map(AsRawFd::as_raw_fd)
+        .collect();
+    let mut command = Command::new(&options.init_binary);
+    command
+        .arg(INIT_ARG)
+        .arg(request_read.as_raw_fd().to_string())
+        .arg(sync_write.as_raw_fd().to_string())
+        .arg(
+            start_read
+                .as_ref()
+                .map_or(-1, AsRawFd::as_raw_fd)
+                .to_string(),
+        )
+        .env_clear()
+        .stdin(stdio_of(stdio.stdin))
+        .stdout(stdio_of(stdio.stdout))
+        .stderr(stdio_of(stdio.stderr));
+    // SAFETY: the closure runs between fork and exec and only calls fcntl(2), which is
+    // async-signal-safe; it clears close-on-exec on this child's copies of our pipe ends,
+    // leaving the caller's descriptors (and other threads' spawns) untouched.
+    unsafe {
+        command.pre_exec(move || {
+            for fd in &inherited {
+                if libc::fcntl(*fd, libc::F_SETFD, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    let child = command.spawn().map_err(|source| SpawnError::Launch {
+        binary: options.init_binary.clone(),
+        source,
+    })?;
+    // The caller's reaper collects the helper; waiting here would race it.
+    drop(child);
+    drop(command);
+    drop((request_read, sync_write, start_read));
+    send_request(request_write, request)?;
+    let mut sync = SyncReader::new(sync_read, options.timeout);
+    let pid = if start_gate {
+        wait_ready(&mut sync)?
+    } else {
+        wait_exec(&mut sync)?
+    };
+    Ok(Launched {
+        pid,
+        sync,
+        start: start_write,
+    })
+}
+
+fn send_request(fd: OwnedFd, request: &InitRequest) -> Result<(), SpawnError> {
+    let bytes = serde_json::to_vec(request).map_err(SpawnError::Encode)?;
+    let mut file = std::fs::File::from(fd);
+    file.write_all(&bytes).map_err(SpawnError::SendRequest)
+}
+
+/// Create: wait for the pid and for Ready.
+fn wait_ready(sync: &mut SyncReader) -> Result<i32, SpawnError> {
+    let mut pid = None;
+    let mut ready = false;
+    while pid.is_none() || !ready {
+        match sync.next()? {
+            Some(SyncMessage::ChildPid { pid: p }) => pid = Some(p),
+            Some(SyncMessage::Ready) => ready = true,
+            Some(SyncMessage::Failed(failure)) => return Err(SpawnError::Init(failure)),
+            None => return Err(SpawnError::Silent),
+        }
+    }
+    pid.ok_or(SpawnError::Silent)
+}
+
+/// Exec: wait for the pid and for EOF (the process exec'd) or a failure.
+fn wait_exec(sync: &mut SyncReader) -> Result<i32, SpawnError> {
+    let mut pid = None;
+    loop {
+        match sync.next()? {
+            Some(SyncMessage::ChildPid { pid: p }) => pid = Some(p),
+            Some(SyncMessage::Ready) => {}
+            Some(SyncMessage::Failed(failure)) => return Err(SpawnError::Init(failure)),
+            None => return pid.ok_or(SpawnError::Silent),
+        }
+    }
+}
+
+/// The default init binary: the running executable.
+pub(crate) fn default_init_binary() -> PathBuf {
+    Path::new("/proc/self/exe").to_path_buf()
+}

@@ -1,0 +1,402 @@
+//! The named cases.
+
+use std::os::fd::AsFd;
+
+use nix::sys::signal::Signal;
+use nix::sys::wait::WaitStatus;
+use oci_spec::runtime::{
+    Capabilities, Capability, LinuxCapabilitiesBuilder, MountBuilder, PosixRlimitBuilder,
+    PosixRlimitType, ProcessBuilder, RootBuilder, UserBuilder,
+};
+use veil_container::{
+    resize_pty, Container, ContainerBuilder, ContainerStatus, CreateError, ExecError, Process,
+    SpawnError, StdioConfig,
+};
+
+use crate::harness::{expect_exit_code, read_all, spec, wait_exit, Rootfs};
+
+type Case = fn() -> Result<(), String>;
+
+/// Every case, in the order they run.
+pub const CASES: &[(&str, Case)] = &[
+    ("echo_hello_through_pipes", echo_hello_through_pipes),
+    ("exit_status_is_reported", exit_status_is_reported),
+    ("stdin_reaches_the_process", stdin_reaches_the_process),
+    (
+        "env_cwd_and_hostname_are_applied",
+        env_cwd_and_hostname_are_applied,
+    ),
+    (
+        "user_group_and_additional_groups",
+        user_group_and_additional_groups,
+    ),
+    ("capabilities_are_dropped", capabilities_are_dropped),
+    ("rlimit_is_applied", rlimit_is_applied),
+    ("no_new_privileges_is_set", no_new_privileges_is_set),
+    (
+        "init_is_pid_1_of_its_namespace",
+        init_is_pid_1_of_its_namespace,
+    ),
+    (
+        "readonly_rootfs_refuses_writes",
+        readonly_rootfs_refuses_writes,
+    ),
+    ("exec_sees_the_container", exec_sees_the_container),
+    (
+        "exec_of_a_missing_program_fails",
+        exec_of_a_missing_program_fails,
+    ),
+    (
+        "terminal_is_a_tty_and_resizes",
+        terminal_is_a_tty_and_resizes,
+    ),
+    (
+        "sigterm_ends_an_init_that_handles_it",
+        sigterm_ends_an_init_that_handles_it,
+    ),
+    ("sigkill_ends_the_init", sigkill_ends_the_init),
+    (
+        "failing_mount_reports_its_step",
+        failing_mount_reports_its_step,
+    ),
+    (
+        "missing_program_fails_at_create",
+        missing_program_fails_at_create,
+    ),
+    (
+        "delete_before_start_ends_the_init",
+        delete_before_start_ends_the_init,
+    ),
+];
+
+/// Creates, starts and returns the container and its init's stdio.
+fn run(
+    rootfs: &Rootfs,
+    spec: oci_spec::runtime::Spec,
+    stdio: StdioConfig,
+) -> Result<(Container, Process), String> {
+    let mut container = ContainerBuilder::new("test", rootfs.path(), spec)
+        .stdio(stdio)
+        .build()
+        .map_err(|e| format!("create: {e}"))?;
+    let init = container.take_init_process();
+    container.start().map_err(|e| format!("start: {e}"))?;
+    Ok((container, init))
+}
+
+/// Runs `args` to completion and returns (stdout, stderr) after checking the exit code.
+fn output_of(spec: oci_spec::runtime::Spec, code: i32) -> Result<(String, String), String> {
+    let rootfs = Rootfs::new()?;
+    let (mut container, init) = run(&rootfs, spec, StdioConfig::Pipes { stdin: false })?;
+    let stdout = read_all(init.stdout.ok_or("no stdout")?)?;
+    let stderr = read_all(init.stderr.ok_or("no stderr")?)?;
+    expect_exit_code(init.pid, code).map_err(|e| format!("{e}; stderr: {stderr}"))?;
+    container.mark_stopped();
+    container.delete().map_err(|e| format!("delete: {e}"))?;
+    Ok((stdout, stderr))
+}
+
+fn expect_eq(what: &str, got: &str, want: &str) -> Result<(), String> {
+    if got == want {
+        Ok(())
+    } else {
+        Err(format!("{what}: expected {want:?}, got {got:?}"))
+    }
+}
+
+fn expect_contains(what: &str, got: &str, want: &str) -> Result<(), String> {
+    if got.contains(want) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{what}: expected it to contain {want:?}, got {got:?}"
+        ))
+    }
+}
+
+fn status_line<'a>(status: &'a str, key: &str) -> &'a str {
+    status
+        .lines()
+        .find(|l| l.starts_with(key))
+        .map_or("", |l| l[key.len()..].trim())
+}
+
+fn echo_hello_through_pipes() -> Result<(), String> {
+    let (out, _) = output_of(spec(&["echo", "hello"]), 0)?;
+    expect_eq("stdout", &out, "hello\n")
+}
+
+fn exit_status_is_reported() -> Result<(), String> {
+    output_of(spec(&["sh", "-c", "exit 7"]), 7).map(drop)
+}
+
+fn stdin_reaches_the_process() -> Result<(), String> {
+    let rootfs = Rootfs::new()?;
+    let (_container, mut init) = run(&rootfs, spec(&["cat"]), StdioConfig::Pipes { stdin: true })?;
+    let stdin = init.stdin.take().ok_or("no stdin")?;
+    nix::unistd::write(&stdin, b"data\n").map_err(|e| format!("write stdin: {e}"))?;
+    drop(stdin);
+    let out = read_all(init.stdout.take().ok_or("no stdout")?)?;
+    expect_exit_code(init.pid, 0)?;
+    expect_eq("stdout", &out, "data\n")
+}
+
+fn env_cwd_and_hostname_are_applied() -> Result<(), String> {
+    let mut s = spec(&["sh", "-c", "echo $FOO; pwd; hostname"]);
+    let mut process = s.process().clone().ok_or("no process")?;
+    process.set_env(Some(vec!["PATH=/bin".into(), "FOO=bar".into()]));
+    process.set_cwd("/work/dir".into());
+    s.set_process(Some(process));
+    s.set_hostname(Some("veil-test".into()));
+    let (out, _) = output_of(s, 0)?;
+    expect_eq("stdout", &out, "bar\n/work/dir\nveil-test\n")
+}
+
+fn user_group_and_additional_groups() -> Result<(), String> {
+    let mut s = spec(&["grep", "-E", "^(Uid|Gid|Groups):", "/proc/self/status"]);
+    let mut process = s.process().clone().ok_or("no process")?;
+    let user = UserBuilder::default()
+        .uid(1000u32)
+        .gid(1001u32)
+        .additional_gids(vec![10u32, 20])
+        .build()
+        .map_err(|e| e.to_string())?;
+    process.set_user(user);
+    s.set_process(Some(process));
+    let (out, _) = output_of(s, 0)?;
+    expect_eq("Uid", status_line(&out, "Uid:"), "1000\t1000\t1000\t1000")?;
+    expect_eq("Gid", status_line(&out, "Gid:"), "1001\t1001\t1001\t1001")?;
+    expect_eq("Groups", status_line(&out, "Groups:"), "10 20")
+}
+
+fn capabilities_are_dropped() -> Result<(), String> {
+    let mut s = spec(&["grep", "^Cap", "/proc/self/status"]);
+    let mut process = s.process().clone().ok_or("no process")?;
+    let kill: Capabilities = [Capability::Kill].into_iter().collect();
+    let caps = LinuxCapabilitiesBuilder::default()
+        .bounding(kill.clone())
+        .effective(kill.clone())
+        .permitted(kill.clone())
+        .inheritable(Capabilities::new())
+        .ambient(Capabilities::new())
+        .build()
+        .map_err(|e| e.to_string())?;
+    process.set_capabilities(Some(caps));
+    s.set_process(Some(process));
+    let (out, _) = output_of(s, 0)?;
+    // CAP_KILL is bit 5.
+    expect_eq("CapEff", status_line(&out, "CapEff:"), "0000000000000020")?;
+    expect_eq("CapPrm", status_line(&out, "CapPrm:"), "0000000000000020")?;
+    expect_eq("CapBnd", status_line(&out, "CapBnd:"), "0000000000000020")?;
+    expect_eq("CapInh", status_line(&out, "CapInh:"), "0000000000000000")
+}
+
+fn rlimit_is_applied() -> Result<(), String> {
+    let mut s = spec(&["grep", "Max open files", "/proc/self/limits"]);
+    let mut process = s.process().clone().ok_or("no process")?;
+    let limit = PosixRlimitBuilder::default()
+        .typ(PosixRlimitType::RlimitNofile)
+        .soft(123u64)
+        .hard(456u64)
+        .build()
+        .map_err(|e| e.to_string())?;
+    process.set_rlimits(Some(vec![limit]));
+    s.set_process(Some(process));
+    let (out, _) = output_of(s, 0)?;
+    let fields: Vec<&str> = out.split_whitespace().collect();
+    expect_eq(
+        "limits",
+        &fields.get(3..5).map(|f| f.join(" ")).unwrap_or_default(),
+        "123 456",
+    )
+}
+
+fn no_new_privileges_is_set() -> Result<(), String> {
+    let (out, _) = output_of(spec(&["grep", "NoNewPrivs", "/proc/self/status"]), 0)?;
+    expect_eq("NoNewPrivs", status_line(&out, "NoNewPrivs:"), "1")
+}
+
+fn init_is_pid_1_of_its_namespace() -> Result<(), String> {
+    let (out, _) = output_of(spec(&["sh", "-c", "echo $$"]), 0)?;
+    expect_eq("pid", &out, "1\n")
+}
+
+fn readonly_rootfs_refuses_writes() -> Result<(), String> {
+    let mut s = spec(&["touch", "/newfile"]);
+    s.set_root(Some(
+        RootBuilder::default()
+            .path("rootfs")
+            .readonly(true)
+            .build()
+            .map_err(|e| e.to_string())?,
+    ));
+    let (_, err) = output_of(s, 1)?;
+    expect_contains("stderr", &err, "Read-only file system")
+}
+
+fn exec_sees_the_container() -> Result<(), String> {
+    let rootfs = Rootfs::new()?;
+    std::fs::write(rootfs.join("etc/marker"), "from-the-rootfs\n").map_err(|e| e.to_string())?;
+    let mut s = spec(&["sleep", "1000"]);
+    s.set_hostname(Some("exec-host".into()));
+    let (mut container, init) = run(&rootfs, s, StdioConfig::Null)?;
+    let process = ProcessBuilder::default()
+        .args(vec![
+            "sh".to_string(),
+            "-c".to_string(),
+            "cat /etc/marker; tr '\\0' ' ' < /proc/1/cmdline; echo; hostname; id -u".to_string(),
+        ])
+        .env(vec!["PATH=/bin".to_string()])
+        .cwd("/")
+        .user(
+            UserBuilder::default()
+                .uid(1234u32)
+                .gid(1234u32)
+                .build()
+                .map_err(|e| e.to_string())?,
+        )
+        .build()
+        .map_err(|e| e.to_string())?;
+    let result = (|| {
+        let exec = container
+            .exec("exec-1", &process, StdioConfig::Pipes { stdin: false })
+            .map_err(|e| format!("exec: {e}"))?;
+        let out = read_all(exec.stdout.ok_or("no stdout")?)?;
+        expect_exit_code(exec.pid, 0)?;
+        expect_eq(
+            "exec stdout",
+            &out,
+            "from-the-rootfs\nsleep 1000 \nexec-host\n1234\n",
+        )
+    })();
+    container.signal(libc::SIGKILL).map_err(|e| e.to_string())?;
+    wait_exit(init.pid)?;
+    container.mark_stopped();
+    container.delete().map_err(|e| e.to_string())?;
+    result
+}
+
+fn exec_of_a_missing_program_fails() -> Result<(), String> {
+    let rootfs = Rootfs::new()?;
+    let (mut container, init) = run(&rootfs, spec(&["sleep", "1000"]), StdioConfig::Null)?;
+    let process = ProcessBuilder::default()
+        .args(vec!["no-such-program".to_string()])
+        .env(vec!["PATH=/bin".to_string()])
+        .cwd("/")
+        .build()
+        .map_err(|e| e.to_string())?;
+    let outcome = container.exec("exec-missing", &process, StdioConfig::Null);
+    container.signal(libc::SIGKILL).map_err(|e| e.to_string())?;
+    wait_exit(init.pid)?;
+    container.mark_stopped();
+    container.delete().map_err(|e| e.to_string())?;
+    match outcome {
+        Err(ExecError::Spawn {
+            source: SpawnError::Init(failure),
+            ..
+        }) => expect_eq("step", &failure.step, "find executable \"no-such-program\""),
+        other => Err(format!("expected a step failure, got {other:?}")),
+    }
+}
+
+fn terminal_is_a_tty_and_resizes() -> Result<(), String> {
+    let rootfs = Rootfs::new()?;
+    let s = spec(&["sh", "-c", "test -t 0 && echo tty-yes; stty size"]);
+    let mut container = ContainerBuilder::new("tty", rootfs.path(), s)
+        .stdio(StdioConfig::Terminal)
+        .build()
+        .map_err(|e| format!("create: {e}"))?;
+    let init = container.take_init_process();
+    let master = init.pty_master.ok_or("no pty master")?;
+    resize_pty(master.as_fd(), 33, 77).map_err(|e| e.to_string())?;
+    container.start().map_err(|e| format!("start: {e}"))?;
+    let out = read_all(master)?;
+    expect_exit_code(init.pid, 0)?;
+    expect_contains("tty output", &out, "tty-yes")?;
+    expect_contains("tty output", &out, "33 77")
+}
+
+fn sigterm_ends_an_init_that_handles_it() -> Result<(), String> {
+    let rootfs = Rootfs::new()?;
+    let s = spec(&[
+        "sh",
+        "-c",
+        "trap 'exit 143' TERM; echo ready; while true; do sleep 0.1; done",
+    ]);
+    let (container, mut init) = run(&rootfs, s, StdioConfig::Pipes { stdin: false })?;
+    // Wait for the trap to be installed before signalling.
+    let stdout = init.stdout.take().ok_or("no stdout")?;
+    let mut first = [0u8; 6];
+    nix::unistd::read(stdout.as_fd(), &mut first).map_err(|e| e.to_string())?;
+    container.signal(libc::SIGTERM).map_err(|e| e.to_string())?;
+    expect_exit_code(init.pid, 143)
+}
+
+fn sigkill_ends_the_init() -> Result<(), String> {
+    let rootfs = Rootfs::new()?;
+    let (mut container, init) = run(&rootfs, spec(&["sleep", "1000"]), StdioConfig::Null)?;
+    if container.status() != ContainerStatus::Running {
+        return Err(format!("status is {}", container.status()));
+    }
+    container.signal(libc::SIGKILL).map_err(|e| e.to_string())?;
+    match wait_exit(init.pid)? {
+        WaitStatus::Signaled(_, Signal::SIGKILL, _) => {}
+        other => return Err(format!("expected death by SIGKILL, got {other:?}")),
+    }
+    container.mark_stopped();
+    if container.signal(libc::SIGTERM).is_ok() {
+        return Err("a stopped container accepted a signal".into());
+    }
+    container.delete().map_err(|e| e.to_string())
+}
+
+fn failing_mount_reports_its_step() -> Result<(), String> {
+    let rootfs = Rootfs::new()?;
+    let mut s = spec(&["true"]);
+    let mut mounts = s.mounts().clone().unwrap_or_default();
+    mounts.push(
+        MountBuilder::default()
+            .destination("/mnt/bad")
+            .typ("no-such-fs")
+            .source("none")
+            .build()
+            .map_err(|e| e.to_string())?,
+    );
+    s.set_mounts(Some(mounts));
+    match ContainerBuilder::new("badmount", rootfs.path(), s).build() {
+        Err(CreateError::Spawn {
+            source: SpawnError::Init(failure),
+            ..
+        }) => {
+            expect_eq("step", &failure.step, "mount no-such-fs at /mnt/bad")?;
+            expect_eq("errno", &format!("{:?}", failure.errno()), "Some(ENODEV)")
+        }
+        other => Err(format!("expected a step failure, got {other:?}")),
+    }
+}
+
+fn missing_program_fails_at_create() -> Result<(), String> {
+    let rootfs = Rootfs::new()?;
+    match ContainerBuilder::new("noprog", rootfs.path(), spec(&["missing"])).build() {
+        Err(CreateError::Spawn {
+            source: SpawnError::Init(failure),
+            ..
+        }) => expect_contains(
+            "failure",
+            &failure.to_string(),
+            "find executable \"missing\": ENOENT",
+        ),
+        other => Err(format!("expected a step failure, got {other:?}")),
+    }
+}
+
+fn delete_before_start_ends_the_init() -> Result<(), String> {
+    let rootfs = Rootfs::new()?;
+    let container = ContainerBuilder::new("unstarted", rootfs.path(), spec(&["sleep", "1000"]))
+        .stdio(StdioConfig::Null)
+        .build()
+        .map_err(|e| format!("create: {e}"))?;
+    let pid = container.pid();
+    container.delete().map_err(|e| e.to_string())?;
+    wait_exit(pid).map(drop)
+}
