@@ -1,0 +1,73 @@
+//! The parallel pipeline against the single-threaded reference path.
+
+mod common;
+
+use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use common::pseudo_random;
+use proptest::prelude::*;
+use veil_seal::{
+    decrypt_sequential, decrypt_to_writer, encrypt, DecryptOptions, KeyTemplate, Keyset,
+};
+
+const TEMPLATES: [KeyTemplate; 2] = [
+    KeyTemplate::Aes128GcmHkdf4Kb,
+    KeyTemplate::Aes256CtrHmacSha2564Kb,
+];
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    /// Byte-identical plaintext and identical reports for random sizes, thread counts and
+    /// associated data.
+    #[test]
+    fn parallel_equals_sequential(
+        len in prop_oneof![0usize..10_000, 10_000usize..120_000],
+        threads in 1usize..=4,
+        template in 0usize..2,
+        aad in proptest::collection::vec(any::<u8>(), 0..20),
+        seed in any::<u64>(),
+    ) {
+        let keyset = Keyset::generate(TEMPLATES[template]).unwrap();
+        let plaintext = pseudo_random(len, seed);
+        let mut ct = Vec::new();
+        encrypt(&plaintext[..], &keyset, &aad, &mut ct).unwrap();
+
+        let mut sequential = Vec::new();
+        let expected = decrypt_sequential(&ct[..], &keyset, &aad, &mut sequential).unwrap();
+        let mut parallel = Vec::new();
+        let options = DecryptOptions { threads: NonZeroUsize::new(threads), ..DecryptOptions::default() };
+        let report = decrypt_to_writer(&ct[..], &keyset, &aad, &mut parallel, &options).unwrap();
+        prop_assert!(parallel == sequential);
+        prop_assert!(sequential == plaintext);
+        prop_assert_eq!(report, expected);
+    }
+}
+
+#[test]
+fn progress_reports_every_byte_once_in_order() {
+    let keyset = Keyset::generate(KeyTemplate::Aes128GcmHkdf4Kb).unwrap();
+    let plaintext = pseudo_random(100_000, 1);
+    let mut ct = Vec::new();
+    encrypt(&plaintext[..], &keyset, b"", &mut ct).unwrap();
+    let seen = Arc::new(AtomicU64::new(0));
+    let seen_in_callback = Arc::clone(&seen);
+    let options = DecryptOptions {
+        threads: NonZeroUsize::new(3),
+        progress: Some(Box::new(move |done| {
+            let before = seen_in_callback.swap(done, Ordering::SeqCst);
+            assert!(done > before || (done == 4056 && before == 0));
+        })),
+        ..DecryptOptions::default()
+    };
+    let mut out = Vec::new();
+    let report = decrypt_to_writer(&ct[..], &keyset, b"", &mut out, &options).unwrap();
+    assert_eq!(seen.load(Ordering::SeqCst), 100_000);
+    assert_eq!(report.plaintext_bytes, 100_000);
+    assert_eq!(
+        report.sha256.as_slice(),
+        ring::digest::digest(&ring::digest::SHA256, &plaintext).as_ref()
+    );
+}
