@@ -4,6 +4,8 @@
 
 use clap::{Parser, Subcommand};
 
+mod kbs;
+
 /// veil: confidential model serving in lightweight VMs.
 #[derive(Debug, Parser)]
 #[command(name = "veil", version, about)]
@@ -14,6 +16,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Key broker: serve, admin keys, resources, policies, and guest-side get.
+    Kbs(kbs::KbsArgs),
     /// Print the version.
     Version,
 }
@@ -31,6 +35,7 @@ fn main() -> anyhow::Result<()> {
     init_logging();
     let cli = Cli::parse();
     match cli.command {
+        Command::Kbs(args) => kbs::run(args),
         Command::Version => {
             println!("veil {}", env!("CARGO_PKG_VERSION"));
             Ok(())
