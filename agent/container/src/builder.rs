@@ -10,7 +10,7 @@ use crate::request::{CreateRequest, InitRequest};
 use crate::signal::mount_namespace_of;
 use crate::spawn::{default_init_binary, launch, LaunchOptions, SpawnError};
 use crate::stdio::{allocate, StdioConfig, StdioError};
-use crate::validate::{validate_create, validate_id, ValidateError};
+use crate::validate::{ignored_fields, validate_create, validate_id, ValidateError};
 
 /// How long a report from the init may take by default: generous, because a TCG guest
 /// mounting over 9p is slow.
@@ -138,6 +138,10 @@ impl ContainerBuilder {
     /// ready or fails (at most the timeout).
     pub fn build(self) -> Result<Container, CreateError> {
         let request = self.request()?;
+        let ignored = ignored_fields(&self.spec);
+        if !ignored.is_empty() {
+            tracing::warn!(container = %self.id, fields = ?ignored, "spec fields not applied by veil yet");
+        }
         let size = self
             .spec
             .process()

@@ -44,6 +44,7 @@ pub(crate) fn prepare_process(
     process: &Process,
     session: SessionSetup,
 ) -> Result<ExecTarget, InitFailure> {
+    reset_signals()?;
     setup_session(session)?;
     if let Some(score) = process.oom_score_adj() {
         std::fs::write("/proc/self/oom_score_adj", score.to_string())
@@ -63,6 +64,52 @@ pub(crate) fn prepare_process(
         nix::sys::prctl::set_no_new_privs().step(|| "set no_new_privileges".into())?;
     }
     exec_target(process)
+}
+
+/// The kernel's `struct sigaction` for rt_sigaction(2) on x86_64.
+#[repr(C)]
+struct KernelSigaction {
+    handler: libc::c_ulong,
+    flags: libc::c_ulong,
+    restorer: libc::c_ulong,
+    mask: u64,
+}
+
+/// The helper is a Rust program, whose runtime ignores SIGPIPE, and ignored signals and
+/// the signal mask survive exec: restore the defaults a freshly started program expects
+/// (`yes | head` must end by SIGPIPE). The raw system call is used because glibc silently
+/// skips the signals it reserves for itself (32 and 33), which a parent may still have
+/// set to ignored.
+fn reset_signals() -> Result<(), InitFailure> {
+    let default = KernelSigaction {
+        handler: 0, // SIG_DFL
+        flags: 0,
+        restorer: 0,
+        mask: 0,
+    };
+    for signal in 1..=64 {
+        if signal == libc::SIGKILL || signal == libc::SIGSTOP {
+            continue;
+        }
+        // SAFETY: `default` is a valid kernel sigaction that outlives the call, the old
+        // action pointer is NULL and the size is the kernel's sigset size (8 bytes).
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_rt_sigaction,
+                signal,
+                &default as *const KernelSigaction,
+                std::ptr::null_mut::<KernelSigaction>(),
+                std::mem::size_of::<u64>(),
+            )
+        };
+        Errno::result(rc).step(|| format!("reset the action of signal {signal}"))?;
+    }
+    nix::sys::signal::sigprocmask(
+        nix::sys::signal::SigmaskHow::SIG_SETMASK,
+        Some(&nix::sys::signal::SigSet::empty()),
+        None,
+    )
+    .step(|| "clear the signal mask".into())
 }
 
 fn setup_session(session: SessionSetup) -> Result<(), InitFailure> {

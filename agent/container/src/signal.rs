@@ -82,12 +82,7 @@ impl Container {
     /// many processes were signalled; processes that exit meanwhile are skipped.
     pub fn signal_all(&self, signal: i32) -> Result<usize, SignalError> {
         self.check_can_kill()?;
-        let pids = processes_in_mount_namespace(self.mount_namespace).map_err(|source| {
-            SignalError::ListProcesses {
-                id: self.id.clone(),
-                source,
-            }
-        })?;
+        let pids = self.pids()?;
         let mut sent = 0;
         for pid in pids {
             match signal_process(pid, signal) {
@@ -100,6 +95,17 @@ impl Container {
             }
         }
         Ok(sent)
+    }
+
+    /// Pids (in the caller's pid namespace) of every process in the container, for the
+    /// shim's Pids call; empty once the container's last process is gone.
+    pub fn pids(&self) -> Result<Vec<i32>, SignalError> {
+        processes_in_mount_namespace(self.mount_namespace).map_err(|source| {
+            SignalError::ListProcesses {
+                id: self.id.clone(),
+                source,
+            }
+        })
     }
 
     fn check_can_kill(&self) -> Result<(), SignalError> {

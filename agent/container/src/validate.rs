@@ -93,6 +93,54 @@ pub(crate) fn validate_create(rootfs: &Path, spec: &Spec) -> Result<NamespacePla
     Ok(plan)
 }
 
+/// Spec fields veil accepts but does not apply yet; the builder logs them so that nobody
+/// mistakes them for enforced.
+pub(crate) fn ignored_fields(spec: &Spec) -> Vec<&'static str> {
+    let mut ignored = Vec::new();
+    if spec.hooks().is_some() {
+        ignored.push("hooks");
+    }
+    if let Some(linux) = spec.linux() {
+        if linux.seccomp().is_some() {
+            ignored.push("linux.seccomp");
+        }
+        if linux.resources().as_ref().is_some_and(|r| {
+            r.memory().is_some()
+                || r.cpu().is_some()
+                || r.pids().is_some()
+                || r.block_io().is_some()
+        }) {
+            ignored.push("linux.resources");
+        }
+        if linux.personality().is_some() {
+            ignored.push("linux.personality");
+        }
+    }
+    if let Some(process) = spec.process() {
+        if process
+            .apparmor_profile()
+            .as_deref()
+            .is_some_and(|p| !p.is_empty())
+        {
+            ignored.push("process.apparmorProfile");
+        }
+        if process
+            .selinux_label()
+            .as_deref()
+            .is_some_and(|l| !l.is_empty())
+        {
+            ignored.push("process.selinuxLabel");
+        }
+        if process.scheduler().is_some() {
+            ignored.push("process.scheduler");
+        }
+        if process.io_priority().is_some() {
+            ignored.push("process.ioPriority");
+        }
+    }
+    ignored
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -120,6 +168,17 @@ mod tests {
                 .unwrap(),
         ));
         spec
+    }
+
+    #[test]
+    fn seccomp_and_hooks_are_reported_as_ignored() {
+        let mut spec = spec_with(&[LinuxNamespaceType::Mount]);
+        assert!(ignored_fields(&spec).is_empty());
+        let mut linux = spec.linux().clone().unwrap();
+        linux.set_seccomp(Some(Default::default()));
+        spec.set_linux(Some(linux));
+        spec.set_hooks(Some(Default::default()));
+        assert_eq!(ignored_fields(&spec), vec!["hooks", "linux.seccomp"]);
     }
 
     #[test]

@@ -17,56 +17,38 @@ use crate::harness::{expect_exit_code, read_all, spec, wait_exit, Rootfs};
 
 type Case = fn() -> Result<(), String>;
 
+/// Names each case after its function.
+macro_rules! cases {
+    ($($case:ident),* $(,)?) => {
+        &[$((stringify!($case), $case as Case)),*]
+    };
+}
+
 /// Every case, in the order they run.
-pub const CASES: &[(&str, Case)] = &[
-    ("echo_hello_through_pipes", echo_hello_through_pipes),
-    ("exit_status_is_reported", exit_status_is_reported),
-    ("stdin_reaches_the_process", stdin_reaches_the_process),
-    (
-        "env_cwd_and_hostname_are_applied",
-        env_cwd_and_hostname_are_applied,
-    ),
-    (
-        "user_group_and_additional_groups",
-        user_group_and_additional_groups,
-    ),
-    ("capabilities_are_dropped", capabilities_are_dropped),
-    ("rlimit_is_applied", rlimit_is_applied),
-    ("no_new_privileges_is_set", no_new_privileges_is_set),
-    (
-        "init_is_pid_1_of_its_namespace",
-        init_is_pid_1_of_its_namespace,
-    ),
-    (
-        "readonly_rootfs_refuses_writes",
-        readonly_rootfs_refuses_writes,
-    ),
-    ("exec_sees_the_container", exec_sees_the_container),
-    (
-        "exec_of_a_missing_program_fails",
-        exec_of_a_missing_program_fails,
-    ),
-    (
-        "terminal_is_a_tty_and_resizes",
-        terminal_is_a_tty_and_resizes,
-    ),
-    (
-        "sigterm_ends_an_init_that_handles_it",
-        sigterm_ends_an_init_that_handles_it,
-    ),
-    ("sigkill_ends_the_init", sigkill_ends_the_init),
-    (
-        "failing_mount_reports_its_step",
-        failing_mount_reports_its_step,
-    ),
-    (
-        "missing_program_fails_at_create",
-        missing_program_fails_at_create,
-    ),
-    (
-        "delete_before_start_ends_the_init",
-        delete_before_start_ends_the_init,
-    ),
+pub const CASES: &[(&str, Case)] = cases![
+    echo_hello_through_pipes,
+    exit_status_is_reported,
+    stdin_reaches_the_process,
+    env_cwd_and_hostname_are_applied,
+    user_group_and_additional_groups,
+    capabilities_are_dropped,
+    rlimit_is_applied,
+    no_new_privileges_is_set,
+    init_is_pid_1_of_its_namespace,
+    readonly_rootfs_refuses_writes,
+    sysctl_masked_and_readonly_paths,
+    signals_are_reset_and_oom_score_set,
+    bind_mount_read_only,
+    exec_sees_the_container,
+    exec_of_a_missing_program_fails,
+    exec_with_a_terminal,
+    terminal_is_a_tty_and_resizes,
+    sigterm_ends_an_init_that_handles_it,
+    sigkill_ends_the_init,
+    signal_all_reaches_every_process,
+    failing_mount_reports_its_step,
+    missing_program_fails_at_create,
+    delete_before_start_ends_the_init,
 ];
 
 /// Creates, starts and returns the container and its init's stdio.
@@ -399,4 +381,151 @@ fn delete_before_start_ends_the_init() -> Result<(), String> {
     let pid = container.pid();
     container.delete().map_err(|e| e.to_string())?;
     wait_exit(pid).map(drop)
+}
+
+fn sysctl_masked_and_readonly_paths() -> Result<(), String> {
+    let mut s = spec(&[
+        "sh",
+        "-c",
+        "cat /proc/sys/net/ipv4/ip_forward; cat /proc/kcore; echo masked; echo 0 > /proc/sys/net/ipv4/ip_forward",
+    ]);
+    let mut linux = s.linux().clone().ok_or("no linux")?;
+    linux.set_sysctl(Some(
+        [("net.ipv4.ip_forward".to_string(), "1".to_string())].into(),
+    ));
+    s.set_linux(Some(linux));
+    let (out, err) = output_of(s, 1)?;
+    expect_eq("stdout", &out, "1\nmasked\n")?;
+    expect_contains("stderr", &err, "Read-only file system")
+}
+
+fn signals_are_reset_and_oom_score_set() -> Result<(), String> {
+    // grep is exec'd directly by the init, so it reports what the init handed over.
+    let mut s = spec(&[
+        "grep",
+        "-h",
+        "-E",
+        "^Sig(Ign|Blk)|^[0-9]+$",
+        "/proc/self/status",
+        "/proc/self/oom_score_adj",
+    ]);
+    let mut process = s.process().clone().ok_or("no process")?;
+    process.set_oom_score_adj(Some(500));
+    s.set_process(Some(process));
+    let (out, _) = output_of(s, 0)?;
+    expect_eq("SigBlk", status_line(&out, "SigBlk:"), "0000000000000000")?;
+    expect_eq("SigIgn", status_line(&out, "SigIgn:"), "0000000000000000")?;
+    expect_eq("oom_score_adj", out.lines().last().unwrap_or(""), "500")
+}
+
+fn exec_with_a_terminal() -> Result<(), String> {
+    let rootfs = Rootfs::new()?;
+    let (mut container, init) = run(&rootfs, spec(&["sleep", "1000"]), StdioConfig::Null)?;
+    let process = ProcessBuilder::default()
+        .args(vec![
+            "sh".to_string(),
+            "-c".to_string(),
+            "test -t 1 && echo exec-tty; stty size".to_string(),
+        ])
+        .env(vec!["PATH=/bin".to_string()])
+        .cwd("/")
+        .console_size(
+            oci_spec::runtime::BoxBuilder::default()
+                .height(12u64)
+                .width(34u64)
+                .build()
+                .map_err(|e| e.to_string())?,
+        )
+        .build()
+        .map_err(|e| e.to_string())?;
+    let result = (|| {
+        let exec = container
+            .exec("exec-tty", &process, StdioConfig::Terminal)
+            .map_err(|e| format!("exec: {e}"))?;
+        let out = read_all(exec.pty_master.ok_or("no pty master")?)?;
+        expect_exit_code(exec.pid, 0)?;
+        expect_contains("exec output", &out, "exec-tty")?;
+        expect_contains("exec output", &out, "12 34")
+    })();
+    container.signal(libc::SIGKILL).map_err(|e| e.to_string())?;
+    wait_exit(init.pid)?;
+    container.mark_stopped();
+    container.delete().map_err(|e| e.to_string())?;
+    result
+}
+
+/// Without its own pid namespace the init's death leaves exec'd processes running;
+/// signal_all finds them through the container's mount namespace.
+fn signal_all_reaches_every_process() -> Result<(), String> {
+    let rootfs = Rootfs::new()?;
+    let mut s = spec(&["sleep", "1000"]);
+    let mut linux = s.linux().clone().ok_or("no linux")?;
+    let namespaces = linux
+        .namespaces()
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|n| n.typ() != oci_spec::runtime::LinuxNamespaceType::Pid)
+        .collect::<Vec<_>>();
+    linux.set_namespaces(Some(namespaces));
+    s.set_linux(Some(linux));
+    let (mut container, init) = run(&rootfs, s, StdioConfig::Null)?;
+    let process = ProcessBuilder::default()
+        .args(vec!["sleep".to_string(), "1000".to_string()])
+        .env(vec!["PATH=/bin".to_string()])
+        .cwd("/")
+        .build()
+        .map_err(|e| e.to_string())?;
+    let exec = container
+        .exec("second", &process, StdioConfig::Null)
+        .map_err(|e| format!("exec: {e}"))?;
+    let mut pids = container.pids().map_err(|e| e.to_string())?;
+    pids.sort_unstable();
+    let mut want = vec![init.pid, exec.pid];
+    want.sort_unstable();
+    if pids != want {
+        return Err(format!("pids: expected {want:?}, got {pids:?}"));
+    }
+    let sent = container
+        .signal_all(libc::SIGKILL)
+        .map_err(|e| e.to_string())?;
+    wait_exit(init.pid)?;
+    wait_exit(exec.pid)?;
+    container.mark_stopped();
+    container.delete().map_err(|e| e.to_string())?;
+    expect_eq("signalled", &sent.to_string(), "2")
+}
+
+fn bind_mount_read_only() -> Result<(), String> {
+    let rootfs = Rootfs::new()?;
+    let shared = tempfile::tempdir().map_err(|e| e.to_string())?;
+    std::fs::write(shared.path().join("file"), "shared-content\n").map_err(|e| e.to_string())?;
+    let mut s = spec(&["sh", "-c", "cat /data/file; touch /data/new"]);
+    let mut mounts = s.mounts().clone().unwrap_or_default();
+    mounts.push(
+        MountBuilder::default()
+            .destination("/data")
+            .typ("bind")
+            .source(shared.path())
+            .options(vec![
+                "rbind".to_string(),
+                "ro".to_string(),
+                "nosuid".to_string(),
+            ])
+            .build()
+            .map_err(|e| e.to_string())?,
+    );
+    s.set_mounts(Some(mounts));
+    let (mut container, init) = run(&rootfs, s, StdioConfig::Pipes { stdin: false })?;
+    let out = read_all(init.stdout.ok_or("no stdout")?)?;
+    let err = read_all(init.stderr.ok_or("no stderr")?)?;
+    expect_exit_code(init.pid, 1)?;
+    container.mark_stopped();
+    container.delete().map_err(|e| e.to_string())?;
+    expect_eq("stdout", &out, "shared-content\n")?;
+    expect_contains("stderr", &err, "Read-only file system")?;
+    if shared.path().join("new").exists() {
+        return Err("the read-only bind was written".into());
+    }
+    Ok(())
 }

@@ -18,7 +18,7 @@ use oci_spec::runtime::{ProcessBuilder, Spec};
 pub const BUSYBOX: &str = "/bin/busybox";
 const APPLETS: &[&str] = &[
     "sh", "echo", "cat", "sleep", "id", "hostname", "pwd", "env", "stty", "grep", "ls", "touch",
-    "tr", "test", "true", "false", "seq", "mount",
+    "tr", "test", "true", "false", "seq", "mount", "wc",
 ];
 /// Bound for every wait in the tests; never asserted, only a guard against hangs.
 pub const WAIT_LIMIT: Duration = Duration::from_secs(60);
