@@ -140,10 +140,18 @@ pub(crate) fn launch(
     drop((request_read, sync_write, start_read));
     send_request(request_write, request)?;
     let mut sync = SyncReader::new(sync_read, options.timeout);
-    let pid = if start_gate {
-        wait_ready(&mut sync)?
+    let mut pid = None;
+    let outcome = if start_gate {
+        wait_ready(&mut sync, &mut pid)
     } else {
-        wait_exec(&mut sync)?
+        wait_exec(&mut sync, &mut pid)
+    };
+    let pid = match outcome {
+        Ok(pid) => pid,
+        Err(error) => {
+            kill_unfinished(pid, &error);
+            return Err(error);
+        }
     };
     Ok(Launched {
         pid,
@@ -158,27 +166,38 @@ fn send_request(fd: OwnedFd, request: &InitRequest) -> Result<(), SpawnError> {
     file.write_all(&bytes).map_err(SpawnError::SendRequest)
 }
 
+/// A process that stopped answering (stuck in a mount, say) is killed so that it does not
+/// linger; one that reported a failure exits by itself.
+fn kill_unfinished(pid: Option<i32>, error: &SpawnError) {
+    let Some(pid) = pid else { return };
+    if matches!(error, SpawnError::Sync(_)) {
+        tracing::warn!(pid, %error, "killing a container process that did not finish setup");
+        // ESRCH (already gone) is fine; nothing else can be done about other errors.
+        let _ = crate::signal::signal_process(pid, libc::SIGKILL);
+    }
+}
+
 /// Create: wait for the pid and for Ready.
-fn wait_ready(sync: &mut SyncReader) -> Result<i32, SpawnError> {
-    let mut pid = None;
+fn wait_ready(sync: &mut SyncReader, pid: &mut Option<i32>) -> Result<i32, SpawnError> {
     let mut ready = false;
-    while pid.is_none() || !ready {
+    loop {
+        if let (Some(p), true) = (*pid, ready) {
+            return Ok(p);
+        }
         match sync.next()? {
-            Some(SyncMessage::ChildPid { pid: p }) => pid = Some(p),
+            Some(SyncMessage::ChildPid { pid: p }) => *pid = Some(p),
             Some(SyncMessage::Ready) => ready = true,
             Some(SyncMessage::Failed(failure)) => return Err(SpawnError::Init(failure)),
             None => return Err(SpawnError::Silent),
         }
     }
-    pid.ok_or(SpawnError::Silent)
 }
 
 /// Exec: wait for the pid and for EOF (the process exec'd) or a failure.
-fn wait_exec(sync: &mut SyncReader) -> Result<i32, SpawnError> {
-    let mut pid = None;
+fn wait_exec(sync: &mut SyncReader, pid: &mut Option<i32>) -> Result<i32, SpawnError> {
     loop {
         match sync.next()? {
-            Some(SyncMessage::ChildPid { pid: p }) => pid = Some(p),
+            Some(SyncMessage::ChildPid { pid: p }) => *pid = Some(p),
             Some(SyncMessage::Ready) => {}
             Some(SyncMessage::Failed(failure)) => return Err(SpawnError::Init(failure)),
             None => return pid.ok_or(SpawnError::Silent),

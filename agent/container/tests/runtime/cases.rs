@@ -10,7 +10,7 @@ use oci_spec::runtime::{
 };
 use veil_container::{
     resize_pty, Container, ContainerBuilder, ContainerStatus, CreateError, ExecError, Process,
-    SpawnError, StdioConfig,
+    SpawnError, StdioConfig, SyncError,
 };
 
 use crate::harness::{expect_exit_code, read_all, spec, wait_exit, Rootfs};
@@ -49,6 +49,8 @@ pub const CASES: &[(&str, Case)] = cases![
     failing_mount_reports_its_step,
     missing_program_fails_at_create,
     delete_before_start_ends_the_init,
+    binary_without_init_mode_is_reported,
+    silent_init_times_out,
 ];
 
 /// Creates, starts and returns the container and its init's stdio.
@@ -528,4 +530,37 @@ fn bind_mount_read_only() -> Result<(), String> {
         return Err("the read-only bind was written".into());
     }
     Ok(())
+}
+
+fn binary_without_init_mode_is_reported() -> Result<(), String> {
+    let rootfs = Rootfs::new()?;
+    let outcome = ContainerBuilder::new("noinit", rootfs.path(), spec(&["true"]))
+        .init_binary("/bin/true")
+        .build();
+    match outcome {
+        Err(CreateError::Spawn {
+            source: SpawnError::Silent,
+            ..
+        }) => Ok(()),
+        other => Err(format!("expected SpawnError::Silent, got {other:?}")),
+    }
+}
+
+fn silent_init_times_out() -> Result<(), String> {
+    let rootfs = Rootfs::new()?;
+    let script = rootfs.join("hang.sh");
+    std::fs::write(&script, "#!/bin/sh\nexec sleep 2\n").map_err(|e| e.to_string())?;
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .map_err(|e| e.to_string())?;
+    let outcome = ContainerBuilder::new("hang", rootfs.path(), spec(&["true"]))
+        .init_binary(&script)
+        .timeout(std::time::Duration::from_millis(200))
+        .build();
+    match outcome {
+        Err(CreateError::Spawn {
+            source: SpawnError::Sync(SyncError::Timeout(_)),
+            ..
+        }) => Ok(()),
+        other => Err(format!("expected a timeout, got {other:?}")),
+    }
 }
