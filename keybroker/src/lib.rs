@@ -14,6 +14,7 @@ pub mod admin_client;
 pub mod attestation;
 pub mod config;
 pub mod error;
+pub mod fuzz_entry;
 pub mod http;
 pub mod jws;
 pub mod policy;
