@@ -7,6 +7,7 @@ use oci_spec::runtime::Spec;
 
 use crate::container::Container;
 use crate::request::{CreateRequest, InitRequest};
+use crate::rootfs::RootSwitch;
 use crate::signal::mount_namespace_of;
 use crate::spawn::{default_init_binary, launch, LaunchOptions, SpawnError};
 use crate::stdio::{allocate, StdioConfig, StdioError};
@@ -68,7 +69,7 @@ pub struct ContainerBuilder {
     stdio: StdioConfig,
     init_binary: PathBuf,
     timeout: Duration,
-    allow_chroot_fallback: bool,
+    root_switch: RootSwitch,
 }
 
 impl ContainerBuilder {
@@ -81,7 +82,7 @@ impl ContainerBuilder {
             stdio: StdioConfig::Pipes { stdin: false },
             init_binary: default_init_binary(),
             timeout: DEFAULT_TIMEOUT,
-            allow_chroot_fallback: false,
+            root_switch: RootSwitch::PivotRoot,
         }
     }
 
@@ -104,10 +105,11 @@ impl ContainerBuilder {
         self
     }
 
-    /// When pivot_root is refused because the agent's root is the initramfs, fall back to
-    /// MS_MOVE + chroot (weaker: CAP_SYS_CHROOT inside can escape). Off by default.
-    pub fn allow_chroot_fallback(mut self, allow: bool) -> Self {
-        self.allow_chroot_fallback = allow;
+    /// How the root is switched (default [`RootSwitch::PivotRoot`]). An agent that runs
+    /// from the initramfs cannot pivot_root: switch_root it into a tmpfs at boot, or use
+    /// [`RootSwitch::PivotRootOrChroot`].
+    pub fn root_switch(mut self, how: RootSwitch) -> Self {
+        self.root_switch = how;
         self
     }
 
@@ -129,7 +131,7 @@ impl ContainerBuilder {
             spec: self.spec.clone(),
             namespaces,
             terminal: self.stdio == StdioConfig::Terminal,
-            allow_chroot_fallback: self.allow_chroot_fallback,
+            root_switch: self.root_switch,
         })
     }
 

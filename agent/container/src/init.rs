@@ -168,7 +168,7 @@ fn setup_container(request: &CreateRequest) -> Result<ExecTarget, InitFailure> {
             devices: linux.devices().as_deref().unwrap_or_default(),
             console: console.as_deref(),
             cwd: process.cwd(),
-            allow_chroot_fallback: request.allow_chroot_fallback,
+            root_switch: request.root_switch,
         },
     )?;
     let mut sysctl: Vec<(&str, &str)> = linux

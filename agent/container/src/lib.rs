@@ -85,6 +85,7 @@ pub use exec::ExecError;
 pub use failure::InitFailure;
 pub use init::maybe_run_init;
 pub use namespaces::NamespaceError;
+pub use rootfs::RootSwitch;
 pub use signal::{signal_process, SignalError};
 pub use spawn::SpawnError;
 pub use start::StartError;

@@ -6,6 +6,7 @@ use oci_spec::runtime::{Process, Spec};
 use serde::{Deserialize, Serialize};
 
 use crate::namespaces::NamespacePlan;
+use crate::rootfs::RootSwitch;
 
 /// The helper's job.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -30,8 +31,8 @@ pub(crate) struct CreateRequest {
     pub namespaces: NamespacePlan,
     /// stdin is a pty slave.
     pub terminal: bool,
-    /// Allow MS_MOVE + chroot when pivot_root is refused.
-    pub allow_chroot_fallback: bool,
+    /// How the root is switched.
+    pub root_switch: RootSwitch,
 }
 
 /// A process to run in an existing container.

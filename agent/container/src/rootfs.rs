@@ -14,6 +14,21 @@ use crate::mount_options::MountOptions;
 use crate::secure_join::secure_join;
 use crate::syscall::{PathKind, Syscall};
 
+/// How a container's root is switched to its rootfs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub enum RootSwitch {
+    /// pivot_root(2), then detach the old root: nothing of the agent's filesystem stays
+    /// reachable. The default.
+    #[default]
+    PivotRoot,
+    /// pivot_root, or MS_MOVE + chroot when the kernel refuses pivot_root because the
+    /// agent's root is the initramfs (rootfs cannot be pivoted).
+    PivotRootOrChroot,
+    /// Always MS_MOVE + chroot (runc's --no-pivot). Weaker: a process with CAP_SYS_CHROOT
+    /// inside can climb out of a chroot.
+    MoveAndChroot,
+}
+
 /// Everything needed before the root switch.
 pub(crate) struct RootfsSetup<'a> {
     /// The rootfs directory as the agent sees it.
@@ -28,8 +43,8 @@ pub(crate) struct RootfsSetup<'a> {
     pub console: Option<&'a Path>,
     /// The process cwd, created if missing (as runc does).
     pub cwd: &'a Path,
-    /// Use MS_MOVE + chroot when pivot_root is refused (the agent runs from initramfs).
-    pub allow_chroot_fallback: bool,
+    /// How the process's root becomes the rootfs.
+    pub root_switch: RootSwitch,
 }
 
 /// Everything applied after the root switch.
@@ -72,7 +87,7 @@ pub(crate) fn prepare_rootfs(
     let cwd = secure_join(setup.rootfs, setup.cwd);
     sys.mkdir_all(&cwd)
         .step(|| format!("create the working directory {}", setup.cwd.display()))?;
-    switch_root(sys, setup.rootfs, setup.allow_chroot_fallback)
+    switch_root(sys, setup.rootfs, setup.root_switch)
 }
 
 /// Applies sysctls, read-only and masked paths and the read-only root, after the switch.
@@ -205,17 +220,20 @@ fn bind_console(sys: &dyn Syscall, rootfs: &Path, slave: &Path) -> Result<(), In
 /// pivot_root(".", ".") as runc does: no temporary directory; the old root, stacked on top
 /// of the new one, is made a slave (so its unmount does not propagate to the agent) and
 /// detached.
-fn switch_root(sys: &dyn Syscall, rootfs: &Path, allow_fallback: bool) -> Result<(), InitFailure> {
+fn switch_root(sys: &dyn Syscall, rootfs: &Path, how: RootSwitch) -> Result<(), InitFailure> {
     sys.chdir(rootfs)
         .step(|| format!("enter the rootfs {}", rootfs.display()))?;
+    if how == RootSwitch::MoveAndChroot {
+        return move_root(sys);
+    }
     match sys.pivot_root(Path::new("."), Path::new(".")) {
         Ok(()) => {}
-        Err(Errno::EINVAL) if allow_fallback => return move_root(sys),
+        Err(Errno::EINVAL) if how == RootSwitch::PivotRootOrChroot => return move_root(sys),
         Err(errno) => {
             return Err(InitFailure {
                 step: "pivot_root into the rootfs".into(),
                 errno: Some(errno as i32),
-                detail: "if the agent runs from the initramfs, switch_root it into a tmpfs at boot or build the container with allow_chroot_fallback".into(),
+                detail: "if the agent runs from the initramfs, switch_root it into a tmpfs at boot or build the container with RootSwitch::PivotRootOrChroot".into(),
             })
         }
     }
@@ -322,7 +340,7 @@ mod tests {
             devices: &[],
             console: None,
             cwd: Path::new("/"),
-            allow_chroot_fallback: false,
+            root_switch: RootSwitch::PivotRoot,
         }
     }
 
@@ -472,11 +490,24 @@ mod tests {
 
         let sys = RecordingSyscall::new().failing("pivot_root", Errno::EINVAL);
         let mut allowed = setup(&[]);
-        allowed.allow_chroot_fallback = true;
+        allowed.root_switch = RootSwitch::PivotRootOrChroot;
         prepare_rootfs(&sys, &allowed).unwrap();
         assert_eq!(
             &sys.calls()[sys.calls().len() - 3..],
             &["mount . / - [move] -", "chroot .", "chdir /"]
+        );
+    }
+
+    #[test]
+    fn move_and_chroot_never_pivots() {
+        let sys = RecordingSyscall::new();
+        let mut s = setup(&[]);
+        s.root_switch = RootSwitch::MoveAndChroot;
+        prepare_rootfs(&sys, &s).unwrap();
+        assert!(!sys.calls().iter().any(|c| c.starts_with("pivot_root")));
+        assert_eq!(
+            &sys.calls()[sys.calls().len() - 4..],
+            &["chdir /r", "mount . / - [move] -", "chroot .", "chdir /"]
         );
     }
 

@@ -10,7 +10,7 @@ use oci_spec::runtime::{
 };
 use veil_container::{
     resize_pty, Container, ContainerBuilder, ContainerStatus, CreateError, ExecError, Process,
-    SpawnError, StdioConfig, SyncError,
+    RootSwitch, SpawnError, StdioConfig, SyncError,
 };
 
 use crate::harness::{expect_exit_code, read_all, spec, wait_exit, Rootfs};
@@ -51,6 +51,7 @@ pub const CASES: &[(&str, Case)] = cases![
     delete_before_start_ends_the_init,
     binary_without_init_mode_is_reported,
     silent_init_times_out,
+    chroot_root_switch_runs_and_execs,
 ];
 
 /// Creates, starts and returns the container and its init's stdio.
@@ -563,4 +564,38 @@ fn silent_init_times_out() -> Result<(), String> {
         }) => Ok(()),
         other => Err(format!("expected a timeout, got {other:?}")),
     }
+}
+
+/// The fallback for an agent on the initramfs, exercised for real: create, then exec
+/// (which must chroot through /proc/<pid>/root, since the namespace root is not the
+/// container's).
+fn chroot_root_switch_runs_and_execs() -> Result<(), String> {
+    let rootfs = Rootfs::new()?;
+    std::fs::write(rootfs.join("etc/marker"), "chrooted\n").map_err(|e| e.to_string())?;
+    let mut container = ContainerBuilder::new("chroot", rootfs.path(), spec(&["sleep", "1000"]))
+        .stdio(StdioConfig::Null)
+        .root_switch(RootSwitch::MoveAndChroot)
+        .build()
+        .map_err(|e| format!("create: {e}"))?;
+    let init = container.take_init_process();
+    container.start().map_err(|e| format!("start: {e}"))?;
+    let process = ProcessBuilder::default()
+        .args(vec!["cat".to_string(), "/etc/marker".to_string()])
+        .env(vec!["PATH=/bin".to_string()])
+        .cwd("/")
+        .build()
+        .map_err(|e| e.to_string())?;
+    let result = (|| {
+        let exec = container
+            .exec("cat", &process, StdioConfig::Pipes { stdin: false })
+            .map_err(|e| format!("exec: {e}"))?;
+        let out = read_all(exec.stdout.ok_or("no stdout")?)?;
+        expect_exit_code(exec.pid, 0)?;
+        expect_eq("exec stdout", &out, "chrooted\n")
+    })();
+    container.signal(libc::SIGKILL).map_err(|e| e.to_string())?;
+    wait_exit(init.pid)?;
+    container.mark_stopped();
+    container.delete().map_err(|e| e.to_string())?;
+    result
 }
