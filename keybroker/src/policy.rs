@@ -146,7 +146,13 @@ impl Outcome {
 }
 
 fn run(program: &Program, context: &Context) -> Outcome {
-    match program.execute(context) {
+    // A panic inside the interpreter must refuse, not take the request task down silently.
+    let result =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| program.execute(context)));
+    let Ok(result) = result else {
+        return Outcome::Other("an interpreter failure".into());
+    };
+    match result {
         Ok(Value::Bool(true)) => Outcome::True,
         Ok(Value::Bool(false)) => Outcome::False,
         Ok(other) => Outcome::Other(format!("not a boolean ({other:?})")),
