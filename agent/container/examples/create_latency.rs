@@ -36,7 +36,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         container.mark_stopped();
         container.delete()?;
     }
-    report("create (namespaces, mounts, devices, pivot_root)", &mut create);
+    report(
+        "create (namespaces, mounts, devices, pivot_root)",
+        &mut create,
+    );
     report("start to exit (exec busybox true)", &mut run);
     Ok(())
 }

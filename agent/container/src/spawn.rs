@@ -40,9 +40,6 @@ pub enum SpawnError {
     /// The request could not be serialized (a bug).
     #[error("encode the init request: {0}")]
     Encode(serde_json::Error),
-    /// Writing the request failed: the helper died first (see the agent log).
-    #[error("send the init request: {0}; did the binary call maybe_run_init() first in main?")]
-    SendRequest(std::io::Error),
     /// The sync pipe failed or timed out.
     #[error(transparent)]
     Sync(#[from] SyncError),
@@ -89,6 +86,7 @@ pub(crate) fn launch(
     start_gate: bool,
     options: &LaunchOptions,
 ) -> Result<Launched, SpawnError> {
+    let request_bytes = serde_json::to_vec(request).map_err(SpawnError::Encode)?;
     let (request_read, request_write) = pipe()?;
     let (sync_read, sync_write) = pipe()?;
     let (start_read, start_write) = if start_gate {
@@ -138,7 +136,11 @@ pub(crate) fn launch(
     drop(child);
     drop(command);
     drop((request_read, sync_write, start_read));
-    send_request(request_write, request)?;
+    if let Err(error) = send_request(request_write, &request_bytes) {
+        // EPIPE: the helper exited before reading; the sync pipe says why (or nothing,
+        // which is reported as Silent).
+        tracing::debug!(%error, "sending the init request failed");
+    }
     let mut sync = SyncReader::new(sync_read, options.timeout);
     let mut pid = None;
     let outcome = if start_gate {
@@ -160,10 +162,8 @@ pub(crate) fn launch(
     })
 }
 
-fn send_request(fd: OwnedFd, request: &InitRequest) -> Result<(), SpawnError> {
-    let bytes = serde_json::to_vec(request).map_err(SpawnError::Encode)?;
-    let mut file = std::fs::File::from(fd);
-    file.write_all(&bytes).map_err(SpawnError::SendRequest)
+fn send_request(fd: OwnedFd, bytes: &[u8]) -> std::io::Result<()> {
+    std::fs::File::from(fd).write_all(bytes)
 }
 
 /// A process that stopped answering (stuck in a mount, say) is killed so that it does not
