@@ -90,6 +90,6 @@ pub use signal::{signal_process, SignalError};
 pub use spawn::SpawnError;
 pub use start::StartError;
 pub use status::ContainerStatus;
-pub use stdio::{resize_pty, ProcessIo, StdioConfig, StdioError};
+pub use stdio::{resize_pty, StdioConfig, StdioError};
 pub use sync::SyncError;
 pub use validate::ValidateError;

@@ -45,3 +45,32 @@ pub(crate) struct ExecRequest {
     /// stdin is a pty slave.
     pub terminal: bool,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::namespaces::Kind;
+
+    #[test]
+    fn create_request_round_trips_with_the_default_spec() {
+        let request = InitRequest::Create(Box::new(CreateRequest {
+            id: "c1".into(),
+            rootfs: "/run/rootfs".into(),
+            spec: Spec::default(),
+            namespaces: NamespacePlan {
+                join: vec![(Kind::Net, "/proc/9/ns/net".into())],
+                create: vec![Kind::Mount, Kind::Pid],
+            },
+            terminal: true,
+            root_switch: RootSwitch::PivotRootOrChroot,
+        }));
+        let json = serde_json::to_vec(&request).unwrap();
+        let InitRequest::Create(back) = serde_json::from_slice(&json).unwrap() else {
+            panic!("mode changed");
+        };
+        assert_eq!(back.spec, Spec::default());
+        assert_eq!(back.namespaces.create, vec![Kind::Mount, Kind::Pid]);
+        assert_eq!(back.root_switch, RootSwitch::PivotRootOrChroot);
+        assert!(back.terminal);
+    }
+}

@@ -120,15 +120,24 @@ pub(crate) fn finish_rootfs(
 }
 
 fn dev_is_bind_mounted(mounts: &[Mount]) -> bool {
-    mounts.iter().any(|m| {
-        m.destination() == Path::new("/dev")
-            && MountOptions::parse(m.options().as_deref().unwrap_or_default()).is_bind()
-    })
+    mounts
+        .iter()
+        .any(|m| m.destination() == Path::new("/dev") && options_of(m).is_bind())
+}
+
+/// The parsed options; `"type": "bind"` without a bind option still means a bind (as
+/// containerd and runc read it).
+fn options_of(mount: &Mount) -> MountOptions {
+    let mut options = MountOptions::parse(mount.options().as_deref().unwrap_or_default());
+    if mount.typ().as_deref() == Some("bind") {
+        options.flags.insert(MsFlags::MS_BIND);
+    }
+    options
 }
 
 /// Mounts one spec entry under the rootfs.
 fn mount_one(sys: &dyn Syscall, rootfs: &Path, mount: &Mount) -> Result<(), InitFailure> {
-    let options = MountOptions::parse(mount.options().as_deref().unwrap_or_default());
+    let options = options_of(mount);
     let destination = mount.destination();
     let target = secure_join(rootfs, destination);
     let typ = mount.typ().as_deref().unwrap_or("none");
@@ -438,6 +447,26 @@ mod tests {
             .unwrap();
         assert_eq!(calls[i + 1], "mount /host/hosts /r/etc/hosts - [bind] -");
         assert_eq!(calls[i + 2], "mount - /r/etc/hosts - [rec|private] -");
+    }
+
+    #[test]
+    fn bind_type_without_bind_option_is_a_bind() {
+        let mounts = [mount("/etc/hostname", "bind", "/host/hostname", &["ro"])];
+        let sys = RecordingSyscall::new().with_path("/host/hostname", PathKind::File);
+        prepare_rootfs(&sys, &setup(&mounts)).unwrap();
+        let calls = sys.calls();
+        let i = calls
+            .iter()
+            .position(|c| c == "touch /r/etc/hostname")
+            .unwrap();
+        assert_eq!(
+            calls[i + 1],
+            "mount /host/hostname /r/etc/hostname - [bind] -"
+        );
+        assert_eq!(
+            calls[i + 2],
+            "mount - /r/etc/hostname - [ro|remount|bind] -"
+        );
     }
 
     #[test]

@@ -26,7 +26,7 @@ pub enum StdioConfig {
 /// The caller's ends of a process's stdio. Reading stdout until EOF ends when every
 /// process holding the write end has exited.
 #[derive(Debug, Default)]
-pub struct ProcessIo {
+pub(crate) struct ProcessIo {
     /// Write end of the process's stdin pipe.
     pub stdin: Option<OwnedFd>,
     /// Read end of the process's stdout pipe.
