@@ -52,6 +52,7 @@ pub const CASES: &[(&str, Case)] = cases![
     binary_without_init_mode_is_reported,
     silent_init_times_out,
     chroot_root_switch_runs_and_execs,
+    containerd_shaped_spec_runs,
 ];
 
 /// Creates, starts and returns the container and its init's stdio.
@@ -598,4 +599,19 @@ fn chroot_root_switch_runs_and_execs() -> Result<(), String> {
     container.mark_stopped();
     container.delete().map_err(|e| e.to_string())?;
     result
+}
+
+/// The spec `ctr run` generates (containerd's default Unix spec), as the shim passes it on.
+fn containerd_shaped_spec_runs() -> Result<(), String> {
+    let json = include_str!("ctr-spec.json");
+    let spec: oci_spec::runtime::Spec =
+        serde_json::from_str(json).map_err(|e| format!("parse ctr-spec.json: {e}"))?;
+    let (out, err) = output_of(spec, 0)?;
+    // The 14 default capabilities of containerd: 0xa80425fb.
+    expect_eq(
+        "stdout",
+        &out,
+        "ctr-shaped\nCapEff:\t00000000a80425fb\nctr-host\n",
+    )
+    .map_err(|e| format!("{e}; stderr: {err}"))
 }
