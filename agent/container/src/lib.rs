@@ -61,6 +61,7 @@ mod devices;
 mod error;
 mod exec;
 mod failure;
+mod fd;
 mod init;
 mod mount_options;
 mod namespaces;

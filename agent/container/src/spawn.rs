@@ -13,7 +13,6 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use nix::errno::Errno;
-use nix::fcntl::OFlag;
 
 use crate::failure::InitFailure;
 use crate::request::InitRequest;
@@ -71,7 +70,7 @@ pub(crate) struct LaunchOptions {
 }
 
 fn pipe() -> Result<(OwnedFd, OwnedFd), SpawnError> {
-    nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(SpawnError::Pipe)
+    crate::fd::pipe().map_err(SpawnError::Pipe)
 }
 
 fn stdio_of(fd: Option<OwnedFd>) -> Stdio {

@@ -7,6 +7,8 @@ use nix::errno::Errno;
 use nix::fcntl::OFlag;
 use nix::pty::{grantpt, posix_openpt, unlockpt};
 
+use crate::fd::above_stdio;
+
 /// How a container process's stdin, stdout and stderr are connected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StdioConfig {
@@ -103,7 +105,7 @@ pub(crate) fn allocate(
 }
 
 fn pipe() -> Result<(OwnedFd, OwnedFd), StdioError> {
-    nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(StdioError::Pipe)
+    crate::fd::pipe().map_err(StdioError::Pipe)
 }
 
 fn pipes(with_stdin: bool) -> Result<(ChildStdio, ProcessIo), StdioError> {
@@ -136,7 +138,7 @@ fn terminal(size: Option<(u16, u16)>) -> Result<(ChildStdio, ProcessIo), StdioEr
         .map_err(pty("posix_openpt"))?;
     grantpt(&master).map_err(pty("grantpt"))?;
     unlockpt(&master).map_err(pty("unlockpt"))?;
-    let master = OwnedFd::from(master);
+    let master = above_stdio(OwnedFd::from(master)).map_err(pty("move the master above stdio"))?;
     // TIOCGPTPEER opens the slave through the master, so no /dev/pts path lookup can be
     // raced or point at another devpts instance.
     let flags = libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC;
@@ -145,6 +147,7 @@ fn terminal(size: Option<(u16, u16)>) -> Result<(ChildStdio, ProcessIo), StdioEr
     let raw = Errno::result(raw).map_err(pty("TIOCGPTPEER"))?;
     // SAFETY: the ioctl returned a new descriptor that nothing else owns.
     let slave = unsafe { OwnedFd::from_raw_fd(raw) };
+    let slave = above_stdio(slave).map_err(pty("move the slave above stdio"))?;
     if let Some((rows, cols)) = size {
         resize_pty(std::os::fd::AsFd::as_fd(&master), rows, cols)?;
     }
