@@ -5,6 +5,7 @@
 use clap::{Parser, Subcommand};
 
 mod kbs;
+mod seal;
 
 /// veil: confidential model serving in lightweight VMs.
 #[derive(Debug, Parser)]
@@ -18,6 +19,8 @@ struct Cli {
 enum Command {
     /// Key broker: serve, admin keys, resources, policies, and guest-side get.
     Kbs(kbs::KbsArgs),
+    /// Sealed models: keygen, encrypt, decrypt and inspect (Tink streaming AEAD).
+    Seal(seal::SealArgs),
     /// Print the version.
     Version,
 }
@@ -36,6 +39,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Kbs(args) => kbs::run(args),
+        Command::Seal(args) => seal::run(args),
         Command::Version => {
             println!("veil {}", env!("CARGO_PKG_VERSION"));
             Ok(())
