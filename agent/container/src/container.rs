@@ -112,3 +112,17 @@ impl Container {
         self.sync = None;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send_sync<T: Send + Sync>() {}
+
+    #[test]
+    fn handles_can_move_between_threads() {
+        // The agent keeps containers in shared state and calls them from spawn_blocking.
+        assert_send_sync::<Container>();
+        assert_send_sync::<Process>();
+    }
+}

@@ -29,6 +29,23 @@
 //!
 //! # API
 //!
+//! - [`maybe_run_init`]: first call in `main`.
+//! - [`ContainerBuilder::new`]`(id, rootfs, spec)`, then [`stdio`](ContainerBuilder::stdio)
+//!   ([`StdioConfig::Pipes`] / [`StdioConfig::Terminal`] / [`StdioConfig::Null`]),
+//!   [`timeout`](ContainerBuilder::timeout), [`root_switch`](ContainerBuilder::root_switch),
+//!   [`validate`](ContainerBuilder::validate), [`build`](ContainerBuilder::build) giving a
+//!   created [`Container`] whose init waits before exec.
+//! - [`Container`]: [`pid`](Container::pid), [`status`](Container::status),
+//!   [`take_init_process`](Container::take_init_process) (a [`Process`]: pid, stdin,
+//!   stdout, stderr, pty_master), [`start`](Container::start), [`exec`](Container::exec),
+//!   [`signal`](Container::signal), [`signal_all`](Container::signal_all),
+//!   [`pids`](Container::pids), [`mark_stopped`](Container::mark_stopped),
+//!   [`delete`](Container::delete).
+//! - [`resize_pty`] and [`signal_process`] for any process the crate started.
+//! - Errors: one enum per verb ([`CreateError`], [`StartError`], [`ExecError`],
+//!   [`SignalError`], [`DeleteError`], [`StdioError`]), rolled up in [`Error`]; a failed step
+//!   inside the container arrives as [`SpawnError::Init`] with an [`InitFailure`].
+//!
 //! ```no_run
 //! use veil_container::{maybe_run_init, resize_pty, signal_process, ContainerBuilder, StdioConfig};
 //! # fn main() -> Result<(), veil_container::Error> {
@@ -52,6 +69,11 @@
 //! container.delete()?;
 //! # Ok(()) }
 //! ```
+//!
+//! # Not applied yet
+//!
+//! User and time namespaces (refused), seccomp, cgroup resources, hooks, AppArmor/SELinux,
+//! scheduler and I/O priority (accepted, logged as not applied).
 
 mod builder;
 mod capabilities;
