@@ -71,6 +71,9 @@ fn run_helper(args: &[String]) -> i32 {
         sync,
         start: take_fd(args.get(2)),
     };
+    if let Err(failure) = ensure_single_threaded() {
+        return report_failure(fds.sync.as_fd(), failure);
+    }
     let request = match read_request(fds.request) {
         Ok(r) => r,
         Err(failure) => return report_failure(fds.sync.as_fd(), failure),
@@ -79,6 +82,25 @@ fn run_helper(args: &[String]) -> i32 {
         InitRequest::Create(create) => create_helper(&create, fds.sync, fds.start),
         InitRequest::Exec(exec) => exec_helper(&exec, fds.sync),
     }
+}
+
+/// unshare(CLONE_NEWNS) and fork need a single-threaded helper; `#[tokio::main]` starts
+/// threads before `main`'s body, so say so instead of failing obscurely later.
+fn ensure_single_threaded() -> Result<(), InitFailure> {
+    let status =
+        std::fs::read_to_string("/proc/self/status").step(|| "read /proc/self/status".into())?;
+    let threads = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|n| n.trim().parse::<u32>().ok())
+        .unwrap_or(1);
+    if threads > 1 {
+        return Err(InitFailure::new(
+            "start the init helper",
+            format!("it runs {threads} threads; call veil_container::maybe_run_init() first in main, before any thread or runtime starts (no #[tokio::main])"),
+        ));
+    }
+    Ok(())
 }
 
 fn read_request(fd: OwnedFd) -> Result<InitRequest, InitFailure> {

@@ -16,7 +16,9 @@
 //!
 //! # What the caller must do
 //!
-//! - Call [`maybe_run_init`] first thing in `main`, before any thread or async runtime.
+//! - Call [`maybe_run_init`] first thing in `main`, before any thread or async runtime
+//!   (build the tokio runtime by hand after it; `#[tokio::main]` starts threads first, and
+//!   the helper refuses to run multi-threaded).
 //! - Reap: the crate never waits for a process. Every process it starts (and the short-lived
 //!   helpers) become children of the caller, which must be PID 1 or a child subreaper
 //!   (`prctl(PR_SET_CHILD_SUBREAPER)`) and reap with `waitpid(-1)`. Exit statuses of pids the

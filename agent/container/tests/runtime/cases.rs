@@ -53,6 +53,7 @@ pub const CASES: &[(&str, Case)] = cases![
     silent_init_times_out,
     chroot_root_switch_runs_and_execs,
     containerd_shaped_spec_runs,
+    threaded_helper_is_refused,
 ];
 
 /// Creates, starts and returns the container and its init's stdio.
@@ -614,4 +615,31 @@ fn containerd_shaped_spec_runs() -> Result<(), String> {
         "ctr-shaped\nCapEff:\t00000000a80425fb\nctr-host\n",
     )
     .map_err(|e| format!("{e}; stderr: {err}"))
+}
+
+fn threaded_helper_is_refused() -> Result<(), String> {
+    let rootfs = Rootfs::new()?;
+    let me = std::fs::read_link("/proc/self/exe").map_err(|e| e.to_string())?;
+    let script = rootfs.join("threaded.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nexec env {}=1 {} \"$@\"\n",
+            crate::START_THREAD_FIRST,
+            me.display()
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .map_err(|e| e.to_string())?;
+    let outcome = ContainerBuilder::new("threaded", rootfs.path(), spec(&["true"]))
+        .init_binary(&script)
+        .build();
+    match outcome {
+        Err(CreateError::Spawn {
+            source: SpawnError::Init(failure),
+            ..
+        }) => expect_contains("detail", &failure.detail, "before any thread"),
+        other => Err(format!("expected a refusal, got {other:?}")),
+    }
 }

@@ -8,7 +8,14 @@ mod harness;
 
 use std::process::ExitCode;
 
+/// Set by the `threaded_helper_is_refused` case: start a thread before init mode, as a
+/// binary with `#[tokio::main]` would.
+const START_THREAD_FIRST: &str = "VEIL_CONTAINER_TEST_START_THREAD";
+
 fn main() -> ExitCode {
+    if std::env::var_os(START_THREAD_FIRST).is_some() {
+        std::thread::spawn(|| std::thread::sleep(std::time::Duration::from_secs(5)));
+    }
     veil_container::maybe_run_init();
     if let Err(message) = harness::check_environment().and_then(|()| harness::become_reaper()) {
         eprintln!("runtime tests cannot run: {message}");
