@@ -2,8 +2,9 @@
 
 fn main() {
     println!("cargo:rerun-if-changed=proto/agent.proto");
+    let out_dir = std::env::var("OUT_DIR").expect("cargo sets OUT_DIR");
     ttrpc_codegen::Codegen::new()
-        .out_dir(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"))
+        .out_dir(&out_dir)
         .inputs(["proto/agent.proto"])
         .include("proto")
         .rust_protobuf()
@@ -14,4 +15,13 @@ fn main() {
         })
         .run()
         .expect("compile proto/agent.proto with ttrpc-codegen");
+    strip_inner_attributes(&std::path::Path::new(&out_dir).join("agent_ttrpc.rs"));
+}
+
+/// The ttrpc file is `include!`d into a module, where inner attributes are not
+/// allowed; lib.rs puts the equivalent allows on the enclosing module instead.
+fn strip_inner_attributes(path: &std::path::Path) {
+    let text = std::fs::read_to_string(path).expect("read generated ttrpc code");
+    let kept: Vec<&str> = text.lines().filter(|line| !line.starts_with("#![")).collect();
+    std::fs::write(path, kept.join("\n")).expect("rewrite generated ttrpc code");
 }

@@ -1,1 +1,292 @@
-//! veil runtime configuration: schema, defaults, loading and validation.
+//! veil runtime configuration: the TOML schema (see `configs/configuration.toml`),
+//! its defaults, loading and validation.
+//!
+//! The shim finds the file by the containerd runtime option `ConfigPath`, then the
+//! [`CONFIG_ENV`] environment variable, then [`DEFAULT_CONFIG_PATH`]; a missing file at
+//! the default path means "all defaults", a missing file named explicitly is an error.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Where `veil node install` puts the configuration and the shim looks last.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/veil/configuration.toml";
+/// Environment variable naming a configuration file.
+pub const CONFIG_ENV: &str = "VEIL_CONFIG";
+/// The default configuration file, as shipped (also the documentation of every key).
+pub const DEFAULT_CONFIG_TOML: &str = include_str!("../configuration.toml");
+
+/// Loading or validating the configuration failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("read veil configuration {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for the schema.
+    #[error("parse veil configuration {path}: {source}; see configs/configuration.toml for every key")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: Box<toml::de::Error>,
+    },
+    /// A value is out of range or inconsistent.
+    #[error("invalid veil configuration {path}: {field}: {reason}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// The offending key.
+        field: &'static str,
+        /// What is wrong and what to do.
+        reason: String,
+    },
+}
+
+/// Which acceleration QEMU uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Accel {
+    /// KVM when it runs a standard guest at full speed, else TCG.
+    #[default]
+    Auto,
+    /// Hardware virtualization (fails when KVM is unusable).
+    Kvm,
+    /// Software emulation.
+    Tcg,
+}
+
+/// Confidential-computing technology for the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ConfidentialGuest {
+    /// An ordinary VM.
+    #[default]
+    None,
+    /// AMD SEV-SNP.
+    Snp,
+}
+
+/// `[hypervisor]`: how the pod VM is started.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HypervisorConfig {
+    /// QEMU binary.
+    pub path: PathBuf,
+    /// Guest kernel.
+    pub kernel: PathBuf,
+    /// Guest initramfs (with veil-agent as /init).
+    pub initrd: PathBuf,
+    /// QEMU machine type.
+    pub machine: String,
+    /// Acceleration.
+    pub accel: Accel,
+    /// Guest memory in MiB.
+    pub memory_mib: u32,
+    /// Guest vCPUs.
+    pub vcpus: u32,
+    /// Extra kernel command-line words.
+    pub kernel_params: String,
+    /// Show kernel messages on the console.
+    pub debug_console: bool,
+    /// Seconds to wait for the agent after QEMU starts.
+    pub boot_timeout_secs: u64,
+    /// Confidential guest technology.
+    pub confidential_guest: ConfidentialGuest,
+}
+
+impl Default for HypervisorConfig {
+    fn default() -> Self {
+        HypervisorConfig {
+            path: PathBuf::from("/usr/bin/qemu-system-x86_64"),
+            kernel: PathBuf::from("/usr/local/share/veil/vmlinuz"),
+            initrd: PathBuf::from("/usr/local/share/veil/initramfs.img"),
+            machine: "q35".to_string(),
+            accel: Accel::Auto,
+            memory_mib: 512,
+            vcpus: 1,
+            kernel_params: String::new(),
+            debug_console: false,
+            boot_timeout_secs: 90,
+            confidential_guest: ConfidentialGuest::None,
+        }
+    }
+}
+
+/// `[agent]`: the guest agent.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AgentConfig {
+    /// tracing filter for the agent.
+    pub log_level: String,
+    /// Timeout of each short shim -> agent request.
+    pub request_timeout_secs: u64,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            log_level: "info".to_string(),
+            request_timeout_secs: 60,
+        }
+    }
+}
+
+/// `[runtime]`: the shim itself.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RuntimeConfig {
+    /// tracing filter for the shim.
+    pub log_level: String,
+    /// Per-sandbox state directory root.
+    pub state_dir: PathBuf,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            log_level: "info".to_string(),
+            state_dir: PathBuf::from("/run/veil"),
+        }
+    }
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// `[hypervisor]`.
+    pub hypervisor: HypervisorConfig,
+    /// `[agent]`.
+    pub agent: AgentConfig,
+    /// `[runtime]`.
+    pub runtime: RuntimeConfig,
+}
+
+impl Config {
+    /// Parses and validates `text`, naming `path` in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|source| ConfigError::Parse {
+            path: path.to_path_buf(),
+            source: Box::new(source),
+        })?;
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    /// Reads, parses and validates the file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Finds and loads the configuration: `explicit` (the runtime option `ConfigPath`),
+    /// else `$VEIL_CONFIG`, else the default path (whose absence means defaults).
+    pub fn discover(explicit: Option<&Path>) -> Result<(Config, Option<PathBuf>), ConfigError> {
+        if let Some(path) = explicit.filter(|p| !p.as_os_str().is_empty()) {
+            return Ok((Config::load(path)?, Some(path.to_path_buf())));
+        }
+        if let Some(path) = std::env::var_os(CONFIG_ENV).filter(|p| !p.is_empty()) {
+            let path = PathBuf::from(path);
+            return Ok((Config::load(&path)?, Some(path)));
+        }
+        let default = Path::new(DEFAULT_CONFIG_PATH);
+        if default.exists() {
+            return Ok((Config::load(default)?, Some(default.to_path_buf())));
+        }
+        Ok((Config::default(), None))
+    }
+
+    /// Checks ranges and consistency.
+    pub fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |field, reason: &str| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            field,
+            reason: reason.to_string(),
+        };
+        let h = &self.hypervisor;
+        if !(64..=1 << 20).contains(&h.memory_mib) {
+            return Err(invalid("hypervisor.memory_mib", "must be between 64 and 1048576 MiB"));
+        }
+        if !(1..=256).contains(&h.vcpus) {
+            return Err(invalid("hypervisor.vcpus", "must be between 1 and 256"));
+        }
+        if h.boot_timeout_secs == 0 {
+            return Err(invalid("hypervisor.boot_timeout_secs", "must be at least 1"));
+        }
+        if h.machine.is_empty() || h.machine.contains(char::is_whitespace) {
+            return Err(invalid("hypervisor.machine", "must be a QEMU machine type such as q35"));
+        }
+        if h.kernel_params.contains("veil.") {
+            return Err(invalid(
+                "hypervisor.kernel_params",
+                "veil.* words are set by the shim itself; remove them",
+            ));
+        }
+        if self.agent.request_timeout_secs == 0 {
+            return Err(invalid("agent.request_timeout_secs", "must be at least 1"));
+        }
+        if !self.runtime.state_dir.is_absolute() {
+            return Err(invalid("runtime.state_dir", "must be an absolute path"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_file_equals_the_built_in_defaults() {
+        let parsed = Config::parse(DEFAULT_CONFIG_TOML, Path::new("configuration.toml")).expect("parse");
+        assert_eq!(parsed, Config::default());
+    }
+
+    #[test]
+    fn empty_file_means_defaults() {
+        assert_eq!(Config::parse("", Path::new("x")).expect("parse"), Config::default());
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_with_the_file_name() {
+        let error = Config::parse("[hypervisor]\nmemroy_mib = 1\n", Path::new("/etc/veil/c.toml"))
+            .expect_err("typo");
+        let text = error.to_string();
+        assert!(text.contains("/etc/veil/c.toml") && text.contains("memroy_mib"), "{text}");
+    }
+
+    #[test]
+    fn out_of_range_values_name_the_key() {
+        let error = Config::parse("[hypervisor]\nvcpus = 0\n", Path::new("c.toml")).expect_err("zero");
+        assert!(error.to_string().contains("hypervisor.vcpus"));
+        let error = Config::parse("[hypervisor]\naccel = \"warp\"\n", Path::new("c.toml")).expect_err("accel");
+        assert!(error.to_string().contains("warp"));
+    }
+
+    #[test]
+    fn explicit_missing_file_is_an_error() {
+        let error = Config::discover(Some(Path::new("/nonexistent/veil.toml"))).expect_err("missing");
+        assert!(error.to_string().contains("/nonexistent/veil.toml"));
+    }
+
+    #[test]
+    fn explicit_file_wins() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "[hypervisor]\nmemory_mib = 256\naccel = \"tcg\"\n").expect("write");
+        let (config, found) = Config::discover(Some(&path)).expect("load");
+        assert_eq!(config.hypervisor.memory_mib, 256);
+        assert_eq!(config.hypervisor.accel, Accel::Tcg);
+        assert_eq!(found, Some(path));
+    }
+}

@@ -9,6 +9,7 @@
 mod generated {
     #![allow(clippy::all, clippy::pedantic, unsafe_code, unused_qualifications)]
     include!(concat!(env!("OUT_DIR"), "/mod.rs"));
+    #[allow(unused_imports, dead_code, non_camel_case_types, non_snake_case)]
     pub mod agent_ttrpc {
         include!(concat!(env!("OUT_DIR"), "/agent_ttrpc.rs"));
     }

@@ -1,0 +1,161 @@
+//! The byte channel the agent API is served on.
+//!
+//! * virtio-serial: QEMU exposes a port named [`veil_protocol::SERIAL_PORT_NAME`]; its
+//!   host side is a Unix socket the shim connects to. A serial port has no
+//!   accept(): the port itself is the one connection. When the host side is closed
+//!   (the port reports hang-up), reads see end-of-file and ttrpc drops the
+//!   connection; the listener then waits for the host to reconnect and hands the
+//!   port out again.
+//! * vsock: an ordinary listening socket, for hosts with vhost-vsock.
+
+use std::fs::{File, OpenOptions};
+use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use tokio::net::unix::pipe;
+use veil_protocol::ttrpc::r#async::transport::{Listener, Socket};
+
+/// Opening the agent channel failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ChannelError {
+    /// No virtio-serial port carries the agent's name.
+    #[error("no virtio-serial port named {name} under {dir}; the VM needs `-device virtserialport,name={name}` and the guest the virtio_console driver")]
+    NoSerialPort {
+        /// The port name looked for.
+        name: String,
+        /// Where ports were looked for.
+        dir: PathBuf,
+    },
+    /// An I/O error on the channel.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// Why it failed.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn io_error(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ChannelError {
+    let what = what.into();
+    move |source| ChannelError::Io { what, source }
+}
+
+/// Finds the /dev node of the virtio-serial port called `name`.
+///
+/// There is no udev in the guest to create /dev/virtio-ports/<name>, so the name is
+/// read from sysfs (`/sys/class/virtio-ports/vportNpM/name`).
+pub fn find_serial_port(sys_class: &Path, dev: &Path, name: &str) -> Result<PathBuf, ChannelError> {
+    let not_found = || ChannelError::NoSerialPort {
+        name: name.to_string(),
+        dir: sys_class.to_path_buf(),
+    };
+    let entries = std::fs::read_dir(sys_class).map_err(|_| not_found())?;
+    for entry in entries.flatten() {
+        let port_name = std::fs::read_to_string(entry.path().join("name")).unwrap_or_default();
+        if port_name.trim() == name {
+            return Ok(dev.join(entry.file_name()));
+        }
+    }
+    Err(not_found())
+}
+
+/// A listener that yields the serial port as a connection each time the host is connected.
+pub fn serial_listener(port: PathBuf) -> Listener {
+    let connections = futures_stream(port);
+    Listener::new(connections)
+}
+
+fn futures_stream(
+    port: PathBuf,
+) -> impl futures_core::Stream<Item = std::io::Result<Socket>> + Send + 'static {
+    async_stream::stream! {
+        loop {
+            let waited = tokio::task::spawn_blocking({
+                let port = port.clone();
+                move || open_when_host_connected(&port)
+            })
+            .await;
+            match waited {
+                Ok(Ok(socket)) => yield Ok(socket),
+                Ok(Err(error)) => {
+                    tracing::error!(%error, "serial port unusable");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(join) => {
+                    tracing::error!(%join, "serial port waiter failed");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Opens the port and blocks until the host side is connected (no POLLHUP), so that
+/// ttrpc does not start reading from a port that only returns end-of-file.
+fn open_when_host_connected(port: &Path) -> std::io::Result<Socket> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(port)?;
+    wait_for_host(&file)?;
+    tracing::info!(port = %port.display(), "host connected to the agent port");
+    split_into_socket(file)
+}
+
+fn wait_for_host(file: &File) -> std::io::Result<()> {
+    loop {
+        let mut fds = [PollFd::new(file.as_fd(), PollFlags::POLLIN | PollFlags::POLLOUT)];
+        poll(&mut fds, PollTimeout::from(100u16)).map_err(std::io::Error::from)?;
+        let revents = fds[0].revents().unwrap_or(PollFlags::empty());
+        if !revents.contains(PollFlags::POLLHUP) && !revents.is_empty() {
+            return Ok(());
+        }
+        // POLLHUP is level-triggered while the host is away: wait before asking again.
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Turns a character device into a full-duplex async stream: one epoll-registered
+/// reader and one writer on two descriptors of the same open port.
+fn split_into_socket(file: File) -> std::io::Result<Socket> {
+    let writer_file = file.try_clone()?;
+    tracing::debug!(fd = file.as_raw_fd(), "serving ttrpc on the serial port");
+    let reader = pipe::Receiver::from_file_unchecked(file)?;
+    let writer = pipe::Sender::from_file_unchecked(writer_file)?;
+    Ok(Socket::new(tokio::io::join(reader, writer)))
+}
+
+/// A vsock listener on [`veil_protocol::VSOCK_PORT`] for any CID.
+pub fn vsock_listener() -> Result<Listener, ChannelError> {
+    Listener::bind(format!("vsock://-1:{}", veil_protocol::VSOCK_PORT))
+        .map_err(io_error("listen on vsock"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_port_by_its_sysfs_name() {
+        let sys = tempfile::tempdir().expect("tempdir");
+        for (node, name) in [("vport0p0", "other"), ("vport0p1", "veil.agent")] {
+            std::fs::create_dir_all(sys.path().join(node)).expect("mkdir");
+            std::fs::write(sys.path().join(node).join("name"), format!("{name}\n")).expect("write");
+        }
+        let found = find_serial_port(sys.path(), Path::new("/dev"), "veil.agent").expect("found");
+        assert_eq!(found, PathBuf::from("/dev/vport0p1"));
+    }
+
+    #[test]
+    fn missing_port_error_says_what_the_vm_needs() {
+        let sys = tempfile::tempdir().expect("tempdir");
+        let error = find_serial_port(sys.path(), Path::new("/dev"), "veil.agent").expect_err("none");
+        assert!(error.to_string().contains("virtserialport,name=veil.agent"));
+    }
+}

@@ -1,0 +1,83 @@
+//! Options the shim passes to the agent on the kernel command line (`veil.<key>=<value>`).
+//!
+//! The command line is part of the SNP launch measurement, so everything here is
+//! attested; nothing secret may ever be put there.
+
+/// How the agent reaches the shim.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChannelKind {
+    /// A virtio-serial port named [`veil_protocol::SERIAL_PORT_NAME`] (works without host vhost).
+    Serial,
+    /// AF_VSOCK on [`veil_protocol::VSOCK_PORT`] (needs vhost-vsock on the host).
+    Vsock,
+}
+
+/// The agent's settings, read from the kernel command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentOptions {
+    /// Which channel to serve the API on.
+    pub channel: ChannelKind,
+    /// A `tracing` filter directive, e.g. `info` or `veil_agent=debug`.
+    pub log_filter: String,
+}
+
+impl Default for AgentOptions {
+    fn default() -> Self {
+        Self {
+            channel: ChannelKind::Serial,
+            log_filter: "info".to_string(),
+        }
+    }
+}
+
+/// Parses `veil.channel=serial|vsock` and `veil.log=<filter>`; unknown words are left
+/// to the kernel and unknown values fall back to the default with a warning recorded
+/// in the returned list, because PID 1 must come up even when the command line is odd.
+pub fn parse(cmdline: &str) -> (AgentOptions, Vec<String>) {
+    let mut options = AgentOptions::default();
+    let mut warnings = Vec::new();
+    for word in cmdline.split_whitespace() {
+        let Some((key, value)) = word.split_once('=') else {
+            continue;
+        };
+        match key {
+            "veil.channel" => match value {
+                "serial" => options.channel = ChannelKind::Serial,
+                "vsock" => options.channel = ChannelKind::Vsock,
+                other => warnings.push(format!(
+                    "veil.channel={other} is not serial or vsock; using serial"
+                )),
+            },
+            "veil.log" => options.log_filter = value.to_string(),
+            _ => {}
+        }
+    }
+    (options, warnings)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_to_serial_and_info() {
+        let (options, warnings) = parse("console=ttyS0 quiet panic=-1");
+        assert_eq!(options, AgentOptions::default());
+        assert!(warnings.is_empty());
+    }
+
+    #[test]
+    fn reads_channel_and_log_filter() {
+        let (options, _) = parse("quiet veil.channel=vsock veil.log=debug");
+        assert_eq!(options.channel, ChannelKind::Vsock);
+        assert_eq!(options.log_filter, "debug");
+    }
+
+    #[test]
+    fn unknown_channel_falls_back_with_a_warning() {
+        let (options, warnings) = parse("veil.channel=pigeon");
+        assert_eq!(options.channel, ChannelKind::Serial);
+        assert_eq!(warnings.len(), 1);
+        assert!(warnings[0].contains("pigeon"));
+    }
+}

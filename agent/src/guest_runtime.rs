@@ -1,0 +1,108 @@
+//! [`ContainerRuntime`] over `veil-container`, the in-guest container library.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Mutex;
+
+use veil_container::{Container, ContainerBuilder, StdioConfig};
+
+use crate::runtime::{ContainerRuntime, RuntimeError, SpawnedProcess, StdioRequest};
+
+/// The real runtime: namespaces, pivot_root and all, via `veil-container`.
+#[derive(Default)]
+pub struct GuestRuntime {
+    containers: Mutex<HashMap<String, Container>>,
+}
+
+fn stdio_config(stdio: StdioRequest) -> StdioConfig {
+    if stdio.terminal {
+        StdioConfig::Terminal
+    } else if stdio.stdin || stdio.stdout || stdio.stderr {
+        StdioConfig::Pipes { stdin: stdio.stdin }
+    } else {
+        StdioConfig::Null
+    }
+}
+
+fn spawned(process: veil_container::Process) -> SpawnedProcess {
+    SpawnedProcess {
+        pid: process.pid,
+        stdin: process.stdin,
+        stdout: process.stdout,
+        stderr: process.stderr,
+        pty_master: process.pty_master,
+    }
+}
+
+impl GuestRuntime {
+    fn containers(&self) -> std::sync::MutexGuard<'_, HashMap<String, Container>> {
+        self.containers.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn with_container<T>(
+        &self,
+        id: &str,
+        action: impl FnOnce(&mut Container) -> Result<T, RuntimeError>,
+    ) -> Result<T, RuntimeError> {
+        let mut containers = self.containers();
+        let container = containers
+            .get_mut(id)
+            .ok_or_else(|| format!("container {id} is not known to the runtime"))?;
+        action(container)
+    }
+}
+
+impl ContainerRuntime for GuestRuntime {
+    fn create(
+        &self,
+        id: &str,
+        rootfs: &Path,
+        spec: oci_spec::runtime::Spec,
+        stdio: StdioRequest,
+    ) -> Result<SpawnedProcess, RuntimeError> {
+        let mut container = ContainerBuilder::new(id, rootfs, spec)
+            .stdio(stdio_config(stdio))
+            .build()?;
+        let init = container.take_init_process();
+        self.containers().insert(id.to_string(), container);
+        Ok(spawned(init))
+    }
+
+    fn start(&self, id: &str) -> Result<(), RuntimeError> {
+        self.with_container(id, |container| Ok(container.start()?))
+    }
+
+    fn exec(
+        &self,
+        id: &str,
+        exec_id: &str,
+        process: oci_spec::runtime::Process,
+        stdio: StdioRequest,
+    ) -> Result<SpawnedProcess, RuntimeError> {
+        self.with_container(id, |container| {
+            Ok(spawned(container.exec(exec_id, &process, stdio_config(stdio))?))
+        })
+    }
+
+    fn delete(&self, id: &str) -> Result<(), RuntimeError> {
+        let Some(mut container) = self.containers().remove(id) else {
+            return Ok(());
+        };
+        container.mark_stopped();
+        Ok(container.delete()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stdio_choice_follows_the_request() {
+        assert_eq!(stdio_config(StdioRequest::default()), StdioConfig::Null);
+        let pipes = StdioRequest { stdout: true, ..Default::default() };
+        assert_eq!(stdio_config(pipes), StdioConfig::Pipes { stdin: false });
+        let tty = StdioRequest { terminal: true, stdin: true, ..Default::default() };
+        assert_eq!(stdio_config(tty), StdioConfig::Terminal);
+    }
+}

@@ -1,0 +1,92 @@
+//! The service's errors and their one mapping to ttrpc status codes.
+
+use veil_protocol::ttrpc;
+
+/// Why an API call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// No container with that id.
+    #[error("container {0} not found in the VM")]
+    ContainerNotFound(String),
+    /// No process with that exec id.
+    #[error("process {exec_id} not found in container {container_id}")]
+    ProcessNotFound {
+        /// The container.
+        container_id: String,
+        /// The exec id asked for.
+        exec_id: String,
+    },
+    /// The id is taken.
+    #[error("{0} already exists in the VM")]
+    AlreadyExists(String),
+    /// The request is malformed.
+    #[error("invalid request: {0}")]
+    InvalidArgument(String),
+    /// The call is not allowed in the current state.
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// The container runtime failed.
+    #[error("{what}: {source}")]
+    Runtime {
+        /// What was being done.
+        what: String,
+        /// The runtime's error.
+        source: crate::runtime::RuntimeError,
+    },
+    /// An I/O error on a process stream or a syscall.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// Why it failed.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl ServiceError {
+    fn code(&self) -> ttrpc::Code {
+        match self {
+            ServiceError::ContainerNotFound(_) | ServiceError::ProcessNotFound { .. } => {
+                ttrpc::Code::NOT_FOUND
+            }
+            ServiceError::AlreadyExists(_) => ttrpc::Code::ALREADY_EXISTS,
+            ServiceError::InvalidArgument(_) => ttrpc::Code::INVALID_ARGUMENT,
+            ServiceError::FailedPrecondition(_) => ttrpc::Code::FAILED_PRECONDITION,
+            ServiceError::Runtime { .. } | ServiceError::Io { .. } => ttrpc::Code::INTERNAL,
+        }
+    }
+}
+
+impl From<ServiceError> for ttrpc::Error {
+    fn from(error: ServiceError) -> Self {
+        let mut message = error.to_string();
+        let mut source = std::error::Error::source(&error);
+        // The runtime's own chain ("mount proc at /proc: EPERM") is what users need to see.
+        while let Some(cause) = source {
+            let text = cause.to_string();
+            if !message.contains(&text) {
+                message.push_str(": ");
+                message.push_str(&text);
+            }
+            source = cause.source();
+        }
+        tracing::warn!(code = ?error.code(), %message, "request failed");
+        ttrpc::Error::RpcStatus(ttrpc::get_status(error.code(), message))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn not_found_maps_to_not_found() {
+        let error: ttrpc::Error = ServiceError::ContainerNotFound("c1".into()).into();
+        let ttrpc::Error::RpcStatus(status) = error else {
+            panic!("expected a status")
+        };
+        assert_eq!(status.code(), ttrpc::Code::NOT_FOUND);
+        assert!(status.message().contains("c1"));
+    }
+}

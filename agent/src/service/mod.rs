@@ -1,0 +1,455 @@
+//! The ttrpc `AgentService`: containers, processes and their streams.
+
+mod error;
+mod procfs;
+mod stream;
+
+use std::collections::HashMap;
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use veil_protocol as api;
+use veil_protocol::ttrpc::{self, r#async::TtrpcContext};
+
+pub use error::ServiceError;
+use stream::{FdReader, FdWriter};
+
+use crate::reaper::{ExitWatch, Reaper};
+use crate::runtime::{ContainerRuntime, SpawnedProcess, StdioRequest};
+
+/// The most bytes one ReadStdout/ReadStderr returns.
+const MAX_READ: usize = 1 << 20;
+
+/// One process of a container (its init, or an exec).
+struct ProcessEntry {
+    pid: i32,
+    exit: ExitWatch,
+    stdin: tokio::sync::Mutex<Option<FdWriter>>,
+    stdout: Option<FdReader>,
+    stderr: Option<FdReader>,
+    terminal: Option<OwnedFd>,
+}
+
+impl ProcessEntry {
+    fn new(spawned: SpawnedProcess, wanted: StdioRequest, exit: ExitWatch) -> Result<Self, ServiceError> {
+        let SpawnedProcess { pid, stdin, stdout, stderr, pty_master } = spawned;
+        // A pipe nobody reads fills up and blocks the process: drain what the shim won't read.
+        let stdout = keep_or_drain(stdout, wanted.stdout || wanted.terminal);
+        let stderr = keep_or_drain(stderr, wanted.stderr);
+        let spawned = SpawnedProcess { pid, stdin, stdout, stderr, pty_master };
+        let stream_error = |source| ServiceError::Io {
+            what: "prepare process stream".into(),
+            source,
+        };
+        let reader = |fd: Option<OwnedFd>| fd.map(FdReader::new).transpose().map_err(stream_error);
+        let writer = |fd: Option<OwnedFd>| fd.map(FdWriter::new).transpose().map_err(stream_error);
+        let dup = |fd: &OwnedFd| {
+            fd.try_clone().map_err(|source| ServiceError::Io {
+                what: "duplicate terminal descriptor".into(),
+                source,
+            })
+        };
+        let (stdin, stdout, terminal) = match spawned.pty_master {
+            // One terminal carries both directions; each direction gets its own descriptor.
+            Some(master) => (Some(dup(&master)?), Some(dup(&master)?), Some(master)),
+            None => (spawned.stdin, spawned.stdout, None),
+        };
+        Ok(ProcessEntry {
+            pid: spawned.pid,
+            exit,
+            stdin: tokio::sync::Mutex::new(writer(stdin)?),
+            stdout: reader(stdout)?,
+            stderr: reader(spawned.stderr)?,
+            terminal,
+        })
+    }
+
+    fn has_exited(&self) -> bool {
+        self.exit.try_exit().is_some()
+    }
+}
+
+struct ContainerEntry {
+    init: Arc<ProcessEntry>,
+    execs: Mutex<HashMap<String, Arc<ProcessEntry>>>,
+}
+
+/// The agent's API implementation.
+pub struct AgentService {
+    runtime: Arc<dyn ContainerRuntime>,
+    reaper: Reaper,
+    containers: Mutex<HashMap<String, Arc<ContainerEntry>>>,
+    ready_at: SystemTime,
+}
+
+fn unix_us(at: SystemTime) -> u64 {
+    at.duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+fn locked<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl AgentService {
+    /// Creates the service over `runtime`, reaping through `reaper`.
+    pub fn new(runtime: Arc<dyn ContainerRuntime>, reaper: Reaper) -> Self {
+        AgentService {
+            runtime,
+            reaper,
+            containers: Mutex::new(HashMap::new()),
+            ready_at: SystemTime::now(),
+        }
+    }
+
+    fn container(&self, id: &str) -> Result<Arc<ContainerEntry>, ServiceError> {
+        locked(&self.containers)
+            .get(id)
+            .cloned()
+            .ok_or_else(|| ServiceError::ContainerNotFound(id.to_string()))
+    }
+
+    fn process(&self, id: &str, exec_id: &str) -> Result<Arc<ProcessEntry>, ServiceError> {
+        let container = self.container(id)?;
+        if exec_id.is_empty() {
+            return Ok(container.init.clone());
+        }
+        let execs = locked(&container.execs);
+        execs
+            .get(exec_id)
+            .cloned()
+            .ok_or_else(|| ServiceError::ProcessNotFound {
+                container_id: id.to_string(),
+                exec_id: exec_id.to_string(),
+            })
+    }
+
+    /// Runs a blocking runtime call that creates a process, registering its pid with
+    /// the reaper before any exit can be reaped.
+    async fn spawn_process<F>(&self, what: String, wanted: StdioRequest, create: F) -> Result<ProcessEntry, ServiceError>
+    where
+        F: FnOnce(&dyn ContainerRuntime) -> Result<SpawnedProcess, crate::runtime::RuntimeError>
+            + Send
+            + 'static,
+    {
+        let guard = self.reaper.spawn_guard().await;
+        let runtime = self.runtime.clone();
+        let spawned = tokio::task::spawn_blocking(move || create(runtime.as_ref()))
+            .await
+            .map_err(|join| ServiceError::Io {
+                what: what.clone(),
+                source: std::io::Error::other(join.to_string()),
+            })?
+            .map_err(|source| ServiceError::Runtime {
+                what: what.clone(),
+                source,
+            })?;
+        let exit = guard.register(spawned.pid);
+        drop(guard);
+        ProcessEntry::new(spawned, wanted, exit)
+    }
+
+    async fn create(&self, request: api::CreateContainerRequest) -> Result<u32, ServiceError> {
+        let id = request.container_id.clone();
+        validate_id(&id)?;
+        if locked(&self.containers).contains_key(&id) {
+            return Err(ServiceError::AlreadyExists(format!("container {id}")));
+        }
+        let spec: oci_spec::runtime::Spec = serde_json::from_slice(&request.oci_spec_json)
+            .map_err(|e| ServiceError::InvalidArgument(format!("OCI spec of container {id}: {e}")))?;
+        let rootfs = PathBuf::from(&request.rootfs);
+        let stdio = StdioRequest::from(request.stdio.get_or_default());
+        let runtime_id = id.clone();
+        let entry = self
+            .spawn_process(format!("create container {id}"), stdio, move |runtime| {
+                runtime.create(&runtime_id, &rootfs, spec, stdio)
+            })
+            .await?;
+        let pid = entry.pid;
+        let container = ContainerEntry {
+            init: Arc::new(entry),
+            execs: Mutex::new(HashMap::new()),
+        };
+        locked(&self.containers).insert(id.clone(), Arc::new(container));
+        tracing::info!(container = %id, pid, "container created");
+        Ok(pid as u32)
+    }
+
+    async fn start(&self, id: &str) -> Result<u32, ServiceError> {
+        let container = self.container(id)?;
+        let runtime = self.runtime.clone();
+        let runtime_id = id.to_string();
+        tokio::task::spawn_blocking(move || runtime.start(&runtime_id))
+            .await
+            .map_err(|join| ServiceError::Io {
+                what: format!("start container {id}"),
+                source: std::io::Error::other(join.to_string()),
+            })?
+            .map_err(|source| ServiceError::Runtime {
+                what: format!("start container {id}"),
+                source,
+            })?;
+        tracing::info!(container = %id, pid = container.init.pid, "container started");
+        Ok(container.init.pid as u32)
+    }
+
+    async fn exec(&self, request: api::ExecProcessRequest) -> Result<u32, ServiceError> {
+        let id = request.container_id.clone();
+        let exec_id = request.exec_id.clone();
+        validate_id(&exec_id)?;
+        let container = self.container(&id)?;
+        if container.init.has_exited() {
+            return Err(ServiceError::FailedPrecondition(format!(
+                "container {id} is not running; cannot exec {exec_id}"
+            )));
+        }
+        if locked(&container.execs).contains_key(&exec_id) {
+            return Err(ServiceError::AlreadyExists(format!("exec {exec_id} in container {id}")));
+        }
+        let process: oci_spec::runtime::Process = serde_json::from_slice(&request.oci_process_json)
+            .map_err(|e| ServiceError::InvalidArgument(format!("OCI process of exec {exec_id}: {e}")))?;
+        let stdio = StdioRequest::from(request.stdio.get_or_default());
+        let (runtime_id, runtime_exec) = (id.clone(), exec_id.clone());
+        let entry = self
+            .spawn_process(format!("exec {exec_id} in container {id}"), stdio, move |runtime| {
+                runtime.exec(&runtime_id, &runtime_exec, process, stdio)
+            })
+            .await?;
+        let pid = entry.pid;
+        locked(&container.execs).insert(exec_id.clone(), Arc::new(entry));
+        tracing::info!(container = %id, exec = %exec_id, pid, "process exec'd");
+        Ok(pid as u32)
+    }
+
+    fn signal(&self, request: &api::SignalProcessRequest) -> Result<(), ServiceError> {
+        let signal = i32::try_from(request.signal)
+            .ok()
+            .and_then(|n| Signal::try_from(n).ok())
+            .ok_or_else(|| ServiceError::InvalidArgument(format!("signal {} is not a valid signal number", request.signal)))?;
+        let process = self.process(&request.container_id, &request.exec_id)?;
+        let targets = if request.all {
+            procfs::pids_in_pid_namespace_of(process.pid)
+        } else {
+            vec![process.pid]
+        };
+        for pid in targets {
+            match kill(Pid::from_raw(pid), signal) {
+                Ok(()) | Err(nix::Error::ESRCH) => {}
+                Err(e) => {
+                    return Err(ServiceError::Io {
+                        what: format!("send {signal} to pid {pid}"),
+                        source: e.into(),
+                    })
+                }
+            }
+        }
+        tracing::info!(container = %request.container_id, exec = %request.exec_id, %signal, all = request.all, "signal delivered");
+        Ok(())
+    }
+
+    fn remove(&self, id: &str) -> Result<(), ServiceError> {
+        let container = self.container(id)?;
+        if !container.init.has_exited() {
+            return Err(ServiceError::FailedPrecondition(format!(
+                "container {id} is still running; kill it before removing it"
+            )));
+        }
+        self.runtime.delete(id).map_err(|source| ServiceError::Runtime {
+            what: format!("remove container {id}"),
+            source,
+        })?;
+        locked(&self.containers).remove(id);
+        tracing::info!(container = %id, "container removed");
+        Ok(())
+    }
+
+    fn kill_everything(&self) {
+        let containers: Vec<_> = locked(&self.containers).values().cloned().collect();
+        for container in containers {
+            for pid in procfs::pids_in_pid_namespace_of(container.init.pid) {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+        }
+    }
+}
+
+fn keep_or_drain(fd: Option<OwnedFd>, wanted: bool) -> Option<OwnedFd> {
+    match fd {
+        Some(fd) if !wanted => {
+            if let Ok(stream) = FdReader::new(fd) {
+                tokio::spawn(async move { while matches!(stream.read(MAX_READ).await, Ok(data) if !data.is_empty()) {} });
+            }
+            None
+        }
+        other => other,
+    }
+}
+
+fn validate_id(id: &str) -> Result<(), ServiceError> {
+    let valid = !id.is_empty()
+        && id.len() <= 256
+        && id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        && !id.starts_with('.');
+    if valid {
+        Ok(())
+    } else {
+        Err(ServiceError::InvalidArgument(format!(
+            "id {id:?} must be 1-256 characters of letters, digits, '-', '_' or '.', not starting with '.'"
+        )))
+    }
+}
+
+fn read_len(requested: u32) -> usize {
+    usize::try_from(requested).unwrap_or(MAX_READ).clamp(1, MAX_READ)
+}
+
+fn stream_error(what: &str) -> impl FnOnce(std::io::Error) -> ServiceError + '_ {
+    move |source| ServiceError::Io {
+        what: what.to_string(),
+        source,
+    }
+}
+
+
+#[async_trait]
+impl api::AgentService for AgentService {
+    async fn ping(&self, _: &TtrpcContext, _: api::PingRequest) -> ttrpc::Result<api::PingResponse> {
+        Ok(api::PingResponse {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            kernel_release: nix::sys::utsname::uname()
+                .map(|u| u.release().to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            boot_id: std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+                .map(|s| s.trim().to_string())
+                .unwrap_or_default(),
+            ready_at_unix_us: unix_us(self.ready_at),
+            ..Default::default()
+        })
+    }
+
+    async fn create_container(&self, _: &TtrpcContext, request: api::CreateContainerRequest) -> ttrpc::Result<api::CreateContainerResponse> {
+        let pid = self.create(request).await?;
+        Ok(api::CreateContainerResponse { pid, ..Default::default() })
+    }
+
+    async fn start_container(&self, _: &TtrpcContext, request: api::StartContainerRequest) -> ttrpc::Result<api::StartContainerResponse> {
+        let pid = self.start(&request.container_id).await?;
+        Ok(api::StartContainerResponse { pid, ..Default::default() })
+    }
+
+    async fn exec_process(&self, _: &TtrpcContext, request: api::ExecProcessRequest) -> ttrpc::Result<api::ExecProcessResponse> {
+        let pid = self.exec(request).await?;
+        Ok(api::ExecProcessResponse { pid, ..Default::default() })
+    }
+
+    async fn signal_process(&self, _: &TtrpcContext, request: api::SignalProcessRequest) -> ttrpc::Result<api::Empty> {
+        self.signal(&request)?;
+        Ok(api::Empty::default())
+    }
+
+    async fn wait_process(&self, _: &TtrpcContext, request: api::WaitProcessRequest) -> ttrpc::Result<api::WaitProcessResponse> {
+        let mut exit = self.process(&request.container_id, &request.exec_id)?.exit.clone();
+        let exit = exit.wait().await;
+        Ok(api::WaitProcessResponse {
+            exit_status: exit.status,
+            exited_at_unix_us: unix_us(exit.at),
+            ..Default::default()
+        })
+    }
+
+    async fn list_processes(&self, _: &TtrpcContext, request: api::ListProcessesRequest) -> ttrpc::Result<api::ListProcessesResponse> {
+        let container = self.container(&request.container_id)?;
+        let pids = if container.init.has_exited() {
+            Vec::new()
+        } else {
+            procfs::pids_in_pid_namespace_of(container.init.pid)
+        };
+        Ok(api::ListProcessesResponse {
+            pids: pids.into_iter().map(|p| p as u32).collect(),
+            ..Default::default()
+        })
+    }
+
+    async fn remove_container(&self, _: &TtrpcContext, request: api::RemoveContainerRequest) -> ttrpc::Result<api::Empty> {
+        self.remove(&request.container_id)?;
+        Ok(api::Empty::default())
+    }
+
+    async fn read_stdout(&self, _: &TtrpcContext, request: api::ReadStreamRequest) -> ttrpc::Result<api::ReadStreamResponse> {
+        let process = self.process(&request.container_id, &request.exec_id)?;
+        let data = match &process.stdout {
+            Some(stream) => stream.read(read_len(request.max_len)).await.map_err(stream_error("read stdout"))?,
+            None => Vec::new(),
+        };
+        Ok(api::ReadStreamResponse { data, ..Default::default() })
+    }
+
+    async fn read_stderr(&self, _: &TtrpcContext, request: api::ReadStreamRequest) -> ttrpc::Result<api::ReadStreamResponse> {
+        let process = self.process(&request.container_id, &request.exec_id)?;
+        let data = match &process.stderr {
+            Some(stream) => stream.read(read_len(request.max_len)).await.map_err(stream_error("read stderr"))?,
+            None => Vec::new(),
+        };
+        Ok(api::ReadStreamResponse { data, ..Default::default() })
+    }
+
+    async fn write_stdin(&self, _: &TtrpcContext, request: api::WriteStreamRequest) -> ttrpc::Result<api::WriteStreamResponse> {
+        let process = self.process(&request.container_id, &request.exec_id)?;
+        let stdin = process.stdin.lock().await;
+        let stream = stdin.as_ref().ok_or_else(|| {
+            ServiceError::FailedPrecondition(format!(
+                "stdin of {}/{} is closed or was not requested",
+                request.container_id, request.exec_id
+            ))
+        })?;
+        let len = stream.write_all(&request.data).await.map_err(stream_error("write stdin"))?;
+        Ok(api::WriteStreamResponse { len: len as u32, ..Default::default() })
+    }
+
+    async fn close_stdin(&self, _: &TtrpcContext, request: api::CloseStdinRequest) -> ttrpc::Result<api::Empty> {
+        let process = self.process(&request.container_id, &request.exec_id)?;
+        process.stdin.lock().await.take();
+        Ok(api::Empty::default())
+    }
+
+    async fn resize_tty(&self, _: &TtrpcContext, request: api::ResizeTtyRequest) -> ttrpc::Result<api::Empty> {
+        let process = self.process(&request.container_id, &request.exec_id)?;
+        let terminal = process.terminal.as_ref().ok_or_else(|| {
+            ServiceError::FailedPrecondition(format!(
+                "{}/{} has no terminal to resize",
+                request.container_id, request.exec_id
+            ))
+        })?;
+        let rows = u16::try_from(request.rows).unwrap_or(u16::MAX);
+        let columns = u16::try_from(request.columns).unwrap_or(u16::MAX);
+        veil_container::resize_pty(std::os::fd::AsFd::as_fd(terminal), rows, columns).map_err(|e| {
+            ServiceError::Io {
+                what: "resize terminal".into(),
+                source: std::io::Error::other(e.to_string()),
+            }
+        })?;
+        Ok(api::Empty::default())
+    }
+
+    async fn shutdown(&self, _: &TtrpcContext, _: api::ShutdownRequest) -> ttrpc::Result<api::Empty> {
+        tracing::info!("shutdown requested: stopping every container and powering off");
+        self.kill_everything();
+        tokio::spawn(async {
+            // Let the reply reach the shim before the VM disappears.
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            if std::process::id() == 1 {
+                crate::pid1::power_off();
+            }
+        });
+        Ok(api::Empty::default())
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,268 @@
+//! The shim's side of the agent channel: connecting through the VM's socket and
+//! one method per agent call, each with a timeout unless it is a deliberate long wait.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use veil_protocol as api;
+use veil_protocol::ttrpc::{self, context, r#async::Client};
+
+use crate::error::{Error, Result};
+use crate::hypervisor::Vm;
+
+/// A connected agent.
+#[derive(Clone)]
+pub struct AgentClient {
+    client: api::AgentServiceClient,
+    timeout: Duration,
+}
+
+fn agent_error(what: &str, error: ttrpc::Error) -> Error {
+    match error {
+        ttrpc::Error::RpcStatus(status) => {
+            let detail = status.message().to_string();
+            match status.code() {
+                ttrpc::Code::NOT_FOUND => Error::NotFound(detail),
+                ttrpc::Code::ALREADY_EXISTS => Error::AlreadyExists(detail),
+                ttrpc::Code::INVALID_ARGUMENT => Error::InvalidArgument(detail),
+                ttrpc::Code::FAILED_PRECONDITION => Error::FailedPrecondition(detail),
+                _ => Error::Agent {
+                    what: what.to_string(),
+                    detail,
+                },
+            }
+        }
+        other => Error::Agent {
+            what: what.to_string(),
+            detail: format!("{other}; the VM may have stopped (see its console log)"),
+        },
+    }
+}
+
+async fn connect_socket(socket: &Path, vm: &dyn Vm, deadline: Instant) -> Result<tokio::net::UnixStream> {
+    loop {
+        match tokio::net::UnixStream::connect(socket).await {
+            Ok(stream) => return Ok(stream),
+            Err(e) if Instant::now() >= deadline => {
+                return Err(Error::Vm(format!(
+                    "agent socket {} did not appear: {e}",
+                    socket.display()
+                )))
+            }
+            Err(_) if vm.has_exited() => {
+                return Err(Error::Vm(format!(
+                    "VM stopped before its agent socket appeared: {}",
+                    vm.wait_exit().await
+                )))
+            }
+            // QEMU creates the socket within milliseconds of starting: poll finely.
+            Err(_) => tokio::time::sleep(Duration::from_millis(2)).await,
+        }
+    }
+}
+
+impl AgentClient {
+    /// Connects to the agent of `vm` and waits (up to `boot_timeout`) for its first answer.
+    ///
+    /// The ping is sent at once and waits in the channel until the guest's agent opens
+    /// its port, so readiness is seen the moment it happens, with no polling.
+    pub async fn connect(
+        socket: &Path,
+        vm: &dyn Vm,
+        boot_timeout: Duration,
+        request_timeout: Duration,
+    ) -> Result<(AgentClient, api::PingResponse)> {
+        let deadline = Instant::now() + boot_timeout;
+        let stream = connect_socket(socket, vm, deadline).await?;
+        let client = api::AgentServiceClient::new(Client::new(
+            ttrpc::r#async::transport::Socket::new(stream),
+        ));
+        let agent = AgentClient {
+            client,
+            timeout: request_timeout,
+        };
+        let ping_request = api::PingRequest::default();
+        let ping = agent.client.ping(
+            context::with_timeout(i64::try_from(boot_timeout.as_nanos()).unwrap_or(i64::MAX)),
+            &ping_request,
+        );
+        tokio::select! {
+            answer = ping => {
+                let answer = answer.map_err(|e| agent_error("wait for the guest agent to start", e))?;
+                Ok((agent, answer))
+            }
+            exit = vm.wait_exit() => Err(Error::Vm(format!(
+                "VM stopped before its agent answered: {exit}; see the VM console log"
+            ))),
+        }
+    }
+
+    fn short(&self) -> context::Context {
+        context::with_timeout(i64::try_from(self.timeout.as_nanos()).unwrap_or(i64::MAX))
+    }
+
+    /// Creates a container (init process stopped before exec).
+    pub async fn create_container(&self, request: api::CreateContainerRequest) -> Result<u32> {
+        let what = format!("create container {}", request.container_id);
+        let response = self
+            .client
+            .create_container(self.short(), &request)
+            .await
+            .map_err(|e| agent_error(&what, e))?;
+        Ok(response.pid)
+    }
+
+    /// Starts a created container.
+    pub async fn start_container(&self, container_id: &str) -> Result<u32> {
+        let request = api::StartContainerRequest {
+            container_id: container_id.to_string(),
+            ..Default::default()
+        };
+        let response = self
+            .client
+            .start_container(self.short(), &request)
+            .await
+            .map_err(|e| agent_error(&format!("start container {container_id}"), e))?;
+        Ok(response.pid)
+    }
+
+    /// Runs an additional process in a container.
+    pub async fn exec_process(&self, request: api::ExecProcessRequest) -> Result<u32> {
+        let what = format!("exec {} in container {}", request.exec_id, request.container_id);
+        let response = self
+            .client
+            .exec_process(self.short(), &request)
+            .await
+            .map_err(|e| agent_error(&what, e))?;
+        Ok(response.pid)
+    }
+
+    /// Sends a signal.
+    pub async fn signal(&self, container_id: &str, exec_id: &str, signal: u32, all: bool) -> Result<()> {
+        let request = api::SignalProcessRequest {
+            container_id: container_id.to_string(),
+            exec_id: exec_id.to_string(),
+            signal,
+            all,
+            ..Default::default()
+        };
+        self.client
+            .signal_process(self.short(), &request)
+            .await
+            .map_err(|e| agent_error(&format!("signal {signal} to {container_id}/{exec_id}"), e))?;
+        Ok(())
+    }
+
+    /// Waits, without a timeout, for a process to exit.
+    pub async fn wait_process(&self, container_id: &str, exec_id: &str) -> Result<api::WaitProcessResponse> {
+        let request = api::WaitProcessRequest {
+            container_id: container_id.to_string(),
+            exec_id: exec_id.to_string(),
+            ..Default::default()
+        };
+        self.client
+            .wait_process(context::Context::default(), &request)
+            .await
+            .map_err(|e| agent_error(&format!("wait for {container_id}/{exec_id}"), e))
+    }
+
+    /// Lists the container's processes.
+    pub async fn list_processes(&self, container_id: &str) -> Result<Vec<u32>> {
+        let request = api::ListProcessesRequest {
+            container_id: container_id.to_string(),
+            ..Default::default()
+        };
+        let response = self
+            .client
+            .list_processes(self.short(), &request)
+            .await
+            .map_err(|e| agent_error(&format!("list processes of {container_id}"), e))?;
+        Ok(response.pids)
+    }
+
+    /// Removes a stopped container.
+    pub async fn remove_container(&self, container_id: &str) -> Result<()> {
+        let request = api::RemoveContainerRequest {
+            container_id: container_id.to_string(),
+            ..Default::default()
+        };
+        self.client
+            .remove_container(self.short(), &request)
+            .await
+            .map_err(|e| agent_error(&format!("remove container {container_id}"), e))?;
+        Ok(())
+    }
+
+    /// Reads the next chunk of stdout (`stderr` false) or stderr; empty means end of stream.
+    /// Waits without a timeout: a quiet process may print nothing for hours.
+    pub async fn read_output(&self, container_id: &str, exec_id: &str, stderr: bool) -> Result<Vec<u8>> {
+        let request = api::ReadStreamRequest {
+            container_id: container_id.to_string(),
+            exec_id: exec_id.to_string(),
+            max_len: 64 * 1024,
+            ..Default::default()
+        };
+        let response = if stderr {
+            self.client.read_stderr(context::Context::default(), &request).await
+        } else {
+            self.client.read_stdout(context::Context::default(), &request).await
+        };
+        response
+            .map(|r| r.data)
+            .map_err(|e| agent_error(&format!("read output of {container_id}/{exec_id}"), e))
+    }
+
+    /// Writes to the process's stdin.
+    pub async fn write_stdin(&self, container_id: &str, exec_id: &str, data: Vec<u8>) -> Result<()> {
+        let request = api::WriteStreamRequest {
+            container_id: container_id.to_string(),
+            exec_id: exec_id.to_string(),
+            data,
+            ..Default::default()
+        };
+        self.client
+            .write_stdin(context::Context::default(), &request)
+            .await
+            .map_err(|e| agent_error(&format!("write stdin of {container_id}/{exec_id}"), e))?;
+        Ok(())
+    }
+
+    /// Closes the process's stdin.
+    pub async fn close_stdin(&self, container_id: &str, exec_id: &str) -> Result<()> {
+        let request = api::CloseStdinRequest {
+            container_id: container_id.to_string(),
+            exec_id: exec_id.to_string(),
+            ..Default::default()
+        };
+        self.client
+            .close_stdin(self.short(), &request)
+            .await
+            .map_err(|e| agent_error(&format!("close stdin of {container_id}/{exec_id}"), e))?;
+        Ok(())
+    }
+
+    /// Resizes the process's terminal.
+    pub async fn resize_tty(&self, container_id: &str, exec_id: &str, rows: u32, columns: u32) -> Result<()> {
+        let request = api::ResizeTtyRequest {
+            container_id: container_id.to_string(),
+            exec_id: exec_id.to_string(),
+            rows,
+            columns,
+            ..Default::default()
+        };
+        self.client
+            .resize_tty(self.short(), &request)
+            .await
+            .map_err(|e| agent_error(&format!("resize terminal of {container_id}/{exec_id}"), e))?;
+        Ok(())
+    }
+
+    /// Asks the agent to stop everything and power the VM off.
+    pub async fn shutdown(&self) -> Result<()> {
+        self.client
+            .shutdown(self.short(), &api::ShutdownRequest::default())
+            .await
+            .map_err(|e| agent_error("shut the VM down", e))?;
+        Ok(())
+    }
+}

@@ -1,0 +1,296 @@
+//! The QEMU backend: the command line (a pure function, tested against golden
+//! expectations) and the process that runs it.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use tokio::process::Command;
+use tokio::sync::watch;
+use veil_config::HypervisorConfig;
+
+use super::accel::{self, AccelChoice, HostFacts};
+use super::{Hypervisor, Vm, VmSpec};
+use crate::error::{Error, Result};
+
+/// Kernel command-line words for every veil guest. `panic=-1` with `-no-reboot` turns a
+/// guest panic into QEMU exiting, which the shim sees; the i8042 words skip probing
+/// a keyboard controller the VM does not need.
+const BASE_KERNEL_PARAMS: &str = "console=ttyS0 panic=-1 reboot=k pci=lastbus=0 i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd cryptomgr.notests net.ifnames=0";
+
+/// Builds the guest kernel command line.
+pub fn kernel_cmdline(config: &HypervisorConfig, agent_log_level: &str) -> String {
+    let mut words = vec![BASE_KERNEL_PARAMS.to_string()];
+    if !config.debug_console {
+        words.push("quiet".to_string());
+    }
+    words.push(format!("veil.log={agent_log_level}"));
+    words.push("veil.channel=serial".to_string());
+    if !config.kernel_params.trim().is_empty() {
+        words.push(config.kernel_params.trim().to_string());
+    }
+    words.join(" ")
+}
+
+/// Builds QEMU's arguments for one pod VM.
+pub fn command_line(
+    config: &HypervisorConfig,
+    accel: &AccelChoice,
+    spec: &VmSpec,
+    cmdline: &str,
+) -> Vec<String> {
+    let path = |p: &Path| p.display().to_string();
+    let mut args: Vec<String> = vec![
+        "-name".into(),
+        format!("veil-{},debug-threads=on", spec.id),
+        "-machine".into(),
+        format!("{},accel={}", config.machine, if accel.kvm { "kvm" } else { "tcg" }),
+        "-cpu".into(),
+        if accel.kvm { "host" } else { "max" }.into(),
+        "-smp".into(),
+        config.vcpus.to_string(),
+        "-m".into(),
+        format!("{}M", config.memory_mib),
+        "-nodefaults".into(),
+        "-no-user-config".into(),
+        "-nographic".into(),
+        "-no-reboot".into(),
+        "-kernel".into(),
+        path(&config.kernel),
+        "-initrd".into(),
+        path(&config.initrd),
+        "-append".into(),
+        cmdline.to_string(),
+        "-chardev".into(),
+        format!("file,id=console,path={}", path(&spec.console_log)),
+        "-serial".into(),
+        "chardev:console".into(),
+        "-device".into(),
+        "virtio-serial-pci,id=virtio-serial0".into(),
+        "-chardev".into(),
+        format!("socket,id=agent,path={},server=on,wait=off", path(&spec.agent_socket)),
+        "-device".into(),
+        format!(
+            "virtserialport,bus=virtio-serial0.0,chardev=agent,name={}",
+            veil_protocol::SERIAL_PORT_NAME
+        ),
+        "-fsdev".into(),
+        format!(
+            "local,id=shared,path={},security_model=none,multidevs=remap",
+            path(&spec.shared_dir)
+        ),
+        "-device".into(),
+        format!("virtio-9p-pci,fsdev=shared,mount_tag={}", veil_protocol::SHARED_FS_TAG),
+        "-device".into(),
+        "virtio-rng-pci".into(),
+    ];
+    if !accel.kvm && config.vcpus > 1 {
+        args.extend(["-accel".into(), "tcg,thread=multi".into()]);
+    }
+    args
+}
+
+/// The QEMU hypervisor.
+pub struct Qemu {
+    config: HypervisorConfig,
+    agent_log_level: String,
+}
+
+impl Qemu {
+    /// A backend for `config`.
+    pub fn new(config: HypervisorConfig, agent_log_level: String) -> Self {
+        Qemu { config, agent_log_level }
+    }
+
+    fn check_inputs(&self) -> Result<()> {
+        let hint = "set it under [hypervisor] in the veil configuration, or run `veil node install` to build and install the guest image";
+        for (what, path) in [
+            ("QEMU binary", &self.config.path),
+            ("guest kernel", &self.config.kernel),
+            ("guest initramfs", &self.config.initrd),
+        ] {
+            if !path.exists() {
+                return Err(Error::MissingFile {
+                    what,
+                    path: path.clone(),
+                    hint: hint.to_string(),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Hypervisor for Qemu {
+    async fn launch(&self, spec: &VmSpec) -> Result<Box<dyn Vm>> {
+        self.check_inputs()?;
+        let accel = accel::choose(self.config.accel, &HostFacts::probe()).map_err(Error::Vm)?;
+        let cmdline = kernel_cmdline(&self.config, &self.agent_log_level);
+        let args = command_line(&self.config, &accel, spec, &cmdline);
+        let stderr_log = spec.state_dir.join("qemu.log");
+        let stderr = std::fs::File::create(&stderr_log).map_err(Error::io(format!("create {}", stderr_log.display())))?;
+        let child = Command::new(&self.config.path)
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(Error::io(format!("start {}", self.config.path.display())))?;
+        let pid = child.id().unwrap_or_default();
+        tracing::info!(
+            sandbox = %spec.id,
+            pid,
+            accel = if accel.kvm { "kvm" } else { "tcg" },
+            reason = %accel.reason,
+            "vm.spawned"
+        );
+        tracing::debug!(args = ?args, "qemu command line");
+        Ok(Box::new(QemuVm::watch(child, pid, accel, stderr_log)))
+    }
+}
+
+/// A running QEMU process.
+pub struct QemuVm {
+    pid: u32,
+    accel: AccelChoice,
+    exited: watch::Receiver<Option<String>>,
+    kill: Arc<tokio::sync::Notify>,
+}
+
+impl QemuVm {
+    fn watch(mut child: tokio::process::Child, pid: u32, accel: AccelChoice, stderr_log: PathBuf) -> Self {
+        let (sender, exited) = watch::channel(None);
+        let kill = Arc::new(tokio::sync::Notify::new());
+        let kill_requested = kill.clone();
+        tokio::spawn(async move {
+            let status = tokio::select! {
+                status = child.wait() => status,
+                () = kill_requested.notified() => {
+                    let _ = child.start_kill();
+                    child.wait().await
+                }
+            };
+            let stderr = std::fs::read_to_string(&stderr_log).unwrap_or_default();
+            let description = match status {
+                Ok(status) if stderr.trim().is_empty() => format!("QEMU exited ({status})"),
+                Ok(status) => format!("QEMU exited ({status}): {}", stderr.trim()),
+                Err(e) => format!("QEMU could not be waited for: {e}"),
+            };
+            tracing::info!(pid, %description, "vm.exited");
+            let _ = sender.send(Some(description));
+        });
+        QemuVm { pid, accel, exited, kill }
+    }
+}
+
+#[async_trait]
+impl Vm for QemuVm {
+    fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    fn description(&self) -> String {
+        format!("QEMU pid {} ({})", self.pid, self.accel.reason)
+    }
+
+    async fn wait_exit(&self) -> String {
+        let mut exited = self.exited.clone();
+        loop {
+            if let Some(description) = exited.borrow_and_update().clone() {
+                return description;
+            }
+            if exited.changed().await.is_err() {
+                return "QEMU watcher ended".to_string();
+            }
+        }
+    }
+
+    fn has_exited(&self) -> bool {
+        self.exited.borrow().is_some()
+    }
+
+    async fn kill(&self) {
+        self.kill.notify_one();
+        self.wait_exit().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> VmSpec {
+        VmSpec {
+            id: "sb1".into(),
+            state_dir: "/run/veil/default/sb1".into(),
+            shared_dir: "/run/veil/default/sb1/shared".into(),
+            agent_socket: "/run/veil/default/sb1/agent.sock".into(),
+            console_log: "/run/veil/default/sb1/console.log".into(),
+        }
+    }
+
+    fn config() -> HypervisorConfig {
+        HypervisorConfig {
+            kernel: "/k/vmlinuz".into(),
+            initrd: "/k/initramfs.img".into(),
+            ..HypervisorConfig::default()
+        }
+    }
+
+    #[test]
+    fn tcg_command_line_matches_golden() {
+        let tcg = AccelChoice { kvm: false, reason: "test".into() };
+        let cmdline = kernel_cmdline(&config(), "info");
+        let args = command_line(&config(), &tcg, &spec(), &cmdline).join(" ");
+        let golden = "-name veil-sb1,debug-threads=on -machine q35,accel=tcg -cpu max -smp 1 -m 512M \
+-nodefaults -no-user-config -nographic -no-reboot -kernel /k/vmlinuz -initrd /k/initramfs.img \
+-append console=ttyS0 panic=-1 reboot=k pci=lastbus=0 i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd cryptomgr.notests net.ifnames=0 quiet veil.log=info veil.channel=serial \
+-chardev file,id=console,path=/run/veil/default/sb1/console.log -serial chardev:console \
+-device virtio-serial-pci,id=virtio-serial0 \
+-chardev socket,id=agent,path=/run/veil/default/sb1/agent.sock,server=on,wait=off \
+-device virtserialport,bus=virtio-serial0.0,chardev=agent,name=veil.agent \
+-fsdev local,id=shared,path=/run/veil/default/sb1/shared,security_model=none,multidevs=remap \
+-device virtio-9p-pci,fsdev=shared,mount_tag=veilshare -device virtio-rng-pci";
+        assert_eq!(args, golden);
+    }
+
+    #[test]
+    fn kvm_uses_the_host_cpu_and_multi_vcpu_tcg_uses_threads() {
+        let kvm = AccelChoice { kvm: true, reason: "test".into() };
+        let args = command_line(&config(), &kvm, &spec(), "x");
+        assert!(args.contains(&"q35,accel=kvm".to_string()) && args.contains(&"host".to_string()));
+        let tcg = AccelChoice { kvm: false, reason: "test".into() };
+        let four = HypervisorConfig { vcpus: 4, ..config() };
+        assert!(command_line(&four, &tcg, &spec(), "x").contains(&"tcg,thread=multi".to_string()));
+    }
+
+    #[test]
+    fn debug_console_drops_quiet_and_extra_params_are_appended() {
+        let loud = HypervisorConfig {
+            debug_console: true,
+            kernel_params: "tsc_early_khz=2000000".into(),
+            ..config()
+        };
+        let cmdline = kernel_cmdline(&loud, "debug");
+        assert!(!cmdline.contains("quiet"));
+        assert!(cmdline.ends_with("veil.log=debug veil.channel=serial tsc_early_khz=2000000"));
+    }
+
+    #[tokio::test]
+    async fn missing_kernel_is_named() {
+        let qemu = Qemu::new(
+            HypervisorConfig {
+                path: "/bin/true".into(),
+                kernel: "/nonexistent/vmlinuz".into(),
+                ..config()
+            },
+            "info".into(),
+        );
+        let error = qemu.launch(&spec()).await.err().expect("refused");
+        let text = error.to_string();
+        assert!(text.contains("guest kernel") && text.contains("/nonexistent/vmlinuz"), "{text}");
+    }
+}

@@ -1,0 +1,138 @@
+//! A sandbox is one pod VM: its state directory, its shared directory, the QEMU
+//! process and the connected agent. A plain `ctr run` container is its own sandbox;
+//! under CRI every container with the same sandbox id shares one.
+
+pub mod storage;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use veil_config::Config;
+
+use crate::agent::AgentClient;
+use crate::error::{Error, Result};
+use crate::hypervisor::{qemu::Qemu, Hypervisor, Vm, VmSpec};
+
+/// How long a guest gets to power off by itself before QEMU is killed.
+const POWER_OFF_GRACE: Duration = Duration::from_secs(5);
+
+/// A running pod VM.
+pub struct Sandbox {
+    /// Sandbox id.
+    pub id: String,
+    /// `<state_dir>/<namespace>/<id>`.
+    pub state_dir: PathBuf,
+    /// Exported to the guest over virtio-9p.
+    pub shared_dir: PathBuf,
+    /// The guest console.
+    pub console_log: PathBuf,
+    /// The guest's answer to the first ping (kernel release, boot id).
+    pub guest: veil_protocol::PingResponse,
+    vm: Box<dyn Vm>,
+    agent: AgentClient,
+}
+
+/// `<state_dir>/<namespace>/<sandbox id>`.
+pub fn state_dir_for(config: &Config, namespace: &str, id: &str) -> PathBuf {
+    config.runtime.state_dir.join(namespace).join(id)
+}
+
+/// Removes a state directory, unmounting whatever was left mounted below it.
+pub fn remove_state_dir(state_dir: &Path) {
+    storage::detach_mounts_under(state_dir);
+    if let Err(error) = std::fs::remove_dir_all(state_dir) {
+        if error.kind() != std::io::ErrorKind::NotFound {
+            tracing::warn!(dir = %state_dir.display(), %error, "could not remove sandbox state");
+        }
+    }
+}
+
+impl Sandbox {
+    /// Starts the VM for sandbox `id` and waits for its agent.
+    pub async fn start(config: &Config, namespace: &str, id: &str) -> Result<Sandbox> {
+        let state_dir = state_dir_for(config, namespace, id);
+        // A previous shim of this id may have crashed: start from a clean directory.
+        remove_state_dir(&state_dir);
+        let shared_dir = state_dir.join("shared");
+        std::fs::create_dir_all(&shared_dir).map_err(Error::io(format!("create {}", shared_dir.display())))?;
+        let spec = VmSpec {
+            id: id.to_string(),
+            state_dir: state_dir.clone(),
+            shared_dir: shared_dir.clone(),
+            agent_socket: state_dir.join("agent.sock"),
+            console_log: state_dir.join("console.log"),
+        };
+        let hypervisor = Qemu::new(config.hypervisor.clone(), config.agent.log_level.clone());
+        let vm = hypervisor.launch(&spec).await?;
+        let connected = AgentClient::connect(
+            &spec.agent_socket,
+            vm.as_ref(),
+            Duration::from_secs(config.hypervisor.boot_timeout_secs),
+            Duration::from_secs(config.agent.request_timeout_secs),
+        )
+        .await;
+        let (agent, guest) = match connected {
+            Ok(connected) => connected,
+            Err(error) => {
+                vm.kill().await;
+                let console = console_tail(&spec.console_log);
+                remove_state_dir(&state_dir);
+                return Err(Error::Vm(format!("{error}; console: {console}")));
+            }
+        };
+        tracing::info!(
+            sandbox = %id,
+            vm = %vm.description(),
+            kernel = %guest.kernel_release,
+            boot_id = %guest.boot_id,
+            "agent.connected"
+        );
+        Ok(Sandbox {
+            id: id.to_string(),
+            state_dir,
+            shared_dir,
+            console_log: spec.console_log,
+            guest,
+            vm,
+            agent,
+        })
+    }
+
+    /// The agent client.
+    pub fn agent(&self) -> &AgentClient {
+        &self.agent
+    }
+
+    /// Waits until the VM process exits; returns how it ended.
+    pub async fn vm_exited(&self) -> String {
+        self.vm.wait_exit().await
+    }
+
+    /// The hypervisor's host pid.
+    pub fn vm_pid(&self) -> u32 {
+        self.vm.pid()
+    }
+
+    /// Powers the guest off (or kills QEMU after a grace period) and removes the state.
+    pub async fn stop(&self) {
+        if !self.vm.has_exited() {
+            let _ = tokio::time::timeout(POWER_OFF_GRACE, self.agent.shutdown()).await;
+            if tokio::time::timeout(POWER_OFF_GRACE, self.vm.wait_exit()).await.is_err() {
+                tracing::warn!(sandbox = %self.id, "guest did not power off in time; killing QEMU");
+            }
+            self.vm.kill().await;
+        }
+        remove_state_dir(&self.state_dir);
+        tracing::info!(sandbox = %self.id, "sandbox.stopped");
+    }
+}
+
+/// The last lines of the console log, for error messages.
+pub fn console_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().rev().take(8).collect();
+    if lines.is_empty() {
+        return format!("(empty: {})", path.display());
+    }
+    lines.into_iter().rev().collect::<Vec<_>>().join(" | ")
+}

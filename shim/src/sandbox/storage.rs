@@ -1,0 +1,206 @@
+//! Getting a container's files into the guest: the rootfs containerd prepared
+//! (snapshot mounts) and the spec's bind mounts are bind-mounted into the sandbox's
+//! shared directory, which QEMU exports over virtio-9p; the spec is rewritten to the
+//! guest paths.
+
+use std::path::{Path, PathBuf};
+
+use containerd_shim::protos::types::mount::Mount;
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use oci_spec::runtime::Spec;
+
+use crate::error::{Error, Result};
+
+/// Where a container's files live inside the shared directory.
+pub fn container_share(shared_dir: &Path, container_id: &str) -> PathBuf {
+    shared_dir.join(container_id)
+}
+
+fn guest_path(container_id: &str, relative: &str) -> String {
+    format!("{}/{container_id}/{relative}", veil_protocol::GUEST_SHARED_DIR)
+}
+
+fn bind(source: &Path, target: &Path) -> Result<()> {
+    mount(Some(source), target, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
+        .map_err(|e| Error::Io {
+            what: format!("bind {} to {}", source.display(), target.display()),
+            source: e.into(),
+        })
+}
+
+/// Mounts containerd's rootfs mounts (usually one overlay) at `<bundle>/rootfs`, or uses
+/// the spec's root path when containerd passed none. Returns the host rootfs and
+/// whether the shim mounted it (and must unmount it).
+pub async fn mount_rootfs(bundle: &Path, mounts: &[Mount], spec: &Spec) -> Result<(PathBuf, bool)> {
+    if mounts.is_empty() {
+        let root = spec
+            .root()
+            .as_ref()
+            .map(|r| r.path().clone())
+            .ok_or_else(|| Error::InvalidArgument("the OCI spec has no root and containerd passed no rootfs mounts".into()))?;
+        let root = if root.is_absolute() { root } else { bundle.join(root) };
+        return Ok((root, false));
+    }
+    let target = bundle.join("rootfs");
+    std::fs::create_dir_all(&target).map_err(Error::io(format!("create {}", target.display())))?;
+    for m in mounts {
+        containerd_shim::asynchronous::util::mount_rootfs(m, &target)
+            .await
+            .map_err(|e| Error::Io {
+                what: format!("mount rootfs ({} from {}) at {}", m.type_, m.source, target.display()),
+                source: std::io::Error::other(e.to_string()),
+            })?;
+    }
+    Ok((target, true))
+}
+
+/// Binds the host rootfs into the shared directory; returns its guest path.
+pub fn share_rootfs(shared_dir: &Path, container_id: &str, host_rootfs: &Path) -> Result<String> {
+    let target = container_share(shared_dir, container_id).join("rootfs");
+    std::fs::create_dir_all(&target).map_err(Error::io(format!("create {}", target.display())))?;
+    bind(host_rootfs, &target)?;
+    Ok(guest_path(container_id, "rootfs"))
+}
+
+fn is_bind(mount: &oci_spec::runtime::Mount) -> bool {
+    mount.typ().as_deref() == Some("bind")
+        || mount
+            .options()
+            .as_ref()
+            .is_some_and(|o| o.iter().any(|opt| opt == "bind" || opt == "rbind"))
+}
+
+/// Shares every bind mount's host source and points the spec at the guest copy.
+pub fn share_bind_mounts(shared_dir: &Path, container_id: &str, spec: &mut Spec) -> Result<()> {
+    let Some(mut mounts) = spec.mounts().clone() else {
+        return Ok(());
+    };
+    let dir = container_share(shared_dir, container_id).join("mounts");
+    for (index, m) in mounts.iter_mut().enumerate() {
+        let Some(source) = m.source().clone().filter(|s| s.is_absolute()) else {
+            continue;
+        };
+        if !is_bind(m) {
+            continue;
+        }
+        let meta = std::fs::metadata(&source).map_err(Error::io(format!(
+            "bind mount source {} for {}",
+            source.display(),
+            m.destination().display()
+        )))?;
+        let target = dir.join(index.to_string());
+        std::fs::create_dir_all(&dir).map_err(Error::io(format!("create {}", dir.display())))?;
+        if meta.is_dir() {
+            std::fs::create_dir_all(&target).map_err(Error::io(format!("create {}", target.display())))?;
+        } else {
+            std::fs::File::create(&target).map_err(Error::io(format!("create {}", target.display())))?;
+        }
+        bind(&source, &target)?;
+        m.set_source(Some(PathBuf::from(guest_path(container_id, &format!("mounts/{index}")))));
+    }
+    spec.set_mounts(Some(mounts));
+    Ok(())
+}
+
+/// Makes a host-generated spec meaningful inside the guest: namespace paths and hooks
+/// name host objects, so they are dropped (the guest creates fresh namespaces).
+pub fn adapt_spec_for_guest(spec: &mut Spec) {
+    if spec.hooks().is_some() {
+        tracing::warn!("OCI hooks run on the host with runc; veil does not run them inside the VM");
+        spec.set_hooks(None);
+    }
+    if let Some(linux) = spec.linux_mut() {
+        if let Some(namespaces) = linux.namespaces().clone() {
+            let fresh = namespaces
+                .into_iter()
+                .map(|mut ns| {
+                    ns.set_path(None);
+                    ns
+                })
+                .collect();
+            linux.set_namespaces(Some(fresh));
+        }
+    }
+}
+
+/// Undoes [`share_rootfs`] and [`share_bind_mounts`] for one container.
+pub fn unshare(shared_dir: &Path, container_id: &str) {
+    let dir = container_share(shared_dir, container_id);
+    detach_mounts_under(&dir);
+    if let Err(error) = std::fs::remove_dir_all(&dir) {
+        if error.kind() != std::io::ErrorKind::NotFound {
+            tracing::warn!(dir = %dir.display(), %error, "could not remove the container's share");
+        }
+    }
+}
+
+/// Lazily unmounts every mount at or below `dir` (deepest first).
+pub fn detach_mounts_under(dir: &Path) {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut targets: Vec<PathBuf> = mountinfo
+        .lines()
+        .filter_map(|line| line.split_whitespace().nth(4))
+        .map(PathBuf::from)
+        .filter(|target| target.starts_with(dir))
+        .collect();
+    targets.sort_by_key(|t| std::cmp::Reverse(t.components().count()));
+    for target in targets {
+        if let Err(error) = umount2(&target, MntFlags::MNT_DETACH) {
+            tracing::warn!(target = %target.display(), %error, "unmount failed");
+        }
+    }
+}
+
+/// Unmounts `<bundle>/rootfs` mounted by [`mount_rootfs`].
+pub fn unmount_rootfs(bundle: &Path) {
+    detach_mounts_under(&bundle.join("rootfs"));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec_with(json: &str) -> Spec {
+        serde_json::from_str(json).expect("spec")
+    }
+
+    #[test]
+    fn namespace_paths_and_hooks_are_dropped() {
+        let mut spec = spec_with(
+            r#"{"ociVersion":"1.0.2","hooks":{"prestart":[{"path":"/bin/true"}]},
+                "linux":{"namespaces":[{"type":"network","path":"/var/run/netns/cni-1"},{"type":"pid"}]}}"#,
+        );
+        adapt_spec_for_guest(&mut spec);
+        assert!(spec.hooks().is_none());
+        let namespaces = spec.linux().as_ref().and_then(|l| l.namespaces().clone()).expect("namespaces");
+        assert_eq!(namespaces.len(), 2);
+        assert!(namespaces.iter().all(|ns| ns.path().is_none()));
+    }
+
+    #[test]
+    fn bind_detection_covers_type_and_options() {
+        let spec = spec_with(
+            r#"{"ociVersion":"1.0.2","mounts":[
+                {"destination":"/a","type":"bind","source":"/x"},
+                {"destination":"/b","source":"/y","options":["rbind","ro"]},
+                {"destination":"/proc","type":"proc","source":"proc"}]}"#,
+        );
+        let mounts = spec.mounts().clone().expect("mounts");
+        assert!(is_bind(&mounts[0]) && is_bind(&mounts[1]) && !is_bind(&mounts[2]));
+    }
+
+    #[test]
+    fn guest_paths_live_under_the_guest_share() {
+        assert_eq!(guest_path("c1", "rootfs"), "/run/veil/shared/c1/rootfs");
+    }
+
+    #[test]
+    fn missing_bind_source_is_named() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut spec = spec_with(
+            r#"{"ociVersion":"1.0.2","mounts":[{"destination":"/data","type":"bind","source":"/nonexistent/data"}]}"#,
+        );
+        let error = share_bind_mounts(dir.path(), "c1", &mut spec).expect_err("missing");
+        assert!(error.to_string().contains("/nonexistent/data"));
+    }
+}

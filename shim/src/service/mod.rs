@@ -1,0 +1,395 @@
+//! The containerd Task service: maps each Task RPC onto the sandbox (VM), its
+//! containers and their processes, publishing events in the order containerd expects
+//! (TaskCreate, TaskStart, TaskExecAdded, TaskExecStarted, TaskExit, TaskDelete).
+
+mod events;
+pub use events::timestamp;
+pub mod process;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use containerd_shim::asynchronous::publisher::RemotePublisher;
+use containerd_shim::asynchronous::ExitSignal;
+use oci_spec::runtime::Spec;
+use veil_config::Config;
+
+use crate::error::{Error, Result};
+use crate::io::{self, StdioPaths};
+use crate::options;
+use crate::sandbox::{storage, Sandbox};
+use events::EventSink;
+use process::{ExitInfo, ProcessState, Status};
+
+mod task;
+
+/// How long output relays may take to drain after a process exits.
+const OUTPUT_DRAIN: Duration = Duration::from_secs(2);
+/// How long Delete waits for a created-but-never-started init to die after SIGKILL.
+const KILL_WAIT: Duration = Duration::from_secs(10);
+/// File in the bundle recording where the sandbox state lives (for `delete` after a crash).
+pub const STATE_DIR_FILE: &str = "veil-state-dir";
+
+struct ContainerState {
+    bundle: PathBuf,
+    rootfs_mounted: bool,
+    init: Arc<ProcessState>,
+    execs: Mutex<HashMap<String, Arc<ProcessState>>>,
+}
+
+impl ContainerState {
+    fn processes(&self) -> Vec<Arc<ProcessState>> {
+        let mut all = vec![self.init.clone()];
+        all.extend(locked(&self.execs).values().cloned());
+        all
+    }
+}
+
+type Containers = Arc<Mutex<HashMap<String, Arc<ContainerState>>>>;
+
+fn locked<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The task service of one shim (one sandbox).
+pub struct TaskService {
+    events: EventSink,
+    exit: Arc<ExitSignal>,
+    sandbox: tokio::sync::Mutex<Option<Arc<Sandbox>>>,
+    containers: Containers,
+}
+
+impl TaskService {
+    /// A service publishing to containerd through `publisher`.
+    pub fn new(namespace: &str, publisher: RemotePublisher, exit: Arc<ExitSignal>) -> Self {
+        TaskService {
+            events: EventSink::new(namespace, publisher),
+            exit,
+            sandbox: tokio::sync::Mutex::new(None),
+            containers: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    fn container(&self, id: &str) -> Result<Arc<ContainerState>> {
+        locked(&self.containers)
+            .get(id)
+            .cloned()
+            .ok_or_else(|| Error::NotFound(format!("container {id}")))
+    }
+
+    fn process(&self, id: &str, exec_id: &str) -> Result<(Arc<ContainerState>, Arc<ProcessState>)> {
+        let container = self.container(id)?;
+        if exec_id.is_empty() {
+            let init = container.init.clone();
+            return Ok((container, init));
+        }
+        let exec = locked(&container.execs)
+            .get(exec_id)
+            .cloned()
+            .ok_or_else(|| Error::NotFound(format!("process {exec_id} of container {id}")))?;
+        Ok((container, exec))
+    }
+
+    async fn current_sandbox(&self) -> Result<Arc<Sandbox>> {
+        self.sandbox
+            .lock()
+            .await
+            .clone()
+            .ok_or_else(|| Error::FailedPrecondition("the sandbox VM is not running".into()))
+    }
+
+    /// The running sandbox, started first if this is the sandbox's first container.
+    async fn ensure_sandbox(&self, config: &Config, sandbox_id: &str) -> Result<Arc<Sandbox>> {
+        let mut slot = self.sandbox.lock().await;
+        if let Some(sandbox) = slot.as_ref() {
+            return Ok(sandbox.clone());
+        }
+        let sandbox = Arc::new(Sandbox::start(config, self.events.namespace(), sandbox_id).await?);
+        self.watch_vm(sandbox.clone());
+        *slot = Some(sandbox.clone());
+        Ok(sandbox)
+    }
+
+    /// When the VM dies on its own, every process in it has ended: report each once.
+    fn watch_vm(&self, sandbox: Arc<Sandbox>) {
+        let events = self.events.clone();
+        let containers = self.containers.clone();
+        tokio::spawn(async move {
+            let why = sandbox.vm_exited().await;
+            let exit = ExitInfo {
+                status: 128 + libc::SIGKILL as u32,
+                at: SystemTime::now(),
+            };
+            let processes: Vec<_> = locked(&containers).values().flat_map(|c| c.processes()).collect();
+            for process in processes {
+                if process.mark_exited(exit) {
+                    tracing::warn!(container = %process.container_id, exec = %process.exec_id, %why, "VM ended under a running process");
+                    events.exit(&process, exit).await;
+                }
+            }
+        });
+    }
+
+    /// Stops the VM when no container is left in it.
+    async fn stop_sandbox_if_empty(&self) {
+        if !locked(&self.containers).is_empty() {
+            return;
+        }
+        let sandbox = self.sandbox.lock().await.take();
+        if let Some(sandbox) = sandbox {
+            sandbox.stop().await;
+        }
+    }
+
+    async fn create(&self, request: &containerd_shim::api::CreateTaskRequest) -> Result<u32> {
+        tracing::info!(container = %request.id, "create.received");
+        if request.id.is_empty() {
+            return Err(Error::InvalidArgument("container id is empty".into()));
+        }
+        if locked(&self.containers).contains_key(&request.id) {
+            return Err(Error::AlreadyExists(format!("container {}", request.id)));
+        }
+        if !request.checkpoint.is_empty() {
+            return Err(Error::Unimplemented("restoring from a checkpoint"));
+        }
+        let bundle = PathBuf::from(&request.bundle);
+        let spec_path = bundle.join("config.json");
+        let spec = Spec::load(&spec_path)
+            .map_err(|e| Error::InvalidArgument(format!("OCI spec {}: {e}", spec_path.display())))?;
+        let config_path = options::config_path(request.options.as_ref()).map_err(Error::InvalidArgument)?;
+        let (config, found) = Config::discover(config_path.as_deref())?;
+        tracing::info!(config = ?found, "configuration loaded");
+        let sandbox_id = options::sandbox_id(spec.annotations().as_ref(), &request.id);
+
+        // Boot the VM while containerd's snapshot is mounted: both take time.
+        let (sandbox, rootfs) = tokio::join!(
+            self.ensure_sandbox(&config, &sandbox_id),
+            storage::mount_rootfs(&bundle, &request.rootfs, &spec)
+        );
+        let (host_rootfs, rootfs_mounted) = match rootfs {
+            Ok(rootfs) => rootfs,
+            Err(error) => {
+                self.stop_sandbox_if_empty().await;
+                return Err(error);
+            }
+        };
+        let sandbox = match sandbox {
+            Ok(sandbox) => sandbox,
+            Err(error) => {
+                if rootfs_mounted {
+                    storage::unmount_rootfs(&bundle);
+                }
+                return Err(error);
+            }
+        };
+        let _ = std::fs::write(bundle.join(STATE_DIR_FILE), sandbox.state_dir.display().to_string());
+        let stdio = StdioPaths {
+            stdin: request.stdin.clone(),
+            stdout: request.stdout.clone(),
+            stderr: request.stderr.clone(),
+            terminal: request.terminal,
+        };
+        let created = self.create_in_guest(&sandbox, &request.id, spec, &host_rootfs, &stdio).await;
+        let pid = match created {
+            Ok(pid) => pid,
+            Err(error) => {
+                storage::unshare(&sandbox.shared_dir, &request.id);
+                if rootfs_mounted {
+                    storage::unmount_rootfs(&bundle);
+                }
+                self.stop_sandbox_if_empty().await;
+                return Err(error);
+            }
+        };
+        let init = Arc::new(ProcessState::new(&request.id, "", stdio, None));
+        init.set_pid(pid);
+        let container = Arc::new(ContainerState {
+            bundle,
+            rootfs_mounted,
+            init: init.clone(),
+            execs: Mutex::new(HashMap::new()),
+        });
+        locked(&self.containers).insert(request.id.clone(), container);
+        self.start_relays(&sandbox, &init);
+        self.events.create(request, pid).await;
+        // Watch from creation: an init killed before Start must still report its exit.
+        self.spawn_exit_watcher(sandbox, init);
+        tracing::info!(container = %request.id, pid, "container.created");
+        Ok(pid)
+    }
+
+    async fn create_in_guest(
+        &self,
+        sandbox: &Sandbox,
+        id: &str,
+        mut spec: Spec,
+        host_rootfs: &std::path::Path,
+        stdio: &StdioPaths,
+    ) -> Result<u32> {
+        let guest_rootfs = storage::share_rootfs(&sandbox.shared_dir, id, host_rootfs)?;
+        storage::adapt_spec_for_guest(&mut spec);
+        storage::share_bind_mounts(&sandbox.shared_dir, id, &mut spec)?;
+        let spec_json = serde_json::to_vec(&spec)
+            .map_err(|e| Error::InvalidArgument(format!("serialize the OCI spec of {id}: {e}")))?;
+        sandbox
+            .agent()
+            .create_container(veil_protocol::CreateContainerRequest {
+                container_id: id.to_string(),
+                oci_spec_json: spec_json,
+                rootfs: guest_rootfs,
+                stdio: veil_protocol::protobuf::MessageField::some(stdio.to_agent()),
+                ..Default::default()
+            })
+            .await
+    }
+
+    fn start_relays(&self, sandbox: &Sandbox, process: &ProcessState) {
+        let agent = sandbox.agent().clone();
+        let (cid, eid) = (process.container_id.clone(), process.exec_id.clone());
+        let stdio = &process.stdio;
+        if !stdio.stdout.is_empty() {
+            process.add_relay(io::relay_output(agent.clone(), cid.clone(), eid.clone(), stdio.stdout.clone(), false));
+        }
+        if !stdio.stderr.is_empty() && !stdio.terminal {
+            process.add_relay(io::relay_output(agent.clone(), cid.clone(), eid.clone(), stdio.stderr.clone(), true));
+        }
+        if !stdio.stdin.is_empty() {
+            // Not awaited at exit: stdin may stay open after the process is gone.
+            let _ = io::relay_stdin(agent, cid, eid, stdio.stdin.clone(), process.close_stdin.clone());
+        }
+    }
+
+    /// Waits for the process to end (or the VM to die), lets its output drain, then
+    /// records the exit and publishes TaskExit, after any TaskStart in flight.
+    fn spawn_exit_watcher(&self, sandbox: Arc<Sandbox>, process: Arc<ProcessState>) {
+        let events = self.events.clone();
+        tokio::spawn(async move {
+            let agent = sandbox.agent().clone();
+            let waited = tokio::select! {
+                waited = agent.wait_process(&process.container_id, &process.exec_id) => waited.ok(),
+                _ = sandbox.vm_exited() => None,
+            };
+            let status = waited.map(|w| w.exit_status).unwrap_or(128 + libc::SIGKILL as u32);
+            for relay in process.take_relays() {
+                let _ = tokio::time::timeout(OUTPUT_DRAIN, relay).await;
+            }
+            let _started = process.start_lock.lock().await;
+            let exit = ExitInfo { status, at: SystemTime::now() };
+            if process.mark_exited(exit) {
+                tracing::info!(container = %process.container_id, exec = %process.exec_id, status, "process.exited");
+                events.exit(&process, exit).await;
+            }
+        });
+    }
+
+    async fn start(&self, id: &str, exec_id: &str) -> Result<u32> {
+        let (_, process) = self.process(id, exec_id)?;
+        let sandbox = self.current_sandbox().await?;
+        let _starting = process.start_lock.lock().await;
+        if !process.status().can_start() {
+            return Err(Error::FailedPrecondition(format!(
+                "{} cannot be started: it is {:?}",
+                describe(id, exec_id),
+                process.status()
+            )));
+        }
+        let pid = if exec_id.is_empty() {
+            sandbox.agent().start_container(id).await?
+        } else {
+            let pid = sandbox
+                .agent()
+                .exec_process(veil_protocol::ExecProcessRequest {
+                    container_id: id.to_string(),
+                    exec_id: exec_id.to_string(),
+                    oci_process_json: process.exec_spec.clone().unwrap_or_default(),
+                    stdio: veil_protocol::protobuf::MessageField::some(process.stdio.to_agent()),
+                    ..Default::default()
+                })
+                .await?;
+            process.set_pid(pid);
+            self.start_relays(&sandbox, &process);
+            self.spawn_exit_watcher(sandbox.clone(), process.clone());
+            pid
+        };
+        process.mark_running();
+        if exec_id.is_empty() {
+            self.events.start(id, pid).await;
+        } else {
+            self.events.exec_started(id, exec_id, pid).await;
+        }
+        tracing::info!(container = %id, exec = %exec_id, pid, "process.started");
+        Ok(pid)
+    }
+
+    async fn kill(&self, id: &str, exec_id: &str, signal: u32, all: bool) -> Result<()> {
+        let (_, process) = self.process(id, exec_id)?;
+        if process.status() == Status::Stopped {
+            return Err(Error::NotFound(format!("{} has already finished", describe(id, exec_id))));
+        }
+        let sandbox = self.current_sandbox().await?;
+        sandbox.agent().signal(id, exec_id, signal, all).await
+    }
+
+    async fn delete(&self, id: &str, exec_id: &str) -> Result<(u32, ExitInfo)> {
+        let (container, process) = self.process(id, exec_id)?;
+        if !exec_id.is_empty() {
+            if process.status() == Status::Running {
+                return Err(Error::FailedPrecondition(format!("{} is still running", describe(id, exec_id))));
+            }
+            locked(&container.execs).remove(exec_id);
+            let exit = process.exit().unwrap_or(ExitInfo { status: 0, at: SystemTime::now() });
+            return Ok((process.pid(), exit));
+        }
+        match process.status() {
+            Status::Running => {
+                return Err(Error::FailedPrecondition(format!(
+                    "container {id} is still running; kill it before deleting it"
+                )))
+            }
+            Status::Created => self.kill_unstarted(id, &process).await,
+            Status::Stopped => {}
+        }
+        if let Ok(sandbox) = self.current_sandbox().await {
+            if let Err(error) = sandbox.agent().remove_container(id).await {
+                tracing::warn!(container = %id, %error, "agent could not remove the container");
+            }
+            storage::unshare(&sandbox.shared_dir, id);
+        }
+        if container.rootfs_mounted {
+            storage::unmount_rootfs(&container.bundle);
+        }
+        locked(&self.containers).remove(id);
+        let exit = process.exit().unwrap_or(ExitInfo { status: 128 + libc::SIGKILL as u32, at: SystemTime::now() });
+        self.events.delete(id, process.pid(), exit).await;
+        self.stop_sandbox_if_empty().await;
+        tracing::info!(container = %id, "container.deleted");
+        Ok((process.pid(), exit))
+    }
+
+    async fn kill_unstarted(&self, id: &str, process: &ProcessState) {
+        if let Ok(sandbox) = self.current_sandbox().await {
+            let _ = sandbox.agent().signal(id, "", libc::SIGKILL as u32, true).await;
+        }
+        if tokio::time::timeout(KILL_WAIT, process.wait()).await.is_err() {
+            process.mark_exited(ExitInfo { status: 128 + libc::SIGKILL as u32, at: SystemTime::now() });
+        }
+    }
+
+    async fn shutdown(&self) {
+        if !locked(&self.containers).is_empty() {
+            return;
+        }
+        self.stop_sandbox_if_empty().await;
+        self.exit.signal();
+    }
+}
+
+fn describe(id: &str, exec_id: &str) -> String {
+    if exec_id.is_empty() {
+        format!("container {id}")
+    } else {
+        format!("process {exec_id} of container {id}")
+    }
+}
