@@ -392,3 +392,95 @@ fn inspect(keyset_path: Option<&Path>, input: &Path, json: bool) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Wrapper {
+        #[command(flatten)]
+        seal: SealArgs,
+    }
+
+    fn veil_seal(args: &[&str]) -> Result<()> {
+        let parsed = Wrapper::try_parse_from(std::iter::once("seal").chain(args.iter().copied()))?;
+        run(parsed.seal)
+    }
+
+    #[test]
+    fn encrypt_inspect_decrypt_round_trip_and_failures_leave_no_output() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+        let keyset = Keyset::generate(KeyTemplate::Aes128GcmHkdf4Kb).unwrap();
+        fs::write(path("keyset.json"), keyset.to_json().as_bytes()).unwrap();
+        let plaintext: Vec<u8> = (0..50_000u32).map(|i| (i % 251) as u8).collect();
+        fs::write(path("plain"), &plaintext).unwrap();
+
+        let ks = path("keyset.json");
+        veil_seal(&[
+            "encrypt",
+            "--keyset",
+            &ks,
+            "--aad",
+            "m",
+            &path("plain"),
+            &path("sealed"),
+        ])
+        .unwrap();
+        veil_seal(&["inspect", "--json", "--keyset", &ks, &path("sealed")]).unwrap();
+        veil_seal(&[
+            "decrypt",
+            "--keyset",
+            &ks,
+            "--aad",
+            "m",
+            "--threads",
+            "2",
+            &path("sealed"),
+            &path("out"),
+        ])
+        .unwrap();
+        assert_eq!(fs::read(path("out")).unwrap(), plaintext);
+
+        let wrong = "00".repeat(32);
+        let err = veil_seal(&[
+            "decrypt",
+            "--keyset",
+            &ks,
+            "--aad",
+            "m",
+            "--sha256",
+            &wrong,
+            &path("sealed"),
+            &path("out2"),
+        ]);
+        assert!(err.is_err());
+        assert!(!dir.path().join("out2").exists());
+        let err = veil_seal(&[
+            "decrypt",
+            "--keyset",
+            &ks,
+            "--aad",
+            "other",
+            &path("sealed"),
+            &path("out3"),
+        ])
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("no key matched"), "{err:#}");
+        assert!(!dir.path().join("out3").exists());
+        assert!(veil_seal(&[
+            "decrypt",
+            "--keyset",
+            &ks,
+            "--sha256",
+            "xyz",
+            &path("sealed"),
+            &path("o")
+        ])
+        .is_err());
+        assert!(veil_seal(&["keygen", "--template", "aes512"]).is_err());
+    }
+}
