@@ -144,6 +144,7 @@ mod tests {
                 },
                 release: "6.1.0-test".into(),
                 vmlinuz_sha256: "11".into(),
+                vmlinux_sha256: "12".into(),
             },
             agent: AgentManifest {
                 sha256: "22".into(),

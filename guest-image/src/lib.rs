@@ -12,7 +12,9 @@
 //!    `depmod -b` on the unpacked tree;
 //! 4. picks the modules of [`modules::GUEST_MODULES`] that the kernel does not build in, adds
 //!    their dependencies from `modules.dep`, and orders them dependencies first;
-//! 5. writes `vmlinuz`, `initramfs.img` and `manifest.json` into the output directory.
+//! 5. writes `vmlinuz` (the bzImage), `vmlinux` (the uncompressed ELF extracted from it, for
+//!    PVH direct boot, see [`bzimage`]), `initramfs.img` and `manifest.json` into the output
+//!    directory.
 //!
 //! # Reproducibility
 //!
@@ -34,6 +36,7 @@
 //! time rather than shipped with a loader that cannot read them.
 
 pub mod apt;
+pub mod bzimage;
 pub mod command;
 pub mod cpio;
 pub mod debian_kernel;
@@ -59,6 +62,8 @@ use std::path::{Path, PathBuf};
 pub const DEBIAN_KERNEL_META_PACKAGE: &str = "linux-image-amd64";
 /// Output file name of the kernel image.
 pub const VMLINUZ_FILE: &str = "vmlinuz";
+/// Output file name of the uncompressed kernel ELF (PVH direct boot).
+pub const VMLINUX_FILE: &str = "vmlinux";
 /// Output file name of the initramfs.
 pub const INITRAMFS_FILE: &str = "initramfs.img";
 /// Output file name of the build manifest.
@@ -88,8 +93,10 @@ pub struct BuildOptions {
 /// The result of a build.
 #[derive(Debug, Clone)]
 pub struct BuildOutput {
-    /// Path of the kernel image.
+    /// Path of the kernel image (bzImage).
     pub vmlinuz: PathBuf,
+    /// Path of the uncompressed kernel ELF for PVH direct boot.
+    pub vmlinux: PathBuf,
     /// Path of the initramfs.
     pub initramfs: PathBuf,
     /// Path of `manifest.json`.
@@ -124,6 +131,9 @@ pub enum BuildImageError {
     /// The kernel package could not be unpacked.
     #[error(transparent)]
     Unpack(#[from] UnpackKernelError),
+    /// The PVH-bootable vmlinux could not be extracted.
+    #[error(transparent)]
+    ExtractVmlinux(#[from] bzimage::ExtractVmlinuxError),
     /// The module index could not be read.
     #[error(transparent)]
     ModuleIndex(#[from] ParseModuleIndexError),
@@ -176,10 +186,15 @@ fn build_with_debian_kernel(
     let modules = plan_modules(&kernel)?;
     let vmlinuz = options.out_dir.join(VMLINUZ_FILE);
     copy_atomically(&kernel.vmlinuz(), &vmlinuz)?;
+    let vmlinux = options.out_dir.join(VMLINUX_FILE);
+    let partial = initramfs::partial_path(&vmlinux);
+    bzimage::extract_vmlinux(&vmlinuz, &partial)?;
+    rename(&partial, &vmlinux)?;
     let kernel_manifest = KernelManifest {
         origin: KernelOrigin::Debian { pin },
         release: kernel.release.clone(),
         vmlinuz_sha256: sha256_file(&vmlinuz)?,
+        vmlinux_sha256: sha256_file(&vmlinux)?,
     };
     let image = ImageManifest {
         schema: MANIFEST_SCHEMA,
@@ -208,10 +223,12 @@ fn finish(
     let initramfs = options.out_dir.join(INITRAMFS_FILE);
     initramfs::write_atomically(&archive, &initramfs)?;
     let vmlinuz = options.out_dir.join(VMLINUZ_FILE);
+    let vmlinux = options.out_dir.join(VMLINUX_FILE);
     let manifest = BuildManifest {
         image,
         outputs: Outputs {
             vmlinuz: output_file(&vmlinuz)?,
+            vmlinux: output_file(&vmlinux)?,
             initramfs: output_file(&initramfs)?,
         },
         builder: format!("{} {}", env!("CARGO_PKG_NAME"), env!("CARGO_PKG_VERSION")),
@@ -222,6 +239,7 @@ fn finish(
     write_file_atomically(&manifest_path, &json)?;
     tracing::info!(
         vmlinuz_sha256 = %manifest.outputs.vmlinuz.sha256,
+        vmlinux_sha256 = %manifest.outputs.vmlinux.sha256,
         initramfs_sha256 = %manifest.outputs.initramfs.sha256,
         initramfs_bytes = manifest.outputs.initramfs.size,
         out = %options.out_dir.display(),
@@ -229,6 +247,7 @@ fn finish(
     );
     Ok(BuildOutput {
         vmlinuz,
+        vmlinux,
         initramfs,
         manifest_path,
         manifest,
@@ -317,6 +336,13 @@ fn copy_atomically(from: &Path, to: &Path) -> Result<(), BuildImageError> {
     };
     std::fs::copy(from, &partial).map_err(io_err)?;
     std::fs::rename(&partial, to).map_err(io_err)
+}
+
+fn rename(from: &Path, to: &Path) -> Result<(), BuildImageError> {
+    std::fs::rename(from, to).map_err(|source| BuildImageError::Io {
+        path: to.to_path_buf(),
+        source,
+    })
 }
 
 fn write_file_atomically(path: &Path, data: &[u8]) -> Result<(), BuildImageError> {

@@ -15,7 +15,7 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Build vmlinuz, initramfs.img and manifest.json into --out; prints their sha256.
+    /// Build vmlinuz, vmlinux, initramfs.img and manifest.json into --out; prints their sha256.
     Build {
         /// The static veil-agent binary to install as /init.
         #[arg(long)]

@@ -44,8 +44,10 @@ pub struct KernelManifest {
     pub origin: KernelOrigin,
     /// Kernel release (`uname -r` in the guest).
     pub release: String,
-    /// SHA-256 of the `vmlinuz` handed to the hypervisor.
+    /// SHA-256 of the `vmlinuz` (bzImage).
     pub vmlinuz_sha256: String,
+    /// SHA-256 of the uncompressed `vmlinux` (PVH entry) extracted from or built with it.
+    pub vmlinux_sha256: String,
 }
 
 /// One module in the initramfs.
@@ -106,8 +108,10 @@ pub struct OutputFile {
 /// The outputs of a build.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Outputs {
-    /// The kernel image.
+    /// The kernel image (bzImage), for firmware boot (the measured SEV-SNP path).
     pub vmlinuz: OutputFile,
+    /// The uncompressed kernel ELF with a PVH entry, for QEMU direct boot (`-kernel vmlinux`).
+    pub vmlinux: OutputFile,
     /// The initramfs.
     pub initramfs: OutputFile,
 }
@@ -143,6 +147,7 @@ mod tests {
             },
             release: "6.1.0-56-amd64".into(),
             vmlinuz_sha256: "cd".into(),
+            vmlinux_sha256: "ef".into(),
         };
         let json = serde_json::to_value(&kernel).unwrap();
         assert_eq!(json["source"], "debian");
