@@ -230,13 +230,28 @@ impl<'w, W: Write> PlaintextSink<'w, W> {
     }
 
     pub(crate) fn write_segment(&mut self, plaintext: &[u8]) -> Result<(), DecryptError> {
+        self.write_unhashed(plaintext)?;
+        self.digest.update(plaintext);
+        Ok(())
+    }
+
+    /// Writes and counts a segment whose hashing the caller arranges (on another thread).
+    pub(crate) fn write_unhashed(&mut self, plaintext: &[u8]) -> Result<(), DecryptError> {
         self.out
             .write_all(plaintext)
             .map_err(|source| DecryptError::Write { path: None, source })?;
-        self.digest.update(plaintext);
         self.bytes += plaintext.len() as u64;
         self.segments += 1;
         Ok(())
+    }
+
+    /// The running digest, for a hashing thread to continue; give it back with `set_digest`.
+    pub(crate) fn digest(&self) -> digest::Context {
+        self.digest.clone()
+    }
+
+    pub(crate) fn set_digest(&mut self, digest: digest::Context) {
+        self.digest = digest;
     }
 
     pub(crate) fn finish(self, key_id: u32) -> Result<DecryptReport, DecryptError> {

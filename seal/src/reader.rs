@@ -77,9 +77,16 @@ impl<R: Read> SegmentReader<R> {
             return Ok(None);
         }
         let offset = self.offset;
-        buf.clear();
-        buf.extend(self.peeked.take());
-        self.fill(&mut buf)?;
+        // Pooled buffers come back at full length: resizing then zeroes nothing, which matters
+        // because zeroing 1 MiB per segment cost as much as decrypting it.
+        buf.resize(self.segment_size, 0);
+        let mut filled = 0;
+        if let Some(byte) = self.peeked.take() {
+            buf[0] = byte;
+            filled = 1;
+        }
+        let filled = self.fill(&mut buf, filled)?;
+        buf.truncate(filled);
         if buf.is_empty() {
             self.exhausted = true;
             return Ok(None);
@@ -101,11 +108,8 @@ impl<R: Read> SegmentReader<R> {
         }))
     }
 
-    /// Reads until `buf` holds a whole segment or the source ends.
-    fn fill(&mut self, buf: &mut Vec<u8>) -> Result<(), DecryptError> {
-        let start = buf.len();
-        buf.resize(self.segment_size, 0);
-        let mut filled = start;
+    /// Reads from `filled` until `buf` is full or the source ends; returns the bytes held.
+    fn fill(&mut self, buf: &mut [u8], mut filled: usize) -> Result<usize, DecryptError> {
         while filled < buf.len() {
             match self.source.read(&mut buf[filled..]) {
                 Ok(0) => break,
@@ -114,8 +118,7 @@ impl<R: Read> SegmentReader<R> {
                 Err(source) => return Err(self.read_error(filled, source)),
             }
         }
-        buf.truncate(filled);
-        Ok(())
+        Ok(filled)
     }
 
     /// Reads one byte ahead; `false` at the end of the stream.

@@ -144,7 +144,12 @@ fn multi_key_keysets_with_primary_not_first() {
         "gcm:16:SHA256:16:1048576",
     ];
     let (tink_path, tink_keyset) = tink_keyset(dir.path(), "tink-multi.json", &specs, 2);
-    assert_ne!(tink_keyset.enabled_keys().count(), 1);
+    assert_eq!(tink_keyset.enabled_keys().count(), 3);
+    // Tink's binary form of the same keyset reads to the same keys.
+    let binary = std::fs::read(dir.path().join("tink-multi.json.bin")).unwrap();
+    let from_binary = Keyset::from_binary(&binary).unwrap();
+    assert_eq!(from_binary.to_json(), tink_keyset.to_json());
+    assert_eq!(from_binary.to_binary().as_slice(), binary.as_slice());
 
     let mut veil_keyset = Keyset::generate(KeyTemplate::Aes256GcmHkdf4Kb).unwrap();
     veil_keyset

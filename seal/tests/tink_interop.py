@@ -2,7 +2,8 @@
 """Drives Google's Tink (pip install tink) for veil-seal's interop tests.
 
   keygen OUT KEYSPEC... [--primary N]   write a cleartext JSON keyset holding one key per KEYSPEC;
-                                        key N (0-based, default 0) is primary.
+                                        key N (0-based, default 0) is primary; OUT.bin gets the
+                                        same keyset in Tink's binary form.
       KEYSPEC: gcm:KEY_SIZE:HKDF_HASH:DERIVED_SIZE:SEGMENT_SIZE
                ctr:KEY_SIZE:HKDF_HASH:DERIVED_SIZE:MAC_HASH:TAG_SIZE:SEGMENT_SIZE
                or a Tink template name such as AES256_GCM_HKDF_1MB
@@ -63,6 +64,9 @@ def keygen(out, specs, primary):
     handle = tink.json_proto_keyset_format.parse(json.dumps(keyset), secret_key_access.TOKEN)
     with open(out, "w") as f:
         f.write(tink.json_proto_keyset_format.serialize(handle, secret_key_access.TOKEN))
+    # The same keyset in Tink's binary form, next to it.
+    with open(out + ".bin", "wb") as f:
+        f.write(tink.proto_keyset_format.serialize(handle, secret_key_access.TOKEN))
 
 
 def primitive(keyset_path):

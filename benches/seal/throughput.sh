@@ -1,0 +1,122 @@
+#!/usr/bin/env bash
+# Decrypt throughput of a 1 GiB sealed model into tmpfs (issue 3), next to:
+#   - `openssl speed -evp aes-256-gcm` with 16 KiB blocks (one core, and all cores),
+#   - Tink's Python streaming decrypt of the same sealed file (the GKE seed's tool),
+#   - `gpg --decrypt` of the same plaintext encrypted symmetrically with AES256.
+# Writes benches/results/seal-throughput.md.
+#
+# Needs: a release `veil` binary (VEIL=path, default target/release/veil, built with
+# `cargo build --release -p veil`), openssl, gpg, python3 with `pip install tink`, and
+# ~5 GiB free in the tmpfs (TMPFS=dir, default /dev/shm).
+# Usage: benches/seal/throughput.sh [SIZE_MIB]   (default 1024)
+set -euo pipefail
+
+repo=$(cd "$(dirname "$0")/../.." && pwd)
+veil=${VEIL:-$repo/target/release/veil}
+tmpfs=${TMPFS:-/dev/shm}
+size_mib=${1:-1024}
+runs=${RUNS:-3}
+out_md=$repo/benches/results/seal-throughput.md
+work=$(mktemp -d "$tmpfs/veil-seal-bench.XXXXXX")
+trap 'rm -rf "$work"' EXIT
+
+[[ -x $veil ]] || { echo "no veil binary at $veil: run cargo build --release -p veil or set VEIL" >&2; exit 1; }
+command -v openssl >/dev/null || { echo "openssl missing: apt-get install openssl" >&2; exit 1; }
+command -v gpg >/dev/null || { echo "gpg missing: apt-get install gnupg" >&2; exit 1; }
+python3 -c 'import tink' 2>/dev/null || { echo "Tink for Python missing: pip install tink" >&2; exit 1; }
+
+cpus=$(nproc)
+bytes=$((size_mib << 20))
+[[ -x /usr/bin/time ]] || { echo "GNU time missing: apt-get install time" >&2; exit 1; }
+# Runs a command; prints "WALL_MIBS CPU_MIBS": MiB/s of wall-clock time, and MiB per second of
+# CPU time (user + system, all threads), which stays meaningful on a busy shared machine.
+timed() {
+    /usr/bin/time -f '%e %U %S' -o "$work/time" "$@" >/dev/null 2>"$work/stderr" ||
+        { cat "$work/stderr" >&2; return 1; }
+    read -r wall user sys <"$work/time"
+    python3 -c "w, c = max($wall, 0.01), max($user + $sys, 0.01); print(round($bytes / 1048576 / w), round($bytes / 1048576 / c))"
+}
+
+echo "preparing $size_mib MiB in $work" >&2
+head -c "$bytes" /dev/urandom >"$work/plain"
+"$veil" seal keygen --template aes256-gcm-hkdf-1mb >"$work/keyset.json" 2>/dev/null
+"$veil" seal encrypt --keyset "$work/keyset.json" --aad bench "$work/plain" "$work/sealed" 2>/dev/null
+want=$(sha256sum "$work/plain" | cut -d' ' -f1)
+
+# Best of $runs (by wall clock) for veil at a given thread count; the plaintext digest is
+# checked every time (--sha256).
+veil_best() {
+    local threads=$1 best="0 0"
+    for _ in $(seq "$runs"); do
+        rm -f "$work/out"
+        local rate
+        rate=$(timed "$veil" seal decrypt --keyset "$work/keyset.json" --aad bench --threads "$threads" \
+            --sha256 "$want" "$work/sealed" "$work/out")
+        ((${rate% *} > ${best% *})) && best=$rate
+    done
+    echo "$best"
+}
+
+echo "veil decrypt" >&2
+veil_1=$(veil_best 1)
+veil_2=$(veil_best 2)
+veil_all=$(veil_best "$cpus")
+
+echo "openssl speed" >&2
+# openssl speed reports per CPU-second by default (user time); -elapsed gives wall-clock rates.
+ossl() { openssl speed "$@" -evp aes-256-gcm -bytes 16384 -seconds 3 2>/dev/null | awk '/^evp|^AES-256-GCM/ {v=$2} END {print v}'; }
+to_mibs() { python3 -c "print(round(float('${1%k}') * 1000 / 1048576))"; }
+ossl_1_mibs=$(to_mibs "$(ossl)")
+ossl_1_wall=$(to_mibs "$(ossl -elapsed)")
+ossl_all_mibs=$(to_mibs "$(ossl -multi "$cpus")")
+
+echo "Tink Python streaming decrypt" >&2
+tink=$(timed python3 "$repo/seal/tests/tink_interop.py" decrypt "$work/keyset.json" "$(printf bench | xxd -p)" \
+    "$work/sealed" "$work/out-tink")
+[[ $(sha256sum "$work/out-tink" | cut -d' ' -f1) == "$want" ]] || { echo "Tink output differs" >&2; exit 1; }
+rm -f "$work/out-tink"
+
+echo "gpg --decrypt" >&2
+export GNUPGHOME=$work/gnupg
+mkdir -m 700 "$GNUPGHOME"
+gpg_opts=(--batch --quiet --pinentry-mode loopback --passphrase bench)
+gpg "${gpg_opts[@]}" --symmetric --cipher-algo AES256 --compress-algo none -o "$work/plain.gpg" "$work/plain"
+gpg_rate=$(timed gpg "${gpg_opts[@]}" --decrypt -o "$work/out-gpg" "$work/plain.gpg")
+[[ $(sha256sum "$work/out-gpg" | cut -d' ' -f1) == "$want" ]] || { echo "gpg output differs" >&2; exit 1; }
+
+ratio() { python3 -c "print(f'{$1 / $2:.2f}')"; }
+wall() { echo "${1% *}"; }
+cpu() { echo "${1#* }"; }
+mkdir -p "$(dirname "$out_md")"
+{
+    echo "# Sealed-model decrypt throughput"
+    echo
+    echo "Measured by \`benches/seal/throughput.sh\` on $(date -u +%Y-%m-%dT%H:%MZ): ${size_mib} MiB random"
+    echo "plaintext sealed with AES256_GCM_HKDF_1MB, decrypted from tmpfs ($tmpfs) into tmpfs,"
+    echo "SHA-256 of the plaintext computed and checked. veil figures are the best of $runs runs."
+    echo
+    echo "Machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $cpus CPUs;"
+    echo "load average before the run: $(cut -d' ' -f1-3 /proc/loadavg) (a shared machine: figures are noisy)."
+    echo
+    echo "MiB/s is plaintext MiB per wall-clock second; MiB/CPU-s is per second of CPU time (user +"
+    echo "system, all threads). veil's \"N worker threads\" run next to one reader and one writer"
+    echo "(SHA-256 + write) thread."
+    echo
+    echo "| what | MiB/s (wall) | MiB/CPU-s |"
+    echo "| --- | ---: | ---: |"
+    echo "| veil seal decrypt, 1 worker thread | $(wall "$veil_1") | $(cpu "$veil_1") |"
+    echo "| veil seal decrypt, 2 worker threads | $(wall "$veil_2") | $(cpu "$veil_2") |"
+    echo "| veil seal decrypt, $cpus worker threads (all CPUs) | $(wall "$veil_all") | $(cpu "$veil_all") |"
+    echo "| openssl speed -evp aes-256-gcm, 16 KiB blocks, 1 core | $ossl_1_wall | $ossl_1_mibs |"
+    echo "| openssl speed -evp aes-256-gcm, 16 KiB blocks, -multi $cpus | | $ossl_all_mibs (sum) |"
+    echo "| Tink Python streaming decrypt (same sealed file) | $(wall "$tink") | $(cpu "$tink") |"
+    echo "| gpg --decrypt (symmetric AES256, no compression) | $(wall "$gpg_rate") | $(cpu "$gpg_rate") |"
+    echo
+    echo "Targets from issue 3 (wall clock; openssl 1 core by its -elapsed figure):"
+    echo
+    echo "- veil 1 thread / openssl 1 core: $(ratio "$(wall "$veil_1")" "$ossl_1_wall") (target >= 0.90)"
+    echo "- veil 2 threads / veil 1 thread: $(ratio "$(wall "$veil_2")" "$(wall "$veil_1")") (target >= 1.8)"
+    echo "- veil all threads / Tink Python: $(ratio "$(wall "$veil_all")" "$(wall "$tink")") (target >= 5)"
+    echo "- veil all threads / gpg: $(ratio "$(wall "$veil_all")" "$(wall "$gpg_rate")") (target >= 5)"
+} >"$out_md"
+cat "$out_md"
