@@ -141,3 +141,50 @@ pub fn encrypt<R: Read, W: Write>(
         key_id,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::params::KeyTemplate;
+
+    #[test]
+    fn ciphertext_length_matches_the_layout_for_any_write_pattern() {
+        let keyset = Keyset::generate(KeyTemplate::Aes128GcmHkdf4Kb).unwrap();
+        let params = *keyset.primary().unwrap().params();
+        for len in [0usize, 1, 4055, 4056, 4057, 4056 + 4080, 20_000] {
+            let data = vec![3u8; len];
+            let mut one = Vec::new();
+            encrypt(&data[..], &keyset, b"", &mut one).unwrap();
+            assert_eq!(
+                one.len() as u64,
+                params.ciphertext_len(len as u64).unwrap(),
+                "{len}"
+            );
+            // Byte-by-byte writes give the same layout.
+            let mut writer = EncryptingWriter::new(Vec::new(), &keyset, b"").unwrap();
+            for byte in &data {
+                writer.write_all(std::slice::from_ref(byte)).unwrap();
+            }
+            let (many, written) = writer.finish().unwrap();
+            assert_eq!((many.len(), written), (one.len(), len as u64));
+            let mut back = Vec::new();
+            crate::decrypt_sequential(&many[..], &keyset, b"", &mut back).unwrap();
+            assert_eq!(back, data);
+        }
+    }
+
+    #[test]
+    fn a_keyset_without_enabled_primary_cannot_encrypt() {
+        let mut keyset = Keyset::generate(KeyTemplate::Aes128GcmHkdf4Kb).unwrap();
+        let other = keyset.add_generated(KeyTemplate::Aes128GcmHkdf4Kb).unwrap();
+        keyset
+            .set_status(keyset.primary_key_id(), crate::KeyStatus::Disabled)
+            .unwrap();
+        assert!(matches!(
+            EncryptingWriter::new(Vec::new(), &keyset, b""),
+            Err(EncryptError::NoPrimaryKey { .. })
+        ));
+        keyset.set_primary(other).unwrap();
+        assert!(EncryptingWriter::new(Vec::new(), &keyset, b"").is_ok());
+    }
+}

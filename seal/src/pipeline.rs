@@ -393,3 +393,61 @@ fn write_in_order<W: Write>(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::params::KeyTemplate;
+
+    fn sealed(keyset: &Keyset, len: usize) -> Vec<u8> {
+        let mut ct = Vec::new();
+        crate::encrypt(&vec![9u8; len][..], keyset, b"a", &mut ct).unwrap();
+        ct
+    }
+
+    #[test]
+    fn partial_files_are_hidden_siblings_of_the_destination() {
+        let temp = temp_path(Path::new("/run/models/model.bin"));
+        assert_eq!(temp.parent(), Some(Path::new("/run/models")));
+        assert!(temp
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with(".model.bin.veil-partial-"));
+    }
+
+    #[test]
+    fn decrypt_to_file_replaces_the_destination_and_checks_the_digest() {
+        let keyset = Keyset::generate(KeyTemplate::Aes128GcmHkdf4Kb).unwrap();
+        let ct = sealed(&keyset, 10_000);
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("model.bin");
+        fs::write(&dest, b"old").unwrap();
+        let report =
+            decrypt_to_file(&ct[..], &keyset, b"a", &dest, &DecryptOptions::default()).unwrap();
+        assert_eq!(fs::read(&dest).unwrap(), vec![9u8; 10_000]);
+        let options = DecryptOptions {
+            expected_sha256: Some(report.sha256),
+            ..DecryptOptions::default()
+        };
+        assert!(decrypt_to_file(&ct[..], &keyset, b"a", &dest, &options).is_ok());
+        assert_eq!(
+            fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "no partial file left"
+        );
+    }
+
+    #[test]
+    fn a_missing_destination_directory_is_a_write_error_naming_it() {
+        let keyset = Keyset::generate(KeyTemplate::Aes128GcmHkdf4Kb).unwrap();
+        let ct = sealed(&keyset, 10);
+        let dest = Path::new("/nonexistent-veil-dir/model.bin");
+        let error =
+            decrypt_to_file(&ct[..], &keyset, b"a", dest, &DecryptOptions::default()).unwrap_err();
+        assert!(
+            matches!(&error, DecryptError::Write { path: Some(p), .. } if p == dest),
+            "{error}"
+        );
+    }
+}
