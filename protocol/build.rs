@@ -22,6 +22,9 @@ fn main() {
 /// allowed; lib.rs puts the equivalent allows on the enclosing module instead.
 fn strip_inner_attributes(path: &std::path::Path) {
     let text = std::fs::read_to_string(path).expect("read generated ttrpc code");
-    let kept: Vec<&str> = text.lines().filter(|line| !line.starts_with("#![")).collect();
+    let kept: Vec<&str> = text
+        .lines()
+        .filter(|line| !line.starts_with("#!["))
+        .collect();
     std::fs::write(path, kept.join("\n")).expect("rewrite generated ttrpc code");
 }

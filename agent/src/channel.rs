@@ -110,7 +110,10 @@ fn open_when_host_connected(port: &Path) -> std::io::Result<Socket> {
 
 fn wait_for_host(file: &File) -> std::io::Result<()> {
     loop {
-        let mut fds = [PollFd::new(file.as_fd(), PollFlags::POLLIN | PollFlags::POLLOUT)];
+        let mut fds = [PollFd::new(
+            file.as_fd(),
+            PollFlags::POLLIN | PollFlags::POLLOUT,
+        )];
         poll(&mut fds, PollTimeout::from(100u16)).map_err(std::io::Error::from)?;
         let revents = fds[0].revents().unwrap_or(PollFlags::empty());
         if !revents.contains(PollFlags::POLLHUP) && !revents.is_empty() {
@@ -155,7 +158,8 @@ mod tests {
     #[test]
     fn missing_port_error_says_what_the_vm_needs() {
         let sys = tempfile::tempdir().expect("tempdir");
-        let error = find_serial_port(sys.path(), Path::new("/dev"), "veil.agent").expect_err("none");
+        let error =
+            find_serial_port(sys.path(), Path::new("/dev"), "veil.agent").expect_err("none");
         assert!(error.to_string().contains("virtserialport,name=veil.agent"));
     }
 }

@@ -36,7 +36,9 @@ fn spawned(process: veil_container::Process) -> SpawnedProcess {
 
 impl GuestRuntime {
     fn containers(&self) -> std::sync::MutexGuard<'_, HashMap<String, Container>> {
-        self.containers.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.containers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn with_container<T>(
@@ -80,7 +82,11 @@ impl ContainerRuntime for GuestRuntime {
         stdio: StdioRequest,
     ) -> Result<SpawnedProcess, RuntimeError> {
         self.with_container(id, |container| {
-            Ok(spawned(container.exec(exec_id, &process, stdio_config(stdio))?))
+            Ok(spawned(container.exec(
+                exec_id,
+                &process,
+                stdio_config(stdio),
+            )?))
         })
     }
 
@@ -100,9 +106,16 @@ mod tests {
     #[test]
     fn stdio_choice_follows_the_request() {
         assert_eq!(stdio_config(StdioRequest::default()), StdioConfig::Null);
-        let pipes = StdioRequest { stdout: true, ..Default::default() };
+        let pipes = StdioRequest {
+            stdout: true,
+            ..Default::default()
+        };
         assert_eq!(stdio_config(pipes), StdioConfig::Pipes { stdin: false });
-        let tty = StdioRequest { terminal: true, stdin: true, ..Default::default() };
+        let tty = StdioRequest {
+            terminal: true,
+            stdin: true,
+            ..Default::default()
+        };
         assert_eq!(stdio_config(tty), StdioConfig::Terminal);
     }
 }

@@ -51,12 +51,24 @@ fn init_logging(filter: &str) {
 /// Early PID-1 set-up; returns the options from the kernel command line.
 fn boot() -> cmdline::AgentOptions {
     let is_pid1 = std::process::id() == 1;
-    let switched = if is_pid1 { pid1::leave_initramfs() } else { Ok(false) };
-    let mounted = if is_pid1 { pid1::mount_early_filesystems() } else { Ok(()) };
+    let switched = if is_pid1 {
+        pid1::leave_initramfs()
+    } else {
+        Ok(false)
+    };
+    let mounted = if is_pid1 {
+        pid1::mount_early_filesystems()
+    } else {
+        Ok(())
+    };
     let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
     let (options, warnings) = cmdline::parse(&cmdline);
     init_logging(&options.log_filter);
-    tracing::info!(version = env!("CARGO_PKG_VERSION"), pid1 = is_pid1, "veil-agent starting");
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        pid1 = is_pid1,
+        "veil-agent starting"
+    );
     for warning in warnings {
         tracing::warn!("{warning}");
     }
@@ -94,7 +106,10 @@ fn open_listener(
     }
 }
 
-async fn serve(options: cmdline::AgentOptions, runtime: Arc<dyn runtime::ContainerRuntime>) -> Result<(), AgentError> {
+async fn serve(
+    options: cmdline::AgentOptions,
+    runtime: Arc<dyn runtime::ContainerRuntime>,
+) -> Result<(), AgentError> {
     let reaper = reaper::Reaper::start().map_err(AgentError::Reaper)?;
     let service = Arc::new(service::AgentService::new(runtime, reaper));
     let listener = open_listener(&options)?;

@@ -29,7 +29,13 @@ impl Exit {
     fn from_wait_status(status: WaitStatus) -> Option<(Pid, Exit)> {
         let at = SystemTime::now();
         match status {
-            WaitStatus::Exited(pid, code) => Some((pid, Exit { status: code as u32, at })),
+            WaitStatus::Exited(pid, code) => Some((
+                pid,
+                Exit {
+                    status: code as u32,
+                    at,
+                },
+            )),
             WaitStatus::Signaled(pid, signal, _) => Some((
                 pid,
                 Exit {
@@ -98,7 +104,9 @@ impl SpawnGuard<'_> {
 
 fn lock(registry: &Mutex<Registry>) -> std::sync::MutexGuard<'_, Registry> {
     // A panic while holding the lock leaves the map consistent (single inserts/removes).
-    registry.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    registry
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Reaper {
@@ -153,7 +161,11 @@ impl Reaper {
                 tracing::debug!(pid = pid.as_raw(), status = exit.status, "process exited");
                 let _ = waiter.send(Some(exit));
             }
-            None => tracing::trace!(pid = pid.as_raw(), status = exit.status, "reaped unregistered process"),
+            None => tracing::trace!(
+                pid = pid.as_raw(),
+                status = exit.status,
+                "reaped unregistered process"
+            ),
         }
     }
 }
@@ -173,7 +185,10 @@ mod tests {
         let reaper = Reaper::start().expect("reaper");
 
         let guard = reaper.spawn_guard().await;
-        let child = Command::new("sh").args(["-c", "exit 7"]).spawn().expect("spawn");
+        let child = Command::new("sh")
+            .args(["-c", "exit 7"])
+            .spawn()
+            .expect("spawn");
         // Let it die before registration: the guard keeps it a zombie until we register.
         std::thread::sleep(std::time::Duration::from_millis(50));
         let mut seven = guard.register(child.id() as i32);
@@ -183,12 +198,27 @@ mod tests {
         let sleeper = Command::new("sleep").arg("30").spawn().expect("spawn");
         let mut killed = guard.register(sleeper.id() as i32);
         drop(guard);
-        nix::sys::signal::kill(Pid::from_raw(sleeper.id() as i32), nix::sys::signal::SIGKILL)
-            .expect("kill");
+        nix::sys::signal::kill(
+            Pid::from_raw(sleeper.id() as i32),
+            nix::sys::signal::SIGKILL,
+        )
+        .expect("kill");
 
         let bounded = std::time::Duration::from_secs(20);
-        assert_eq!(tokio::time::timeout(bounded, seven.wait()).await.expect("exit").status, 7);
-        assert_eq!(tokio::time::timeout(bounded, killed.wait()).await.expect("exit").status, 137);
+        assert_eq!(
+            tokio::time::timeout(bounded, seven.wait())
+                .await
+                .expect("exit")
+                .status,
+            7
+        );
+        assert_eq!(
+            tokio::time::timeout(bounded, killed.wait())
+                .await
+                .expect("exit")
+                .status,
+            137
+        );
         assert!(killed.try_exit().is_some());
     }
 }

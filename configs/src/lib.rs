@@ -29,7 +29,9 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     /// The file is not valid TOML for the schema.
-    #[error("parse veil configuration {path}: {source}; see configs/configuration.toml for every key")]
+    #[error(
+        "parse veil configuration {path}: {source}; see configs/configuration.toml for every key"
+    )]
     Parse {
         /// The file.
         path: PathBuf,
@@ -215,16 +217,25 @@ impl Config {
         };
         let h = &self.hypervisor;
         if !(64..=1 << 20).contains(&h.memory_mib) {
-            return Err(invalid("hypervisor.memory_mib", "must be between 64 and 1048576 MiB"));
+            return Err(invalid(
+                "hypervisor.memory_mib",
+                "must be between 64 and 1048576 MiB",
+            ));
         }
         if !(1..=256).contains(&h.vcpus) {
             return Err(invalid("hypervisor.vcpus", "must be between 1 and 256"));
         }
         if h.boot_timeout_secs == 0 {
-            return Err(invalid("hypervisor.boot_timeout_secs", "must be at least 1"));
+            return Err(invalid(
+                "hypervisor.boot_timeout_secs",
+                "must be at least 1",
+            ));
         }
         if h.machine.is_empty() || h.machine.contains(char::is_whitespace) {
-            return Err(invalid("hypervisor.machine", "must be a QEMU machine type such as q35"));
+            return Err(invalid(
+                "hypervisor.machine",
+                "must be a QEMU machine type such as q35",
+            ));
         }
         if h.kernel_params.contains("veil.") {
             return Err(invalid(
@@ -248,34 +259,47 @@ mod tests {
 
     #[test]
     fn shipped_file_equals_the_built_in_defaults() {
-        let parsed = Config::parse(DEFAULT_CONFIG_TOML, Path::new("configuration.toml")).expect("parse");
+        let parsed =
+            Config::parse(DEFAULT_CONFIG_TOML, Path::new("configuration.toml")).expect("parse");
         assert_eq!(parsed, Config::default());
     }
 
     #[test]
     fn empty_file_means_defaults() {
-        assert_eq!(Config::parse("", Path::new("x")).expect("parse"), Config::default());
+        assert_eq!(
+            Config::parse("", Path::new("x")).expect("parse"),
+            Config::default()
+        );
     }
 
     #[test]
     fn unknown_keys_are_refused_with_the_file_name() {
-        let error = Config::parse("[hypervisor]\nmemroy_mib = 1\n", Path::new("/etc/veil/c.toml"))
-            .expect_err("typo");
+        let error = Config::parse(
+            "[hypervisor]\nmemroy_mib = 1\n",
+            Path::new("/etc/veil/c.toml"),
+        )
+        .expect_err("typo");
         let text = error.to_string();
-        assert!(text.contains("/etc/veil/c.toml") && text.contains("memroy_mib"), "{text}");
+        assert!(
+            text.contains("/etc/veil/c.toml") && text.contains("memroy_mib"),
+            "{text}"
+        );
     }
 
     #[test]
     fn out_of_range_values_name_the_key() {
-        let error = Config::parse("[hypervisor]\nvcpus = 0\n", Path::new("c.toml")).expect_err("zero");
+        let error =
+            Config::parse("[hypervisor]\nvcpus = 0\n", Path::new("c.toml")).expect_err("zero");
         assert!(error.to_string().contains("hypervisor.vcpus"));
-        let error = Config::parse("[hypervisor]\naccel = \"warp\"\n", Path::new("c.toml")).expect_err("accel");
+        let error = Config::parse("[hypervisor]\naccel = \"warp\"\n", Path::new("c.toml"))
+            .expect_err("accel");
         assert!(error.to_string().contains("warp"));
     }
 
     #[test]
     fn explicit_missing_file_is_an_error() {
-        let error = Config::discover(Some(Path::new("/nonexistent/veil.toml"))).expect_err("missing");
+        let error =
+            Config::discover(Some(Path::new("/nonexistent/veil.toml"))).expect_err("missing");
         assert!(error.to_string().contains("/nonexistent/veil.toml"));
     }
 

@@ -61,6 +61,9 @@ mod tests {
             ..Default::default()
         };
         let bytes = response.write_to_bytes().expect("encode");
-        assert_eq!(WaitProcessResponse::parse_from_bytes(&bytes).expect("decode"), response);
+        assert_eq!(
+            WaitProcessResponse::parse_from_bytes(&bytes).expect("decode"),
+            response
+        );
     }
 }

@@ -39,7 +39,11 @@ fn agent_error(what: &str, error: ttrpc::Error) -> Error {
     }
 }
 
-async fn connect_socket(socket: &Path, vm: &dyn Vm, deadline: Instant) -> Result<tokio::net::UnixStream> {
+async fn connect_socket(
+    socket: &Path,
+    vm: &dyn Vm,
+    deadline: Instant,
+) -> Result<tokio::net::UnixStream> {
     loop {
         match tokio::net::UnixStream::connect(socket).await {
             Ok(stream) => return Ok(stream),
@@ -128,7 +132,10 @@ impl AgentClient {
 
     /// Runs an additional process in a container.
     pub async fn exec_process(&self, request: api::ExecProcessRequest) -> Result<u32> {
-        let what = format!("exec {} in container {}", request.exec_id, request.container_id);
+        let what = format!(
+            "exec {} in container {}",
+            request.exec_id, request.container_id
+        );
         let response = self
             .client
             .exec_process(self.short(), &request)
@@ -138,7 +145,13 @@ impl AgentClient {
     }
 
     /// Sends a signal.
-    pub async fn signal(&self, container_id: &str, exec_id: &str, signal: u32, all: bool) -> Result<()> {
+    pub async fn signal(
+        &self,
+        container_id: &str,
+        exec_id: &str,
+        signal: u32,
+        all: bool,
+    ) -> Result<()> {
         let request = api::SignalProcessRequest {
             container_id: container_id.to_string(),
             exec_id: exec_id.to_string(),
@@ -154,7 +167,11 @@ impl AgentClient {
     }
 
     /// Waits, without a timeout, for a process to exit.
-    pub async fn wait_process(&self, container_id: &str, exec_id: &str) -> Result<api::WaitProcessResponse> {
+    pub async fn wait_process(
+        &self,
+        container_id: &str,
+        exec_id: &str,
+    ) -> Result<api::WaitProcessResponse> {
         let request = api::WaitProcessRequest {
             container_id: container_id.to_string(),
             exec_id: exec_id.to_string(),
@@ -195,7 +212,12 @@ impl AgentClient {
 
     /// Reads the next chunk of stdout (`stderr` false) or stderr; empty means end of stream.
     /// Waits without a timeout: a quiet process may print nothing for hours.
-    pub async fn read_output(&self, container_id: &str, exec_id: &str, stderr: bool) -> Result<Vec<u8>> {
+    pub async fn read_output(
+        &self,
+        container_id: &str,
+        exec_id: &str,
+        stderr: bool,
+    ) -> Result<Vec<u8>> {
         let request = api::ReadStreamRequest {
             container_id: container_id.to_string(),
             exec_id: exec_id.to_string(),
@@ -203,9 +225,13 @@ impl AgentClient {
             ..Default::default()
         };
         let response = if stderr {
-            self.client.read_stderr(context::Context::default(), &request).await
+            self.client
+                .read_stderr(context::Context::default(), &request)
+                .await
         } else {
-            self.client.read_stdout(context::Context::default(), &request).await
+            self.client
+                .read_stdout(context::Context::default(), &request)
+                .await
         };
         response
             .map(|r| r.data)
@@ -213,7 +239,12 @@ impl AgentClient {
     }
 
     /// Writes to the process's stdin.
-    pub async fn write_stdin(&self, container_id: &str, exec_id: &str, data: Vec<u8>) -> Result<()> {
+    pub async fn write_stdin(
+        &self,
+        container_id: &str,
+        exec_id: &str,
+        data: Vec<u8>,
+    ) -> Result<()> {
         let request = api::WriteStreamRequest {
             container_id: container_id.to_string(),
             exec_id: exec_id.to_string(),
@@ -242,7 +273,13 @@ impl AgentClient {
     }
 
     /// Resizes the process's terminal.
-    pub async fn resize_tty(&self, container_id: &str, exec_id: &str, rows: u32, columns: u32) -> Result<()> {
+    pub async fn resize_tty(
+        &self,
+        container_id: &str,
+        exec_id: &str,
+        rows: u32,
+        columns: u32,
+    ) -> Result<()> {
         let request = api::ResizeTtyRequest {
             container_id: container_id.to_string(),
             exec_id: exec_id.to_string(),

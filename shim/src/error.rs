@@ -138,6 +138,9 @@ mod tests {
     fn io_errors_keep_their_cause() {
         let error = Error::io("mount rootfs")(std::io::Error::from_raw_os_error(libc::EPERM));
         let text = status(error).message().to_string();
-        assert!(text.contains("mount rootfs") && text.contains("not permitted"), "{text}");
+        assert!(
+            text.contains("mount rootfs") && text.contains("not permitted"),
+            "{text}"
+        );
     }
 }

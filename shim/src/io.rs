@@ -43,7 +43,9 @@ fn strip_scheme(path: &str) -> PathBuf {
 
 async fn open_output(path: &str) -> std::io::Result<Box<dyn tokio::io::AsyncWrite + Unpin + Send>> {
     let path = strip_scheme(path);
-    let is_fifo = std::fs::metadata(&path).map(|m| m.file_type().is_fifo()).unwrap_or(false);
+    let is_fifo = std::fs::metadata(&path)
+        .map(|m| m.file_type().is_fifo())
+        .unwrap_or(false);
     if is_fifo {
         // Read-write so the open never blocks and a vanished reader never gives EPIPE.
         let sender = tokio::net::unix::pipe::OpenOptions::new()
@@ -51,13 +53,23 @@ async fn open_output(path: &str) -> std::io::Result<Box<dyn tokio::io::AsyncWrit
             .open_sender(&path)?;
         Ok(Box::new(sender))
     } else {
-        let file = tokio::fs::OpenOptions::new().create(true).append(true).open(&path).await?;
+        let file = tokio::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .await?;
         Ok(Box::new(file))
     }
 }
 
 /// Copies stdout (or stderr) from the agent to `path` until the process's end of stream.
-pub fn relay_output(agent: AgentClient, container_id: String, exec_id: String, path: String, stderr: bool) -> JoinHandle<()> {
+pub fn relay_output(
+    agent: AgentClient,
+    container_id: String,
+    exec_id: String,
+    path: String,
+    stderr: bool,
+) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut sink = match open_output(&path).await {
             Ok(sink) => Some(sink),
@@ -90,7 +102,13 @@ pub fn relay_output(agent: AgentClient, container_id: String, exec_id: String, p
 
 /// Copies stdin from containerd's FIFO to the agent; closes the process's stdin at
 /// end of file or when `close` is notified (CloseIO).
-pub fn relay_stdin(agent: AgentClient, container_id: String, exec_id: String, path: String, close: Arc<Notify>) -> JoinHandle<()> {
+pub fn relay_stdin(
+    agent: AgentClient,
+    container_id: String,
+    exec_id: String,
+    path: String,
+    close: Arc<Notify>,
+) -> JoinHandle<()> {
     tokio::spawn(async move {
         let fifo = strip_scheme(&path);
         // Opening a FIFO for reading waits for its writer: do it on a blocking thread,
@@ -115,7 +133,13 @@ pub fn relay_stdin(agent: AgentClient, container_id: String, exec_id: String, pa
     })
 }
 
-async fn copy_stdin(agent: &AgentClient, container_id: &str, exec_id: &str, file: std::fs::File, close: &Notify) {
+async fn copy_stdin(
+    agent: &AgentClient,
+    container_id: &str,
+    exec_id: &str,
+    file: std::fs::File,
+    close: &Notify,
+) {
     let mut reader = tokio::fs::File::from_std(file);
     let mut buffer = vec![0u8; 32 * 1024];
     loop {
@@ -126,7 +150,10 @@ async fn copy_stdin(agent: &AgentClient, container_id: &str, exec_id: &str, file
         match read {
             Ok(0) | Err(_) => return,
             Ok(n) => {
-                if let Err(error) = agent.write_stdin(container_id, exec_id, buffer[..n].to_vec()).await {
+                if let Err(error) = agent
+                    .write_stdin(container_id, exec_id, buffer[..n].to_vec())
+                    .await
+                {
                     tracing::debug!(container = %container_id, exec = %exec_id, %error, "stdin relay ended");
                     return;
                 }
@@ -162,7 +189,10 @@ mod tests {
 
     #[test]
     fn file_scheme_is_stripped() {
-        assert_eq!(strip_scheme("file:///var/log/x"), PathBuf::from("/var/log/x"));
+        assert_eq!(
+            strip_scheme("file:///var/log/x"),
+            PathBuf::from("/var/log/x")
+        );
         assert_eq!(strip_scheme("/run/fifo"), PathBuf::from("/run/fifo"));
     }
 
@@ -170,7 +200,9 @@ mod tests {
     async fn output_to_a_plain_file_appends() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("out.log");
-        let mut writer = open_output(path.to_str().expect("utf-8")).await.expect("open");
+        let mut writer = open_output(path.to_str().expect("utf-8"))
+            .await
+            .expect("open");
         writer.write_all(b"hello\n").await.expect("write");
         writer.flush().await.expect("flush");
         assert_eq!(std::fs::read(&path).expect("read"), b"hello\n");

@@ -2,5 +2,5 @@
 
 #[tokio::main]
 async fn main() {
-    containerd_shim::asynchronous::run::<veil_shim::shim::VeilShim>(veil_shim::shim::RUNTIME_ID, None).await;
+    std::process::exit(veil_shim::shim::run().await);
 }

@@ -7,7 +7,10 @@ use std::path::PathBuf;
 use containerd_shim::protos::protobuf::{well_known_types::any::Any, CodedInputStream};
 
 /// Annotations that put containers into one sandbox (one VM), most specific first.
-pub const SANDBOX_ID_ANNOTATIONS: &[&str] = &["io.kubernetes.cri.sandbox-id", "io.containerd.veil.v2.group"];
+pub const SANDBOX_ID_ANNOTATIONS: &[&str] = &[
+    "io.kubernetes.cri.sandbox-id",
+    "io.containerd.veil.v2.group",
+];
 
 /// The sandbox (VM) a container belongs to: its CRI sandbox id, else its own id.
 pub fn sandbox_id(annotations: Option<&HashMap<String, String>>, container_id: &str) -> String {
@@ -41,9 +44,10 @@ fn decode_config_path(bytes: &[u8]) -> containerd_shim::protos::protobuf::Result
         if field == 2 && wire_type == 2 {
             found = Some(input.read_string()?);
         } else {
-            input.skip_field(containerd_shim::protos::protobuf::rt::WireType::new(wire_type).unwrap_or(
-                containerd_shim::protos::protobuf::rt::WireType::LengthDelimited,
-            ))?;
+            input.skip_field(
+                containerd_shim::protos::protobuf::rt::WireType::new(wire_type)
+                    .unwrap_or(containerd_shim::protos::protobuf::rt::WireType::LengthDelimited),
+            )?;
         }
     }
     Ok(found)
@@ -100,7 +104,10 @@ mod tests {
     fn sandbox_id_prefers_the_cri_annotation() {
         let mut annotations = HashMap::new();
         assert_eq!(sandbox_id(Some(&annotations), "c1"), "c1");
-        annotations.insert("io.kubernetes.cri.sandbox-id".to_string(), "pod1".to_string());
+        annotations.insert(
+            "io.kubernetes.cri.sandbox-id".to_string(),
+            "pod1".to_string(),
+        );
         assert_eq!(sandbox_id(Some(&annotations), "c1"), "pod1");
         assert_eq!(sandbox_id(None, "c1"), "c1");
     }

@@ -1,80 +1,220 @@
-//! The shim's process lifecycle for containerd: `start` (spawn or reuse the shim
-//! of the pod), `delete` (clean up after a shim that is gone) and serving.
+//! The shim's process lifecycle as containerd drives it: `start` (spawn the pod's
+//! shim server, or reuse it), `delete` (clean up after a shim that is gone), `-info`,
+//! and serving the Task API.
+//!
+//! veil does its own bootstrap rather than `containerd_shim::asynchronous::run`
+//! because that one speaks only containerd 2.x's task API v3: containerd 1.6/1.7 ask
+//! for `containerd.task.v2.Task` and expect the plain socket address from `start`. So
+//! the server registers the same service under both names (the messages are
+//! identical), and `start` answers each protocol in its own form: a plain address
+//! for the legacy flags (1.6, 1.7, 2.x), a `BootstrapResult` for the BootstrapParams
+//! of containerd 2.3 and later.
 
+use std::io::{Read, Write};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use async_trait::async_trait;
 use containerd_shim::asynchronous::publisher::RemotePublisher;
-use containerd_shim::asynchronous::{spawn, ExitSignal, Shim};
-use containerd_shim::protos::protobuf::MessageField;
-use containerd_shim::{api::DeleteResponse, Config, Flags, StartOpts};
+use containerd_shim::asynchronous::{spawn, ExitSignal};
+use containerd_shim::protos::bootstrap_api::{BootstrapParams, BootstrapResult};
+use containerd_shim::protos::protobuf::{well_known_types::any::Any, Message, MessageField};
+use containerd_shim::protos::shim_async::create_task;
+use containerd_shim::protos::ttrpc::r#async::{transport::Listener, Server};
+use containerd_shim::{api::DeleteResponse, Flags, StartOpts};
 
 use crate::sandbox;
 use crate::service::{TaskService, STATE_DIR_FILE};
 
 /// The runtime's name as containerd knows it.
 pub const RUNTIME_ID: &str = "io.containerd.veil.v2";
+const TASK_V2: &str = "containerd.task.v2.Task";
+const TASK_V3: &str = "containerd.task.v3.Task";
+const TTRPC_ADDRESS_ENV: &str = "TTRPC_ADDRESS";
+const GRPC_ADDRESS_ENV: &str = "GRPC_ADDRESS";
 
-/// containerd-shim-veil-v2.
-pub struct VeilShim {
-    namespace: String,
-    exit: Arc<ExitSignal>,
+/// A bootstrap step failed.
+#[derive(Debug, thiserror::Error)]
+#[error("{what}: {detail}")]
+pub struct BootstrapError {
+    what: &'static str,
+    detail: String,
 }
 
-#[async_trait]
-impl Shim for VeilShim {
-    type T = TaskService;
+fn failed(what: &'static str) -> impl FnOnce(String) -> BootstrapError {
+    move |detail| BootstrapError { what, detail }
+}
 
-    async fn new(_runtime_id: &str, args: &Flags, config: &mut Config) -> Self {
-        // The shim logs through tracing (see logging.rs), and reaps only QEMU, which
-        // tokio waits for itself: the crate's reaper would steal QEMU's exit status.
-        config.no_setup_logger = true;
-        config.no_reaper = true;
-        config.no_sub_reaper = true;
-        if args.action.is_empty() {
-            crate::logging::init(args.debug);
+/// How containerd started us, which decides the form of the `start` answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    Legacy,
+    Bootstrap,
+}
+
+/// Runs the shim for the command line containerd gave; returns the exit code.
+pub async fn run() -> i32 {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let flags = match containerd_shim::parse(&args) {
+        Ok(flags) => flags,
+        Err(error) => {
+            eprintln!("containerd-shim-veil-v2: {error}");
+            return 1;
         }
-        VeilShim {
-            namespace: args.namespace.clone(),
-            exit: Arc::new(ExitSignal::default()),
+    };
+    if flags.version {
+        println!(
+            "containerd-shim-veil-v2 {} ({RUNTIME_ID})",
+            env!("CARGO_PKG_VERSION")
+        );
+        return 0;
+    }
+    let outcome = if flags.info {
+        write_runtime_info()
+    } else {
+        match flags.action.as_str() {
+            "start" => start(&flags).await,
+            "delete" => delete(),
+            "" => serve(&flags).await,
+            other => Err(BootstrapError {
+                what: "parse the command line",
+                detail: format!("unknown action {other:?}; expected start, delete or none"),
+            }),
+        }
+    };
+    match outcome {
+        Ok(()) => 0,
+        Err(error) => {
+            eprintln!("containerd-shim-veil-v2: {error}");
+            tracing::error!(%error, "shim failed");
+            1
         }
     }
+}
 
-    async fn start_shim(&mut self, opts: StartOpts) -> containerd_shim::Result<String> {
-        // One shim (one VM) per pod: containers of a sandbox reuse its shim's socket.
-        let spec = containerd_shim::asynchronous::util::read_spec("").await.ok();
-        let annotations = spec.as_ref().and_then(|s| s.annotations().clone());
-        let grouping = crate::options::sandbox_id(annotations.as_ref(), &opts.id);
-        let address = spawn(opts, &grouping, Vec::new()).await?;
-        containerd_shim::asynchronous::util::write_str_to_file("address", &address).await?;
-        Ok(address)
-    }
+fn read_stdin() -> Vec<u8> {
+    let mut input = Vec::new();
+    let _ = std::io::stdin()
+        .lock()
+        .take(1 << 20)
+        .read_to_end(&mut input);
+    input
+}
 
-    async fn delete_shim(&mut self) -> containerd_shim::Result<DeleteResponse> {
-        // Runs in the bundle directory after the serving shim is gone (or crashed).
-        let bundle = Path::new(".");
-        if let Ok(state_dir) = std::fs::read_to_string(bundle.join(STATE_DIR_FILE)) {
-            let state_dir = Path::new(state_dir.trim());
-            kill_leftover_vm(state_dir);
-            sandbox::remove_state_dir(state_dir);
+/// Decides the protocol from what containerd piped in: BootstrapParams naming this
+/// shim, or (legacy) nothing or the runtime options as an `Any`.
+fn start_options(input: &[u8], flags: &Flags) -> (StartOpts, Protocol) {
+    if let Ok(params) = BootstrapParams::parse_from_bytes(input) {
+        if !input.is_empty()
+            && params.instance_id == flags.id
+            && params.namespace == flags.namespace
+        {
+            let opts = StartOpts {
+                id: params.instance_id,
+                publish_binary: params.containerd_binary,
+                address: params.containerd_grpc_address,
+                ttrpc_address: params.containerd_ttrpc_address,
+                namespace: params.namespace,
+                debug: flags.debug,
+                socket_dir: params.socket_dir.filter(|d| !d.is_empty()),
+                extensions: params
+                    .extensions
+                    .into_iter()
+                    .filter_map(|e| e.value.into_option())
+                    .collect(),
+                ..Default::default()
+            };
+            return (opts, Protocol::Bootstrap);
         }
-        sandbox::storage::unmount_rootfs(bundle);
-        Ok(DeleteResponse {
-            exit_status: 128 + libc::SIGKILL as u32,
-            exited_at: MessageField::some(crate::service::timestamp(SystemTime::now())),
+    }
+    let mut opts = StartOpts {
+        id: flags.id.clone(),
+        publish_binary: flags.publish_binary.clone(),
+        address: flags.address.clone(),
+        ttrpc_address: std::env::var(TTRPC_ADDRESS_ENV).unwrap_or_default(),
+        namespace: flags.namespace.clone(),
+        debug: flags.debug,
+        ..Default::default()
+    };
+    if opts.address.is_empty() {
+        opts.address = std::env::var(GRPC_ADDRESS_ENV).unwrap_or_default();
+    }
+    if let Ok(any) = Any::parse_from_bytes(input) {
+        if !any.type_url.is_empty() {
+            opts.extensions.push(any);
+        }
+    }
+    (opts, Protocol::Legacy)
+}
+
+fn start_reply(address: &str, protocol: Protocol) -> Result<Vec<u8>, BootstrapError> {
+    match protocol {
+        Protocol::Legacy => Ok(address.as_bytes().to_vec()),
+        Protocol::Bootstrap => BootstrapResult {
+            version: 3,
+            address: address.to_string(),
+            protocol: "ttrpc".to_string(),
             ..Default::default()
-        })
+        }
+        .write_to_bytes()
+        .map_err(|e| failed("encode the bootstrap result")(e.to_string())),
     }
+}
 
-    async fn wait(&mut self) {
-        self.exit.wait().await;
-    }
+async fn start(flags: &Flags) -> Result<(), BootstrapError> {
+    let (opts, protocol) = start_options(&read_stdin(), flags);
+    // One shim (one VM) per pod: containers of a sandbox reuse its shim's socket.
+    let spec = containerd_shim::asynchronous::util::read_spec("")
+        .await
+        .ok();
+    let annotations = spec.as_ref().and_then(|s| s.annotations().clone());
+    let grouping = crate::options::sandbox_id(annotations.as_ref(), &opts.id);
+    let address = spawn(opts, &grouping, Vec::new())
+        .await
+        .map_err(|e| failed("spawn the shim server")(e.to_string()))?;
+    std::fs::write("address", &address)
+        .map_err(|e| failed("write the address file")(e.to_string()))?;
+    let reply = start_reply(&address, protocol)?;
+    let mut stdout = std::io::stdout();
+    stdout
+        .write_all(&reply)
+        .and_then(|()| stdout.flush())
+        .map_err(|e| failed("answer containerd")(e.to_string()))
+}
 
-    async fn create_task_service(&self, publisher: RemotePublisher) -> Self::T {
-        TaskService::new(&self.namespace, publisher, self.exit.clone())
+/// Runs in the bundle directory after the serving shim is gone (or crashed).
+fn delete() -> Result<(), BootstrapError> {
+    let bundle = Path::new(".");
+    if let Ok(state_dir) = std::fs::read_to_string(bundle.join(STATE_DIR_FILE)) {
+        let state_dir = Path::new(state_dir.trim());
+        kill_leftover_vm(state_dir);
+        sandbox::remove_state_dir(state_dir);
     }
+    sandbox::storage::unmount_rootfs(bundle);
+    let response = DeleteResponse {
+        exit_status: 128 + libc::SIGKILL as u32,
+        exited_at: MessageField::some(crate::service::timestamp(SystemTime::now())),
+        ..Default::default()
+    };
+    let bytes = response
+        .write_to_bytes()
+        .map_err(|e| failed("encode the delete response")(e.to_string()))?;
+    std::io::stdout()
+        .write_all(&bytes)
+        .map_err(|e| failed("answer containerd")(e.to_string()))
+}
+
+fn write_runtime_info() -> Result<(), BootstrapError> {
+    let info = containerd_shim::protos::types::introspection::RuntimeInfo {
+        name: RUNTIME_ID.to_string(),
+        ..Default::default()
+    };
+    let bytes = info
+        .write_to_bytes()
+        .map_err(|e| failed("encode runtime info")(e.to_string()))?;
+    std::io::stdout()
+        .write_all(&bytes)
+        .map_err(|e| failed("answer containerd")(e.to_string()))
 }
 
 /// Kills a QEMU whose shim died, found by the pid file in the sandbox state.
@@ -84,5 +224,124 @@ fn kill_leftover_vm(state_dir: &Path) {
     };
     if let Ok(pid) = pid.trim().parse::<i32>() {
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL);
+    }
+}
+
+fn bind_socket(address: &str) -> Result<Listener, BootstrapError> {
+    let path = address.strip_prefix("unix://").unwrap_or(address);
+    if let Some(parent) = Path::new(path).parent() {
+        let _ = std::fs::create_dir_all(parent);
+    }
+    let _ = std::fs::remove_file(path);
+    let listener = std::os::unix::net::UnixListener::bind(path)
+        .map_err(|e| failed("listen on the shim socket")(format!("{path}: {e}")))?;
+    Listener::try_from(listener).map_err(|e| failed("listen on the shim socket")(e.to_string()))
+}
+
+/// The serving shim: Task API on the socket containerd named, until Shutdown.
+async fn serve(flags: &Flags) -> Result<(), BootstrapError> {
+    crate::logging::init(flags.debug);
+    if flags.socket.is_empty() {
+        return Err(failed("serve")("no -socket given".to_string()));
+    }
+    // Writes to a FIFO whose reader left must fail with EPIPE, not kill the shim.
+    // SAFETY: SIG_IGN installs no handler code; it only changes the disposition.
+    unsafe {
+        let _ = nix::sys::signal::signal(
+            nix::sys::signal::SIGPIPE,
+            nix::sys::signal::SigHandler::SigIgn,
+        );
+    }
+    let ttrpc_address = std::env::var(TTRPC_ADDRESS_ENV)
+        .map_err(|_| failed("serve")(format!("{TTRPC_ADDRESS_ENV} is not set by containerd")))?;
+    let publisher = RemotePublisher::new(&ttrpc_address)
+        .await
+        .map_err(|e| failed("connect to containerd's event service")(e.to_string()))?;
+    let exit = Arc::new(ExitSignal::default());
+    let service = Arc::new(TaskService::new(&flags.namespace, publisher, exit.clone()));
+    let mut services = create_task(service.clone());
+    if let Some(v2) = create_task(service).remove(TASK_V3) {
+        services.insert(TASK_V2.to_string(), v2);
+    }
+    let mut server = Server::new()
+        .add_listener(bind_socket(&flags.socket)?)
+        .register_service(services);
+    server
+        .start()
+        .await
+        .map_err(|e| failed("start the Task API server")(e.to_string()))?;
+    // The `start` process copies our stdout until it closes: close it now.
+    let _ = nix::unistd::dup2_stdout(std::io::stderr());
+    tracing::info!(socket = %flags.socket, namespace = %flags.namespace, id = %flags.id, "shim serving");
+    tokio::select! {
+        () = exit.wait() => {}
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted"),
+    }
+    let _ = server.shutdown().await;
+    let path = flags
+        .socket
+        .strip_prefix("unix://")
+        .unwrap_or(&flags.socket);
+    let _ = std::fs::remove_file(path);
+    tracing::info!("shim exiting");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flags() -> Flags {
+        Flags {
+            id: "c1".into(),
+            namespace: "default".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn empty_stdin_is_the_legacy_protocol_with_a_plain_address() {
+        let (opts, protocol) = start_options(b"", &flags());
+        assert_eq!(protocol, Protocol::Legacy);
+        assert_eq!(opts.id, "c1");
+        assert_eq!(
+            start_reply("unix:///run/containerd/s/x", protocol).expect("reply"),
+            b"unix:///run/containerd/s/x"
+        );
+    }
+
+    #[test]
+    fn runtime_options_on_stdin_stay_legacy_and_are_kept() {
+        let any = Any {
+            type_url: "runtimeoptions.v1.Options".into(),
+            value: vec![0x12, 0x01, b'x'],
+            ..Default::default()
+        };
+        let (opts, protocol) = start_options(&any.write_to_bytes().expect("encode"), &flags());
+        assert_eq!(protocol, Protocol::Legacy);
+        assert_eq!(opts.extensions.len(), 1);
+    }
+
+    #[test]
+    fn bootstrap_params_get_a_bootstrap_result() {
+        let params = BootstrapParams {
+            instance_id: "c1".into(),
+            namespace: "default".into(),
+            containerd_ttrpc_address: "/run/containerd/containerd.sock.ttrpc".into(),
+            ..Default::default()
+        };
+        let (opts, protocol) = start_options(&params.write_to_bytes().expect("encode"), &flags());
+        assert_eq!(protocol, Protocol::Bootstrap);
+        assert_eq!(opts.ttrpc_address, "/run/containerd/containerd.sock.ttrpc");
+        let reply = start_reply("unix:///s", protocol).expect("reply");
+        let result = BootstrapResult::parse_from_bytes(&reply).expect("decode");
+        assert_eq!(
+            (
+                result.version,
+                result.address.as_str(),
+                result.protocol.as_str()
+            ),
+            (3, "unix:///s", "ttrpc")
+        );
     }
 }

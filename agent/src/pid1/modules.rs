@@ -111,14 +111,20 @@ mod tests {
         let list = "# dependencies first\n/lib/modules/a.ko\n\n/lib/modules/b.ko  # needs a\n";
         assert_eq!(
             module_paths(list),
-            vec![PathBuf::from("/lib/modules/a.ko"), PathBuf::from("/lib/modules/b.ko")]
+            vec![
+                PathBuf::from("/lib/modules/a.ko"),
+                PathBuf::from("/lib/modules/b.ko")
+            ]
         );
     }
 
     #[test]
     fn missing_list_means_nothing_to_load() {
         let dir = tempfile::tempdir().expect("tempdir");
-        assert_eq!(load_modules(&dir.path().join("absent")).expect("no list"), 0);
+        assert_eq!(
+            load_modules(&dir.path().join("absent")).expect("no list"),
+            0
+        );
     }
 
     #[test]

@@ -86,7 +86,8 @@ fn copy_tree(from: &Path, to: &Path, top: bool) -> Result<(), SwitchRootError> {
 }
 
 fn copy_entry(source: &Path, target: &PathBuf) -> Result<(), SwitchRootError> {
-    let meta = fs::symlink_metadata(source).map_err(step_error(format!("stat {}", source.display())))?;
+    let meta =
+        fs::symlink_metadata(source).map_err(step_error(format!("stat {}", source.display())))?;
     let kind = meta.file_type();
     if kind.is_dir() {
         fs::create_dir_all(target).map_err(step_error(format!("create {}", target.display())))?;
@@ -94,12 +95,16 @@ fn copy_entry(source: &Path, target: &PathBuf) -> Result<(), SwitchRootError> {
             .map_err(step_error(format!("chmod {}", target.display())))?;
         copy_tree(source, target, false)
     } else if kind.is_symlink() {
-        let link = fs::read_link(source).map_err(step_error(format!("readlink {}", source.display())))?;
+        let link =
+            fs::read_link(source).map_err(step_error(format!("readlink {}", source.display())))?;
         symlink(link, target).map_err(step_error(format!("symlink {}", target.display())))
     } else if kind.is_file() {
         fs::copy(source, target).map_err(step_error(format!("copy {}", source.display())))?;
-        fs::set_permissions(target, fs::Permissions::from_mode(meta.permissions().mode()))
-            .map_err(step_error(format!("chmod {}", target.display())))
+        fs::set_permissions(
+            target,
+            fs::Permissions::from_mode(meta.permissions().mode()),
+        )
+        .map_err(step_error(format!("chmod {}", target.display())))
     } else {
         // Device nodes and sockets are recreated by devtmpfs and the agent itself.
         Ok(())
@@ -116,17 +121,27 @@ mod tests {
         let to = tempfile::tempdir().expect("tempdir");
         fs::create_dir_all(from.path().join("etc/veil")).expect("mkdir");
         fs::write(from.path().join("init"), b"agent").expect("write");
-        fs::set_permissions(from.path().join("init"), fs::Permissions::from_mode(0o755)).expect("chmod");
+        fs::set_permissions(from.path().join("init"), fs::Permissions::from_mode(0o755))
+            .expect("chmod");
         fs::write(from.path().join("etc/veil/modules.load"), b"a.ko\n").expect("write");
         symlink("init", from.path().join("sbin-init")).expect("symlink");
 
         copy_tree(from.path(), to.path(), false).expect("copy");
 
         assert_eq!(fs::read(to.path().join("init")).expect("read"), b"agent");
-        let mode = fs::metadata(to.path().join("init")).expect("stat").permissions().mode();
+        let mode = fs::metadata(to.path().join("init"))
+            .expect("stat")
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o755);
-        assert_eq!(fs::read(to.path().join("etc/veil/modules.load")).expect("read"), b"a.ko\n");
-        assert_eq!(fs::read_link(to.path().join("sbin-init")).expect("link"), PathBuf::from("init"));
+        assert_eq!(
+            fs::read(to.path().join("etc/veil/modules.load")).expect("read"),
+            b"a.ko\n"
+        );
+        assert_eq!(
+            fs::read_link(to.path().join("sbin-init")).expect("link"),
+            PathBuf::from("init")
+        );
     }
 
     #[test]

@@ -36,12 +36,28 @@ struct ProcessEntry {
 }
 
 impl ProcessEntry {
-    fn new(spawned: SpawnedProcess, wanted: StdioRequest, exit: ExitWatch) -> Result<Self, ServiceError> {
-        let SpawnedProcess { pid, stdin, stdout, stderr, pty_master } = spawned;
+    fn new(
+        spawned: SpawnedProcess,
+        wanted: StdioRequest,
+        exit: ExitWatch,
+    ) -> Result<Self, ServiceError> {
+        let SpawnedProcess {
+            pid,
+            stdin,
+            stdout,
+            stderr,
+            pty_master,
+        } = spawned;
         // A pipe nobody reads fills up and blocks the process: drain what the shim won't read.
         let stdout = keep_or_drain(stdout, wanted.stdout || wanted.terminal);
         let stderr = keep_or_drain(stderr, wanted.stderr);
-        let spawned = SpawnedProcess { pid, stdin, stdout, stderr, pty_master };
+        let spawned = SpawnedProcess {
+            pid,
+            stdin,
+            stdout,
+            stderr,
+            pty_master,
+        };
         let stream_error = |source| ServiceError::Io {
             what: "prepare process stream".into(),
             source,
@@ -94,7 +110,9 @@ fn unix_us(at: SystemTime) -> u64 {
 }
 
 fn locked<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl AgentService {
@@ -132,7 +150,12 @@ impl AgentService {
 
     /// Runs a blocking runtime call that creates a process, registering its pid with
     /// the reaper before any exit can be reaped.
-    async fn spawn_process<F>(&self, what: String, wanted: StdioRequest, create: F) -> Result<ProcessEntry, ServiceError>
+    async fn spawn_process<F>(
+        &self,
+        what: String,
+        wanted: StdioRequest,
+        create: F,
+    ) -> Result<ProcessEntry, ServiceError>
     where
         F: FnOnce(&dyn ContainerRuntime) -> Result<SpawnedProcess, crate::runtime::RuntimeError>
             + Send
@@ -162,7 +185,9 @@ impl AgentService {
             return Err(ServiceError::AlreadyExists(format!("container {id}")));
         }
         let spec: oci_spec::runtime::Spec = serde_json::from_slice(&request.oci_spec_json)
-            .map_err(|e| ServiceError::InvalidArgument(format!("OCI spec of container {id}: {e}")))?;
+            .map_err(|e| {
+                ServiceError::InvalidArgument(format!("OCI spec of container {id}: {e}"))
+            })?;
         let rootfs = PathBuf::from(&request.rootfs);
         let stdio = StdioRequest::from(request.stdio.get_or_default());
         let runtime_id = id.clone();
@@ -210,16 +235,22 @@ impl AgentService {
             )));
         }
         if locked(&container.execs).contains_key(&exec_id) {
-            return Err(ServiceError::AlreadyExists(format!("exec {exec_id} in container {id}")));
+            return Err(ServiceError::AlreadyExists(format!(
+                "exec {exec_id} in container {id}"
+            )));
         }
         let process: oci_spec::runtime::Process = serde_json::from_slice(&request.oci_process_json)
-            .map_err(|e| ServiceError::InvalidArgument(format!("OCI process of exec {exec_id}: {e}")))?;
+            .map_err(|e| {
+                ServiceError::InvalidArgument(format!("OCI process of exec {exec_id}: {e}"))
+            })?;
         let stdio = StdioRequest::from(request.stdio.get_or_default());
         let (runtime_id, runtime_exec) = (id.clone(), exec_id.clone());
         let entry = self
-            .spawn_process(format!("exec {exec_id} in container {id}"), stdio, move |runtime| {
-                runtime.exec(&runtime_id, &runtime_exec, process, stdio)
-            })
+            .spawn_process(
+                format!("exec {exec_id} in container {id}"),
+                stdio,
+                move |runtime| runtime.exec(&runtime_id, &runtime_exec, process, stdio),
+            )
             .await?;
         let pid = entry.pid;
         locked(&container.execs).insert(exec_id.clone(), Arc::new(entry));
@@ -231,7 +262,12 @@ impl AgentService {
         let signal = i32::try_from(request.signal)
             .ok()
             .and_then(|n| Signal::try_from(n).ok())
-            .ok_or_else(|| ServiceError::InvalidArgument(format!("signal {} is not a valid signal number", request.signal)))?;
+            .ok_or_else(|| {
+                ServiceError::InvalidArgument(format!(
+                    "signal {} is not a valid signal number",
+                    request.signal
+                ))
+            })?;
         let process = self.process(&request.container_id, &request.exec_id)?;
         let targets = if request.all {
             procfs::pids_in_pid_namespace_of(process.pid)
@@ -260,10 +296,12 @@ impl AgentService {
                 "container {id} is still running; kill it before removing it"
             )));
         }
-        self.runtime.delete(id).map_err(|source| ServiceError::Runtime {
-            what: format!("remove container {id}"),
-            source,
-        })?;
+        self.runtime
+            .delete(id)
+            .map_err(|source| ServiceError::Runtime {
+                what: format!("remove container {id}"),
+                source,
+            })?;
         locked(&self.containers).remove(id);
         tracing::info!(container = %id, "container removed");
         Ok(())
@@ -283,7 +321,9 @@ fn keep_or_drain(fd: Option<OwnedFd>, wanted: bool) -> Option<OwnedFd> {
     match fd {
         Some(fd) if !wanted => {
             if let Ok(stream) = FdReader::new(fd) {
-                tokio::spawn(async move { while matches!(stream.read(MAX_READ).await, Ok(data) if !data.is_empty()) {} });
+                tokio::spawn(async move {
+                    while matches!(stream.read(MAX_READ).await, Ok(data) if !data.is_empty()) {}
+                });
             }
             None
         }
@@ -294,7 +334,9 @@ fn keep_or_drain(fd: Option<OwnedFd>, wanted: bool) -> Option<OwnedFd> {
 fn validate_id(id: &str) -> Result<(), ServiceError> {
     let valid = !id.is_empty()
         && id.len() <= 256
-        && id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
         && !id.starts_with('.');
     if valid {
         Ok(())
@@ -306,7 +348,9 @@ fn validate_id(id: &str) -> Result<(), ServiceError> {
 }
 
 fn read_len(requested: u32) -> usize {
-    usize::try_from(requested).unwrap_or(MAX_READ).clamp(1, MAX_READ)
+    usize::try_from(requested)
+        .unwrap_or(MAX_READ)
+        .clamp(1, MAX_READ)
 }
 
 fn stream_error(what: &str) -> impl FnOnce(std::io::Error) -> ServiceError + '_ {
@@ -316,10 +360,13 @@ fn stream_error(what: &str) -> impl FnOnce(std::io::Error) -> ServiceError + '_ 
     }
 }
 
-
 #[async_trait]
 impl api::AgentService for AgentService {
-    async fn ping(&self, _: &TtrpcContext, _: api::PingRequest) -> ttrpc::Result<api::PingResponse> {
+    async fn ping(
+        &self,
+        _: &TtrpcContext,
+        _: api::PingRequest,
+    ) -> ttrpc::Result<api::PingResponse> {
         Ok(api::PingResponse {
             version: env!("CARGO_PKG_VERSION").to_string(),
             kernel_release: nix::sys::utsname::uname()
@@ -333,28 +380,60 @@ impl api::AgentService for AgentService {
         })
     }
 
-    async fn create_container(&self, _: &TtrpcContext, request: api::CreateContainerRequest) -> ttrpc::Result<api::CreateContainerResponse> {
+    async fn create_container(
+        &self,
+        _: &TtrpcContext,
+        request: api::CreateContainerRequest,
+    ) -> ttrpc::Result<api::CreateContainerResponse> {
         let pid = self.create(request).await?;
-        Ok(api::CreateContainerResponse { pid, ..Default::default() })
+        Ok(api::CreateContainerResponse {
+            pid,
+            ..Default::default()
+        })
     }
 
-    async fn start_container(&self, _: &TtrpcContext, request: api::StartContainerRequest) -> ttrpc::Result<api::StartContainerResponse> {
+    async fn start_container(
+        &self,
+        _: &TtrpcContext,
+        request: api::StartContainerRequest,
+    ) -> ttrpc::Result<api::StartContainerResponse> {
         let pid = self.start(&request.container_id).await?;
-        Ok(api::StartContainerResponse { pid, ..Default::default() })
+        Ok(api::StartContainerResponse {
+            pid,
+            ..Default::default()
+        })
     }
 
-    async fn exec_process(&self, _: &TtrpcContext, request: api::ExecProcessRequest) -> ttrpc::Result<api::ExecProcessResponse> {
+    async fn exec_process(
+        &self,
+        _: &TtrpcContext,
+        request: api::ExecProcessRequest,
+    ) -> ttrpc::Result<api::ExecProcessResponse> {
         let pid = self.exec(request).await?;
-        Ok(api::ExecProcessResponse { pid, ..Default::default() })
+        Ok(api::ExecProcessResponse {
+            pid,
+            ..Default::default()
+        })
     }
 
-    async fn signal_process(&self, _: &TtrpcContext, request: api::SignalProcessRequest) -> ttrpc::Result<api::Empty> {
+    async fn signal_process(
+        &self,
+        _: &TtrpcContext,
+        request: api::SignalProcessRequest,
+    ) -> ttrpc::Result<api::Empty> {
         self.signal(&request)?;
         Ok(api::Empty::default())
     }
 
-    async fn wait_process(&self, _: &TtrpcContext, request: api::WaitProcessRequest) -> ttrpc::Result<api::WaitProcessResponse> {
-        let mut exit = self.process(&request.container_id, &request.exec_id)?.exit.clone();
+    async fn wait_process(
+        &self,
+        _: &TtrpcContext,
+        request: api::WaitProcessRequest,
+    ) -> ttrpc::Result<api::WaitProcessResponse> {
+        let mut exit = self
+            .process(&request.container_id, &request.exec_id)?
+            .exit
+            .clone();
         let exit = exit.wait().await;
         Ok(api::WaitProcessResponse {
             exit_status: exit.status,
@@ -363,7 +442,11 @@ impl api::AgentService for AgentService {
         })
     }
 
-    async fn list_processes(&self, _: &TtrpcContext, request: api::ListProcessesRequest) -> ttrpc::Result<api::ListProcessesResponse> {
+    async fn list_processes(
+        &self,
+        _: &TtrpcContext,
+        request: api::ListProcessesRequest,
+    ) -> ttrpc::Result<api::ListProcessesResponse> {
         let container = self.container(&request.container_id)?;
         let pids = if container.init.has_exited() {
             Vec::new()
@@ -376,30 +459,58 @@ impl api::AgentService for AgentService {
         })
     }
 
-    async fn remove_container(&self, _: &TtrpcContext, request: api::RemoveContainerRequest) -> ttrpc::Result<api::Empty> {
+    async fn remove_container(
+        &self,
+        _: &TtrpcContext,
+        request: api::RemoveContainerRequest,
+    ) -> ttrpc::Result<api::Empty> {
         self.remove(&request.container_id)?;
         Ok(api::Empty::default())
     }
 
-    async fn read_stdout(&self, _: &TtrpcContext, request: api::ReadStreamRequest) -> ttrpc::Result<api::ReadStreamResponse> {
+    async fn read_stdout(
+        &self,
+        _: &TtrpcContext,
+        request: api::ReadStreamRequest,
+    ) -> ttrpc::Result<api::ReadStreamResponse> {
         let process = self.process(&request.container_id, &request.exec_id)?;
         let data = match &process.stdout {
-            Some(stream) => stream.read(read_len(request.max_len)).await.map_err(stream_error("read stdout"))?,
+            Some(stream) => stream
+                .read(read_len(request.max_len))
+                .await
+                .map_err(stream_error("read stdout"))?,
             None => Vec::new(),
         };
-        Ok(api::ReadStreamResponse { data, ..Default::default() })
+        Ok(api::ReadStreamResponse {
+            data,
+            ..Default::default()
+        })
     }
 
-    async fn read_stderr(&self, _: &TtrpcContext, request: api::ReadStreamRequest) -> ttrpc::Result<api::ReadStreamResponse> {
+    async fn read_stderr(
+        &self,
+        _: &TtrpcContext,
+        request: api::ReadStreamRequest,
+    ) -> ttrpc::Result<api::ReadStreamResponse> {
         let process = self.process(&request.container_id, &request.exec_id)?;
         let data = match &process.stderr {
-            Some(stream) => stream.read(read_len(request.max_len)).await.map_err(stream_error("read stderr"))?,
+            Some(stream) => stream
+                .read(read_len(request.max_len))
+                .await
+                .map_err(stream_error("read stderr"))?,
             None => Vec::new(),
         };
-        Ok(api::ReadStreamResponse { data, ..Default::default() })
+        Ok(api::ReadStreamResponse {
+            data,
+            ..Default::default()
+        })
     }
 
-    async fn write_stdin(&self, _: &TtrpcContext, request: api::WriteStreamRequest) -> ttrpc::Result<api::WriteStreamResponse> {
+    async fn write_stdin(
+        &self,
+        _: &TtrpcContext,
+        request: api::WriteStreamRequest,
+    ) -> ttrpc::Result<api::WriteStreamResponse> {
         let process = self.process(&request.container_id, &request.exec_id)?;
         let stdin = process.stdin.lock().await;
         let stream = stdin.as_ref().ok_or_else(|| {
@@ -408,17 +519,31 @@ impl api::AgentService for AgentService {
                 request.container_id, request.exec_id
             ))
         })?;
-        let len = stream.write_all(&request.data).await.map_err(stream_error("write stdin"))?;
-        Ok(api::WriteStreamResponse { len: len as u32, ..Default::default() })
+        let len = stream
+            .write_all(&request.data)
+            .await
+            .map_err(stream_error("write stdin"))?;
+        Ok(api::WriteStreamResponse {
+            len: len as u32,
+            ..Default::default()
+        })
     }
 
-    async fn close_stdin(&self, _: &TtrpcContext, request: api::CloseStdinRequest) -> ttrpc::Result<api::Empty> {
+    async fn close_stdin(
+        &self,
+        _: &TtrpcContext,
+        request: api::CloseStdinRequest,
+    ) -> ttrpc::Result<api::Empty> {
         let process = self.process(&request.container_id, &request.exec_id)?;
         process.stdin.lock().await.take();
         Ok(api::Empty::default())
     }
 
-    async fn resize_tty(&self, _: &TtrpcContext, request: api::ResizeTtyRequest) -> ttrpc::Result<api::Empty> {
+    async fn resize_tty(
+        &self,
+        _: &TtrpcContext,
+        request: api::ResizeTtyRequest,
+    ) -> ttrpc::Result<api::Empty> {
         let process = self.process(&request.container_id, &request.exec_id)?;
         let terminal = process.terminal.as_ref().ok_or_else(|| {
             ServiceError::FailedPrecondition(format!(
@@ -428,16 +553,20 @@ impl api::AgentService for AgentService {
         })?;
         let rows = u16::try_from(request.rows).unwrap_or(u16::MAX);
         let columns = u16::try_from(request.columns).unwrap_or(u16::MAX);
-        veil_container::resize_pty(std::os::fd::AsFd::as_fd(terminal), rows, columns).map_err(|e| {
-            ServiceError::Io {
+        veil_container::resize_pty(std::os::fd::AsFd::as_fd(terminal), rows, columns).map_err(
+            |e| ServiceError::Io {
                 what: "resize terminal".into(),
                 source: std::io::Error::other(e.to_string()),
-            }
-        })?;
+            },
+        )?;
         Ok(api::Empty::default())
     }
 
-    async fn shutdown(&self, _: &TtrpcContext, _: api::ShutdownRequest) -> ttrpc::Result<api::Empty> {
+    async fn shutdown(
+        &self,
+        _: &TtrpcContext,
+        _: api::ShutdownRequest,
+    ) -> ttrpc::Result<api::Empty> {
         tracing::info!("shutdown requested: stopping every container and powering off");
         self.kill_everything();
         tokio::spawn(async {

@@ -26,7 +26,11 @@ fn pids_sharing_namespace(proc_root: &Path, pid: i32, agent_pid: i32) -> Vec<i32
         return pids;
     };
     for entry in entries.flatten() {
-        let Some(other) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+        let Some(other) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
             continue;
         };
         if other != pid && pid_namespace(proc_root, other).as_ref() == Some(&target) {
@@ -43,7 +47,12 @@ mod tests {
     #[test]
     fn groups_by_namespace_link() {
         let proc_root = tempfile::tempdir().expect("tempdir");
-        for (pid, ns) in [(1, "pid:[1]"), (10, "pid:[2]"), (11, "pid:[2]"), (12, "pid:[3]")] {
+        for (pid, ns) in [
+            (1, "pid:[1]"),
+            (10, "pid:[2]"),
+            (11, "pid:[2]"),
+            (12, "pid:[3]"),
+        ] {
             let dir = proc_root.path().join(pid.to_string()).join("ns");
             std::fs::create_dir_all(&dir).expect("mkdir");
             std::os::unix::fs::symlink(ns, dir.join("pid")).expect("link");

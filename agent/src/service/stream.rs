@@ -12,7 +12,9 @@ impl FdReader {
     /// Wraps `fd` (switched to non-blocking by tokio).
     pub fn new(fd: OwnedFd) -> std::io::Result<Self> {
         // "unchecked": a pty master is a character device, not a FIFO, and epoll works on it.
-        Ok(FdReader(pipe::Receiver::from_file_unchecked(std::fs::File::from(fd))?))
+        Ok(FdReader(pipe::Receiver::from_file_unchecked(
+            std::fs::File::from(fd),
+        )?))
     }
 
     /// Reads up to `max` bytes; an empty result means end of stream. A pty master
@@ -41,7 +43,9 @@ pub struct FdWriter(pipe::Sender);
 impl FdWriter {
     /// Wraps `fd`.
     pub fn new(fd: OwnedFd) -> std::io::Result<Self> {
-        Ok(FdWriter(pipe::Sender::from_file_unchecked(std::fs::File::from(fd))?))
+        Ok(FdWriter(pipe::Sender::from_file_unchecked(
+            std::fs::File::from(fd),
+        )?))
     }
 
     /// Writes all of `data`.

@@ -17,9 +17,18 @@ use crate::reaper::ONE_REAPER;
 #[derive(Default)]
 struct HostProcesses;
 
-fn host_spawn(args: &[String], stdio: StdioRequest) -> Result<SpawnedProcess, crate::runtime::RuntimeError> {
+fn host_spawn(
+    args: &[String],
+    stdio: StdioRequest,
+) -> Result<SpawnedProcess, crate::runtime::RuntimeError> {
     let (program, rest) = args.split_first().ok_or("no args")?;
-    let pipe_or_null = |wanted: bool| if wanted { Stdio::piped() } else { Stdio::null() };
+    let pipe_or_null = |wanted: bool| {
+        if wanted {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        }
+    };
     let mut child = Command::new(program)
         .args(rest)
         .stdin(pipe_or_null(stdio.stdin))
@@ -36,14 +45,30 @@ fn host_spawn(args: &[String], stdio: StdioRequest) -> Result<SpawnedProcess, cr
 }
 
 impl ContainerRuntime for HostProcesses {
-    fn create(&self, _: &str, _: &std::path::Path, spec: oci_spec::runtime::Spec, stdio: StdioRequest) -> Result<SpawnedProcess, crate::runtime::RuntimeError> {
-        let args = spec.process().as_ref().and_then(|p| p.args().clone()).unwrap_or_default();
+    fn create(
+        &self,
+        _: &str,
+        _: &std::path::Path,
+        spec: oci_spec::runtime::Spec,
+        stdio: StdioRequest,
+    ) -> Result<SpawnedProcess, crate::runtime::RuntimeError> {
+        let args = spec
+            .process()
+            .as_ref()
+            .and_then(|p| p.args().clone())
+            .unwrap_or_default();
         host_spawn(&args, stdio)
     }
     fn start(&self, _: &str) -> Result<(), crate::runtime::RuntimeError> {
         Ok(())
     }
-    fn exec(&self, _: &str, _: &str, process: oci_spec::runtime::Process, stdio: StdioRequest) -> Result<SpawnedProcess, crate::runtime::RuntimeError> {
+    fn exec(
+        &self,
+        _: &str,
+        _: &str,
+        process: oci_spec::runtime::Process,
+        stdio: StdioRequest,
+    ) -> Result<SpawnedProcess, crate::runtime::RuntimeError> {
         host_spawn(&process.args().clone().unwrap_or_default(), stdio)
     }
     fn delete(&self, _: &str) -> Result<(), crate::runtime::RuntimeError> {
@@ -91,14 +116,27 @@ fn create_request(id: &str, args: &[&str], stdio: api::Stdio) -> api::CreateCont
 }
 
 fn output_only() -> api::Stdio {
-    api::Stdio { stdout: true, stderr: true, ..Default::default() }
+    api::Stdio {
+        stdout: true,
+        stderr: true,
+        ..Default::default()
+    }
 }
 
 async fn read_all(client: &api::AgentServiceClient, id: &str, exec_id: &str) -> Vec<u8> {
     let mut all = Vec::new();
     for _ in 0..1000 {
-        let request = api::ReadStreamRequest { container_id: id.into(), exec_id: exec_id.into(), max_len: 4096, ..Default::default() };
-        let chunk = client.read_stdout(ctx(), &request).await.expect("read").data;
+        let request = api::ReadStreamRequest {
+            container_id: id.into(),
+            exec_id: exec_id.into(),
+            max_len: 4096,
+            ..Default::default()
+        };
+        let chunk = client
+            .read_stdout(ctx(), &request)
+            .await
+            .expect("read")
+            .data;
         if chunk.is_empty() {
             break;
         }
@@ -108,8 +146,16 @@ async fn read_all(client: &api::AgentServiceClient, id: &str, exec_id: &str) -> 
 }
 
 async fn wait(client: &api::AgentServiceClient, id: &str, exec_id: &str) -> u32 {
-    let request = api::WaitProcessRequest { container_id: id.into(), exec_id: exec_id.into(), ..Default::default() };
-    client.wait_process(ctx(), &request).await.expect("wait").exit_status
+    let request = api::WaitProcessRequest {
+        container_id: id.into(),
+        exec_id: exec_id.into(),
+        ..Default::default()
+    };
+    client
+        .wait_process(ctx(), &request)
+        .await
+        .expect("wait")
+        .exit_status
 }
 
 fn status_code(error: veil_protocol::ttrpc::Error) -> veil_protocol::ttrpc::Code {
@@ -123,12 +169,45 @@ fn status_code(error: veil_protocol::ttrpc::Error) -> veil_protocol::ttrpc::Code
 async fn output_exit_status_and_removal() {
     let _one = ONE_REAPER.lock().unwrap_or_else(|p| p.into_inner());
     let client = connect().await;
-    client.create_container(ctx(), &create_request("c1", &["sh", "-c", "echo hello; exit 7"], output_only())).await.expect("create");
-    client.start_container(ctx(), &api::StartContainerRequest { container_id: "c1".into(), ..Default::default() }).await.expect("start");
+    client
+        .create_container(
+            ctx(),
+            &create_request("c1", &["sh", "-c", "echo hello; exit 7"], output_only()),
+        )
+        .await
+        .expect("create");
+    client
+        .start_container(
+            ctx(),
+            &api::StartContainerRequest {
+                container_id: "c1".into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("start");
     assert_eq!(read_all(&client, "c1", "").await, b"hello\n");
     assert_eq!(wait(&client, "c1", "").await, 7);
-    client.remove_container(ctx(), &api::RemoveContainerRequest { container_id: "c1".into(), ..Default::default() }).await.expect("remove");
-    let gone = client.remove_container(ctx(), &api::RemoveContainerRequest { container_id: "c1".into(), ..Default::default() }).await.expect_err("gone");
+    client
+        .remove_container(
+            ctx(),
+            &api::RemoveContainerRequest {
+                container_id: "c1".into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("remove");
+    let gone = client
+        .remove_container(
+            ctx(),
+            &api::RemoveContainerRequest {
+                container_id: "c1".into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect_err("gone");
     assert_eq!(status_code(gone), veil_protocol::ttrpc::Code::NOT_FOUND);
 }
 
@@ -136,11 +215,34 @@ async fn output_exit_status_and_removal() {
 async fn stdin_reaches_the_process_and_close_ends_it() {
     let _one = ONE_REAPER.lock().unwrap_or_else(|p| p.into_inner());
     let client = connect().await;
-    let stdio = api::Stdio { stdin: true, stdout: true, ..Default::default() };
-    client.create_container(ctx(), &create_request("cat", &["cat"], stdio)).await.expect("create");
-    let write = api::WriteStreamRequest { container_id: "cat".into(), data: b"data\n".to_vec(), ..Default::default() };
-    assert_eq!(client.write_stdin(ctx(), &write).await.expect("write").len, 5);
-    client.close_stdin(ctx(), &api::CloseStdinRequest { container_id: "cat".into(), ..Default::default() }).await.expect("close");
+    let stdio = api::Stdio {
+        stdin: true,
+        stdout: true,
+        ..Default::default()
+    };
+    client
+        .create_container(ctx(), &create_request("cat", &["cat"], stdio))
+        .await
+        .expect("create");
+    let write = api::WriteStreamRequest {
+        container_id: "cat".into(),
+        data: b"data\n".to_vec(),
+        ..Default::default()
+    };
+    assert_eq!(
+        client.write_stdin(ctx(), &write).await.expect("write").len,
+        5
+    );
+    client
+        .close_stdin(
+            ctx(),
+            &api::CloseStdinRequest {
+                container_id: "cat".into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("close");
     assert_eq!(read_all(&client, "cat", "").await, b"data\n");
     assert_eq!(wait(&client, "cat", "").await, 0);
 }
@@ -149,12 +251,39 @@ async fn stdin_reaches_the_process_and_close_ends_it() {
 async fn signals_exec_and_state_errors() {
     let _one = ONE_REAPER.lock().unwrap_or_else(|p| p.into_inner());
     let client = connect().await;
-    client.create_container(ctx(), &create_request("sleeper", &["sleep", "30"], api::Stdio::default())).await.expect("create");
+    client
+        .create_container(
+            ctx(),
+            &create_request("sleeper", &["sleep", "30"], api::Stdio::default()),
+        )
+        .await
+        .expect("create");
 
-    let duplicate = client.create_container(ctx(), &create_request("sleeper", &["true"], api::Stdio::default())).await.expect_err("dup");
-    assert_eq!(status_code(duplicate), veil_protocol::ttrpc::Code::ALREADY_EXISTS);
-    let running = client.remove_container(ctx(), &api::RemoveContainerRequest { container_id: "sleeper".into(), ..Default::default() }).await.expect_err("running");
-    assert_eq!(status_code(running), veil_protocol::ttrpc::Code::FAILED_PRECONDITION);
+    let duplicate = client
+        .create_container(
+            ctx(),
+            &create_request("sleeper", &["true"], api::Stdio::default()),
+        )
+        .await
+        .expect_err("dup");
+    assert_eq!(
+        status_code(duplicate),
+        veil_protocol::ttrpc::Code::ALREADY_EXISTS
+    );
+    let running = client
+        .remove_container(
+            ctx(),
+            &api::RemoveContainerRequest {
+                container_id: "sleeper".into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect_err("running");
+    assert_eq!(
+        status_code(running),
+        veil_protocol::ttrpc::Code::FAILED_PRECONDITION
+    );
 
     let process = serde_json::to_vec(&serde_json::json!({"args": ["echo", "from exec"], "cwd": "/", "user": {"uid": 0, "gid": 0}})).expect("json");
     let exec = api::ExecProcessRequest {
@@ -168,13 +297,27 @@ async fn signals_exec_and_state_errors() {
     assert_eq!(read_all(&client, "sleeper", "e1").await, b"from exec\n");
     assert_eq!(wait(&client, "sleeper", "e1").await, 0);
 
-    let kill = api::SignalProcessRequest { container_id: "sleeper".into(), signal: 9, ..Default::default() };
+    let kill = api::SignalProcessRequest {
+        container_id: "sleeper".into(),
+        signal: 9,
+        ..Default::default()
+    };
     client.signal_process(ctx(), &kill).await.expect("kill");
     assert_eq!(wait(&client, "sleeper", "").await, 137);
 
-    let bad_signal = api::SignalProcessRequest { container_id: "sleeper".into(), signal: 4096, ..Default::default() };
-    let error = client.signal_process(ctx(), &bad_signal).await.expect_err("bad signal");
-    assert_eq!(status_code(error), veil_protocol::ttrpc::Code::INVALID_ARGUMENT);
+    let bad_signal = api::SignalProcessRequest {
+        container_id: "sleeper".into(),
+        signal: 4096,
+        ..Default::default()
+    };
+    let error = client
+        .signal_process(ctx(), &bad_signal)
+        .await
+        .expect_err("bad signal");
+    assert_eq!(
+        status_code(error),
+        veil_protocol::ttrpc::Code::INVALID_ARGUMENT
+    );
 }
 
 #[tokio::test]
@@ -183,17 +326,49 @@ async fn malformed_requests_are_refused_with_the_reason() {
     let client = connect().await;
     let mut bad_spec = create_request("bad", &["true"], api::Stdio::default());
     bad_spec.oci_spec_json = b"{not json".to_vec();
-    let error = client.create_container(ctx(), &bad_spec).await.expect_err("bad spec");
-    let veil_protocol::ttrpc::Error::RpcStatus(status) = error else { panic!("status") };
+    let error = client
+        .create_container(ctx(), &bad_spec)
+        .await
+        .expect_err("bad spec");
+    let veil_protocol::ttrpc::Error::RpcStatus(status) = error else {
+        panic!("status")
+    };
     assert_eq!(status.code(), veil_protocol::ttrpc::Code::INVALID_ARGUMENT);
-    assert!(status.message().contains("OCI spec of container bad"), "{}", status.message());
+    assert!(
+        status.message().contains("OCI spec of container bad"),
+        "{}",
+        status.message()
+    );
 
-    let error = client.create_container(ctx(), &create_request("../escape", &["true"], api::Stdio::default())).await.expect_err("bad id");
-    assert_eq!(status_code(error), veil_protocol::ttrpc::Code::INVALID_ARGUMENT);
+    let error = client
+        .create_container(
+            ctx(),
+            &create_request("../escape", &["true"], api::Stdio::default()),
+        )
+        .await
+        .expect_err("bad id");
+    assert_eq!(
+        status_code(error),
+        veil_protocol::ttrpc::Code::INVALID_ARGUMENT
+    );
 
-    let unknown = api::WaitProcessRequest { container_id: "nope".into(), ..Default::default() };
-    assert_eq!(status_code(client.wait_process(ctx(), &unknown).await.expect_err("unknown")), veil_protocol::ttrpc::Code::NOT_FOUND);
+    let unknown = api::WaitProcessRequest {
+        container_id: "nope".into(),
+        ..Default::default()
+    };
+    assert_eq!(
+        status_code(
+            client
+                .wait_process(ctx(), &unknown)
+                .await
+                .expect_err("unknown")
+        ),
+        veil_protocol::ttrpc::Code::NOT_FOUND
+    );
 
-    let ping = client.ping(ctx(), &api::PingRequest::default()).await.expect("ping");
+    let ping = client
+        .ping(ctx(), &api::PingRequest::default())
+        .await
+        .expect("ping");
     assert_eq!(ping.version, env!("CARGO_PKG_VERSION"));
 }

@@ -45,7 +45,10 @@ impl HostFacts {
         let cpu_has_virtualization = cpuinfo
             .lines()
             .filter(|line| line.starts_with("flags"))
-            .any(|line| line.split_whitespace().any(|flag| flag == "vmx" || flag == "svm"));
+            .any(|line| {
+                line.split_whitespace()
+                    .any(|flag| flag == "vmx" || flag == "svm")
+            });
         HostFacts {
             kvm_device_usable,
             kvm_is_pvm,
@@ -60,7 +63,10 @@ impl HostFacts {
         } else if self.kvm_is_pvm {
             Some("host KVM is PVM (software nested virtualization, /sys/module/kvm_pvm): a standard guest would run through the instruction emulator".to_string())
         } else if !self.cpu_has_virtualization {
-            Some("the CPU shows no vmx/svm flags: KVM has no hardware virtualization under it".to_string())
+            Some(
+                "the CPU shows no vmx/svm flags: KVM has no hardware virtualization under it"
+                    .to_string(),
+            )
         } else {
             None
         }
@@ -103,18 +109,31 @@ mod tests {
     #[test]
     fn auto_uses_kvm_only_with_hardware_virtualization() {
         assert!(choose(Accel::Auto, &HARDWARE).expect("choice").kvm);
-        let pvm = HostFacts { kvm_is_pvm: true, ..HARDWARE };
+        let pvm = HostFacts {
+            kvm_is_pvm: true,
+            ..HARDWARE
+        };
         let choice = choose(Accel::Auto, &pvm).expect("choice");
         assert!(!choice.kvm);
         assert!(choice.reason.contains("PVM"));
-        let no_flags = HostFacts { cpu_has_virtualization: false, ..HARDWARE };
+        let no_flags = HostFacts {
+            cpu_has_virtualization: false,
+            ..HARDWARE
+        };
         assert!(!choose(Accel::Auto, &no_flags).expect("choice").kvm);
-        assert!(!choose(Accel::Auto, &HostFacts::default()).expect("choice").kvm);
+        assert!(
+            !choose(Accel::Auto, &HostFacts::default())
+                .expect("choice")
+                .kvm
+        );
     }
 
     #[test]
     fn forced_kvm_on_an_unusable_host_is_refused_with_the_reason() {
-        let pvm = HostFacts { kvm_is_pvm: true, ..HARDWARE };
+        let pvm = HostFacts {
+            kvm_is_pvm: true,
+            ..HARDWARE
+        };
         let error = choose(Accel::Kvm, &pvm).expect_err("refused");
         assert!(error.contains("PVM") && error.contains("tcg"));
     }
@@ -133,6 +152,9 @@ mod tests {
     fn this_machine_is_described_truthfully() {
         // Whatever the host, the reason must be consistent with the facts.
         let facts = HostFacts::probe();
-        assert_eq!(facts.kvm_unusable_reason().is_none(), choose(Accel::Auto, &facts).expect("auto").kvm);
+        assert_eq!(
+            facts.kvm_unusable_reason().is_none(),
+            choose(Accel::Auto, &facts).expect("auto").kvm
+        );
     }
 }

@@ -45,7 +45,11 @@ pub fn command_line(
         "-name".into(),
         format!("veil-{},debug-threads=on", spec.id),
         "-machine".into(),
-        format!("{},accel={}", config.machine, if accel.kvm { "kvm" } else { "tcg" }),
+        format!(
+            "{},accel={}",
+            config.machine,
+            if accel.kvm { "kvm" } else { "tcg" }
+        ),
         "-cpu".into(),
         if accel.kvm { "host" } else { "max" }.into(),
         "-smp".into(),
@@ -69,7 +73,10 @@ pub fn command_line(
         "-device".into(),
         "virtio-serial-pci,id=virtio-serial0".into(),
         "-chardev".into(),
-        format!("socket,id=agent,path={},server=on,wait=off", path(&spec.agent_socket)),
+        format!(
+            "socket,id=agent,path={},server=on,wait=off",
+            path(&spec.agent_socket)
+        ),
         "-device".into(),
         format!(
             "virtserialport,bus=virtio-serial0.0,chardev=agent,name={}",
@@ -81,9 +88,14 @@ pub fn command_line(
             path(&spec.shared_dir)
         ),
         "-device".into(),
-        format!("virtio-9p-pci,fsdev=shared,mount_tag={}", veil_protocol::SHARED_FS_TAG),
+        format!(
+            "virtio-9p-pci,fsdev=shared,mount_tag={}",
+            veil_protocol::SHARED_FS_TAG
+        ),
         "-device".into(),
         "virtio-rng-pci".into(),
+        "-pidfile".into(),
+        path(&spec.state_dir.join("qemu.pid")),
     ];
     if !accel.kvm && config.vcpus > 1 {
         args.extend(["-accel".into(), "tcg,thread=multi".into()]);
@@ -100,7 +112,10 @@ pub struct Qemu {
 impl Qemu {
     /// A backend for `config`.
     pub fn new(config: HypervisorConfig, agent_log_level: String) -> Self {
-        Qemu { config, agent_log_level }
+        Qemu {
+            config,
+            agent_log_level,
+        }
     }
 
     fn check_inputs(&self) -> Result<()> {
@@ -130,7 +145,8 @@ impl Hypervisor for Qemu {
         let cmdline = kernel_cmdline(&self.config, &self.agent_log_level);
         let args = command_line(&self.config, &accel, spec, &cmdline);
         let stderr_log = spec.state_dir.join("qemu.log");
-        let stderr = std::fs::File::create(&stderr_log).map_err(Error::io(format!("create {}", stderr_log.display())))?;
+        let stderr = std::fs::File::create(&stderr_log)
+            .map_err(Error::io(format!("create {}", stderr_log.display())))?;
         let child = Command::new(&self.config.path)
             .args(&args)
             .stdin(Stdio::null())
@@ -161,7 +177,12 @@ pub struct QemuVm {
 }
 
 impl QemuVm {
-    fn watch(mut child: tokio::process::Child, pid: u32, accel: AccelChoice, stderr_log: PathBuf) -> Self {
+    fn watch(
+        mut child: tokio::process::Child,
+        pid: u32,
+        accel: AccelChoice,
+        stderr_log: PathBuf,
+    ) -> Self {
         let (sender, exited) = watch::channel(None);
         let kill = Arc::new(tokio::sync::Notify::new());
         let kill_requested = kill.clone();
@@ -182,7 +203,12 @@ impl QemuVm {
             tracing::info!(pid, %description, "vm.exited");
             let _ = sender.send(Some(description));
         });
-        QemuVm { pid, accel, exited, kill }
+        QemuVm {
+            pid,
+            accel,
+            exited,
+            kill,
+        }
     }
 }
 
@@ -242,7 +268,10 @@ mod tests {
 
     #[test]
     fn tcg_command_line_matches_golden() {
-        let tcg = AccelChoice { kvm: false, reason: "test".into() };
+        let tcg = AccelChoice {
+            kvm: false,
+            reason: "test".into(),
+        };
         let cmdline = kernel_cmdline(&config(), "info");
         let args = command_line(&config(), &tcg, &spec(), &cmdline).join(" ");
         let golden = "-name veil-sb1,debug-threads=on -machine q35,accel=tcg -cpu max -smp 1 -m 512M \
@@ -253,17 +282,27 @@ mod tests {
 -chardev socket,id=agent,path=/run/veil/default/sb1/agent.sock,server=on,wait=off \
 -device virtserialport,bus=virtio-serial0.0,chardev=agent,name=veil.agent \
 -fsdev local,id=shared,path=/run/veil/default/sb1/shared,security_model=none,multidevs=remap \
--device virtio-9p-pci,fsdev=shared,mount_tag=veilshare -device virtio-rng-pci";
+-device virtio-9p-pci,fsdev=shared,mount_tag=veilshare -device virtio-rng-pci \
+-pidfile /run/veil/default/sb1/qemu.pid";
         assert_eq!(args, golden);
     }
 
     #[test]
     fn kvm_uses_the_host_cpu_and_multi_vcpu_tcg_uses_threads() {
-        let kvm = AccelChoice { kvm: true, reason: "test".into() };
+        let kvm = AccelChoice {
+            kvm: true,
+            reason: "test".into(),
+        };
         let args = command_line(&config(), &kvm, &spec(), "x");
         assert!(args.contains(&"q35,accel=kvm".to_string()) && args.contains(&"host".to_string()));
-        let tcg = AccelChoice { kvm: false, reason: "test".into() };
-        let four = HypervisorConfig { vcpus: 4, ..config() };
+        let tcg = AccelChoice {
+            kvm: false,
+            reason: "test".into(),
+        };
+        let four = HypervisorConfig {
+            vcpus: 4,
+            ..config()
+        };
         assert!(command_line(&four, &tcg, &spec(), "x").contains(&"tcg,thread=multi".to_string()));
     }
 
@@ -291,6 +330,9 @@ mod tests {
         );
         let error = qemu.launch(&spec()).await.err().expect("refused");
         let text = error.to_string();
-        assert!(text.contains("guest kernel") && text.contains("/nonexistent/vmlinuz"), "{text}");
+        assert!(
+            text.contains("guest kernel") && text.contains("/nonexistent/vmlinuz"),
+            "{text}"
+        );
     }
 }

@@ -54,7 +54,8 @@ impl Sandbox {
         // A previous shim of this id may have crashed: start from a clean directory.
         remove_state_dir(&state_dir);
         let shared_dir = state_dir.join("shared");
-        std::fs::create_dir_all(&shared_dir).map_err(Error::io(format!("create {}", shared_dir.display())))?;
+        std::fs::create_dir_all(&shared_dir)
+            .map_err(Error::io(format!("create {}", shared_dir.display())))?;
         let spec = VmSpec {
             id: id.to_string(),
             state_dir: state_dir.clone(),
@@ -117,7 +118,10 @@ impl Sandbox {
     pub async fn stop(&self) {
         if !self.vm.has_exited() {
             let _ = tokio::time::timeout(POWER_OFF_GRACE, self.agent.shutdown()).await;
-            if tokio::time::timeout(POWER_OFF_GRACE, self.vm.wait_exit()).await.is_err() {
+            if tokio::time::timeout(POWER_OFF_GRACE, self.vm.wait_exit())
+                .await
+                .is_err()
+            {
                 tracing::warn!(sandbox = %self.id, "guest did not power off in time; killing QEMU");
             }
             self.vm.kill().await;

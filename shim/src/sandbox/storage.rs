@@ -17,15 +17,24 @@ pub fn container_share(shared_dir: &Path, container_id: &str) -> PathBuf {
 }
 
 fn guest_path(container_id: &str, relative: &str) -> String {
-    format!("{}/{container_id}/{relative}", veil_protocol::GUEST_SHARED_DIR)
+    format!(
+        "{}/{container_id}/{relative}",
+        veil_protocol::GUEST_SHARED_DIR
+    )
 }
 
 fn bind(source: &Path, target: &Path) -> Result<()> {
-    mount(Some(source), target, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
-        .map_err(|e| Error::Io {
-            what: format!("bind {} to {}", source.display(), target.display()),
-            source: e.into(),
-        })
+    mount(
+        Some(source),
+        target,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .map_err(|e| Error::Io {
+        what: format!("bind {} to {}", source.display(), target.display()),
+        source: e.into(),
+    })
 }
 
 /// Mounts containerd's rootfs mounts (usually one overlay) at `<bundle>/rootfs`, or uses
@@ -37,8 +46,16 @@ pub async fn mount_rootfs(bundle: &Path, mounts: &[Mount], spec: &Spec) -> Resul
             .root()
             .as_ref()
             .map(|r| r.path().clone())
-            .ok_or_else(|| Error::InvalidArgument("the OCI spec has no root and containerd passed no rootfs mounts".into()))?;
-        let root = if root.is_absolute() { root } else { bundle.join(root) };
+            .ok_or_else(|| {
+                Error::InvalidArgument(
+                    "the OCI spec has no root and containerd passed no rootfs mounts".into(),
+                )
+            })?;
+        let root = if root.is_absolute() {
+            root
+        } else {
+            bundle.join(root)
+        };
         return Ok((root, false));
     }
     let target = bundle.join("rootfs");
@@ -47,7 +64,12 @@ pub async fn mount_rootfs(bundle: &Path, mounts: &[Mount], spec: &Spec) -> Resul
         containerd_shim::asynchronous::util::mount_rootfs(m, &target)
             .await
             .map_err(|e| Error::Io {
-                what: format!("mount rootfs ({} from {}) at {}", m.type_, m.source, target.display()),
+                what: format!(
+                    "mount rootfs ({} from {}) at {}",
+                    m.type_,
+                    m.source,
+                    target.display()
+                ),
                 source: std::io::Error::other(e.to_string()),
             })?;
     }
@@ -91,12 +113,17 @@ pub fn share_bind_mounts(shared_dir: &Path, container_id: &str, spec: &mut Spec)
         let target = dir.join(index.to_string());
         std::fs::create_dir_all(&dir).map_err(Error::io(format!("create {}", dir.display())))?;
         if meta.is_dir() {
-            std::fs::create_dir_all(&target).map_err(Error::io(format!("create {}", target.display())))?;
+            std::fs::create_dir_all(&target)
+                .map_err(Error::io(format!("create {}", target.display())))?;
         } else {
-            std::fs::File::create(&target).map_err(Error::io(format!("create {}", target.display())))?;
+            std::fs::File::create(&target)
+                .map_err(Error::io(format!("create {}", target.display())))?;
         }
         bind(&source, &target)?;
-        m.set_source(Some(PathBuf::from(guest_path(container_id, &format!("mounts/{index}")))));
+        m.set_source(Some(PathBuf::from(guest_path(
+            container_id,
+            &format!("mounts/{index}"),
+        ))));
     }
     spec.set_mounts(Some(mounts));
     Ok(())
@@ -172,7 +199,11 @@ mod tests {
         );
         adapt_spec_for_guest(&mut spec);
         assert!(spec.hooks().is_none());
-        let namespaces = spec.linux().as_ref().and_then(|l| l.namespaces().clone()).expect("namespaces");
+        let namespaces = spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.namespaces().clone())
+            .expect("namespaces");
         assert_eq!(namespaces.len(), 2);
         assert!(namespaces.iter().all(|ns| ns.path().is_none()));
     }

@@ -50,7 +50,9 @@ impl ContainerState {
 type Containers = Arc<Mutex<HashMap<String, Arc<ContainerState>>>>;
 
 fn locked<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// The task service of one shim (one sandbox).
@@ -122,7 +124,10 @@ impl TaskService {
                 status: 128 + libc::SIGKILL as u32,
                 at: SystemTime::now(),
             };
-            let processes: Vec<_> = locked(&containers).values().flat_map(|c| c.processes()).collect();
+            let processes: Vec<_> = locked(&containers)
+                .values()
+                .flat_map(|c| c.processes())
+                .collect();
             for process in processes {
                 if process.mark_exited(exit) {
                     tracing::warn!(container = %process.container_id, exec = %process.exec_id, %why, "VM ended under a running process");
@@ -156,9 +161,11 @@ impl TaskService {
         }
         let bundle = PathBuf::from(&request.bundle);
         let spec_path = bundle.join("config.json");
-        let spec = Spec::load(&spec_path)
-            .map_err(|e| Error::InvalidArgument(format!("OCI spec {}: {e}", spec_path.display())))?;
-        let config_path = options::config_path(request.options.as_ref()).map_err(Error::InvalidArgument)?;
+        let spec = Spec::load(&spec_path).map_err(|e| {
+            Error::InvalidArgument(format!("OCI spec {}: {e}", spec_path.display()))
+        })?;
+        let config_path =
+            options::config_path(request.options.as_ref()).map_err(Error::InvalidArgument)?;
         let (config, found) = Config::discover(config_path.as_deref())?;
         tracing::info!(config = ?found, "configuration loaded");
         let sandbox_id = options::sandbox_id(spec.annotations().as_ref(), &request.id);
@@ -184,14 +191,19 @@ impl TaskService {
                 return Err(error);
             }
         };
-        let _ = std::fs::write(bundle.join(STATE_DIR_FILE), sandbox.state_dir.display().to_string());
+        let _ = std::fs::write(
+            bundle.join(STATE_DIR_FILE),
+            sandbox.state_dir.display().to_string(),
+        );
         let stdio = StdioPaths {
             stdin: request.stdin.clone(),
             stdout: request.stdout.clone(),
             stderr: request.stderr.clone(),
             terminal: request.terminal,
         };
-        let created = self.create_in_guest(&sandbox, &request.id, spec, &host_rootfs, &stdio).await;
+        let created = self
+            .create_in_guest(&sandbox, &request.id, spec, &host_rootfs, &stdio)
+            .await;
         let pid = match created {
             Ok(pid) => pid,
             Err(error) => {
@@ -250,14 +262,32 @@ impl TaskService {
         let (cid, eid) = (process.container_id.clone(), process.exec_id.clone());
         let stdio = &process.stdio;
         if !stdio.stdout.is_empty() {
-            process.add_relay(io::relay_output(agent.clone(), cid.clone(), eid.clone(), stdio.stdout.clone(), false));
+            process.add_relay(io::relay_output(
+                agent.clone(),
+                cid.clone(),
+                eid.clone(),
+                stdio.stdout.clone(),
+                false,
+            ));
         }
         if !stdio.stderr.is_empty() && !stdio.terminal {
-            process.add_relay(io::relay_output(agent.clone(), cid.clone(), eid.clone(), stdio.stderr.clone(), true));
+            process.add_relay(io::relay_output(
+                agent.clone(),
+                cid.clone(),
+                eid.clone(),
+                stdio.stderr.clone(),
+                true,
+            ));
         }
         if !stdio.stdin.is_empty() {
             // Not awaited at exit: stdin may stay open after the process is gone.
-            let _ = io::relay_stdin(agent, cid, eid, stdio.stdin.clone(), process.close_stdin.clone());
+            let _ = io::relay_stdin(
+                agent,
+                cid,
+                eid,
+                stdio.stdin.clone(),
+                process.close_stdin.clone(),
+            );
         }
     }
 
@@ -271,12 +301,17 @@ impl TaskService {
                 waited = agent.wait_process(&process.container_id, &process.exec_id) => waited.ok(),
                 _ = sandbox.vm_exited() => None,
             };
-            let status = waited.map(|w| w.exit_status).unwrap_or(128 + libc::SIGKILL as u32);
+            let status = waited
+                .map(|w| w.exit_status)
+                .unwrap_or(128 + libc::SIGKILL as u32);
             for relay in process.take_relays() {
                 let _ = tokio::time::timeout(OUTPUT_DRAIN, relay).await;
             }
             let _started = process.start_lock.lock().await;
-            let exit = ExitInfo { status, at: SystemTime::now() };
+            let exit = ExitInfo {
+                status,
+                at: SystemTime::now(),
+            };
             if process.mark_exited(exit) {
                 tracing::info!(container = %process.container_id, exec = %process.exec_id, status, "process.exited");
                 events.exit(&process, exit).await;
@@ -326,7 +361,10 @@ impl TaskService {
     async fn kill(&self, id: &str, exec_id: &str, signal: u32, all: bool) -> Result<()> {
         let (_, process) = self.process(id, exec_id)?;
         if process.status() == Status::Stopped {
-            return Err(Error::NotFound(format!("{} has already finished", describe(id, exec_id))));
+            return Err(Error::NotFound(format!(
+                "{} has already finished",
+                describe(id, exec_id)
+            )));
         }
         let sandbox = self.current_sandbox().await?;
         sandbox.agent().signal(id, exec_id, signal, all).await
@@ -336,10 +374,16 @@ impl TaskService {
         let (container, process) = self.process(id, exec_id)?;
         if !exec_id.is_empty() {
             if process.status() == Status::Running {
-                return Err(Error::FailedPrecondition(format!("{} is still running", describe(id, exec_id))));
+                return Err(Error::FailedPrecondition(format!(
+                    "{} is still running",
+                    describe(id, exec_id)
+                )));
             }
             locked(&container.execs).remove(exec_id);
-            let exit = process.exit().unwrap_or(ExitInfo { status: 0, at: SystemTime::now() });
+            let exit = process.exit().unwrap_or(ExitInfo {
+                status: 0,
+                at: SystemTime::now(),
+            });
             return Ok((process.pid(), exit));
         }
         match process.status() {
@@ -361,7 +405,10 @@ impl TaskService {
             storage::unmount_rootfs(&container.bundle);
         }
         locked(&self.containers).remove(id);
-        let exit = process.exit().unwrap_or(ExitInfo { status: 128 + libc::SIGKILL as u32, at: SystemTime::now() });
+        let exit = process.exit().unwrap_or(ExitInfo {
+            status: 128 + libc::SIGKILL as u32,
+            at: SystemTime::now(),
+        });
         self.events.delete(id, process.pid(), exit).await;
         self.stop_sandbox_if_empty().await;
         tracing::info!(container = %id, "container.deleted");
@@ -370,10 +417,19 @@ impl TaskService {
 
     async fn kill_unstarted(&self, id: &str, process: &ProcessState) {
         if let Ok(sandbox) = self.current_sandbox().await {
-            let _ = sandbox.agent().signal(id, "", libc::SIGKILL as u32, true).await;
+            let _ = sandbox
+                .agent()
+                .signal(id, "", libc::SIGKILL as u32, true)
+                .await;
         }
-        if tokio::time::timeout(KILL_WAIT, process.wait()).await.is_err() {
-            process.mark_exited(ExitInfo { status: 128 + libc::SIGKILL as u32, at: SystemTime::now() });
+        if tokio::time::timeout(KILL_WAIT, process.wait())
+            .await
+            .is_err()
+        {
+            process.mark_exited(ExitInfo {
+                status: 128 + libc::SIGKILL as u32,
+                at: SystemTime::now(),
+            });
         }
     }
 

@@ -72,13 +72,21 @@ pub struct ProcessState {
 
 impl ProcessState {
     /// A created process.
-    pub fn new(container_id: &str, exec_id: &str, stdio: StdioPaths, exec_spec: Option<Vec<u8>>) -> Self {
+    pub fn new(
+        container_id: &str,
+        exec_id: &str,
+        stdio: StdioPaths,
+        exec_spec: Option<Vec<u8>>,
+    ) -> Self {
         ProcessState {
             container_id: container_id.to_string(),
             exec_id: exec_id.to_string(),
             stdio,
             exec_spec,
-            inner: Mutex::new(Inner { status: Status::Created, pid: 0 }),
+            inner: Mutex::new(Inner {
+                status: Status::Created,
+                pid: 0,
+            }),
             exit_tx: watch::channel(None).0,
             close_stdin: Arc::new(Notify::new()),
             start_lock: tokio::sync::Mutex::new(()),
@@ -87,7 +95,9 @@ impl ProcessState {
     }
 
     fn inner(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Current status.
@@ -141,14 +151,20 @@ impl ProcessState {
                 return exit;
             }
             if receiver.changed().await.is_err() {
-                return ExitInfo { status: 255, at: SystemTime::now() };
+                return ExitInfo {
+                    status: 255,
+                    at: SystemTime::now(),
+                };
             }
         }
     }
 
     /// Keeps a relay task to await before reporting the exit.
     pub fn add_relay(&self, relay: JoinHandle<()>) {
-        self.relays.lock().unwrap_or_else(|p| p.into_inner()).push(relay);
+        self.relays
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(relay);
     }
 
     /// Takes the output relays (to await them).
@@ -167,7 +183,10 @@ mod tests {
         assert_eq!(process.status(), Status::Created);
         assert!(process.mark_running());
         assert!(!process.mark_running());
-        let exit = ExitInfo { status: 7, at: SystemTime::UNIX_EPOCH };
+        let exit = ExitInfo {
+            status: 7,
+            at: SystemTime::UNIX_EPOCH,
+        };
         assert!(process.mark_exited(exit));
         assert!(!process.mark_exited(ExitInfo { status: 1, ..exit }));
         assert_eq!(process.exit(), Some(exit));
@@ -181,7 +200,10 @@ mod tests {
             let process = process.clone();
             async move { process.wait().await }
         });
-        process.mark_exited(ExitInfo { status: 3, at: SystemTime::UNIX_EPOCH });
+        process.mark_exited(ExitInfo {
+            status: 3,
+            at: SystemTime::UNIX_EPOCH,
+        });
         assert_eq!(waiter.await.expect("join").status, 3);
     }
 }

@@ -2,9 +2,9 @@
 
 use async_trait::async_trait;
 use containerd_shim::api;
+use containerd_shim::protos::protobuf::MessageField;
 use containerd_shim::protos::shim_async::Task;
 use containerd_shim::{TtrpcContext, TtrpcResult};
-use containerd_shim::protos::protobuf::MessageField;
 
 use super::events::timestamp;
 use super::process::ProcessState;
@@ -24,7 +24,9 @@ fn state_response(bundle: &str, process: &ProcessState) -> api::StateResponse {
         stderr: process.stdio.stderr.clone(),
         terminal: process.stdio.terminal,
         exit_status: exit.map(|e| e.status).unwrap_or_default(),
-        exited_at: exit.map(|e| MessageField::some(timestamp(e.at))).unwrap_or_default(),
+        exited_at: exit
+            .map(|e| MessageField::some(timestamp(e.at)))
+            .unwrap_or_default(),
         exec_id: process.exec_id.clone(),
         ..Default::default()
     }
@@ -32,22 +34,47 @@ fn state_response(bundle: &str, process: &ProcessState) -> api::StateResponse {
 
 #[async_trait]
 impl Task for TaskService {
-    async fn state(&self, _: &TtrpcContext, request: api::StateRequest) -> TtrpcResult<api::StateResponse> {
+    async fn state(
+        &self,
+        _: &TtrpcContext,
+        request: api::StateRequest,
+    ) -> TtrpcResult<api::StateResponse> {
         let (container, process) = self.process(&request.id, &request.exec_id)?;
-        Ok(state_response(&container.bundle.display().to_string(), &process))
+        Ok(state_response(
+            &container.bundle.display().to_string(),
+            &process,
+        ))
     }
 
-    async fn create(&self, _: &TtrpcContext, request: api::CreateTaskRequest) -> TtrpcResult<api::CreateTaskResponse> {
+    async fn create(
+        &self,
+        _: &TtrpcContext,
+        request: api::CreateTaskRequest,
+    ) -> TtrpcResult<api::CreateTaskResponse> {
         let pid = TaskService::create(self, &request).await?;
-        Ok(api::CreateTaskResponse { pid, ..Default::default() })
+        Ok(api::CreateTaskResponse {
+            pid,
+            ..Default::default()
+        })
     }
 
-    async fn start(&self, _: &TtrpcContext, request: api::StartRequest) -> TtrpcResult<api::StartResponse> {
+    async fn start(
+        &self,
+        _: &TtrpcContext,
+        request: api::StartRequest,
+    ) -> TtrpcResult<api::StartResponse> {
         let pid = TaskService::start(self, &request.id, &request.exec_id).await?;
-        Ok(api::StartResponse { pid, ..Default::default() })
+        Ok(api::StartResponse {
+            pid,
+            ..Default::default()
+        })
     }
 
-    async fn delete(&self, _: &TtrpcContext, request: api::DeleteRequest) -> TtrpcResult<api::DeleteResponse> {
+    async fn delete(
+        &self,
+        _: &TtrpcContext,
+        request: api::DeleteRequest,
+    ) -> TtrpcResult<api::DeleteResponse> {
         let (pid, exit) = TaskService::delete(self, &request.id, &request.exec_id).await?;
         Ok(api::DeleteResponse {
             pid,
@@ -57,13 +84,20 @@ impl Task for TaskService {
         })
     }
 
-    async fn pids(&self, _: &TtrpcContext, request: api::PidsRequest) -> TtrpcResult<api::PidsResponse> {
+    async fn pids(
+        &self,
+        _: &TtrpcContext,
+        request: api::PidsRequest,
+    ) -> TtrpcResult<api::PidsResponse> {
         let sandbox = self.current_sandbox().await?;
         let pids = sandbox.agent().list_processes(&request.id).await?;
         Ok(api::PidsResponse {
             processes: pids
                 .into_iter()
-                .map(|pid| containerd_shim::protos::types::task::ProcessInfo { pid, ..Default::default() })
+                .map(|pid| containerd_shim::protos::types::task::ProcessInfo {
+                    pid,
+                    ..Default::default()
+                })
                 .collect(),
             ..Default::default()
         })
@@ -77,16 +111,31 @@ impl Task for TaskService {
         Err(Error::Unimplemented("Resume").into())
     }
 
-    async fn checkpoint(&self, _: &TtrpcContext, _: api::CheckpointTaskRequest) -> TtrpcResult<api::Empty> {
+    async fn checkpoint(
+        &self,
+        _: &TtrpcContext,
+        _: api::CheckpointTaskRequest,
+    ) -> TtrpcResult<api::Empty> {
         Err(Error::Unimplemented("Checkpoint").into())
     }
 
     async fn kill(&self, _: &TtrpcContext, request: api::KillRequest) -> TtrpcResult<api::Empty> {
-        TaskService::kill(self, &request.id, &request.exec_id, request.signal, request.all).await?;
+        TaskService::kill(
+            self,
+            &request.id,
+            &request.exec_id,
+            request.signal,
+            request.all,
+        )
+        .await?;
         Ok(api::Empty::default())
     }
 
-    async fn exec(&self, _: &TtrpcContext, request: api::ExecProcessRequest) -> TtrpcResult<api::Empty> {
+    async fn exec(
+        &self,
+        _: &TtrpcContext,
+        request: api::ExecProcessRequest,
+    ) -> TtrpcResult<api::Empty> {
         let container = self.container(&request.id)?;
         if request.exec_id.is_empty() {
             return Err(Error::InvalidArgument("exec id is empty".into()).into());
@@ -95,7 +144,9 @@ impl Task for TaskService {
             .spec
             .as_ref()
             .map(|any| any.value.clone())
-            .ok_or_else(|| Error::InvalidArgument(format!("exec {} has no process spec", request.exec_id)))?;
+            .ok_or_else(|| {
+                Error::InvalidArgument(format!("exec {} has no process spec", request.exec_id))
+            })?;
         let stdio = StdioPaths {
             stdin: request.stdin.clone(),
             stdout: request.stdout.clone(),
@@ -105,7 +156,11 @@ impl Task for TaskService {
         {
             let mut execs = super::locked(&container.execs);
             if execs.contains_key(&request.exec_id) {
-                return Err(Error::AlreadyExists(format!("process {} of container {}", request.exec_id, request.id)).into());
+                return Err(Error::AlreadyExists(format!(
+                    "process {} of container {}",
+                    request.exec_id, request.id
+                ))
+                .into());
             }
             let process = ProcessState::new(&request.id, &request.exec_id, stdio, Some(spec));
             execs.insert(request.exec_id.clone(), std::sync::Arc::new(process));
@@ -114,7 +169,11 @@ impl Task for TaskService {
         Ok(api::Empty::default())
     }
 
-    async fn resize_pty(&self, _: &TtrpcContext, request: api::ResizePtyRequest) -> TtrpcResult<api::Empty> {
+    async fn resize_pty(
+        &self,
+        _: &TtrpcContext,
+        request: api::ResizePtyRequest,
+    ) -> TtrpcResult<api::Empty> {
         self.process(&request.id, &request.exec_id)?;
         let sandbox = self.current_sandbox().await?;
         sandbox
@@ -124,7 +183,11 @@ impl Task for TaskService {
         Ok(api::Empty::default())
     }
 
-    async fn close_io(&self, _: &TtrpcContext, request: api::CloseIORequest) -> TtrpcResult<api::Empty> {
+    async fn close_io(
+        &self,
+        _: &TtrpcContext,
+        request: api::CloseIORequest,
+    ) -> TtrpcResult<api::Empty> {
         let (_, process) = self.process(&request.id, &request.exec_id)?;
         if request.stdin {
             process.close_stdin.notify_one();
@@ -136,7 +199,11 @@ impl Task for TaskService {
         Err(Error::Unimplemented("Update (resource limits)").into())
     }
 
-    async fn wait(&self, _: &TtrpcContext, request: api::WaitRequest) -> TtrpcResult<api::WaitResponse> {
+    async fn wait(
+        &self,
+        _: &TtrpcContext,
+        request: api::WaitRequest,
+    ) -> TtrpcResult<api::WaitResponse> {
         let (_, process) = self.process(&request.id, &request.exec_id)?;
         let exit = process.wait().await;
         Ok(api::WaitResponse {
@@ -146,12 +213,23 @@ impl Task for TaskService {
         })
     }
 
-    async fn stats(&self, _: &TtrpcContext, _: api::StatsRequest) -> TtrpcResult<api::StatsResponse> {
+    async fn stats(
+        &self,
+        _: &TtrpcContext,
+        _: api::StatsRequest,
+    ) -> TtrpcResult<api::StatsResponse> {
         Err(Error::Unimplemented("Stats").into())
     }
 
-    async fn connect(&self, _: &TtrpcContext, request: api::ConnectRequest) -> TtrpcResult<api::ConnectResponse> {
-        let task_pid = self.container(&request.id).map(|c| c.init.pid()).unwrap_or_default();
+    async fn connect(
+        &self,
+        _: &TtrpcContext,
+        request: api::ConnectRequest,
+    ) -> TtrpcResult<api::ConnectResponse> {
+        let task_pid = self
+            .container(&request.id)
+            .map(|c| c.init.pid())
+            .unwrap_or_default();
         Ok(api::ConnectResponse {
             shim_pid: std::process::id(),
             task_pid,
