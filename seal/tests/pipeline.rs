@@ -71,3 +71,73 @@ fn progress_reports_every_byte_once_in_order() {
         ring::digest::digest(&ring::digest::SHA256, &plaintext).as_ref()
     );
 }
+
+/// A source like a slow HTTP body: tiny reads, interruptions, and optionally a failure.
+struct Trickle {
+    data: Vec<u8>,
+    at: usize,
+    calls: usize,
+    fail_at: Option<usize>,
+}
+
+impl std::io::Read for Trickle {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.calls += 1;
+        if self.calls % 5 == 0 {
+            return Err(std::io::ErrorKind::Interrupted.into());
+        }
+        if self.fail_at.is_some_and(|f| self.at >= f) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionReset,
+                "peer reset",
+            ));
+        }
+        let n = (self.calls % 7 + 1)
+            .min(buf.len())
+            .min(self.data.len() - self.at);
+        buf[..n].copy_from_slice(&self.data[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
+}
+
+#[test]
+fn tiny_and_interrupted_reads_decrypt_and_a_failing_source_leaves_no_file() {
+    let keyset = Keyset::generate(KeyTemplate::Aes256CtrHmacSha2564Kb).unwrap();
+    let plaintext = pseudo_random(30_000, 3);
+    let mut ct = Vec::new();
+    encrypt(&plaintext[..], &keyset, b"", &mut ct).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let dest = dir.path().join("model.bin");
+    let options = DecryptOptions {
+        threads: NonZeroUsize::new(2),
+        ..DecryptOptions::default()
+    };
+    let source = Trickle {
+        data: ct.clone(),
+        at: 0,
+        calls: 0,
+        fail_at: None,
+    };
+    veil_seal::decrypt_to_file(source, &keyset, b"", &dest, &options).unwrap();
+    assert_eq!(std::fs::read(&dest).unwrap(), plaintext);
+    std::fs::remove_file(&dest).unwrap();
+
+    let failing = Trickle {
+        data: ct,
+        at: 0,
+        calls: 0,
+        fail_at: Some(20_000),
+    };
+    let error = veil_seal::decrypt_to_file(failing, &keyset, b"", &dest, &options).unwrap_err();
+    assert!(
+        matches!(error, veil_seal::DecryptError::Read { .. }),
+        "{error}"
+    );
+    assert!(error.to_string().contains("peer reset"));
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        0,
+        "no output left"
+    );
+}
