@@ -147,7 +147,9 @@ fn temp_path(dest: &Path) -> PathBuf {
 /// Decrypts `source` into `out` on [`DecryptOptions::threads`] workers, in order.
 ///
 /// Only verified plaintext is written, but on failure the segments before the failing one have
-/// already reached `out`; the caller must discard them ([`decrypt_to_file`] does).
+/// already reached `out`; the caller must discard them ([`decrypt_to_file`] does). A failure
+/// returns once the reader thread's read in progress completes, so give network sources a read
+/// timeout.
 pub fn decrypt_to_writer<R: Read + Send, W: Write>(
     source: R,
     keyset: &Keyset,
