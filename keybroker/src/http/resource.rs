@@ -22,13 +22,26 @@ pub(super) async fn handle(
 ) -> Result<Json<Response>, KbsError> {
     let id = ResourceId::new(&repo, &kind, &tag)?;
     let attested = attestation_of(&state, &headers)?;
+    let outcome = release(&state, &id, &attested);
+    if let Err(refusal) = &outcome {
+        if attested.claims.insecure {
+            tracing::warn!(resource = %id, tee = attested.claims.tee.as_str(), insecure = true,
+                problem = refusal.status_and_slug().1,
+                "resource refused to the INSECURE sample attester");
+        }
+    }
+    outcome.map(Json)
+}
+
+/// Existence, policy and encryption for an attested requester.
+fn release(state: &AppState, id: &ResourceId, attested: &Attested) -> Result<Response, KbsError> {
     let secret = state
         .store
-        .read_resource(&id)?
+        .read_resource(id)?
         .ok_or_else(|| KbsError::ResourceNotFound(id.to_string()))?;
     let policy_text = state
         .store
-        .read_policy(&id)?
+        .read_policy(id)?
         .ok_or_else(|| KbsError::NoPolicy(id.to_string()))?;
     let policy = Policy::compile(&policy_text).map_err(|source| KbsError::StoredPolicyInvalid {
         resource: id.to_string(),
@@ -48,7 +61,7 @@ pub(super) async fn handle(
         tracing::info!(resource = %id, tee = attested.claims.tee.as_str(), insecure = false,
             "resource released");
     }
-    Ok(Json(response))
+    Ok(response)
 }
 
 /// The attestation behind this request: a bearer token if sent, else the session cookie.
