@@ -122,19 +122,23 @@ pub fn resolve_kernel(meta_package: &str) -> Result<KernelPin, ResolvePackageErr
             package: meta_package.to_owned(),
             depends: depends.clone(),
         })?;
-    let spec = format!("{name}={version}");
-    let image = show_candidate(&spec)?;
-    let package = PinnedPackage {
-        name,
-        version,
-        deb_sha256: field(&image, &spec, "SHA256")?,
-    };
+    let package = resolve_package(&format!("{name}={version}"))?;
     tracing::info!(meta_package, %meta_version, package = %package.name, version = %package.version,
         sha256 = %package.deb_sha256, "resolved guest kernel package");
     Ok(KernelPin {
         meta_package: meta_package.to_owned(),
         meta_version,
         package,
+    })
+}
+
+/// Pins `spec` (`name` for the candidate, or `name=version`) to its name, version and hash.
+pub fn resolve_package(spec: &str) -> Result<PinnedPackage, ResolvePackageError> {
+    let stanza = show_candidate(spec)?;
+    Ok(PinnedPackage {
+        name: field(&stanza, spec, "Package")?,
+        version: field(&stanza, spec, "Version")?,
+        deb_sha256: field(&stanza, spec, "SHA256")?,
     })
 }
 

@@ -36,12 +36,15 @@ enum Command {
 enum KernelArg {
     /// Debian's linux-image-amd64 with its modules.
     Debian,
+    /// veil's all-built-in kernel built from linux-source-6.1 (cached; ~6 min on 2 cores).
+    Minimal,
 }
 
 impl From<KernelArg> for KernelChoice {
     fn from(value: KernelArg) -> Self {
         match value {
             KernelArg::Debian => KernelChoice::Debian,
+            KernelArg::Minimal => KernelChoice::Minimal,
         }
     }
 }
@@ -69,6 +72,11 @@ fn main() -> ExitCode {
                         "{}  {}",
                         output.manifest.outputs.vmlinuz.sha256,
                         output.vmlinuz.display()
+                    );
+                    println!(
+                        "{}  {}",
+                        output.manifest.outputs.vmlinux.sha256,
+                        output.vmlinux.display()
                     );
                     println!(
                         "{}  {}",

@@ -7,7 +7,7 @@ mod common;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use veil_guest_image::BuildOutput;
+use veil_guest_image::{BuildOutput, KernelChoice};
 
 const BOOT_LIMIT: Duration = Duration::from_secs(120);
 const POLL: Duration = Duration::from_millis(20);
@@ -141,5 +141,15 @@ fn debian_kernel_boots_loads_modules_and_uses_9p_and_virtio_serial() {
     let image = common::build_image(&agent, &dir.path().join("image"));
     // The bzImage (firmware boot path) and the extracted vmlinux (PVH direct boot).
     boot_and_check(&dir.path().join("bzimage-boot"), &image.vmlinuz, &image);
+    boot_and_check(&dir.path().join("pvh-boot"), &image.vmlinux, &image);
+}
+
+#[test]
+fn minimal_kernel_boots_with_pvh_and_needs_no_modules() {
+    common::require_program("qemu-system-x86_64", "qemu-system-x86");
+    let dir = tempfile::tempdir().unwrap();
+    let agent = common::build_smoke_init(dir.path());
+    let image = common::build_image_with(&agent, &dir.path().join("image"), KernelChoice::Minimal);
+    assert!(image.manifest.image.modules.load_order.is_empty());
     boot_and_check(&dir.path().join("pvh-boot"), &image.vmlinux, &image);
 }

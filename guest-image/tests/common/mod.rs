@@ -43,11 +43,16 @@ pub fn build_smoke_init(dir: &Path) -> PathBuf {
 
 /// Builds the Debian-kernel image with `agent` as /init into `out`.
 pub fn build_image(agent: &Path, out: &Path) -> BuildOutput {
+    build_image_with(agent, out, KernelChoice::Debian)
+}
+
+/// Builds the image for `kernel` with `agent` as /init into `out`.
+pub fn build_image_with(agent: &Path, out: &Path, kernel: KernelChoice) -> BuildOutput {
     let options = BuildOptions {
         agent: agent.to_path_buf(),
         out_dir: out.to_path_buf(),
         cache_dir: shared_cache_dir(),
-        kernel: KernelChoice::Debian,
+        kernel,
     };
     build(&options).unwrap_or_else(|error| {
         panic!("guest image build failed: {error}\n(needs apt lists: apt-get update; and dpkg-deb, depmod: apt-get install -y dpkg kmod)")
