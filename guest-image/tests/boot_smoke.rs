@@ -29,7 +29,8 @@ fn qemu_args(dir: &Path, machine: Machine, kernel: &Path, initramfs: &Path) -> V
     let (machine_args, transport, cmdline) = match machine {
         Machine::Q35 => (vec!["-M", "q35"], "pci", KERNEL_CMDLINE.to_owned()),
         Machine::Microvm => (
-            vec!["-M", "microvm,acpi=on,pit=off,pic=off,rtc=off"],
+            // Keep microvm's PIT/PIC/RTC: turning them off made /init 0.9 s later here.
+            vec!["-M", "microvm,acpi=on"],
             "device",
             // microvm has no PIT/HPET to calibrate the TSC against; reboot=t makes QEMU exit
             // on power-off (see shared/guest-kernel/README.md).
