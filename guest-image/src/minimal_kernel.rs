@@ -189,10 +189,16 @@ fn build_into(deb: &Path, kernels: &Path, dir: &Path) -> Result<(), BuildMinimal
         &staged.join(RELEASE),
         format!("{}\n", release.trim()).as_bytes(),
     )?;
-    std::fs::rename(&staged, dir).map_err(|source| BuildMinimalKernelError::Io {
-        path: dir.to_path_buf(),
-        source,
-    })?;
+    if let Err(source) = std::fs::rename(&staged, dir) {
+        // A concurrent build of the same inputs may have finished first; its kernel is ours.
+        if !dir.join(RELEASE).is_file() {
+            return Err(BuildMinimalKernelError::Io {
+                path: dir.to_path_buf(),
+                source,
+            });
+        }
+        tracing::info!(dir = %dir.display(), "a concurrent build cached the same kernel first");
+    }
     tracing::info!(release = %release.trim(), dir = %dir.display(), "minimal kernel built and cached");
     Ok(())
 }
