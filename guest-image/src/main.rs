@@ -94,14 +94,10 @@ fn main() -> ExitCode {
     }
 }
 
+/// Every error of the library already says what failed and why (its message includes the
+/// underlying cause), so printing the top-level message is the whole story.
 fn report(error: &dyn std::error::Error) {
-    let mut text = format!("veil-guest-image: {error}");
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(&format!("\n  caused by: {cause}"));
-        source = cause.source();
-    }
-    eprintln!("{text}");
+    eprintln!("veil-guest-image: {error}");
 }
 
 fn init_tracing() {
