@@ -1,1 +1,364 @@
-//! End-to-end test harness: private containerd, images, VMs and guest helpers.
+//! End-to-end test harness: a private containerd (own root, state and socket), the
+//! locally built busybox image, the veil shim and guest image, and helpers that look
+//! for leftovers (QEMU and shim processes, mounts, state directories).
+//!
+//! Artifacts come from the build (`make test` builds them):
+//! * the shim: `$VEIL_SHIM`, else `containerd-shim-veil-v2` next to the test binary's
+//!   target directory;
+//! * the guest image: `$VEIL_GUEST_IMAGE_DIR`, else `<workspace>/build/image`
+//!   (`vmlinuz` and `initramfs.img`).
+
+pub mod oci;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+/// The veil runtime name for `ctr run --runtime`.
+pub const VEIL_RUNTIME: &str = "io.containerd.veil.v2";
+
+/// Where the built pieces are.
+#[derive(Debug, Clone)]
+pub struct Artifacts {
+    /// containerd-shim-veil-v2.
+    pub shim: PathBuf,
+    /// Guest kernel.
+    pub kernel: PathBuf,
+    /// Guest initramfs.
+    pub initrd: PathBuf,
+}
+
+fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
+}
+
+fn target_profile_dir() -> Option<PathBuf> {
+    // <target>/<profile>/deps/<test binary>  or  <target>/<profile>/<binary>
+    let exe = std::env::current_exe().ok()?;
+    let dir = exe.parent()?;
+    Some(if dir.ends_with("deps") { dir.parent()?.to_path_buf() } else { dir.to_path_buf() })
+}
+
+impl Artifacts {
+    /// Finds the shim and guest image; the error says how to build what is missing.
+    pub fn locate() -> Result<Artifacts> {
+        let shim = std::env::var_os("VEIL_SHIM")
+            .map(PathBuf::from)
+            .or_else(|| target_profile_dir().map(|d| d.join("containerd-shim-veil-v2")))
+            .context("cannot tell where the shim binary is; set VEIL_SHIM")?;
+        let image = std::env::var_os("VEIL_GUEST_IMAGE_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| workspace_root().join("build/image"));
+        let artifacts = Artifacts {
+            shim,
+            kernel: image.join("vmlinuz"),
+            initrd: image.join("initramfs.img"),
+        };
+        for (what, path, fix) in [
+            ("shim", &artifacts.shim, "cargo build -p veil-shim"),
+            ("guest kernel", &artifacts.kernel, "make image"),
+            ("guest initramfs", &artifacts.initrd, "make image"),
+        ] {
+            if !path.exists() {
+                bail!("{what} {} is missing: run `{fix}` first (make test does it)", path.display());
+            }
+        }
+        Ok(artifacts)
+    }
+}
+
+/// A private containerd with veil installed into it.
+pub struct Containerd {
+    dir: tempfile::TempDir,
+    child: Child,
+    /// containerd's socket.
+    pub socket: PathBuf,
+    /// The veil configuration file the shim uses.
+    pub veil_config: PathBuf,
+    /// veil's state directory root (per-sandbox state lives below it).
+    pub veil_state: PathBuf,
+    /// The artifacts in use.
+    pub artifacts: Artifacts,
+}
+
+/// What one `ctr` invocation did.
+#[derive(Debug)]
+pub struct CtrOutput {
+    /// Exit code (-1 if killed by a signal).
+    pub code: i32,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+}
+
+impl From<Output> for CtrOutput {
+    fn from(output: Output) -> Self {
+        CtrOutput {
+            code: output.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+}
+
+fn require_root() -> Result<()> {
+    if !nix_is_root() {
+        bail!("integration tests need root (containerd, mounts, QEMU): run them as root");
+    }
+    Ok(())
+}
+
+fn nix_is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+impl Containerd {
+    /// Starts containerd with the veil shim on its PATH and a veil configuration naming
+    /// the built guest image.
+    pub fn start() -> Result<Containerd> {
+        Containerd::start_with(&Options::default())
+    }
+
+    /// Like [`Containerd::start`], with `options` changing the veil configuration.
+    pub fn start_with(options: &Options) -> Result<Containerd> {
+        require_root()?;
+        let mut artifacts = Artifacts::locate()?;
+        if let Some(kernel) = &options.kernel {
+            artifacts.kernel = kernel.clone();
+        }
+        let dir = tempfile::Builder::new().prefix("veil-it-").tempdir_in("/tmp")?;
+        let root = dir.path();
+        let bin = root.join("bin");
+        std::fs::create_dir_all(&bin)?;
+        std::os::unix::fs::symlink(&artifacts.shim, bin.join("containerd-shim-veil-v2"))?;
+        let socket = root.join("containerd.sock");
+        let veil_state = root.join("veil");
+        let veil_config = root.join("veil.toml");
+        std::fs::write(
+            &veil_config,
+            format!(
+                "[hypervisor]\nkernel = \"{}\"\ninitrd = \"{}\"\nboot_timeout_secs = 180\n\n[runtime]\nstate_dir = \"{}\"\n",
+                artifacts.kernel.display(),
+                artifacts.initrd.display(),
+                veil_state.display()
+            ),
+        )?;
+        let config = root.join("containerd.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "version = 2\nroot = \"{0}/root\"\nstate = \"{0}/state\"\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n[grpc]\n  address = \"{1}\"\n[debug]\n  level = \"info\"\n",
+                root.display(),
+                socket.display()
+            ),
+        )?;
+        let log = std::fs::File::create(root.join("containerd.log"))?;
+        let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+        let child = Command::new("containerd")
+            .arg("--config")
+            .arg(&config)
+            .env("PATH", path)
+            .env("VEIL_CONFIG", &veil_config)
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("start containerd: install it (apt-get install containerd runc)")?;
+        let containerd = Containerd { dir, child, socket, veil_config, veil_state, artifacts };
+        containerd.wait_ready()?;
+        Ok(containerd)
+    }
+
+    fn wait_ready(&self) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if self.socket.exists() && self.ctr(&["version"]).output().map(|o| o.status.success()).unwrap_or(false) {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!("containerd did not come up; log:\n{}", self.log())
+    }
+
+    /// The private directory (containerd root and state, veil state, logs).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// containerd's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default()
+    }
+
+    /// A `ctr` command against this containerd.
+    pub fn ctr(&self, args: &[&str]) -> Command {
+        let mut command = Command::new("ctr");
+        command.arg("-a").arg(&self.socket).args(args);
+        command
+    }
+
+    /// Runs `ctr` with `args` (bounded by `timeout`), stdin from `input`.
+    pub fn run_ctr(&self, args: &[&str], input: Option<&[u8]>, timeout: Duration) -> Result<CtrOutput> {
+        let mut command = self.ctr(args);
+        command.stdout(Stdio::piped()).stderr(Stdio::piped());
+        command.stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() });
+        let mut child = command.spawn().context("start ctr")?;
+        if let Some(input) = input {
+            use std::io::Write;
+            let mut stdin = child.stdin.take().context("ctr stdin")?;
+            stdin.write_all(input)?;
+        }
+        wait_with_timeout(child, timeout, &format!("ctr {}", args.join(" ")))
+    }
+
+    /// Imports the busybox image ([`oci::BUSYBOX_IMAGE`]).
+    pub fn import_busybox(&self) -> Result<()> {
+        let tarball = self.dir.path().join("busybox.tar");
+        oci::write_busybox_image(&tarball)?;
+        let output = self.run_ctr(&["image", "import", &tarball.display().to_string()], None, Duration::from_secs(60))?;
+        if output.code != 0 {
+            bail!("ctr image import failed: {}", output.stderr);
+        }
+        Ok(())
+    }
+
+    /// `ctr run --rm [--runtime veil] busybox <id> <args>`.
+    pub fn run(&self, runtime: Runtime, id: &str, args: &[&str], input: Option<&[u8]>) -> Result<CtrOutput> {
+        let mut all = vec!["run", "--rm"];
+        if let Runtime::Veil = runtime {
+            all.extend(["--runtime", VEIL_RUNTIME]);
+        }
+        all.push(oci::BUSYBOX_IMAGE);
+        all.push(id);
+        all.extend(args);
+        self.run_ctr(&all, input, Duration::from_secs(300))
+    }
+
+    /// Pids of QEMU processes whose command line mentions this instance's directory.
+    pub fn qemu_processes(&self) -> Vec<u32> {
+        processes_mentioning(self.dir.path(), "qemu-system")
+    }
+
+    /// Pids of veil shims serving this containerd.
+    pub fn shim_processes(&self) -> Vec<u32> {
+        processes_mentioning(&self.socket, "containerd-shim-veil-v2")
+    }
+
+    /// Pids of every shim (veil or runc) serving this containerd.
+    fn all_shim_processes(&self) -> Vec<u32> {
+        processes_mentioning(&self.socket, "containerd-shim")
+    }
+
+    /// Mount points below this instance's veil state directory or bundles.
+    pub fn mounts_below(&self, dir: &Path) -> Vec<String> {
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|line| line.split_whitespace().nth(4))
+            .filter(|target| Path::new(target).starts_with(dir))
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Entries left in the veil state directory for namespace `default`.
+    pub fn state_entries(&self) -> Vec<String> {
+        std::fs::read_dir(self.veil_state.join("default"))
+            .map(|entries| entries.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .unwrap_or_default()
+    }
+}
+
+/// Changes to the harness's veil configuration.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Use this guest kernel instead of the built one.
+    pub kernel: Option<PathBuf>,
+}
+
+/// Which runtime `ctr run` uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Runtime {
+    /// runc (containerd's default).
+    Runc,
+    /// veil.
+    Veil,
+}
+
+fn wait_with_timeout(mut child: Child, timeout: Duration, what: &str) -> Result<CtrOutput> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if child.try_wait()?.is_some() {
+            return Ok(child.wait_with_output()?.into());
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let output = child.wait_with_output()?;
+            bail!(
+                "{what} did not finish within {timeout:?}; stdout: {} stderr: {}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Pids whose command line contains both `needle` and `program`.
+pub fn processes_mentioning(needle: &Path, program: &str) -> Vec<u32> {
+    let needle = needle.display().to_string();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()))
+        .filter(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            cmdline.contains(program) && cmdline.contains(&needle)
+        })
+        .collect()
+}
+
+/// Polls `check` every 50 ms until it holds or `timeout` passes.
+pub fn eventually(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        // SAFETY: sending SIGTERM to our own child has no memory-safety preconditions.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let _ = eventually(Duration::from_secs(10), || matches!(self.child.try_wait(), Ok(Some(_))));
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        for pid in self.qemu_processes().into_iter().chain(self.all_shim_processes()) {
+            // SAFETY: as above; leftovers of this instance only.
+            unsafe {
+                libc::kill(pid as i32, libc::SIGKILL);
+            }
+        }
+        let mut mounts = self.mounts_below(self.dir.path());
+        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for mount in mounts {
+            let _ = Command::new("umount").arg("-l").arg(&mount).status();
+        }
+    }
+}

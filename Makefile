@@ -1,0 +1,47 @@
+# veil: two commands do everything on a fresh Debian 12 machine.
+#   make demo   a container in a veil VM through a private containerd
+#   make test   every test (unit, interop, end to end)
+
+CARGO        ?= cargo
+TARGET_DIR   ?= $(CURDIR)/target
+BUILD_DIR    ?= $(CURDIR)/build
+IMAGE_DIR    := $(BUILD_DIR)/image
+AGENT_TARGET := x86_64-unknown-linux-gnu
+AGENT_DIR    := $(TARGET_DIR)/agent-static
+AGENT_BIN    := $(AGENT_DIR)/$(AGENT_TARGET)/release/veil-agent
+
+export CARGO_TARGET_DIR := $(TARGET_DIR)
+export VEIL_GUEST_IMAGE_DIR := $(IMAGE_DIR)
+
+.PHONY: all setup build agent image test demo lint clean FORCE
+
+all: build image
+
+setup:
+	./scripts/setup.sh
+
+build:
+	$(CARGO) build --workspace --all-targets
+
+# The agent is the guest's init: one static binary. Built apart so its RUSTFLAGS do not
+# invalidate the host build.
+agent:
+	RUSTFLAGS="-C target-feature=+crt-static" CARGO_PROFILE_RELEASE_STRIP=true \
+	CARGO_PROFILE_RELEASE_DEBUG=false CARGO_TARGET_DIR=$(AGENT_DIR) \
+	$(CARGO) build --release -p veil-agent --target $(AGENT_TARGET)
+
+image: agent
+	$(CARGO) run --quiet -p veil-guest-image -- build --agent $(AGENT_BIN) --out $(IMAGE_DIR)
+
+test: setup build image
+	$(CARGO) test --workspace --no-fail-fast -- --test-threads=2
+
+demo: setup image
+	$(CARGO) run --quiet -p veil-integration --bin veil-demo
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+clean:
+	rm -rf $(BUILD_DIR)

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs everything veil's build, tests and demo need on a fresh Debian 12 machine.
+# Idempotent: installed packages are skipped quickly.
+set -euo pipefail
+
+APT_PACKAGES=(
+  containerd runc            # the container runtime veil plugs into (and runc for parity tests)
+  qemu-system-x86            # the hypervisor
+  busybox-static             # test and demo container image contents
+  cpio xz-utils zstd kmod    # guest image build (initramfs, kernel and module handling)
+  util-linux                 # script(1) for terminal tests, mount/umount
+  iproute2 socat             # test helpers
+  openssl gnupg              # seal throughput comparisons
+)
+PIP_PACKAGES=(tink)          # Google's Tink: interop tests of the sealed format
+
+missing=()
+for package in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+for package in "${PIP_PACKAGES[@]}"; do
+  python3 -c "import $package" 2>/dev/null || { echo "setup: pip install $package"; python3 -m pip install -q "$package"; }
+done
+echo "setup: done"
