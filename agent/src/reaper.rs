@@ -175,6 +175,9 @@ impl Reaper {
 pub(crate) static ONE_REAPER: Mutex<()> = Mutex::new(());
 
 #[cfg(test)]
+// The lock serializes reaper tests on purpose (each test has its own runtime), and the
+// children are reaped by the reaper under test, not by `Child::wait`.
+#[allow(clippy::await_holding_lock, clippy::zombie_processes)]
 mod tests {
     use super::*;
     use std::process::Command;

@@ -41,7 +41,11 @@ fn target_profile_dir() -> Option<PathBuf> {
     // <target>/<profile>/deps/<test binary>  or  <target>/<profile>/<binary>
     let exe = std::env::current_exe().ok()?;
     let dir = exe.parent()?;
-    Some(if dir.ends_with("deps") { dir.parent()?.to_path_buf() } else { dir.to_path_buf() })
+    Some(if dir.ends_with("deps") {
+        dir.parent()?.to_path_buf()
+    } else {
+        dir.to_path_buf()
+    })
 }
 
 impl Artifacts {
@@ -65,7 +69,10 @@ impl Artifacts {
             ("guest initramfs", &artifacts.initrd, "make image"),
         ] {
             if !path.exists() {
-                bail!("{what} {} is missing: run `{fix}` first (make test does it)", path.display());
+                bail!(
+                    "{what} {} is missing: run `{fix}` first (make test does it)",
+                    path.display()
+                );
             }
         }
         Ok(artifacts)
@@ -133,7 +140,9 @@ impl Containerd {
         if let Some(kernel) = &options.kernel {
             artifacts.kernel = kernel.clone();
         }
-        let dir = tempfile::Builder::new().prefix("veil-it-").tempdir_in("/tmp")?;
+        let dir = tempfile::Builder::new()
+            .prefix("veil-it-")
+            .tempdir_in("/tmp")?;
         let root = dir.path();
         let bin = root.join("bin");
         std::fs::create_dir_all(&bin)?;
@@ -160,7 +169,11 @@ impl Containerd {
             ),
         )?;
         let log = std::fs::File::create(root.join("containerd.log"))?;
-        let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+        let path = format!(
+            "{}:{}",
+            bin.display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
         let child = Command::new("containerd")
             .arg("--config")
             .arg(&config)
@@ -170,7 +183,14 @@ impl Containerd {
             .stderr(log)
             .spawn()
             .context("start containerd: install it (apt-get install containerd runc)")?;
-        let containerd = Containerd { dir, child, socket, veil_config, veil_state, artifacts };
+        let containerd = Containerd {
+            dir,
+            child,
+            socket,
+            veil_config,
+            veil_state,
+            artifacts,
+        };
         containerd.wait_ready()?;
         Ok(containerd)
     }
@@ -178,7 +198,13 @@ impl Containerd {
     fn wait_ready(&self) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
-            if self.socket.exists() && self.ctr(&["version"]).output().map(|o| o.status.success()).unwrap_or(false) {
+            if self.socket.exists()
+                && self
+                    .ctr(&["version"])
+                    .output()
+                    .map(|o| o.status.success())
+                    .unwrap_or(false)
+            {
                 return Ok(());
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -204,10 +230,19 @@ impl Containerd {
     }
 
     /// Runs `ctr` with `args` (bounded by `timeout`), stdin from `input`.
-    pub fn run_ctr(&self, args: &[&str], input: Option<&[u8]>, timeout: Duration) -> Result<CtrOutput> {
+    pub fn run_ctr(
+        &self,
+        args: &[&str],
+        input: Option<&[u8]>,
+        timeout: Duration,
+    ) -> Result<CtrOutput> {
         let mut command = self.ctr(args);
         command.stdout(Stdio::piped()).stderr(Stdio::piped());
-        command.stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() });
+        command.stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        });
         let mut child = command.spawn().context("start ctr")?;
         if let Some(input) = input {
             use std::io::Write;
@@ -221,7 +256,11 @@ impl Containerd {
     pub fn import_busybox(&self) -> Result<()> {
         let tarball = self.dir.path().join("busybox.tar");
         oci::write_busybox_image(&tarball)?;
-        let output = self.run_ctr(&["image", "import", &tarball.display().to_string()], None, Duration::from_secs(60))?;
+        let output = self.run_ctr(
+            &["image", "import", &tarball.display().to_string()],
+            None,
+            Duration::from_secs(60),
+        )?;
         if output.code != 0 {
             bail!("ctr image import failed: {}", output.stderr);
         }
@@ -229,7 +268,13 @@ impl Containerd {
     }
 
     /// `ctr run --rm [--runtime veil] busybox <id> <args>`.
-    pub fn run(&self, runtime: Runtime, id: &str, args: &[&str], input: Option<&[u8]>) -> Result<CtrOutput> {
+    pub fn run(
+        &self,
+        runtime: Runtime,
+        id: &str,
+        args: &[&str],
+        input: Option<&[u8]>,
+    ) -> Result<CtrOutput> {
         let mut all = vec!["run", "--rm"];
         if let Runtime::Veil = runtime {
             all.extend(["--runtime", VEIL_RUNTIME]);
@@ -269,7 +314,12 @@ impl Containerd {
     /// Entries left in the veil state directory for namespace `default`.
     pub fn state_entries(&self) -> Vec<String> {
         std::fs::read_dir(self.veil_state.join("default"))
-            .map(|entries| entries.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
             .unwrap_or_default()
     }
 }
@@ -346,10 +396,16 @@ impl Drop for Containerd {
         unsafe {
             libc::kill(self.child.id() as i32, libc::SIGTERM);
         }
-        let _ = eventually(Duration::from_secs(10), || matches!(self.child.try_wait(), Ok(Some(_))));
+        let _ = eventually(Duration::from_secs(10), || {
+            matches!(self.child.try_wait(), Ok(Some(_)))
+        });
         let _ = self.child.kill();
         let _ = self.child.wait();
-        for pid in self.qemu_processes().into_iter().chain(self.all_shim_processes()) {
+        for pid in self
+            .qemu_processes()
+            .into_iter()
+            .chain(self.all_shim_processes())
+        {
             // SAFETY: as above; leftovers of this instance only.
             unsafe {
                 libc::kill(pid as i32, libc::SIGKILL);

@@ -12,8 +12,9 @@ pub const BUSYBOX_IMAGE: &str = "veil.test/busybox:latest";
 pub const BUSYBOX_BINARY: &str = "/bin/busybox";
 
 const APPLETS: &[&str] = &[
-    "sh", "echo", "cat", "ls", "uname", "sleep", "id", "hostname", "true", "false", "ps", "mount", "stty", "tty", "env",
-    "wc", "head", "grep", "kill", "pwd", "readlink", "test", "printf", "dd", "df", "touch", "rm", "mkdir", "seq", "od", "md5sum",
+    "sh", "echo", "cat", "ls", "uname", "sleep", "id", "hostname", "true", "false", "ps", "mount",
+    "stty", "tty", "env", "wc", "head", "grep", "kill", "pwd", "readlink", "test", "printf", "dd",
+    "df", "touch", "rm", "mkdir", "seq", "od", "md5sum",
 ];
 
 fn sha256_hex(bytes: &[u8]) -> String {
@@ -54,15 +55,27 @@ fn busybox_layer() -> Result<Vec<u8>> {
     let busybox = std::fs::read(BUSYBOX_BINARY)
         .with_context(|| format!("read {BUSYBOX_BINARY}: install Debian's busybox-static (apt-get install busybox-static)"))?;
     let mut layer = tar::Builder::new(Vec::new());
-    for dir in ["bin", "dev", "proc", "sys", "etc", "tmp", "root", "var", "run"] {
+    for dir in [
+        "bin", "dev", "proc", "sys", "etc", "tmp", "root", "var", "run",
+    ] {
         add_dir(&mut layer, dir)?;
     }
     add_file(&mut layer, "bin/busybox", 0o755, &busybox)?;
     for applet in APPLETS {
         add_symlink(&mut layer, &format!("bin/{applet}"), "busybox")?;
     }
-    add_file(&mut layer, "etc/passwd", 0o644, b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n")?;
-    add_file(&mut layer, "etc/group", 0o644, b"root:x:0:\nnogroup:x:65534:\n")?;
+    add_file(
+        &mut layer,
+        "etc/passwd",
+        0o644,
+        b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n",
+    )?;
+    add_file(
+        &mut layer,
+        "etc/group",
+        0o644,
+        b"root:x:0:\nnogroup:x:65534:\n",
+    )?;
     Ok(layer.into_inner()?)
 }
 
@@ -92,12 +105,23 @@ pub fn write_busybox_image(out: &Path) -> Result<()> {
         }]
     }))?;
     let mut image = tar::Builder::new(Vec::new());
-    add_file(&mut image, "oci-layout", 0o644, br#"{"imageLayoutVersion":"1.0.0"}"#)?;
+    add_file(
+        &mut image,
+        "oci-layout",
+        0o644,
+        br#"{"imageLayoutVersion":"1.0.0"}"#,
+    )?;
     add_file(&mut image, "index.json", 0o644, &index)?;
     for blob in [&layer, &config, &manifest] {
-        add_file(&mut image, &format!("blobs/sha256/{}", sha256_hex(blob)), 0o644, blob)?;
+        add_file(
+            &mut image,
+            &format!("blobs/sha256/{}", sha256_hex(blob)),
+            0o644,
+            blob,
+        )?;
     }
-    let mut file = std::fs::File::create(out).with_context(|| format!("create {}", out.display()))?;
+    let mut file =
+        std::fs::File::create(out).with_context(|| format!("create {}", out.display()))?;
     file.write_all(&image.into_inner()?)?;
     Ok(())
 }
@@ -123,7 +147,9 @@ mod tests {
             }
             names.push(name);
         }
-        assert!(names.contains(&"index.json".to_string()) && names.contains(&"oci-layout".to_string()));
+        assert!(
+            names.contains(&"index.json".to_string()) && names.contains(&"oci-layout".to_string())
+        );
         assert_eq!(names.iter().filter(|n| n.starts_with("blobs/")).count(), 3);
     }
 }

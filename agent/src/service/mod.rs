@@ -581,4 +581,6 @@ impl api::AgentService for AgentService {
 }
 
 #[cfg(test)]
+// Tests hold the one-reaper lock across awaits on purpose: it serializes them.
+#[allow(clippy::await_holding_lock, clippy::zombie_processes)]
 mod tests;

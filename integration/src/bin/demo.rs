@@ -15,16 +15,32 @@ fn main() -> Result<()> {
     containerd.import_busybox()?;
     let host_kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let host_boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
-    println!("host : kernel {}, boot {}", host_kernel.trim(), host_boot.trim());
+    println!(
+        "host : kernel {}, boot {}",
+        host_kernel.trim(),
+        host_boot.trim()
+    );
 
-    let command = ["sh", "-c", "echo \"kernel $(uname -r), boot $(cat /proc/sys/kernel/random/boot_id)\""];
+    let command = [
+        "sh",
+        "-c",
+        "echo \"kernel $(uname -r), boot $(cat /proc/sys/kernel/random/boot_id)\"",
+    ];
     let started = Instant::now();
     let runc = containerd.run(Runtime::Runc, "demo-runc", &command, None)?;
-    println!("runc : {} ({:.2} s)", runc.stdout.trim(), started.elapsed().as_secs_f64());
+    println!(
+        "runc : {} ({:.2} s)",
+        runc.stdout.trim(),
+        started.elapsed().as_secs_f64()
+    );
 
     let started = Instant::now();
     let veil = containerd.run(Runtime::Veil, "demo-veil", &command, None)?;
-    println!("veil : {} ({:.2} s)", veil.stdout.trim(), started.elapsed().as_secs_f64());
+    println!(
+        "veil : {} ({:.2} s)",
+        veil.stdout.trim(),
+        started.elapsed().as_secs_f64()
+    );
     if veil.code != 0 {
         bail!("veil run failed ({}): {}", veil.code, veil.stderr);
     }

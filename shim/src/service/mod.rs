@@ -281,13 +281,13 @@ impl TaskService {
         }
         if !stdio.stdin.is_empty() {
             // Not awaited at exit: stdin may stay open after the process is gone.
-            let _ = io::relay_stdin(
+            drop(io::relay_stdin(
                 agent,
                 cid,
                 eid,
                 stdio.stdin.clone(),
                 process.close_stdin.clone(),
-            );
+            ));
         }
     }
 
