@@ -13,7 +13,7 @@ AGENT_BIN    := $(AGENT_DIR)/$(AGENT_TARGET)/release/veil-agent
 export CARGO_TARGET_DIR := $(TARGET_DIR)
 export VEIL_GUEST_IMAGE_DIR := $(IMAGE_DIR)
 
-.PHONY: all setup build agent image test demo lint clean FORCE
+.PHONY: all setup build agent image test demo bench lint clean
 
 all: build image
 
@@ -38,6 +38,11 @@ test: setup build image
 
 demo: setup image
 	$(CARGO) run --quiet -p veil-integration --bin veil-demo
+
+# Cold start, veil vs runc; results in benches/results/.
+bench: setup image
+	$(CARGO) build --workspace --bins
+	$(CARGO) run --quiet --release -p veil-benches --bin veil-bench-cold-start -- 5
 
 lint:
 	$(CARGO) fmt --all -- --check
