@@ -5,6 +5,7 @@
 use clap::{Parser, Subcommand};
 
 mod kbs;
+mod node;
 mod seal;
 
 /// veil: confidential model serving in lightweight VMs.
@@ -19,6 +20,8 @@ struct Cli {
 enum Command {
     /// Key broker: serve, admin keys, resources, policies, and guest-side get.
     Kbs(kbs::KbsArgs),
+    /// Node setup: install or uninstall the shim, guest image and containerd registration.
+    Node(node::NodeArgs),
     /// Sealed models: keygen, encrypt, decrypt and inspect (Tink streaming AEAD).
     Seal(seal::SealArgs),
     /// Print the version.
@@ -39,6 +42,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Kbs(args) => kbs::run(args),
+        Command::Node(args) => node::run(args),
         Command::Seal(args) => seal::run(args),
         Command::Version => {
             println!("veil {}", env!("CARGO_PKG_VERSION"));

@@ -1,0 +1,95 @@
+//! The veil configuration file install writes: the shipped defaults (every key documented)
+//! with the guest kernel and initramfs pointing at the installed image.
+
+use std::path::{Path, PathBuf};
+
+use toml_edit::{DocumentMut, Item, Value};
+use veil_config::{Config, ConfigError, DEFAULT_CONFIG_TOML};
+
+/// Rendering the configuration failed (a bug in the shipped defaults or an unusable path).
+#[derive(Debug, thiserror::Error)]
+pub enum RenderRuntimeConfigError {
+    /// The shipped defaults are not TOML or lack `[hypervisor]`.
+    #[error(
+        "the built-in configuration.toml cannot be edited: {0}; this is a veil bug, report it"
+    )]
+    Defaults(String),
+    /// The result does not load in the shim.
+    #[error("the configuration for the installed image is invalid: {0}")]
+    Invalid(#[from] ConfigError),
+}
+
+/// The text of the configuration for a guest image installed at `kernel` and `initrd`.
+pub fn render(kernel: &Path, initrd: &Path) -> Result<String, RenderRuntimeConfigError> {
+    let mut doc: DocumentMut =
+        DEFAULT_CONFIG_TOML
+            .parse()
+            .map_err(|error: toml_edit::TomlError| {
+                RenderRuntimeConfigError::Defaults(error.to_string())
+            })?;
+    let hypervisor = doc
+        .get_mut("hypervisor")
+        .and_then(Item::as_table_mut)
+        .ok_or_else(|| RenderRuntimeConfigError::Defaults("no [hypervisor] table".to_string()))?;
+    for (key, path) in [("kernel", kernel), ("initrd", initrd)] {
+        set_path_keeping_comments(hypervisor, key, path);
+    }
+    let text = doc.to_string();
+    // The shim must be able to load what was installed; check it here, not at first pod.
+    Config::parse(&text, Path::new(veil_config::DEFAULT_CONFIG_PATH))?;
+    Ok(text)
+}
+
+/// Replaces the value of `key` while keeping the comment lines above it and the spacing.
+fn set_path_keeping_comments(table: &mut toml_edit::Table, key: &str, path: &Path) {
+    let wanted = path.to_string_lossy().into_owned();
+    let Some(item) = table.get_mut(key) else {
+        table.insert(key, toml_edit::value(wanted));
+        return;
+    };
+    if item.as_str() == Some(wanted.as_str()) {
+        return;
+    }
+    let decor = item.as_value().map(|value| value.decor().clone());
+    let mut value = Value::from(wanted);
+    if let Some(decor) = decor {
+        *value.decor_mut() = decor;
+    }
+    *item = Item::Value(value);
+}
+
+/// Where the installed image's kernel and initramfs are.
+pub fn image_paths(share_dir: &Path) -> (PathBuf, PathBuf) {
+    (
+        share_dir.join(veil_guest_image::VMLINUZ_FILE),
+        share_dir.join(veil_guest_image::INITRAMFS_FILE),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_prefix_gives_the_shipped_file_unchanged() {
+        let (kernel, initrd) = image_paths(Path::new("/usr/local/share/veil"));
+        let text = render(&kernel, &initrd).expect("render");
+        assert_eq!(text, DEFAULT_CONFIG_TOML);
+    }
+
+    #[test]
+    fn another_prefix_changes_only_the_two_paths() {
+        let (kernel, initrd) = image_paths(Path::new("/opt/veil/share/veil"));
+        let text = render(&kernel, &initrd).expect("render");
+        let config = Config::parse(&text, Path::new("c.toml")).expect("loads");
+        assert_eq!(config.hypervisor.kernel, kernel);
+        assert_eq!(config.hypervisor.initrd, initrd);
+        let differing: Vec<(&str, &str)> = text
+            .lines()
+            .zip(DEFAULT_CONFIG_TOML.lines())
+            .filter(|(a, b)| a != b)
+            .collect();
+        assert_eq!(differing.len(), 2, "{differing:?}");
+        assert_eq!(text.lines().count(), DEFAULT_CONFIG_TOML.lines().count());
+    }
+}
