@@ -190,10 +190,13 @@ fn install(options: &NodeOptions) -> Result<Report> {
         install: true,
         ..Report::default()
     };
+    // A containerd config that cannot take the entry (version 1, broken TOML) stops the
+    // install before anything is copied.
+    let registration = plan_runtime_registration(options)?;
     install_shim(options, &mut report)?;
     install_image(options, &mut report)?;
     install_veil_config(options, &mut report)?;
-    register_runtime(options, &mut report)?;
+    registration.apply(options, &mut report)?;
     Ok(report)
 }
 
@@ -351,7 +354,13 @@ fn read_text(path: &Path) -> Result<Option<String>> {
     Ok(Some(text))
 }
 
-fn register_runtime(options: &NodeOptions, report: &mut Report) -> Result<()> {
+/// The containerd config edit install will make, computed before anything is installed.
+struct RuntimeRegistration {
+    change: FileChange,
+    edit: containerd::Edit,
+}
+
+fn plan_runtime_registration(options: &NodeOptions) -> Result<RuntimeRegistration> {
     let path = &options.containerd_config;
     let existing = read_text(path)?;
     let original = existing.as_deref().unwrap_or(containerd::new_file_text());
@@ -364,11 +373,19 @@ fn register_runtime(options: &NodeOptions, report: &mut Report) -> Result<()> {
         (Some(_), true) => FileChange::Replaced,
         (Some(_), false) => FileChange::Unchanged,
     };
-    if change.is_change() && !options.dry_run {
-        files::write_atomically(path, edit.text.as_bytes(), files::mode_of(path))?;
+    Ok(RuntimeRegistration { change, edit })
+}
+
+impl RuntimeRegistration {
+    fn apply(self, options: &NodeOptions, report: &mut Report) -> Result<()> {
+        let path = &options.containerd_config;
+        if self.change.is_change() && !options.dry_run {
+            files::write_atomically(path, self.edit.text.as_bytes(), files::mode_of(path))?;
+        }
+        let what = runtime_what(self.edit.version, "registered");
+        report.add(self.change, path, what);
+        Ok(())
     }
-    report.add(change, path, runtime_what(edit.version, "registered"));
-    Ok(())
 }
 
 fn unregister_runtime(options: &NodeOptions, report: &mut Report) -> Result<()> {

@@ -1,0 +1,336 @@
+//! `veil node install` / `uninstall` end to end, as an operator runs them: a temporary
+//! prefix, a temporary containerd config with the operator's own settings and comments, and
+//! the real containerd binary judging the result.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const V2_CONFIG: &str = r#"# containerd config written by the node's operator
+version = 2
+root = "/var/lib/containerd"   # on the data disk
+oom_score = -999
+
+[grpc]
+  address = "/run/containerd/containerd.sock"
+
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "registry.k8s.io/pause:3.6"
+
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    default_runtime_name = "runc"
+
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      # this node uses systemd cgroups
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+        SystemdCgroup = true
+
+[metrics]
+  address = "127.0.0.1:1338"
+# end of file
+"#;
+
+const V3_CONFIG: &str = r#"version = 3
+# containerd 2.x, single quotes as `containerd config default` writes them
+[plugins.'io.containerd.cri.v1.images']
+  snapshotter = 'overlayfs'
+
+[plugins.'io.containerd.cri.v1.runtime'.containerd]
+  default_runtime_name = 'runc'
+"#;
+
+/// A node laid out under one temporary directory.
+struct Node {
+    root: tempfile::TempDir,
+}
+
+impl Node {
+    fn new() -> Node {
+        let root = tempfile::tempdir().expect("tempdir");
+        let node = Node { root };
+        fs::write(node.path("shim-build"), b"\x7fELF fake shim").expect("shim");
+        fs::create_dir(node.path("image")).expect("image dir");
+        for name in ["vmlinuz", "initramfs.img", "manifest.json"] {
+            fs::write(node.path("image").join(name), name).expect("image file");
+        }
+        node
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.root.path().join(name)
+    }
+
+    fn containerd_config(&self) -> PathBuf {
+        self.path("etc/containerd/config.toml")
+    }
+
+    fn veil_config(&self) -> PathBuf {
+        self.path("etc/veil/configuration.toml")
+    }
+
+    fn prefix(&self) -> PathBuf {
+        self.path("usr/local")
+    }
+
+    fn write_containerd_config(&self, text: &str) {
+        let path = self.containerd_config();
+        fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+        fs::write(path, text).expect("write config");
+    }
+
+    /// Runs `veil node VERB` with this node's paths and `extra` flags.
+    fn veil(&self, verb: &str, extra: &[&str]) -> Output {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_veil"));
+        command
+            .args(["node", verb, "--prefix"])
+            .arg(self.prefix())
+            .arg("--containerd-config")
+            .arg(self.containerd_config())
+            .arg("--veil-config")
+            .arg(self.veil_config())
+            .arg("--shim")
+            .arg(self.path("shim-build"))
+            .args(extra)
+            // `make` exports this; the tests choose their image themselves.
+            .env_remove("VEIL_GUEST_IMAGE_DIR")
+            .env("XDG_CACHE_HOME", self.path("cache"));
+        command.output().expect("run veil")
+    }
+
+    fn install(&self) -> String {
+        let image = self.path("image");
+        let image = image.to_str().expect("utf-8 path");
+        succeed(self.veil("install", &["--image-dir", image]))
+    }
+
+    fn uninstall(&self) -> String {
+        succeed(self.veil("uninstall", &[]))
+    }
+
+    fn installed_files(&self) -> Vec<PathBuf> {
+        let mut found = Vec::new();
+        collect_files(self.prefix().as_path(), &mut found);
+        collect_files(&self.path("etc/veil"), &mut found);
+        found.sort();
+        found
+    }
+}
+
+fn collect_files(dir: &Path, found: &mut Vec<PathBuf>) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            collect_files(&path, found);
+        } else {
+            found.push(path);
+        }
+    }
+}
+
+fn succeed(output: Output) -> String {
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "veil failed: {}\nstdout:\n{stdout}\nstderr:\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+fn read(path: &Path) -> String {
+    fs::read_to_string(path).unwrap_or_else(|error| panic!("read {}: {error}", path.display()))
+}
+
+#[test]
+fn v2_install_twice_then_uninstall_restores_the_operators_file() {
+    let node = Node::new();
+    node.write_containerd_config(V2_CONFIG);
+
+    let first = node.install();
+    let config = read(&node.containerd_config());
+    for line in V2_CONFIG.lines() {
+        assert!(config.contains(line), "lost {line:?}:\n{config}");
+    }
+    assert!(config.contains("[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.veil]"));
+    assert!(first.contains("runtime `veil` registered"), "{first}");
+    assert_eq!(
+        read(&node.prefix().join("bin/containerd-shim-veil-v2")),
+        "\x7fELF fake shim"
+    );
+    for name in ["vmlinuz", "initramfs.img", "manifest.json"] {
+        assert_eq!(read(&node.prefix().join("share/veil").join(name)), name);
+    }
+    let veil_config = read(&node.veil_config());
+    let share = node.prefix().join("share/veil");
+    assert!(veil_config.contains(&format!("kernel = \"{}/vmlinuz\"", share.display())));
+    assert!(veil_config.contains(&format!("initrd = \"{}/initramfs.img\"", share.display())));
+
+    let files_after_first = node.installed_files();
+    let second = node.install();
+    assert!(second.contains("nothing changed"), "{second}");
+    assert!(
+        !second.contains("created") && !second.contains("updated"),
+        "{second}"
+    );
+    assert_eq!(read(&node.containerd_config()), config);
+    assert_eq!(node.installed_files(), files_after_first);
+
+    let removed = node.uninstall();
+    assert!(removed.contains("veil uninstalled"), "{removed}");
+    assert_eq!(read(&node.containerd_config()), V2_CONFIG);
+    assert_eq!(node.installed_files(), Vec::<PathBuf>::new());
+    let again = node.uninstall();
+    assert!(again.contains("nothing changed"), "{again}");
+    assert_eq!(read(&node.containerd_config()), V2_CONFIG);
+}
+
+#[test]
+fn v3_install_and_uninstall_round_trip() {
+    let node = Node::new();
+    node.write_containerd_config(V3_CONFIG);
+    node.install();
+    let config = read(&node.containerd_config());
+    assert!(config.starts_with(V3_CONFIG), "{config}");
+    let parsed: toml::Table = toml::from_str(&config).expect("TOML");
+    let veil = &parsed["plugins"]["io.containerd.cri.v1.runtime"]["containerd"]["runtimes"]["veil"];
+    assert_eq!(veil["runtime_type"].as_str(), Some("io.containerd.veil.v2"));
+    assert_eq!(
+        veil["options"]["ConfigPath"].as_str(),
+        node.veil_config().to_str()
+    );
+    assert!(node.install().contains("nothing changed"));
+    node.uninstall();
+    assert_eq!(read(&node.containerd_config()), V3_CONFIG);
+}
+
+#[test]
+fn version_1_config_is_refused_before_anything_is_installed() {
+    let node = Node::new();
+    let v1 = "root = \"/var/lib/containerd\"\n[plugins.cri]\n  sandbox_image = \"pause\"\n";
+    node.write_containerd_config(v1);
+    let image = node.path("image");
+    let output = node.veil("install", &["--image-dir", image.to_str().expect("utf-8")]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("version 1"), "{stderr}");
+    assert!(stderr.contains("containerd config migrate"), "{stderr}");
+    assert_eq!(read(&node.containerd_config()), v1);
+    assert_eq!(node.installed_files(), Vec::<PathBuf>::new());
+}
+
+#[test]
+fn a_missing_containerd_config_is_created_and_removed_again() {
+    let node = Node::new();
+    node.install();
+    let config = read(&node.containerd_config());
+    assert!(config.starts_with("version = 2\n"), "{config}");
+    assert!(config.contains("io.containerd.veil.v2"), "{config}");
+    node.uninstall();
+    assert!(!node.containerd_config().exists());
+}
+
+#[test]
+fn an_operators_veil_config_is_kept_by_install_and_uninstall() {
+    let node = Node::new();
+    node.write_containerd_config(V2_CONFIG);
+    let mine = "[hypervisor]\nmemory_mib = 2048\n";
+    fs::create_dir_all(node.path("etc/veil")).expect("mkdir");
+    fs::write(node.veil_config(), mine).expect("write");
+    let installed = node.install();
+    assert!(installed.contains("kept"), "{installed}");
+    assert_eq!(read(&node.veil_config()), mine);
+    let removed = node.uninstall();
+    assert!(removed.contains("kept"), "{removed}");
+    assert_eq!(read(&node.veil_config()), mine);
+    assert_eq!(read(&node.containerd_config()), V2_CONFIG);
+}
+
+#[test]
+fn dry_run_changes_nothing() {
+    let node = Node::new();
+    node.write_containerd_config(V2_CONFIG);
+    let image = node.path("image");
+    let output = succeed(node.veil(
+        "install",
+        &["--dry-run", "--image-dir", image.to_str().expect("utf-8")],
+    ));
+    assert!(output.contains("would create"), "{output}");
+    assert_eq!(read(&node.containerd_config()), V2_CONFIG);
+    assert_eq!(node.installed_files(), Vec::<PathBuf>::new());
+}
+
+#[test]
+fn installed_image_is_reused_and_no_image_without_agent_is_a_clear_error() {
+    let node = Node::new();
+    // No image anywhere and no agent: nothing can be installed.
+    let output = node.veil("install", &["--agent", "/nonexistent/veil-agent"]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("/nonexistent/veil-agent") && stderr.contains("--agent"),
+        "{stderr}"
+    );
+
+    // Once installed, a later install without --image-dir keeps the installed image.
+    node.install();
+    let again = succeed(node.veil("install", &["--agent", "/nonexistent/veil-agent"]));
+    assert!(again.contains("nothing changed"), "{again}");
+}
+
+/// containerd 1.6 itself reads the written v2 config and shows the veil runtime.
+#[test]
+fn containerd_accepts_the_written_v2_config() {
+    let node = Node::new();
+    node.write_containerd_config(V2_CONFIG);
+    node.install();
+    let output = Command::new("containerd")
+        .arg("--config")
+        .arg(node.containerd_config())
+        .args(["config", "dump"])
+        .output()
+        .unwrap_or_else(|error| {
+            panic!(
+                "cannot run containerd ({error}): install it with `apt-get install -y containerd`"
+            )
+        });
+    let dump = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "containerd config dump failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let section = dump
+        .split("[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.veil]")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no veil runtime in containerd's view:\n{dump}"));
+    let veil_part: String = section
+        .lines()
+        .take_while(|line| {
+            !line
+                .trim_start()
+                .starts_with("[plugins.\"io.containerd.grpc.v1.cri\".containerd.untrusted")
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(
+        veil_part.contains("runtime_type = \"io.containerd.veil.v2\""),
+        "{veil_part}"
+    );
+    assert!(
+        veil_part.contains("pod_annotations = [\"io.veil.*\"]"),
+        "{veil_part}"
+    );
+    assert!(
+        veil_part.contains("privileged_without_host_devices = true"),
+        "{veil_part}"
+    );
+    let config_path = format!("ConfigPath = \"{}\"", node.veil_config().display());
+    assert!(veil_part.contains(&config_path), "{veil_part}");
+    // The operator's runc settings are still what containerd sees.
+    assert!(dump.contains("SystemdCgroup = true"), "{dump}");
+}
