@@ -3,8 +3,6 @@
 //! (software nested virtualization) where a stock guest crawls through KVM's
 //! instruction emulator and hangs in the kernel decompressor.
 
-use std::path::Path;
-
 use veil_config::Accel;
 
 /// The acceleration chosen and why.
@@ -16,62 +14,9 @@ pub struct AccelChoice {
     pub reason: String,
 }
 
-/// Facts about the host that decide whether KVM is usable.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct HostFacts {
-    /// /dev/kvm can be opened read-write.
-    pub kvm_device_usable: bool,
-    /// /sys/module/kvm_pvm exists (KVM is PVM, not hardware).
-    pub kvm_is_pvm: bool,
-    /// The CPU flags include vmx or svm.
-    pub cpu_has_virtualization: bool,
-}
-
-impl HostFacts {
-    /// Reads the facts from this host.
-    pub fn probe() -> HostFacts {
-        HostFacts::probe_at(Path::new("/"))
-    }
-
-    /// Reads the facts below `root` (a test can point it at a fake tree).
-    pub fn probe_at(root: &Path) -> HostFacts {
-        let kvm_device_usable = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(root.join("dev/kvm"))
-            .is_ok();
-        let kvm_is_pvm = root.join("sys/module/kvm_pvm").exists();
-        let cpuinfo = std::fs::read_to_string(root.join("proc/cpuinfo")).unwrap_or_default();
-        let cpu_has_virtualization = cpuinfo
-            .lines()
-            .filter(|line| line.starts_with("flags"))
-            .any(|line| {
-                line.split_whitespace()
-                    .any(|flag| flag == "vmx" || flag == "svm")
-            });
-        HostFacts {
-            kvm_device_usable,
-            kvm_is_pvm,
-            cpu_has_virtualization,
-        }
-    }
-
-    /// Why KVM cannot run a standard guest at full speed here, if it cannot.
-    pub fn kvm_unusable_reason(&self) -> Option<String> {
-        if !self.kvm_device_usable {
-            Some("/dev/kvm is missing or cannot be opened read-write".to_string())
-        } else if self.kvm_is_pvm {
-            Some("host KVM is PVM (software nested virtualization, /sys/module/kvm_pvm): a standard guest would run through the instruction emulator".to_string())
-        } else if !self.cpu_has_virtualization {
-            Some(
-                "the CPU shows no vmx/svm flags: KVM has no hardware virtualization under it"
-                    .to_string(),
-            )
-        } else {
-            None
-        }
-    }
-}
+/// Facts about the host that decide whether KVM is usable: one decision shared with
+/// `veil doctor`, which lives in `veil-host`.
+pub use veil_host::HostFacts;
 
 /// Decides the acceleration for `wanted` on a host with `facts`. Forcing `kvm` on a host
 /// where it is unusable is an error naming the reason.
