@@ -492,6 +492,24 @@ root = "/var/lib/containerd"   # keep me
     }
 
     #[test]
+    fn the_shipped_snippets_are_exactly_what_install_writes() {
+        let v2 = include_str!("../../../configs/containerd/veil-v2.toml");
+        let v3 = include_str!("../../../configs/containerd/veil-v3.toml");
+        assert!(
+            has_entry(v2, &entry()),
+            "configs/containerd/veil-v2.toml is stale"
+        );
+        assert!(
+            has_entry(v3, &entry()),
+            "configs/containerd/veil-v3.toml is stale"
+        );
+        assert_eq!(
+            register(v3, path(), &entry()).expect("v3").version,
+            ConfigVersion::V3
+        );
+    }
+
+    #[test]
     fn bare_new_file_is_recognised() {
         let installed = register(new_file_text(), path(), &entry()).expect("register");
         let removed = unregister(&installed.text, path()).expect("unregister");
