@@ -14,6 +14,7 @@ pub mod pid1;
 pub mod reaper;
 pub mod runtime;
 pub mod service;
+pub mod volumes;
 
 use std::sync::Arc;
 
@@ -111,7 +112,8 @@ async fn serve(
     runtime: Arc<dyn runtime::ContainerRuntime>,
 ) -> Result<(), AgentError> {
     let reaper = reaper::Reaper::start().map_err(AgentError::Reaper)?;
-    let service = Arc::new(service::AgentService::new(runtime, reaper));
+    let volumes = volumes::MemoryVolumes::new(veil_protocol::GUEST_VOLUMES_DIR);
+    let service = Arc::new(service::AgentService::new(runtime, reaper, volumes));
     let listener = open_listener(&options)?;
     let mut server = Server::new()
         .add_listener(listener)

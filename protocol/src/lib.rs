@@ -28,6 +28,8 @@ pub const VSOCK_PORT: u32 = 1024;
 pub const SHARED_FS_TAG: &str = "veilshare";
 /// Where the agent mounts the shared directory inside the guest.
 pub const GUEST_SHARED_DIR: &str = "/run/veil/shared";
+/// Where the agent mounts memory volumes (one tmpfs per name) inside the guest.
+pub const GUEST_VOLUMES_DIR: &str = "/run/veil/volumes";
 
 #[cfg(test)]
 mod tests {

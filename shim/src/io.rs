@@ -78,6 +78,7 @@ pub fn relay_output(
                 None
             }
         };
+        let mut first = true;
         loop {
             let chunk = match agent.read_output(&container_id, &exec_id, stderr).await {
                 Ok(chunk) if chunk.is_empty() => break,
@@ -87,6 +88,10 @@ pub fn relay_output(
                     break;
                 }
             };
+            if first {
+                first = false;
+                tracing::info!(container = %container_id, exec = %exec_id, stderr, "output.first");
+            }
             if let Some(writer) = sink.as_mut() {
                 if let Err(error) = writer.write_all(&chunk).await {
                     tracing::warn!(%path, %error, "output write failed; discarding the rest");

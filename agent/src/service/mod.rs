@@ -21,6 +21,7 @@ use stream::{FdReader, FdWriter};
 
 use crate::reaper::{ExitWatch, Reaper};
 use crate::runtime::{ContainerRuntime, SpawnedProcess, StdioRequest};
+use crate::volumes::MemoryVolumes;
 
 /// The most bytes one ReadStdout/ReadStderr returns.
 const MAX_READ: usize = 1 << 20;
@@ -99,6 +100,7 @@ struct ContainerEntry {
 pub struct AgentService {
     runtime: Arc<dyn ContainerRuntime>,
     reaper: Reaper,
+    volumes: MemoryVolumes,
     containers: Mutex<HashMap<String, Arc<ContainerEntry>>>,
     ready_at: SystemTime,
 }
@@ -116,11 +118,13 @@ fn locked<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl AgentService {
-    /// Creates the service over `runtime`, reaping through `reaper`.
-    pub fn new(runtime: Arc<dyn ContainerRuntime>, reaper: Reaper) -> Self {
+    /// Creates the service over `runtime`, reaping through `reaper`, with memory volumes
+    /// mounted below `volumes`.
+    pub fn new(runtime: Arc<dyn ContainerRuntime>, reaper: Reaper, volumes: MemoryVolumes) -> Self {
         AgentService {
             runtime,
             reaper,
+            volumes,
             containers: Mutex::new(HashMap::new()),
             ready_at: SystemTime::now(),
         }
@@ -188,6 +192,11 @@ impl AgentService {
             .map_err(|e| {
                 ServiceError::InvalidArgument(format!("OCI spec of container {id}: {e}"))
             })?;
+        for volume in &request.memory_volumes {
+            self.volumes
+                .ensure(&volume.name, volume.size_bytes)
+                .map_err(|e| ServiceError::FailedPrecondition(format!("container {id}: {e}")))?;
+        }
         let rootfs = PathBuf::from(&request.rootfs);
         let stdio = StdioRequest::from(request.stdio.get_or_default());
         let runtime_id = id.clone();

@@ -78,7 +78,8 @@ impl ContainerRuntime for HostProcesses {
 
 async fn connect() -> api::AgentServiceClient {
     let reaper = Reaper::start().expect("reaper");
-    let service = Arc::new(AgentService::new(Arc::new(HostProcesses), reaper));
+    let volumes = crate::volumes::MemoryVolumes::new("/nonexistent/veil-volumes");
+    let service = Arc::new(AgentService::new(Arc::new(HostProcesses), reaper, volumes));
     let (server_end, client_end) = tokio::net::UnixStream::pair().expect("socketpair");
     let connections = async_stream::stream! {
         yield Ok(server_end);

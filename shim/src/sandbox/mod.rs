@@ -3,6 +3,7 @@
 //! under CRI every container with the same sandbox id shares one.
 
 pub mod storage;
+pub mod volumes;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

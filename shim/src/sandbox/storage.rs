@@ -84,7 +84,8 @@ pub fn share_rootfs(shared_dir: &Path, container_id: &str, host_rootfs: &Path) -
     Ok(guest_path(container_id, "rootfs"))
 }
 
-fn is_bind(mount: &oci_spec::runtime::Mount) -> bool {
+/// Whether an OCI mount is a bind mount (by type or by option).
+pub fn is_bind(mount: &oci_spec::runtime::Mount) -> bool {
     mount.typ().as_deref() == Some("bind")
         || mount
             .options()
@@ -102,6 +103,10 @@ pub fn share_bind_mounts(shared_dir: &Path, container_id: &str, spec: &mut Spec)
         let Some(source) = m.source().clone().filter(|s| s.is_absolute()) else {
             continue;
         };
+        // Memory volumes live in the guest only; they are never shared from the host.
+        if source.starts_with(veil_protocol::GUEST_VOLUMES_DIR) {
+            continue;
+        }
         if !is_bind(m) {
             continue;
         }

@@ -19,7 +19,7 @@ use veil_config::Config;
 use crate::error::{Error, Result};
 use crate::io::{self, StdioPaths};
 use crate::options;
-use crate::sandbox::{storage, Sandbox};
+use crate::sandbox::{storage, volumes, Sandbox};
 use events::EventSink;
 use process::{ExitInfo, ProcessState, Status};
 
@@ -168,6 +168,7 @@ impl TaskService {
             options::config_path(request.options.as_ref()).map_err(Error::InvalidArgument)?;
         let (config, found) = Config::discover(config_path.as_deref())?;
         tracing::info!(config = ?found, "configuration loaded");
+        volumes::validate_annotations(spec.annotations().as_ref())?;
         let sandbox_id = options::sandbox_id(spec.annotations().as_ref(), &request.id);
 
         // Boot the VM while containerd's snapshot is mounted: both take time.
@@ -242,6 +243,7 @@ impl TaskService {
     ) -> Result<u32> {
         let guest_rootfs = storage::share_rootfs(&sandbox.shared_dir, id, host_rootfs)?;
         storage::adapt_spec_for_guest(&mut spec);
+        let memory_volumes = volumes::take_memory_volumes(&mut spec)?;
         storage::share_bind_mounts(&sandbox.shared_dir, id, &mut spec)?;
         let spec_json = serde_json::to_vec(&spec)
             .map_err(|e| Error::InvalidArgument(format!("serialize the OCI spec of {id}: {e}")))?;
@@ -252,6 +254,7 @@ impl TaskService {
                 oci_spec_json: spec_json,
                 rootfs: guest_rootfs,
                 stdio: veil_protocol::protobuf::MessageField::some(stdio.to_agent()),
+                memory_volumes,
                 ..Default::default()
             })
             .await
