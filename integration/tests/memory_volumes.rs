@@ -18,7 +18,8 @@ fn a_memory_volume_is_a_guest_tmpfs_with_its_size_limit() {
         host_dir.display()
     );
     let script = "grep ' /model ' /proc/mounts; echo secret > /model/plain; \
-                  dd if=/dev/zero of=/model/big bs=1024 count=2048 2>&1 | tail -1; cat /model/plain";
+                  dd if=/dev/zero of=/model/big bs=1024 count=2048 2>&1 | grep -o 'No space left on device'; \
+                  cat /model/plain";
     let output = containerd
         .run_ctr(
             &[
