@@ -63,6 +63,7 @@ pub mod elf;
 pub mod initramfs;
 pub mod kconfig;
 pub mod manifest;
+pub mod measure;
 pub mod minimal_kernel;
 pub mod modules;
 
