@@ -2,16 +2,19 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use veil_container::{Container, ContainerBuilder, StdioConfig};
 
 use crate::runtime::{ContainerRuntime, RuntimeError, SpawnedProcess, StdioRequest};
 
 /// The real runtime: namespaces, pivot_root and all, via `veil-container`.
+///
+/// Each container has its own lock, so a slow start or exec in one container never
+/// holds up the others.
 #[derive(Default)]
 pub struct GuestRuntime {
-    containers: Mutex<HashMap<String, Container>>,
+    containers: Mutex<HashMap<String, Arc<Mutex<Container>>>>,
 }
 
 fn stdio_config(stdio: StdioRequest) -> StdioConfig {
@@ -35,7 +38,7 @@ fn spawned(process: veil_container::Process) -> SpawnedProcess {
 }
 
 impl GuestRuntime {
-    fn containers(&self) -> std::sync::MutexGuard<'_, HashMap<String, Container>> {
+    fn containers(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Mutex<Container>>>> {
         self.containers
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -46,11 +49,15 @@ impl GuestRuntime {
         id: &str,
         action: impl FnOnce(&mut Container) -> Result<T, RuntimeError>,
     ) -> Result<T, RuntimeError> {
-        let mut containers = self.containers();
-        let container = containers
-            .get_mut(id)
+        let container = self
+            .containers()
+            .get(id)
+            .cloned()
             .ok_or_else(|| format!("container {id} is not known to the runtime"))?;
-        action(container)
+        let mut container = container
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        action(&mut container)
     }
 }
 
@@ -66,7 +73,8 @@ impl ContainerRuntime for GuestRuntime {
             .stdio(stdio_config(stdio))
             .build()?;
         let init = container.take_init_process();
-        self.containers().insert(id.to_string(), container);
+        self.containers()
+            .insert(id.to_string(), Arc::new(Mutex::new(container)));
         Ok(spawned(init))
     }
 
@@ -91,8 +99,18 @@ impl ContainerRuntime for GuestRuntime {
     }
 
     fn delete(&self, id: &str) -> Result<(), RuntimeError> {
-        let Some(mut container) = self.containers().remove(id) else {
+        let Some(container) = self.containers().remove(id) else {
             return Ok(());
+        };
+        let mut container = match Arc::try_unwrap(container) {
+            Ok(container) => container
+                .into_inner()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+            Err(_) => {
+                return Err(
+                    format!("container {id} is busy (a start or exec is in progress)").into(),
+                )
+            }
         };
         container.mark_stopped();
         Ok(container.delete()?)
