@@ -4,7 +4,9 @@
 
 use clap::{Parser, Subcommand};
 
+mod doctor;
 mod kbs;
+mod measure;
 mod node;
 mod seal;
 
@@ -18,8 +20,12 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Host capabilities: KVM, SEV-SNP, vsock, QEMU, OVMF, containerd, memory.
+    Doctor(doctor::DoctorArgs),
     /// Key broker: serve, admin keys, resources, policies, and guest-side get.
     Kbs(kbs::KbsArgs),
+    /// The expected SEV-SNP launch digest of a guest, as a broker policy condition.
+    Measure(measure::MeasureArgs),
     /// Node setup: install or uninstall the shim, guest image and containerd registration.
     Node(node::NodeArgs),
     /// Sealed models: keygen, encrypt, decrypt and inspect (Tink streaming AEAD).
@@ -41,7 +47,9 @@ fn main() -> anyhow::Result<()> {
     init_logging();
     let cli = Cli::parse();
     match cli.command {
+        Command::Doctor(args) => doctor::run(args),
         Command::Kbs(args) => kbs::run(args),
+        Command::Measure(args) => measure::run(args),
         Command::Node(args) => node::run(args),
         Command::Seal(args) => seal::run(args),
         Command::Version => {

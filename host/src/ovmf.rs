@@ -31,6 +31,17 @@ pub enum FirmwareKind {
     NoSevMetadata,
 }
 
+impl FirmwareKind {
+    /// A few words for the doctor's table.
+    pub fn describe(self) -> &'static str {
+        match self {
+            FirmwareKind::AmdSev => "AmdSev: SNP with kernel hashes",
+            FirmwareKind::SevWithoutKernelHashes => "SEV metadata, no kernel hashes",
+            FirmwareKind::NoSevMetadata => "no SEV metadata: not for SNP",
+        }
+    }
+}
+
 /// Smaller files cannot hold a reset vector, footer table and metadata; the `sev` crate's
 /// parser indexes without bounds checks on such input, so they are refused before it.
 const MIN_FIRMWARE_BYTES: u64 = 64 * 1024;
@@ -74,14 +85,17 @@ pub fn check(root: &Path) -> Vec<Finding> {
             Finding::missing("ovmf-amdsev", "no OVMF firmware at all"),
         ];
     }
-    let listed = present
+    let classified: Vec<(&PathBuf, FirmwareKind)> =
+        present.iter().map(|path| (path, classify(path))).collect();
+    let listed = classified
         .iter()
-        .map(|path| path.display().to_string())
+        .map(|(path, kind)| format!("{} ({})", path.display(), kind.describe()))
         .collect::<Vec<_>>()
         .join(", ");
-    let amdsev = present
+    let amdsev = classified
         .iter()
-        .find(|path| classify(path) == FirmwareKind::AmdSev);
+        .find(|(_, kind)| *kind == FirmwareKind::AmdSev)
+        .map(|(path, _)| path);
     let amdsev_finding = match amdsev {
         Some(path) => Finding::ok(
             "ovmf-amdsev",

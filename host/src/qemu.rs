@@ -9,16 +9,16 @@ pub const DEFAULT_QEMU: &str = "qemu-system-x86_64";
 
 /// The findings `qemu` (present, version) and `qemu-sev-snp` (has `sev-snp-guest`).
 pub fn check(runner: &dyn CommandRunner, qemu: &str) -> Vec<Finding> {
-    let version =
-        match runner.run(qemu, &["--version"]) {
-            Ok(output) if output.success => first_line(&output.stdout),
-            Ok(output) => {
-                return both_unusable(
-                    qemu,
-                    format!("`{qemu} --version` failed: {}", first_line(&output.stderr)),
-                )
-            }
-            Err(error) => return vec![
+    let version = match runner.run(qemu, &["--version"]) {
+        Ok(output) if output.success => first_line(&output.stdout),
+        Ok(output) => {
+            return both_unusable(
+                qemu,
+                format!("`{qemu} --version` failed: {}", first_line(&output.stderr)),
+            )
+        }
+        Err(error) => {
+            return vec![
                 Finding::missing(
                     "qemu",
                     format!(
@@ -26,8 +26,9 @@ pub fn check(runner: &dyn CommandRunner, qemu: &str) -> Vec<Finding> {
                     ),
                 ),
                 Finding::missing("qemu-sev-snp", format!("no QEMU at `{qemu}`")),
-            ],
-        };
+            ]
+        }
+    };
     vec![
         Finding::ok("qemu", format!("{qemu}: {version}")),
         check_snp_object(runner, qemu, &version),
