@@ -334,3 +334,96 @@ fn containerd_accepts_the_written_v2_config() {
     // The operator's runc settings are still what containerd sees.
     assert!(dump.contains("SystemdCgroup = true"), "{dump}");
 }
+
+/// A containerd started on its own root, state and socket; stopped when dropped.
+struct PrivateContainerd {
+    child: std::process::Child,
+    socket: PathBuf,
+    log: PathBuf,
+}
+
+impl PrivateContainerd {
+    fn start(node: &Node) -> PrivateContainerd {
+        let socket = node.path("run/containerd.sock");
+        let log = node.path("containerd.log");
+        let log_file = fs::File::create(&log).expect("log file");
+        let child = Command::new("containerd")
+            .arg("--config")
+            .arg(node.containerd_config())
+            .arg("--root")
+            .arg(node.path("containerd-root"))
+            .arg("--state")
+            .arg(node.path("containerd-state"))
+            .arg("--address")
+            .arg(&socket)
+            .stdout(log_file.try_clone().expect("log"))
+            .stderr(log_file)
+            .spawn()
+            .unwrap_or_else(|error| {
+                panic!("cannot start containerd ({error}): apt-get install -y containerd")
+            });
+        PrivateContainerd { child, socket, log }
+    }
+
+    /// The state of the CRI plugin as `ctr plugins ls` shows it, once containerd answers.
+    fn cri_plugin_status(&self) -> String {
+        for _ in 0..60 {
+            let output = Command::new("ctr")
+                .arg("--address")
+                .arg(&self.socket)
+                .args(["plugins", "ls"])
+                .output()
+                .unwrap_or_else(|error| {
+                    panic!("cannot run ctr ({error}): apt-get install -y containerd")
+                });
+            let listing = String::from_utf8_lossy(&output.stdout);
+            if let Some(line) = listing
+                .lines()
+                .find(|line| line.starts_with("io.containerd.grpc.v1") && line.contains(" cri "))
+            {
+                return line
+                    .split_whitespace()
+                    .last()
+                    .unwrap_or_default()
+                    .to_string();
+            }
+            std::thread::sleep(std::time::Duration::from_millis(500));
+        }
+        panic!(
+            "containerd did not answer within 30 s; log:\n{}",
+            read(&self.log)
+        );
+    }
+}
+
+impl Drop for PrivateContainerd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// containerd's CRI plugin loads with a config that install created from nothing (the
+/// built-in runc runtime must survive next to veil's) and sees the veil runtime.
+#[test]
+fn containerd_cri_plugin_loads_the_veil_runtime() {
+    let node = Node::new();
+    // The operator's one setting keeps containerd's `opt` plugin out of /opt.
+    let opt = node.path("opt");
+    node.write_containerd_config(&format!(
+        "version = 2\n[plugins.\"io.containerd.internal.v1.opt\"]\n  path = \"{}\"\n",
+        opt.display()
+    ));
+    node.install();
+    let containerd = PrivateContainerd::start(&node);
+    let status = containerd.cri_plugin_status();
+    let log = read(&containerd.log);
+    assert_eq!(
+        status, "ok",
+        "CRI plugin did not load; containerd log:\n{log}"
+    );
+    assert!(log.contains("veil:{Type:io.containerd.veil.v2"), "{log}");
+    let config_path = format!("Options:map[ConfigPath:{}]", node.veil_config().display());
+    assert!(log.contains(&config_path), "{log}");
+    assert!(log.contains("runc:{Type:io.containerd.runc.v2"), "{log}");
+}

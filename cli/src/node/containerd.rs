@@ -23,6 +23,14 @@ pub const RUNTIME_NAME: &str = "veil";
 pub const RUNTIME_TYPE: &str = "io.containerd.veil.v2";
 /// Pod annotations the CRI plugin passes through to the shim (veil's own prefix).
 pub const POD_ANNOTATIONS: &str = "io.veil.*";
+/// containerd's built-in runtime, written out next to veil's when it would otherwise be lost.
+const RUNC_NAME: &str = "runc";
+/// The built-in runtime's type.
+const RUNC_RUNTIME_TYPE: &str = "io.containerd.runc.v2";
+/// Marks the runc entry install wrote, so uninstall removes that one and no other.
+const RUNC_MARKER: &str =
+    "# Written by `veil node install` (containerd drops its built-in runc runtime once any \
+runtime is listed here); `veil node uninstall` removes it.";
 /// What a containerd config file that install creates from nothing holds before the entry.
 const NEW_FILE_HEADER: &str = "version = 2\n";
 
@@ -172,6 +180,9 @@ pub fn register(
 ) -> Result<Edit, EditContainerdConfigError> {
     let (mut doc, version) = parse(text, path)?;
     let runtimes = runtimes_table_mut(&mut doc, version, path)?;
+    if runtimes.is_empty() {
+        keep_builtin_runc(runtimes);
+    }
     let veil = runtimes
         .entry(RUNTIME_NAME)
         .or_insert_with(|| Item::Table(Table::new()));
@@ -302,11 +313,40 @@ fn same_value(a: &Value, b: &Value) -> bool {
     }
 }
 
+/// containerd ships a built-in `runc` runtime (the default `default_runtime_name`), but a
+/// config that lists any runtime replaces the whole built-in map: with only `veil` listed,
+/// containerd 1.6's CRI plugin fails to load ("no corresponding runtime configured in
+/// `containerd.runtimes` for `default_runtime_name = "runc"`"). So when install creates the
+/// first runtime entry it writes runc out too, marked so that uninstall takes it away again.
+fn keep_builtin_runc(runtimes: &mut Table) {
+    let mut runc = Table::new();
+    runc.insert("runtime_type", toml_edit::value(RUNC_RUNTIME_TYPE));
+    runc.decor_mut().set_prefix(format!("\n{RUNC_MARKER}\n"));
+    runtimes.insert(RUNC_NAME, Item::Table(runc));
+}
+
+/// Whether `runtimes.runc` is the one [`keep_builtin_runc`] wrote (marker and value intact).
+fn is_runc_added_by_install(runtimes: &Table) -> bool {
+    let Some(runc) = runtimes.get(RUNC_NAME).and_then(Item::as_table) else {
+        return false;
+    };
+    let marked = runc
+        .decor()
+        .prefix()
+        .and_then(|prefix| prefix.as_str())
+        .is_some_and(|prefix| prefix.contains(RUNC_MARKER));
+    let only_type = runc.len() == 1
+        && runc.get("runtime_type").and_then(Item::as_str) == Some(RUNC_RUNTIME_TYPE);
+    marked && only_type
+}
+
 /// Removes `runtimes.veil` under `keys`, then every parent on the way that is now empty and
 /// implicit (no header in the file: install created it).
 fn remove_entry(table: &mut Table, keys: &[&str]) {
     let Some((first, rest)) = keys.split_first() else {
-        table.remove(RUNTIME_NAME);
+        if table.remove(RUNTIME_NAME).is_some() && is_runc_added_by_install(table) {
+            table.remove(RUNC_NAME);
+        }
         return;
     };
     let Some(child) = table.get_mut(first).and_then(Item::as_table_mut) else {
@@ -506,6 +546,51 @@ root = "/var/lib/containerd"   # keep me
         assert_eq!(
             register(v3, path(), &entry()).expect("v3").version,
             ConfigVersion::V3
+        );
+    }
+
+    #[test]
+    fn the_builtin_runc_is_written_out_when_veil_is_the_first_runtime() {
+        for original in [NEW_FILE_HEADER, V3_ORIGINAL] {
+            let installed = register(original, path(), &entry()).expect("register");
+            let parsed: toml::Table = toml::from_str(&installed.text).expect("TOML");
+            let cri = if installed.version == ConfigVersion::V2 {
+                "io.containerd.grpc.v1.cri"
+            } else {
+                "io.containerd.cri.v1.runtime"
+            };
+            let runtimes = &parsed["plugins"][cri]["containerd"]["runtimes"];
+            assert_eq!(
+                runtimes["runc"]["runtime_type"].as_str(),
+                Some(RUNC_RUNTIME_TYPE),
+                "{}",
+                installed.text
+            );
+            assert!(installed.text.contains(RUNC_MARKER));
+        }
+        // The operator's own runc is neither duplicated nor marked.
+        let installed = register(V2_ORIGINAL, path(), &entry()).expect("register");
+        assert!(!installed.text.contains(RUNC_MARKER));
+    }
+
+    #[test]
+    fn a_marked_runc_the_operator_changed_survives_uninstall() {
+        let installed = register(NEW_FILE_HEADER, path(), &entry()).expect("register");
+        let edited = installed.text.replace(
+            "runtime_type = \"io.containerd.runc.v2\"",
+            "runtime_type = \"io.containerd.runc.v2\"\npod_annotations = [\"x\"]",
+        );
+        assert_ne!(edited, installed.text);
+        let removed = unregister(&edited, path()).expect("unregister");
+        assert!(
+            removed.text.contains("pod_annotations = [\"x\"]"),
+            "{}",
+            removed.text
+        );
+        assert!(
+            !removed.text.contains("io.containerd.veil.v2"),
+            "{}",
+            removed.text
         );
     }
 
