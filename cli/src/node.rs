@@ -380,7 +380,7 @@ impl RuntimeRegistration {
     fn apply(self, options: &NodeOptions, report: &mut Report) -> Result<()> {
         let path = &options.containerd_config;
         if self.change.is_change() && !options.dry_run {
-            files::write_atomically(path, self.edit.text.as_bytes(), files::mode_of(path))?;
+            files::write_through_symlink(path, self.edit.text.as_bytes())?;
         }
         let what = runtime_what(self.edit.version, "registered");
         report.add(self.change, path, what);
@@ -407,7 +407,7 @@ fn unregister_runtime(options: &NodeOptions, report: &mut Report) -> Result<()> 
         return Ok(());
     }
     if !options.dry_run {
-        files::write_atomically(path, edit.text.as_bytes(), files::mode_of(path))?;
+        files::write_through_symlink(path, edit.text.as_bytes())?;
     }
     report.add(FileChange::Replaced, path, what);
     Ok(())

@@ -124,6 +124,13 @@ pub fn write_atomically(dest: &Path, contents: &[u8], mode: u32) -> Result<(), I
     Ok(())
 }
 
+/// Rewrites an operator's file in place of the file `path` resolves to, so a symlinked config
+/// (common where configuration management owns /etc) stays a symlink, with its permission bits.
+pub fn write_through_symlink(path: &Path, contents: &[u8]) -> Result<(), InstallFileError> {
+    let target = fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    write_atomically(&target, contents, mode_of(&target))
+}
+
 /// Removes `path` if it exists.
 pub fn remove(path: &Path, dry_run: bool) -> Result<FileChange, InstallFileError> {
     if fs::symlink_metadata(path).is_err() {
@@ -241,6 +248,23 @@ mod tests {
             remove_dir_if_empty(&sub, false).expect("gone"),
             FileChange::Absent
         );
+    }
+
+    #[test]
+    fn a_symlinked_file_is_written_through_and_keeps_its_mode() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let real = dir.path().join("real.toml");
+        fs::write(&real, b"old").expect("write");
+        fs::set_permissions(&real, fs::Permissions::from_mode(0o600)).expect("chmod");
+        let link = dir.path().join("config.toml");
+        std::os::unix::fs::symlink(&real, &link).expect("symlink");
+        write_through_symlink(&link, b"new").expect("write");
+        assert!(fs::symlink_metadata(&link)
+            .expect("lstat")
+            .file_type()
+            .is_symlink());
+        assert_eq!(fs::read(&real).expect("read"), b"new");
+        assert_eq!(mode_of(&real), 0o600);
     }
 
     #[test]
