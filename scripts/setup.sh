@@ -11,8 +11,10 @@ APT_PACKAGES=(
   util-linux                 # script(1) for terminal tests, mount/umount
   iproute2 socat             # test helpers
   openssl gnupg              # seal throughput comparisons
+  ovmf                       # SNP launch-digest tests (veil measure vs sev-snp-measure)
 )
-PIP_PACKAGES=(tink)          # Google's Tink: interop tests of the sealed format
+# Google's Tink (sealed-format interop) and sev-snp-measure (independent SNP launch digest).
+PIP_PACKAGES=(tink sev-snp-measure)
 
 missing=()
 for package in "${APT_PACKAGES[@]}"; do
@@ -26,6 +28,6 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 for package in "${PIP_PACKAGES[@]}"; do
-  python3 -c "import $package" 2>/dev/null || { echo "setup: pip install $package"; python3 -m pip install -q "$package"; }
+  python3 -m pip show -q "$package" >/dev/null 2>&1 || { echo "setup: pip install $package"; python3 -m pip install -q "$package"; }
 done
 echo "setup: done"

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use tokio::process::Command;
 use tokio::sync::watch;
-use veil_config::HypervisorConfig;
+use veil_config::{ConfidentialGuest, HypervisorConfig};
 
 use super::accel::{self, AccelChoice, HostFacts};
 use super::{Hypervisor, Vm, VmSpec};
@@ -137,10 +137,28 @@ impl Qemu {
     }
 }
 
+/// Refuses an SEV-SNP sandbox up front, with the doctor's reasons, on a host that cannot
+/// launch one; and, until veil's SNP launch exists, on every host.
+fn check_confidential_guest(config: &HypervisorConfig) -> Result<()> {
+    if config.confidential_guest != ConfidentialGuest::Snp {
+        return Ok(());
+    }
+    let qemu = config.path.display().to_string();
+    veil_host::snp_support_with_qemu(&qemu).map_err(|reason| {
+        Error::Vm(format!(
+            "hypervisor.confidential_guest = \"snp\" but this host cannot launch an SEV-SNP guest: {reason} (see `veil doctor`)"
+        ))
+    })?;
+    Err(Error::Unimplemented(
+        "SEV-SNP launch (hypervisor.confidential_guest = \"snp\")",
+    ))
+}
+
 #[async_trait]
 impl Hypervisor for Qemu {
     async fn launch(&self, spec: &VmSpec) -> Result<Box<dyn Vm>> {
         self.check_inputs()?;
+        check_confidential_guest(&self.config)?;
         let accel = accel::choose(self.config.accel, &HostFacts::probe()).map_err(Error::Vm)?;
         let cmdline = kernel_cmdline(&self.config, &self.agent_log_level);
         let args = command_line(&self.config, &accel, spec, &cmdline);
@@ -316,6 +334,25 @@ mod tests {
         let cmdline = kernel_cmdline(&loud, "debug");
         assert!(!cmdline.contains("quiet"));
         assert!(cmdline.ends_with("veil.log=debug veil.channel=serial tsc_early_khz=2000000"));
+    }
+
+    #[test]
+    fn an_snp_pod_is_refused_with_the_doctors_reason_on_a_host_without_snp() {
+        let snp = HypervisorConfig {
+            confidential_guest: ConfidentialGuest::Snp,
+            ..config()
+        };
+        let error = check_confidential_guest(&snp)
+            .expect_err("refused")
+            .to_string();
+        match veil_host::snp_support() {
+            Err(reason) => assert!(
+                error.contains(&reason) && error.contains("veil doctor"),
+                "{error}"
+            ),
+            Ok(()) => assert!(error.contains("not implemented"), "{error}"),
+        }
+        assert!(check_confidential_guest(&config()).is_ok());
     }
 
     #[tokio::test]
