@@ -8,6 +8,7 @@ APT_PACKAGES=(
   qemu-system-x86            # the hypervisor
   busybox-static             # test and demo container image contents
   cpio xz-utils zstd kmod    # guest image build (initramfs, kernel and module handling)
+  make gcc libc6-dev flex bison bc libelf-dev libssl-dev  # the minimal guest kernel build
   util-linux                 # script(1) for terminal tests, mount/umount
   iproute2 socat             # test helpers
   openssl gnupg              # seal throughput comparisons
