@@ -4,7 +4,7 @@
 //! run changes nothing:
 //! 1. the shim at `<prefix>/bin/containerd-shim-veil-v2` (containerd finds
 //!    `io.containerd.veil.v2` by that name on its PATH);
-//! 2. the guest image (`vmlinuz`, `initramfs.img`, `manifest.json`, and `vmlinux` when built)
+//! 2. the guest image (`vmlinux`, `vmlinuz`, `initramfs.img`, `manifest.json`)
 //!    in `<prefix>/share/veil/`, built first when there is none;
 //! 3. the veil configuration (default `/etc/veil/configuration.toml`), the shipped defaults
 //!    pointing at that image; a file that differs is the operator's and is kept;
@@ -64,7 +64,7 @@ pub struct NodeOptions {
     /// The shim binary to install [default: containerd-shim-veil-v2 next to this executable].
     #[arg(long)]
     shim: Option<PathBuf>,
-    /// A built guest image (vmlinuz, initramfs.img, manifest.json); built there when missing
+    /// A built guest image (vmlinux, vmlinuz, initramfs.img, manifest.json); built there when missing
     /// [default: the installed one, else $XDG_CACHE_HOME/veil/guest-image/image].
     #[arg(long, env = "VEIL_GUEST_IMAGE_DIR")]
     image_dir: Option<PathBuf>,
@@ -206,7 +206,7 @@ fn uninstall(options: &NodeOptions) -> Result<Report> {
     let shim = options.shim_dest();
     report.add(files::remove(&shim, options.dry_run)?, &shim, "shim");
     let share = options.share_dir();
-    for name in image::REQUIRED_FILES.iter().chain(&image::OPTIONAL_FILES) {
+    for name in image::REQUIRED_FILES {
         let path = share.join(name);
         report.add(files::remove(&path, options.dry_run)?, &path, "guest image");
     }
@@ -289,10 +289,7 @@ fn install_image(options: &NodeOptions, report: &mut Report) -> Result<()> {
 }
 
 fn copy_image(from: &Path, share: &Path, dry_run: bool, report: &mut Report) -> Result<()> {
-    let optional = image::OPTIONAL_FILES
-        .iter()
-        .filter(|name| from.join(name).is_file());
-    for name in image::REQUIRED_FILES.iter().chain(optional) {
+    for name in image::REQUIRED_FILES {
         let dest = share.join(name);
         let change = files::install_copy(&from.join(name), &dest, 0o644, dry_run)?;
         report.add(

@@ -51,7 +51,7 @@ impl Node {
         let node = Node { root };
         fs::write(node.path("shim-build"), b"\x7fELF fake shim").expect("shim");
         fs::create_dir(node.path("image")).expect("image dir");
-        for name in ["vmlinuz", "initramfs.img", "manifest.json"] {
+        for name in ["vmlinux", "vmlinuz", "initramfs.img", "manifest.json"] {
             fs::write(node.path("image").join(name), name).expect("image file");
         }
         node
@@ -162,12 +162,12 @@ fn v2_install_twice_then_uninstall_restores_the_operators_file() {
         read(&node.prefix().join("bin/containerd-shim-veil-v2")),
         "\x7fELF fake shim"
     );
-    for name in ["vmlinuz", "initramfs.img", "manifest.json"] {
+    for name in ["vmlinux", "vmlinuz", "initramfs.img", "manifest.json"] {
         assert_eq!(read(&node.prefix().join("share/veil").join(name)), name);
     }
     let veil_config = read(&node.veil_config());
     let share = node.prefix().join("share/veil");
-    assert!(veil_config.contains(&format!("kernel = \"{}/vmlinuz\"", share.display())));
+    assert!(veil_config.contains(&format!("kernel = \"{}/vmlinux\"", share.display())));
     assert!(veil_config.contains(&format!("initrd = \"{}/initramfs.img\"", share.display())));
 
     let files_after_first = node.installed_files();

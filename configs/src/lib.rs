@@ -107,7 +107,7 @@ impl Default for HypervisorConfig {
     fn default() -> Self {
         HypervisorConfig {
             path: PathBuf::from("/usr/bin/qemu-system-x86_64"),
-            kernel: PathBuf::from("/usr/local/share/veil/vmlinuz"),
+            kernel: PathBuf::from("/usr/local/share/veil/vmlinux"),
             initrd: PathBuf::from("/usr/local/share/veil/initramfs.img"),
             machine: "q35".to_string(),
             accel: Accel::Auto,

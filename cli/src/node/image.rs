@@ -7,10 +7,9 @@ use veil_guest_image::{
     VMLINUZ_FILE,
 };
 
-/// Files an image must have.
-pub const REQUIRED_FILES: [&str; 3] = [VMLINUZ_FILE, INITRAMFS_FILE, MANIFEST_FILE];
-/// Files installed when the image has them (the PVH direct-boot kernel).
-pub const OPTIONAL_FILES: [&str; 1] = [VMLINUX_FILE];
+/// Files an image must have: both kernels (vmlinux boots by default, vmlinuz is the
+/// firmware-boot form the SNP path measures), the initramfs and the manifest.
+pub const REQUIRED_FILES: [&str; 4] = [VMLINUZ_FILE, VMLINUX_FILE, INITRAMFS_FILE, MANIFEST_FILE];
 
 /// Where the image to install comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]

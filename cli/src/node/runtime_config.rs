@@ -61,7 +61,7 @@ fn set_path_keeping_comments(table: &mut toml_edit::Table, key: &str, path: &Pat
 /// Where the installed image's kernel and initramfs are.
 pub fn image_paths(share_dir: &Path) -> (PathBuf, PathBuf) {
     (
-        share_dir.join(veil_guest_image::VMLINUZ_FILE),
+        share_dir.join(veil_guest_image::VMLINUX_FILE),
         share_dir.join(veil_guest_image::INITRAMFS_FILE),
     )
 }
