@@ -121,12 +121,27 @@ impl Default for HypervisorConfig {
     }
 }
 
+/// How the shim reaches the guest agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum AgentChannel {
+    /// vsock where the host has /dev/vhost-vsock, else virtio-serial.
+    #[default]
+    Auto,
+    /// A virtio-serial port backed by a Unix socket (needs nothing from the host kernel).
+    Serial,
+    /// AF_VSOCK through the host's vhost-vsock.
+    Vsock,
+}
+
 /// `[agent]`: the guest agent.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AgentConfig {
     /// tracing filter for the agent.
     pub log_level: String,
+    /// The agent channel.
+    pub channel: AgentChannel,
     /// Timeout of each short shim -> agent request.
     pub request_timeout_secs: u64,
 }
@@ -135,6 +150,7 @@ impl Default for AgentConfig {
     fn default() -> Self {
         AgentConfig {
             log_level: "info".to_string(),
+            channel: AgentChannel::Auto,
             request_timeout_secs: 60,
         }
     }

@@ -1,14 +1,13 @@
 //! The shim's side of the agent channel: connecting through the VM's socket and
 //! one method per agent call, each with a timeout unless it is a deliberate long wait.
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use veil_protocol as api;
-use veil_protocol::ttrpc::{self, context, r#async::Client};
+use veil_protocol::ttrpc::{self, context, r#async::transport::Socket, r#async::Client};
 
 use crate::error::{Error, Result};
-use crate::hypervisor::Vm;
+use crate::hypervisor::{Channel, Vm};
 
 /// A connected agent.
 #[derive(Clone)]
@@ -39,27 +38,35 @@ fn agent_error(what: &str, error: ttrpc::Error) -> Error {
     }
 }
 
-async fn connect_socket(
-    socket: &Path,
-    vm: &dyn Vm,
-    deadline: Instant,
-) -> Result<tokio::net::UnixStream> {
+async fn open_channel(channel: &Channel) -> std::io::Result<Socket> {
+    match channel {
+        Channel::Serial { socket } => {
+            Ok(Socket::new(tokio::net::UnixStream::connect(socket).await?))
+        }
+        Channel::Vsock { cid } => {
+            Socket::connect(format!("vsock://{cid}:{}", veil_protocol::VSOCK_PORT)).await
+        }
+    }
+}
+
+/// Connects to the agent channel. A serial socket appears within milliseconds of QEMU
+/// starting; a vsock connection is refused until the agent listens. Either way the
+/// retry is fine-grained (2 ms) and stops at once if the VM exits.
+async fn connect_channel(channel: &Channel, vm: &dyn Vm, deadline: Instant) -> Result<Socket> {
     loop {
-        match tokio::net::UnixStream::connect(socket).await {
-            Ok(stream) => return Ok(stream),
+        match open_channel(channel).await {
+            Ok(socket) => return Ok(socket),
             Err(e) if Instant::now() >= deadline => {
                 return Err(Error::Vm(format!(
-                    "agent socket {} did not appear: {e}",
-                    socket.display()
+                    "agent channel {channel:?} did not open: {e}"
                 )))
             }
             Err(_) if vm.has_exited() => {
                 return Err(Error::Vm(format!(
-                    "VM stopped before its agent socket appeared: {}",
+                    "VM stopped before its agent channel opened: {}",
                     vm.wait_exit().await
                 )))
             }
-            // QEMU creates the socket within milliseconds of starting: poll finely.
             Err(_) => tokio::time::sleep(Duration::from_millis(2)).await,
         }
     }
@@ -71,16 +78,14 @@ impl AgentClient {
     /// The ping is sent at once and waits in the channel until the guest's agent opens
     /// its port, so readiness is seen the moment it happens, with no polling.
     pub async fn connect(
-        socket: &Path,
+        channel: &Channel,
         vm: &dyn Vm,
         boot_timeout: Duration,
         request_timeout: Duration,
     ) -> Result<(AgentClient, api::PingResponse)> {
         let deadline = Instant::now() + boot_timeout;
-        let stream = connect_socket(socket, vm, deadline).await?;
-        let client = api::AgentServiceClient::new(Client::new(
-            ttrpc::r#async::transport::Socket::new(stream),
-        ));
+        let socket = connect_channel(channel, vm, deadline).await?;
+        let client = api::AgentServiceClient::new(Client::new(socket));
         let agent = AgentClient {
             client,
             timeout: request_timeout,

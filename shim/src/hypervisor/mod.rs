@@ -19,10 +19,48 @@ pub struct VmSpec {
     pub state_dir: PathBuf,
     /// Directory shared with the guest (container rootfs and bind mounts).
     pub shared_dir: PathBuf,
-    /// Where the agent channel's Unix socket goes.
-    pub agent_socket: PathBuf,
+    /// How the shim reaches the agent.
+    pub channel: Channel,
     /// Where the guest console is written.
     pub console_log: PathBuf,
+}
+
+/// The agent channel of one VM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Channel {
+    /// A virtio-serial port whose host side is this Unix socket.
+    Serial {
+        /// The socket QEMU listens on.
+        socket: PathBuf,
+    },
+    /// vsock through the host's vhost-vsock, to this guest CID.
+    Vsock {
+        /// The guest's context id.
+        cid: u32,
+    },
+}
+
+impl Channel {
+    /// The kernel command-line value telling the agent which channel to serve.
+    pub fn kernel_word(&self) -> &'static str {
+        match self {
+            Channel::Serial { .. } => "serial",
+            Channel::Vsock { .. } => "vsock",
+        }
+    }
+}
+
+/// A guest CID for a VM: derived from its state directory (unique per host), kept
+/// clear of the reserved CIDs 0-2 and of u32::MAX. Two live VMs colliding is
+/// possible but unlikely (1 in 2^31 per pair); QEMU then refuses to start and says so.
+pub fn vsock_cid_for(state_dir: &std::path::Path) -> u32 {
+    // FNV-1a: stable across runs and Rust versions, unlike the std hasher.
+    let mut hash: u32 = 0x811c_9dc5;
+    for byte in state_dir.as_os_str().as_encoded_bytes() {
+        hash ^= u32::from(*byte);
+        hash = hash.wrapping_mul(0x0100_0193);
+    }
+    3 + (hash & 0x7fff_ffff)
 }
 
 /// A started VM.
@@ -45,4 +83,26 @@ pub trait Vm: Send + Sync {
 pub trait Hypervisor: Send + Sync {
     /// Launches the VM described by `spec`; returns once the process runs.
     async fn launch(&self, spec: &VmSpec) -> Result<Box<dyn Vm>>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vsock_cids_are_stable_and_never_reserved() {
+        let a = vsock_cid_for(std::path::Path::new("/run/veil/default/pod-a"));
+        assert_eq!(
+            a,
+            vsock_cid_for(std::path::Path::new("/run/veil/default/pod-a"))
+        );
+        assert_ne!(
+            a,
+            vsock_cid_for(std::path::Path::new("/run/veil/default/pod-b"))
+        );
+        for dir in ["", "/", "/run/veil/x"] {
+            let cid = vsock_cid_for(std::path::Path::new(dir));
+            assert!((3..u32::MAX).contains(&cid));
+        }
+    }
 }

@@ -11,7 +11,7 @@ use tokio::sync::watch;
 use veil_config::{ConfidentialGuest, HypervisorConfig};
 
 use super::accel::{self, AccelChoice, HostFacts};
-use super::{Hypervisor, Vm, VmSpec};
+use super::{Channel, Hypervisor, Vm, VmSpec};
 use crate::error::{Error, Result};
 
 /// Kernel command-line words for every veil guest. `panic=-1` with `-no-reboot` turns a
@@ -20,13 +20,17 @@ use crate::error::{Error, Result};
 const BASE_KERNEL_PARAMS: &str = "console=ttyS0 panic=-1 reboot=k pci=lastbus=0 i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd cryptomgr.notests net.ifnames=0";
 
 /// Builds the guest kernel command line.
-pub fn kernel_cmdline(config: &HypervisorConfig, agent_log_level: &str) -> String {
+pub fn kernel_cmdline(
+    config: &HypervisorConfig,
+    agent_log_level: &str,
+    channel: &Channel,
+) -> String {
     let mut words = vec![BASE_KERNEL_PARAMS.to_string()];
     if !config.debug_console {
         words.push("quiet".to_string());
     }
     words.push(format!("veil.log={agent_log_level}"));
-    words.push("veil.channel=serial".to_string());
+    words.push(format!("veil.channel={}", channel.kernel_word()));
     if !config.kernel_params.trim().is_empty() {
         words.push(config.kernel_params.trim().to_string());
     }
@@ -70,18 +74,6 @@ pub fn command_line(
         format!("file,id=console,path={}", path(&spec.console_log)),
         "-serial".into(),
         "chardev:console".into(),
-        "-device".into(),
-        "virtio-serial-pci,id=virtio-serial0".into(),
-        "-chardev".into(),
-        format!(
-            "socket,id=agent,path={},server=on,wait=off",
-            path(&spec.agent_socket)
-        ),
-        "-device".into(),
-        format!(
-            "virtserialport,bus=virtio-serial0.0,chardev=agent,name={}",
-            veil_protocol::SERIAL_PORT_NAME
-        ),
         "-fsdev".into(),
         format!(
             "local,id=shared,path={},security_model=none,multidevs=remap",
@@ -97,10 +89,33 @@ pub fn command_line(
         "-pidfile".into(),
         path(&spec.state_dir.join("qemu.pid")),
     ];
+    args.extend(channel_devices(&spec.channel));
     if !accel.kvm && config.vcpus > 1 {
         args.extend(["-accel".into(), "tcg,thread=multi".into()]);
     }
     args
+}
+
+fn channel_devices(channel: &Channel) -> Vec<String> {
+    match channel {
+        Channel::Serial { socket } => vec![
+            "-device".into(),
+            "virtio-serial-pci,id=virtio-serial0".into(),
+            "-chardev".into(),
+            format!(
+                "socket,id=agent,path={},server=on,wait=off",
+                socket.display()
+            ),
+            "-device".into(),
+            format!(
+                "virtserialport,bus=virtio-serial0.0,chardev=agent,name={}",
+                veil_protocol::SERIAL_PORT_NAME
+            ),
+        ],
+        Channel::Vsock { cid } => {
+            vec!["-device".into(), format!("vhost-vsock-pci,guest-cid={cid}")]
+        }
+    }
 }
 
 /// The QEMU hypervisor.
@@ -160,7 +175,7 @@ impl Hypervisor for Qemu {
         self.check_inputs()?;
         check_confidential_guest(&self.config)?;
         let accel = accel::choose(self.config.accel, &HostFacts::probe()).map_err(Error::Vm)?;
-        let cmdline = kernel_cmdline(&self.config, &self.agent_log_level);
+        let cmdline = kernel_cmdline(&self.config, &self.agent_log_level, &spec.channel);
         let args = command_line(&self.config, &accel, spec, &cmdline);
         let stderr_log = spec.state_dir.join("qemu.log");
         let stderr = std::fs::File::create(&stderr_log)
@@ -271,7 +286,9 @@ mod tests {
             id: "sb1".into(),
             state_dir: "/run/veil/default/sb1".into(),
             shared_dir: "/run/veil/default/sb1/shared".into(),
-            agent_socket: "/run/veil/default/sb1/agent.sock".into(),
+            channel: Channel::Serial {
+                socket: "/run/veil/default/sb1/agent.sock".into(),
+            },
             console_log: "/run/veil/default/sb1/console.log".into(),
         }
     }
@@ -290,19 +307,39 @@ mod tests {
             kvm: false,
             reason: "test".into(),
         };
-        let cmdline = kernel_cmdline(&config(), "info");
+        let cmdline = kernel_cmdline(&config(), "info", &spec().channel);
         let args = command_line(&config(), &tcg, &spec(), &cmdline).join(" ");
         let golden = "-name veil-sb1,debug-threads=on -machine q35,accel=tcg -cpu max -smp 1 -m 512M \
 -nodefaults -no-user-config -nographic -no-reboot -kernel /k/vmlinuz -initrd /k/initramfs.img \
 -append console=ttyS0 panic=-1 reboot=k pci=lastbus=0 i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd cryptomgr.notests net.ifnames=0 quiet veil.log=info veil.channel=serial \
 -chardev file,id=console,path=/run/veil/default/sb1/console.log -serial chardev:console \
--device virtio-serial-pci,id=virtio-serial0 \
--chardev socket,id=agent,path=/run/veil/default/sb1/agent.sock,server=on,wait=off \
--device virtserialport,bus=virtio-serial0.0,chardev=agent,name=veil.agent \
 -fsdev local,id=shared,path=/run/veil/default/sb1/shared,security_model=none,multidevs=remap \
 -device virtio-9p-pci,fsdev=shared,mount_tag=veilshare -device virtio-rng-pci \
--pidfile /run/veil/default/sb1/qemu.pid";
+-pidfile /run/veil/default/sb1/qemu.pid \
+-device virtio-serial-pci,id=virtio-serial0 \
+-chardev socket,id=agent,path=/run/veil/default/sb1/agent.sock,server=on,wait=off \
+-device virtserialport,bus=virtio-serial0.0,chardev=agent,name=veil.agent";
         assert_eq!(args, golden);
+    }
+
+    #[test]
+    fn vsock_channel_uses_vhost_vsock_and_tells_the_agent() {
+        let tcg = AccelChoice {
+            kvm: false,
+            reason: "test".into(),
+        };
+        let vsock = VmSpec {
+            channel: Channel::Vsock { cid: 1234 },
+            ..spec()
+        };
+        let cmdline = kernel_cmdline(&config(), "info", &vsock.channel);
+        assert!(cmdline.contains("veil.channel=vsock"));
+        let args = command_line(&config(), &tcg, &vsock, &cmdline).join(" ");
+        assert!(
+            args.ends_with("-device vhost-vsock-pci,guest-cid=1234"),
+            "{args}"
+        );
+        assert!(!args.contains("virtio-serial"));
     }
 
     #[test]
@@ -331,7 +368,7 @@ mod tests {
             kernel_params: "tsc_early_khz=2000000".into(),
             ..config()
         };
-        let cmdline = kernel_cmdline(&loud, "debug");
+        let cmdline = kernel_cmdline(&loud, "debug", &spec().channel);
         assert!(!cmdline.contains("quiet"));
         assert!(cmdline.ends_with("veil.log=debug veil.channel=serial tsc_early_khz=2000000"));
     }

@@ -8,11 +8,11 @@ pub mod volumes;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use veil_config::Config;
+use veil_config::{AgentChannel, Config};
 
 use crate::agent::AgentClient;
 use crate::error::{Error, Result};
-use crate::hypervisor::{qemu::Qemu, Hypervisor, Vm, VmSpec};
+use crate::hypervisor::{qemu::Qemu, vsock_cid_for, Channel, Hypervisor, Vm, VmSpec};
 
 /// How long a guest gets to power off by itself before QEMU is killed.
 const POWER_OFF_GRACE: Duration = Duration::from_secs(5);
@@ -31,6 +31,25 @@ pub struct Sandbox {
     pub guest: veil_protocol::PingResponse,
     vm: Box<dyn Vm>,
     agent: AgentClient,
+}
+
+/// The agent channel for a VM: vsock when configured, or on `auto` when the host has
+/// /dev/vhost-vsock; otherwise the virtio-serial port, which needs nothing from the host.
+fn choose_channel(config: &Config, state_dir: &Path) -> Channel {
+    let vsock = match config.agent.channel {
+        AgentChannel::Vsock => true,
+        AgentChannel::Serial => false,
+        AgentChannel::Auto => Path::new("/dev/vhost-vsock").exists(),
+    };
+    if vsock {
+        Channel::Vsock {
+            cid: vsock_cid_for(state_dir),
+        }
+    } else {
+        Channel::Serial {
+            socket: state_dir.join("agent.sock"),
+        }
+    }
 }
 
 /// `<state_dir>/<namespace>/<sandbox id>`.
@@ -61,13 +80,13 @@ impl Sandbox {
             id: id.to_string(),
             state_dir: state_dir.clone(),
             shared_dir: shared_dir.clone(),
-            agent_socket: state_dir.join("agent.sock"),
+            channel: choose_channel(config, &state_dir),
             console_log: state_dir.join("console.log"),
         };
         let hypervisor = Qemu::new(config.hypervisor.clone(), config.agent.log_level.clone());
         let vm = hypervisor.launch(&spec).await?;
         let connected = AgentClient::connect(
-            &spec.agent_socket,
+            &spec.channel,
             vm.as_ref(),
             Duration::from_secs(config.hypervisor.boot_timeout_secs),
             Duration::from_secs(config.agent.request_timeout_secs),
