@@ -96,10 +96,14 @@ impl AgentClient {
             &ping_request,
         );
         tokio::select! {
-            answer = ping => {
-                let answer = answer.map_err(|e| agent_error("wait for the guest agent to start", e))?;
-                Ok((agent, answer))
-            }
+            answer = ping => match answer {
+                Ok(answer) => Ok((agent, answer)),
+                // A broken channel usually means QEMU went away: say why, if it did.
+                Err(error) => match tokio::time::timeout(Duration::from_millis(500), vm.wait_exit()).await {
+                    Ok(exit) => Err(Error::Vm(format!("VM stopped before its agent answered: {exit}"))),
+                    Err(_) => Err(agent_error("wait for the guest agent to start", error)),
+                },
+            },
             exit = vm.wait_exit() => Err(Error::Vm(format!(
                 "VM stopped before its agent answered: {exit}; see the VM console log"
             ))),

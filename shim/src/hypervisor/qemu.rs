@@ -26,6 +26,12 @@ pub fn kernel_cmdline(
     channel: &Channel,
 ) -> String {
     let mut words = vec![BASE_KERNEL_PARAMS.to_string()];
+    if is_microvm(config) {
+        // microvm has no PIT/HPET to calibrate the TSC against: without the host's TSC
+        // frequency early calibration can hang (guest-kernel/README.md); and without
+        // ACPI reboot, `reboot=t` (triple fault) is what makes QEMU exit with -no-reboot.
+        words.push(format!("reboot=t tsc_early_khz={}", host_tsc_khz()));
+    }
     if !config.debug_console {
         words.push("quiet".to_string());
     }
@@ -35,6 +41,37 @@ pub fn kernel_cmdline(
         words.push(config.kernel_params.trim().to_string());
     }
     words.join(" ")
+}
+
+/// Whether the machine type is QEMU's microvm (virtio-mmio devices, no PCI).
+pub fn is_microvm(config: &HypervisorConfig) -> bool {
+    config.machine.split(',').next() == Some("microvm")
+}
+
+/// The host's TSC frequency in kHz, from the kernel's cpu MHz figure.
+fn host_tsc_khz() -> u64 {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    tsc_khz_from_cpuinfo(&cpuinfo).unwrap_or(2_000_000)
+}
+
+fn tsc_khz_from_cpuinfo(cpuinfo: &str) -> Option<u64> {
+    let mhz: f64 = cpuinfo.lines().find_map(|line| {
+        line.strip_prefix("cpu MHz")?
+            .split(':')
+            .nth(1)?
+            .trim()
+            .parse()
+            .ok()
+    })?;
+    // cpu MHz is positive and far below u64::MAX / 1000.
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    Some((mhz * 1000.0).round() as u64)
+}
+
+/// A virtio device's QEMU name for the machine: `-pci` on q35, `-device` (mmio) on microvm.
+fn virtio(config: &HypervisorConfig, name: &str) -> String {
+    let transport = if is_microvm(config) { "device" } else { "pci" };
+    format!("{name}-{transport}")
 }
 
 /// Builds QEMU's arguments for one pod VM.
@@ -81,26 +118,27 @@ pub fn command_line(
         ),
         "-device".into(),
         format!(
-            "virtio-9p-pci,fsdev=shared,mount_tag={}",
+            "{},fsdev=shared,mount_tag={}",
+            virtio(config, "virtio-9p"),
             veil_protocol::SHARED_FS_TAG
         ),
         "-device".into(),
-        "virtio-rng-pci".into(),
+        virtio(config, "virtio-rng"),
         "-pidfile".into(),
         path(&spec.state_dir.join("qemu.pid")),
     ];
-    args.extend(channel_devices(&spec.channel));
+    args.extend(channel_devices(config, &spec.channel));
     if !accel.kvm && config.vcpus > 1 {
         args.extend(["-accel".into(), "tcg,thread=multi".into()]);
     }
     args
 }
 
-fn channel_devices(channel: &Channel) -> Vec<String> {
+fn channel_devices(config: &HypervisorConfig, channel: &Channel) -> Vec<String> {
     match channel {
         Channel::Serial { socket } => vec![
             "-device".into(),
-            "virtio-serial-pci,id=virtio-serial0".into(),
+            format!("{},id=virtio-serial0", virtio(config, "virtio-serial")),
             "-chardev".into(),
             format!(
                 "socket,id=agent,path={},server=on,wait=off",
@@ -320,6 +358,40 @@ mod tests {
 -chardev socket,id=agent,path=/run/veil/default/sb1/agent.sock,server=on,wait=off \
 -device virtserialport,bus=virtio-serial0.0,chardev=agent,name=veil.agent";
         assert_eq!(args, golden);
+    }
+
+    #[test]
+    fn microvm_uses_mmio_devices_and_a_calibrated_tsc() {
+        let tcg = AccelChoice {
+            kvm: false,
+            reason: "test".into(),
+        };
+        let microvm = HypervisorConfig {
+            machine: "microvm,acpi=on".into(),
+            ..config()
+        };
+        let cmdline = kernel_cmdline(&microvm, "info", &spec().channel);
+        assert!(cmdline.contains("reboot=t tsc_early_khz="), "{cmdline}");
+        let args = command_line(&microvm, &tcg, &spec(), &cmdline).join(" ");
+        for device in [
+            "virtio-9p-device,",
+            "virtio-rng-device",
+            "virtio-serial-device,id=virtio-serial0",
+        ] {
+            assert!(args.contains(device), "{device} missing: {args}");
+        }
+        assert!(!args.contains("-pci"), "{args}");
+        assert!(args.contains("-machine microvm,acpi=on,accel=tcg"));
+        assert!(!kernel_cmdline(&config(), "info", &spec().channel).contains("tsc_early_khz"));
+    }
+
+    #[test]
+    fn tsc_frequency_comes_from_cpuinfo() {
+        assert_eq!(
+            tsc_khz_from_cpuinfo("processor\t: 0\ncpu MHz\t\t: 2445.406\n"),
+            Some(2_445_406)
+        );
+        assert_eq!(tsc_khz_from_cpuinfo("no such line"), None);
     }
 
     #[test]
