@@ -11,6 +11,9 @@ use tokio::task::JoinHandle;
 
 use crate::agent::AgentClient;
 
+/// After CloseIO, how long the stdin FIFO may stay quiet before the process's stdin is closed.
+const STDIN_DRAIN: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Where containerd wants a process's streams.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StdioPaths {
@@ -147,10 +150,23 @@ async fn copy_stdin(
 ) {
     let mut reader = tokio::fs::File::from_std(file);
     let mut buffer = vec![0u8; 32 * 1024];
+    let mut closing = false;
     loop {
-        let read = tokio::select! {
-            read = reader.read(&mut buffer) => read,
-            () = close.notified() => return,
+        let read = if closing {
+            // CloseIO means the client wrote all it will; what is still in the FIFO is
+            // part of it, so take it (until end of file, or until the FIFO goes quiet).
+            match tokio::time::timeout(STDIN_DRAIN, reader.read(&mut buffer)).await {
+                Ok(read) => read,
+                Err(_) => return,
+            }
+        } else {
+            tokio::select! {
+                read = reader.read(&mut buffer) => read,
+                () = close.notified() => {
+                    closing = true;
+                    continue;
+                }
+            }
         };
         match read {
             Ok(0) | Err(_) => return,

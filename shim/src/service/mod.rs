@@ -26,7 +26,7 @@ use process::{ExitInfo, ProcessState, Status};
 mod task;
 
 /// How long output relays may take to drain after a process exits.
-const OUTPUT_DRAIN: Duration = Duration::from_secs(2);
+const OUTPUT_DRAIN: Duration = Duration::from_secs(5);
 /// How long Delete waits for a created-but-never-started init to die after SIGKILL.
 const KILL_WAIT: Duration = Duration::from_secs(10);
 /// File in the bundle recording where the sandbox state lives (for `delete` after a crash).
