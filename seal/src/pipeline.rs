@@ -369,6 +369,9 @@ fn write_in_order<W: Write>(
     options: &DecryptOptions,
 ) -> Result<(), DecryptError> {
     let mut pending: BTreeMap<u32, (Vec<u8>, usize)> = BTreeMap::new();
+    // Segment failures wait for their turn, like plaintext: the reader and the workers
+    // race, and the error reported must not depend on which thread was faster.
+    let mut failures: BTreeMap<u32, DecryptError> = BTreeMap::new();
     let mut next: u32 = 1;
     let mut end: Option<u32> = None;
     loop {
@@ -382,10 +385,21 @@ fn write_in_order<W: Write>(
             Event::Decrypted { index, buf, len } => {
                 pending.insert(index, (buf, len));
             }
-            Event::Failed(error) => return Err(error),
+            Event::Failed(error) => match error.segment_failure() {
+                Some((index, _)) if index >= next => {
+                    failures.insert(index, error);
+                }
+                _ => return Err(error),
+            },
             Event::End { last_index } => end = Some(last_index),
         }
-        while let Some((buf, len)) = pending.remove(&next) {
+        loop {
+            if let Some(error) = failures.remove(&next) {
+                return Err(error);
+            }
+            let Some((buf, len)) = pending.remove(&next) else {
+                break;
+            };
             sink.write_unhashed(&buf[..len])?;
             report_progress(options, sink.bytes);
             hasher
