@@ -348,3 +348,29 @@ fn runc_and_veil_give_the_same_results() {
         );
     }
 }
+
+#[test]
+fn every_cold_start_stage_is_logged_once_and_in_order() {
+    let containerd = containerd();
+    let output = containerd
+        .run(Runtime::Veil, "stages", &["echo", "hi"], None)
+        .expect("run");
+    assert_eq!(output.stdout, "hi\n", "{}", output.stderr);
+    // The shim's log reaches containerd's log a moment after the task ends.
+    let mut events = Vec::new();
+    eventually(Duration::from_secs(10), || {
+        events = veil_integration::stage_events(&containerd.log(), "stages", "stages");
+        events.len() >= veil_integration::COLD_START_STAGES.len()
+    });
+    let names: Vec<&str> = events.iter().map(|(name, _)| name.as_str()).collect();
+    assert_eq!(
+        names,
+        veil_integration::COLD_START_STAGES,
+        "log:\n{}",
+        containerd.log()
+    );
+    let times: Vec<&str> = events.iter().map(|(_, at)| at.as_str()).collect();
+    let mut sorted = times.clone();
+    sorted.sort();
+    assert_eq!(times, sorted, "stage timestamps out of order");
+}
