@@ -9,6 +9,7 @@ mod kbs;
 mod measure;
 mod node;
 mod seal;
+mod stages;
 
 /// veil: confidential model serving in lightweight VMs.
 #[derive(Debug, Parser)]
@@ -30,6 +31,8 @@ enum Command {
     Node(node::NodeArgs),
     /// Sealed models: keygen, encrypt, decrypt and inspect (Tink streaming AEAD).
     Seal(seal::SealArgs),
+    /// Cold-start stages of one container, from containerd's or the shim's log.
+    Stages(stages::StagesArgs),
     /// Print the version.
     Version,
 }
@@ -48,6 +51,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Doctor(args) => doctor::run(args),
+        Command::Stages(args) => stages::run(args),
         Command::Kbs(args) => kbs::run(args),
         Command::Measure(args) => measure::run(args),
         Command::Node(args) => node::run(args),

@@ -331,36 +331,6 @@ impl Containerd {
     }
 }
 
-/// The cold-start stages the shim logs, in the order they happen for one container.
-pub const COLD_START_STAGES: &[&str] = &[
-    "create.received",
-    "vm.spawned",
-    "agent.connected",
-    "container.created",
-    "process.started",
-    "output.first",
-    "process.exited",
-];
-
-/// The stage events (name, RFC 3339 timestamp) logged for `container` in containerd's
-/// log, in log order. The shim writes them as tracing lines `<timestamp>  INFO <stage> ...`.
-pub fn stage_events(log: &str, container: &str, sandbox: &str) -> Vec<(String, String)> {
-    log.lines()
-        .filter_map(|line| {
-            let mut words = line.split_whitespace();
-            let timestamp = words.next()?;
-            let _level = words.next()?;
-            let stage = words.next()?;
-            let rest: Vec<&str> = words.collect();
-            let mentions = rest.iter().any(|w| {
-                *w == format!("container={container}") || *w == format!("sandbox={sandbox}")
-            });
-            (COLD_START_STAGES.contains(&stage) && mentions)
-                .then(|| (stage.to_string(), timestamp.to_string()))
-        })
-        .collect()
-}
-
 /// Changes to the harness's veil configuration.
 #[derive(Debug, Clone, Default)]
 pub struct Options {

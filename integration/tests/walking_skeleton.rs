@@ -359,17 +359,17 @@ fn every_cold_start_stage_is_logged_once_and_in_order() {
     // The shim's log reaches containerd's log a moment after the task ends.
     let mut events = Vec::new();
     eventually(Duration::from_secs(10), || {
-        events = veil_integration::stage_events(&containerd.log(), "stages", "stages");
-        events.len() >= veil_integration::COLD_START_STAGES.len()
+        events = veil_shim::stages::events_in_log(&containerd.log(), "stages");
+        events.len() >= veil_shim::stages::COLD_START.len()
     });
-    let names: Vec<&str> = events.iter().map(|(name, _)| name.as_str()).collect();
+    let names: Vec<&str> = events.iter().map(|e| e.stage.as_str()).collect();
     assert_eq!(
         names,
-        veil_integration::COLD_START_STAGES,
+        veil_shim::stages::COLD_START,
         "log:\n{}",
         containerd.log()
     );
-    let times: Vec<&str> = events.iter().map(|(_, at)| at.as_str()).collect();
+    let times: Vec<&str> = events.iter().map(|e| e.timestamp.as_str()).collect();
     let mut sorted = times.clone();
     sorted.sort();
     assert_eq!(times, sorted, "stage timestamps out of order");

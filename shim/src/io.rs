@@ -93,7 +93,7 @@ pub fn relay_output(
             };
             if first {
                 first = false;
-                tracing::info!(container = %container_id, exec = %exec_id, stderr, "output.first");
+                tracing::info!(container = %container_id, exec = %exec_id, stderr, "{}", crate::stages::OUTPUT_FIRST);
             }
             if let Some(writer) = sink.as_mut() {
                 if let Err(error) = writer.write_all(&chunk).await {

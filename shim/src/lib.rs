@@ -17,3 +17,4 @@ pub mod options;
 pub mod sandbox;
 pub mod service;
 pub mod shim;
+pub mod stages;

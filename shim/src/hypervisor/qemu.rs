@@ -232,7 +232,7 @@ impl Hypervisor for Qemu {
             pid,
             accel = if accel.kvm { "kvm" } else { "tcg" },
             reason = %accel.reason,
-            "vm.spawned"
+            "{}", crate::stages::VM_SPAWNED
         );
         tracing::debug!(args = ?args, "qemu command line");
         Ok(Box::new(QemuVm::watch(child, pid, accel, stderr_log)))

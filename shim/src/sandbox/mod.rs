@@ -106,7 +106,7 @@ impl Sandbox {
             vm = %vm.description(),
             kernel = %guest.kernel_release,
             boot_id = %guest.boot_id,
-            "agent.connected"
+            "{}", crate::stages::AGENT_CONNECTED
         );
         Ok(Sandbox {
             id: id.to_string(),

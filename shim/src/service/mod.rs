@@ -149,7 +149,7 @@ impl TaskService {
     }
 
     async fn create(&self, request: &containerd_shim::api::CreateTaskRequest) -> Result<u32> {
-        tracing::info!(container = %request.id, "create.received");
+        tracing::info!(container = %request.id, "{}", crate::stages::CREATE_RECEIVED);
         if request.id.is_empty() {
             return Err(Error::InvalidArgument("container id is empty".into()));
         }
@@ -229,7 +229,7 @@ impl TaskService {
         self.events.create(request, pid).await;
         // Watch from creation: an init killed before Start must still report its exit.
         self.spawn_exit_watcher(sandbox, init);
-        tracing::info!(container = %request.id, pid, "container.created");
+        tracing::info!(container = %request.id, pid, "{}", crate::stages::CONTAINER_CREATED);
         Ok(pid)
     }
 
@@ -316,7 +316,7 @@ impl TaskService {
                 at: SystemTime::now(),
             };
             if process.mark_exited(exit) {
-                tracing::info!(container = %process.container_id, exec = %process.exec_id, status, "process.exited");
+                tracing::info!(container = %process.container_id, exec = %process.exec_id, status, "{}", crate::stages::PROCESS_EXITED);
                 events.exit(&process, exit).await;
             }
         });
@@ -357,7 +357,7 @@ impl TaskService {
         } else {
             self.events.exec_started(id, exec_id, pid).await;
         }
-        tracing::info!(container = %id, exec = %exec_id, pid, "process.started");
+        tracing::info!(container = %id, exec = %exec_id, pid, "{}", crate::stages::PROCESS_STARTED);
         Ok(pid)
     }
 
