@@ -87,17 +87,20 @@ fn main() -> Result<()> {
          interleaved, same containerd, same machine.\n\n\
          | runtime | median s | min s | max s | runs |\n| --- | ---: | ---: | ---: | ---: |\n{}\n{}\n\n\
          veil / runc (median): {:.1}x\n\n\
-         Acceleration: {accel}. Guest: the default veil guest image (Debian kernel, q35).\n\n\
+         Acceleration: {accel}. Guest kernel: `{}` (q35), initramfs `{}`.\n\n\
          Machine: `{}`\n",
         row("runc", &runc_summary),
         row("veil", &veil_summary),
         veil_summary.median / runc_summary.median,
+        containerd.artifacts.kernel.display(),
+        containerd.artifacts.initrd.display(),
         facts
     );
     let json = serde_json::json!({
         "benchmark": "cold-start",
         "runs": runs,
         "acceleration": accel,
+        "kernel": containerd.artifacts.kernel.display().to_string(),
         "seconds": {"veil": veil, "runc": runc},
         "median_seconds": {"veil": veil_summary.median, "runc": runc_summary.median},
         "machine": facts,
