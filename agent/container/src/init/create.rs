@@ -4,9 +4,8 @@
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use nix::errno::Errno;
-use nix::unistd::ForkResult;
 
-use super::{close_other_fds_on_exec, exec, report_failure};
+use super::{close_other_fds_on_exec, exec, fork_and_report_pid, report_failure};
 use crate::failure::{InitFailure, StepContext};
 use crate::mount_options::rootfs_propagation;
 use crate::process_setup::{prepare_process, ExecTarget, SessionSetup};
@@ -21,29 +20,9 @@ pub(super) fn create_helper(request: &CreateRequest, sync: OwnedFd, start: Optio
     if let Err(failure) = request.namespaces.apply(&LinuxSyscall) {
         return report_failure(sync.as_fd(), failure);
     }
-    // SAFETY: this helper is single-threaded (a fresh exec that started no threads), so the
-    // child may run arbitrary code.
-    match unsafe { nix::unistd::fork() } {
-        Err(errno) => report_failure(
-            sync.as_fd(),
-            InitFailure::from_errno("fork the container init", errno),
-        ),
-        Ok(ForkResult::Parent { child }) => {
-            let _ = send(
-                sync.as_fd(),
-                &SyncMessage::ChildPid {
-                    pid: child.as_raw(),
-                },
-            );
-            0
-        }
-        Ok(ForkResult::Child) => {
-            let code = container_init(request, sync.as_fd(), start);
-            // SAFETY: _exit ends the child without running the helper's atexit handlers
-            // or flushing buffers that belong to the parent.
-            unsafe { libc::_exit(code) }
-        }
-    }
+    fork_and_report_pid(sync.as_fd(), "the container init", || {
+        container_init(request, sync.as_fd(), start)
+    })
 }
 
 /// The container's init: set up, report ready, wait for start, exec.

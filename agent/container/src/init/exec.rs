@@ -7,14 +7,12 @@ use std::path::{Path, PathBuf};
 
 use nix::fcntl::{open, OFlag};
 use nix::sys::stat::Mode;
-use nix::unistd::ForkResult;
 
-use super::{close_other_fds_on_exec, exec, report_failure};
+use super::{close_other_fds_on_exec, exec, fork_and_report_pid, report_failure};
 use crate::failure::{InitFailure, StepContext};
 use crate::namespaces::{Kind, NamespacePlan, JOIN_ORDER};
 use crate::process_setup::{prepare_process, ExecTarget, SessionSetup};
 use crate::request::ExecRequest;
-use crate::sync::{send, SyncMessage};
 use crate::syscall::LinuxSyscall;
 
 /// Joins the container's namespaces, forks the process (so it is inside the pid
@@ -35,30 +33,12 @@ pub(super) fn exec_helper(request: &ExecRequest, sync: OwnedFd) -> i32 {
         Ok(root) => root,
         Err(failure) => return report_failure(sync.as_fd(), failure),
     };
-    // SAFETY: single-threaded helper, see create_helper.
-    match unsafe { nix::unistd::fork() } {
-        Err(errno) => report_failure(
-            sync.as_fd(),
-            InitFailure::from_errno("fork the exec process", errno),
-        ),
-        Ok(ForkResult::Parent { child }) => {
-            let _ = send(
-                sync.as_fd(),
-                &SyncMessage::ChildPid {
-                    pid: child.as_raw(),
-                },
-            );
-            0
+    fork_and_report_pid(sync.as_fd(), "the exec process", || {
+        match exec_setup(request, root) {
+            Ok(target) => exec(sync.as_fd(), &target),
+            Err(failure) => report_failure(sync.as_fd(), failure),
         }
-        Ok(ForkResult::Child) => {
-            let code = match exec_setup(request, root) {
-                Ok(target) => exec(sync.as_fd(), &target),
-                Err(failure) => report_failure(sync.as_fd(), failure),
-            };
-            // SAFETY: see create_helper.
-            unsafe { libc::_exit(code) }
-        }
-    }
+    })
 }
 
 /// The namespaces of `pid` that differ from ours, in join order.

@@ -107,6 +107,34 @@ fn read_request(fd: OwnedFd) -> Result<InitRequest, InitFailure> {
         .map_err(|e| InitFailure::new("decode the init request", e.to_string()))
 }
 
+/// Forks the process the helper exists for, reports its pid from the helper (which then
+/// exits, so the process reparents to the caller), and runs `child` in it, ending with
+/// its exit code. `what` names the process in the fork error ("the container init").
+///
+/// Only call from the single-threaded helper.
+fn fork_and_report_pid(sync: BorrowedFd<'_>, what: &str, child: impl FnOnce() -> i32) -> i32 {
+    // SAFETY: the helper is single-threaded (a fresh exec that started no threads, checked
+    // by ensure_single_threaded), so the child may run arbitrary code.
+    match unsafe { nix::unistd::fork() } {
+        Err(errno) => report_failure(sync, InitFailure::from_errno(format!("fork {what}"), errno)),
+        Ok(nix::unistd::ForkResult::Parent { child }) => {
+            let _ = send(
+                sync,
+                &SyncMessage::ChildPid {
+                    pid: child.as_raw(),
+                },
+            );
+            0
+        }
+        Ok(nix::unistd::ForkResult::Child) => {
+            let code = child();
+            // SAFETY: _exit ends the child without running the helper's atexit handlers
+            // or flushing buffers that belong to the parent.
+            unsafe { libc::_exit(code) }
+        }
+    }
+}
+
 fn report_failure(sync: BorrowedFd<'_>, failure: InitFailure) -> i32 {
     // If the caller is gone there is nobody left to tell.
     let _ = send(sync, &SyncMessage::Failed(failure));
