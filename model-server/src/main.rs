@@ -1,0 +1,3 @@
+//! veil-model-server: placeholder, filled in by the serving-container work.
+
+fn main() {}
