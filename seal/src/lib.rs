@@ -51,6 +51,7 @@ mod cipher;
 mod decrypt;
 mod encrypt;
 mod error;
+pub mod fuzz_entry;
 mod inspect;
 pub mod keyset;
 pub mod params;

@@ -1,0 +1,6 @@
+//! Fuzz target: `veil_seal::fuzz_entry::keyset_binary` must not panic on any input.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    veil_seal::fuzz_entry::keyset_binary(data);
+});
