@@ -3,9 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use base64::engine::general_purpose::STANDARD;
-use base64::Engine;
-use veil_kbs_client::evidence::SnpEvidence;
+use veil_kbs_client::evidence::snp_evidence_from_parts;
 use veil_kbs_client::{fetch_resource, Attester, KbsClientConfig, SampleClaims};
 use veil_keybroker::admin::generate_admin_key;
 use veil_keybroker::admin_client::AdminClient;
@@ -47,11 +45,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
 
     let report = hex::decode(include_str!("../tests/data/snp/report_milan.hex").trim())?;
-    let evidence = SnpEvidence {
-        attestation_report: STANDARD.encode(&report),
-        vcek: Some(STANDARD.encode(include_bytes!("../tests/data/snp/vcek_milan.der"))),
-        cert_chain: None,
-    };
+    let evidence = snp_evidence_from_parts(
+        &report,
+        Some(include_bytes!("../tests/data/snp/vcek_milan.der")),
+    )?;
     let verifier = SnpVerifier::default();
     let mut snp = Vec::new();
     for _ in 0..ROUNDS {

@@ -28,7 +28,7 @@ pub enum KbsError {
         reason: String,
     },
     /// The client speaks a protocol version this broker does not.
-    #[error("protocol version `{0}` is not supported; this broker speaks 0.1.x")]
+    #[error("protocol version `{0}` is not supported; this broker speaks the Trustee KBS protocol 0.4.x (runtime data bound with additional-evidence)")]
     UnsupportedVersion(String),
     /// The TEE has no verifier here.
     #[error("TEE `{0}` is not supported by this broker")]
@@ -36,6 +36,9 @@ pub enum KbsError {
     /// Init data was sent; veil binds none and will not ignore it silently.
     #[error("init-data is not supported by this broker; send the attestation without it")]
     InitDataUnsupported,
+    /// Device (additional) evidence was sent; this broker verifies none.
+    #[error("tee-evidence.additional_evidence is not supported by this broker (no device attestation); send \"\" ")]
+    AdditionalEvidenceUnsupported,
     /// The tee-pubkey cannot be used to encrypt.
     #[error("runtime-data tee-pubkey is unusable: {0}")]
     TeePubKey(JweEncryptError),
@@ -91,6 +94,9 @@ impl KbsError {
             KbsError::UnsupportedVersion(_) => (S::BAD_REQUEST, "unsupported-version"),
             KbsError::UnsupportedTee(_) => (S::BAD_REQUEST, "unsupported-tee"),
             KbsError::InitDataUnsupported => (S::BAD_REQUEST, "init-data-unsupported"),
+            KbsError::AdditionalEvidenceUnsupported => {
+                (S::BAD_REQUEST, "additional-evidence-unsupported")
+            }
             KbsError::TeePubKey(_) => (S::BAD_REQUEST, "tee-pubkey-invalid"),
             KbsError::Session(e) => session_status(e),
             KbsError::Verify(e) => match e {

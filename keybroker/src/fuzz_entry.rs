@@ -23,14 +23,14 @@ pub fn snp_report(data: &[u8]) {
 /// SNP evidence JSON through the whole verifier (no VCEK cache configured).
 pub fn snp_evidence(data: &[u8]) {
     if let Ok(value) = serde_json::from_slice::<serde_json::Value>(data) {
-        let _ = SnpVerifier::default().verify(&value, &[0u8; 64]);
+        let _ = SnpVerifier::default().verify(&value, &[0u8; 48]);
     }
 }
 
 /// Sample evidence JSON through the sample verifier.
 pub fn sample_evidence(data: &[u8]) {
     if let Ok(value) = serde_json::from_slice::<serde_json::Value>(data) {
-        let _ = SampleVerifier.verify(&value, &[0u8; 64]);
+        let _ = SampleVerifier.verify(&value, &[0u8; 48]);
     }
 }
 
@@ -39,8 +39,8 @@ pub fn protocol_json(data: &[u8]) {
     let _ = serde_json::from_slice::<Request>(data);
     let _ = serde_json::from_slice::<Challenge>(data);
     if let Ok(attestation) = serde_json::from_slice::<Attestation>(data) {
-        let _ = attestation.runtime_data.report_data();
-        let _ = veil_kbs_client::jwe::public_from_jwk(&attestation.runtime_data.tee_pubkey);
+        let _ = attestation.runtime_digest();
+        let _ = crate::tee_key::check(&attestation.runtime_data.tee_pubkey);
     }
 }
 

@@ -20,6 +20,7 @@ pub mod jws;
 pub mod policy;
 pub mod resources;
 pub mod session;
+pub mod tee_key;
 pub mod token;
 
 use std::collections::HashMap;

@@ -39,11 +39,12 @@ impl KbsClientConfig {
     }
 }
 
-/// Why fetching a resource failed.
+/// Why fetching a resource failed. Every message starts with the step that failed
+/// (`auth`, `attest`, `resource` or `connection`), then the broker's own words if it answered.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// The broker refused a step; `problem.detail` says which check failed.
-    #[error("the key broker refused {step}: {} ({})", problem.detail, problem.kind())]
+    #[error("key broker step `{step}` refused: {} (problem `{}`)", problem.detail, problem.kind())]
     Refused {
         /// `auth`, `attest` or `resource`.
         step: &'static str,
@@ -51,7 +52,7 @@ pub enum ClientError {
         problem: Problem,
     },
     /// The broker could not be reached or the connection failed.
-    #[error("cannot reach the key broker at {url}: {reason}")]
+    #[error("key broker step `connection` failed: cannot reach {url}: {reason}")]
     Transport {
         /// The URL called.
         url: String,
@@ -59,7 +60,7 @@ pub enum ClientError {
         reason: String,
     },
     /// The broker answered with something that is not the protocol.
-    #[error("unexpected answer from the key broker to {step}: {reason}")]
+    #[error("key broker step `{step}` failed: unexpected answer: {reason}")]
     Protocol {
         /// The step.
         step: &'static str,
@@ -67,13 +68,13 @@ pub enum ClientError {
         reason: String,
     },
     /// The resource path is not `repo/type/tag`.
-    #[error("resource path `{0}` is not REPO/TYPE/TAG")]
+    #[error("key broker step `resource` not attempted: path `{0}` is not REPO/TYPE/TAG")]
     ResourcePath(String),
     /// Evidence could not be collected.
-    #[error(transparent)]
+    #[error("key broker step `attest` failed: collecting evidence: {0}")]
     Evidence(#[from] EvidenceError),
     /// The resource could not be decrypted (tampered, or not for our key).
-    #[error(transparent)]
+    #[error("key broker step `resource` failed: the response does not decrypt: {0}")]
     Decrypt(#[from] JweDecryptError),
 }
 
@@ -95,7 +96,8 @@ pub fn fetch_resource(
     Ok(key.decrypt(&response)?)
 }
 
-/// Builds the `/attest` body: runtime data (nonce + our key) and evidence bound to its hash.
+/// Builds the `/attest` body: runtime data (nonce + our key) and evidence bound to its
+/// digest. No device evidence: `additional_evidence` is `""`, as Trustee guests send it.
 pub fn build_attestation(
     attester: &Attester,
     nonce: &str,
@@ -105,19 +107,20 @@ pub fn build_attestation(
         nonce: nonce.to_owned(),
         tee_pubkey: key.public_jwk(),
     };
-    let report_data = runtime_data
-        .report_data()
+    let additional_evidence = String::new();
+    let digest = runtime_data
+        .digest(&additional_evidence)
         .map_err(|e| ClientError::Protocol {
             step: "attest",
             reason: format!("cannot encode runtime data: {e}"),
         })?;
-    let evidence = attester.collect(&report_data)?;
+    let evidence = attester.collect(&digest)?;
     Ok(Attestation {
         init_data: None,
         runtime_data,
         tee_evidence: TeeEvidence {
             primary_evidence: evidence,
-            additional_evidence: "{}".to_owned(),
+            additional_evidence,
         },
     })
 }
@@ -317,6 +320,47 @@ mod tests {
                 .unwrap(),
         );
         assert_eq!(session_cookie_from(&headers).as_deref(), Some("abc123"));
+    }
+
+    #[test]
+    fn attestation_is_bound_to_key_and_nonce() {
+        let key = EphemeralKey::generate();
+        let attester = Attester::Sample(Default::default());
+        let attestation = build_attestation(&attester, "bm9uY2U=", &key).unwrap();
+        let digest = attestation.runtime_digest().unwrap();
+        let evidence: crate::evidence::SampleEvidence =
+            serde_json::from_value(attestation.tee_evidence.primary_evidence.clone()).unwrap();
+        use base64::Engine;
+        let sent = base64::engine::general_purpose::STANDARD
+            .decode(evidence.report_data)
+            .unwrap();
+        assert_eq!(sent, digest);
+        assert_eq!(attestation.tee_evidence.additional_evidence, "");
+    }
+
+    #[test]
+    fn errors_name_the_failed_step() {
+        let refused = ClientError::Refused {
+            step: "resource",
+            problem: Problem {
+                problem_type: "/kbs/v0/errors/policy-denied".into(),
+                title: String::new(),
+                status: 403,
+                detail: "condition `x` is false".into(),
+            },
+        };
+        let text = refused.to_string();
+        assert!(
+            text.contains("`resource`") && text.contains("condition `x` is false"),
+            "{text}"
+        );
+        let transport = ClientError::Transport {
+            url: "http://h".into(),
+            reason: "refused".into(),
+        };
+        assert!(transport.to_string().contains("`connection`"));
+        let evidence = ClientError::from(EvidenceError::SnpUnsupported);
+        assert!(evidence.to_string().contains("`attest`"));
     }
 
     #[test]

@@ -1,57 +1,64 @@
 //! Evidence formats (shared with the broker) and how the guest collects them.
 //!
-//! - `sample` ([`SampleEvidence`]): self-reported values, INSECURE, for machines without a TEE.
-//! - `snp` ([`SnpEvidence`]): the raw 1184-byte SEV-SNP attestation report from
-//!   `/dev/sev-guest` plus, when the host provisioned one, the VCEK certificate from the
-//!   extended report. The report's `report_data` holds [`RuntimeData::report_data`].
+//! Both are the JSON that Trustee's attesters (guest-components `attestation-agent/attester`)
+//! emit and Trustee's verifiers (`deps/verifier/src/{sample,snp}`) read:
 //!
-//! [`RuntimeData::report_data`]: crate::wire::RuntimeData::report_data
+//! - `sample` ([`SampleEvidence`]): `{"svn": "1", "report_data": base64(runtime digest)}`,
+//!   INSECURE, for machines without a TEE. veil adds optional self-reported `measurement` and
+//!   `host_data`, which Trustee ignores.
+//! - `snp` ([`SnpEvidence`]): `{"attestation_report": <sev crate serde form of the report>,
+//!   "cert_chain": [{"cert_type": "VCEK", "data": [..DER bytes..]}, ..] | null}` from the
+//!   extended report. The report's `report_data` holds the runtime digest zero-padded to 64.
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use serde::{Deserialize, Serialize};
+use sev::firmware::guest::AttestationReport;
+use sev::firmware::host::{CertTableEntry, CertType};
+use sev::parser::ByteParser;
 
-use crate::wire::Tee;
+use crate::wire::{pad_to_report_data, Tee, RUNTIME_DIGEST_LEN};
 
 /// Size of an SEV-SNP attestation report (all versions so far).
 pub const SNP_REPORT_LEN: usize = 1184;
 
+/// The `svn` veil's sample attester reports (Trustee's sample attester reports `"1"` too).
+pub const SAMPLE_SVN: &str = "1";
+
 /// Evidence of the insecure `sample` attester. Nothing in it is proven: a broker must only
-/// accept it when its policy explicitly names `sample`.
+/// accept it when its policy explicitly asks for `sample`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SampleEvidence {
-    /// Self-reported launch measurement (hex by convention).
-    pub measurement: String,
-    /// Self-reported host data (hex by convention).
-    #[serde(default)]
-    pub host_data: String,
-    /// Hex of the 64-byte report data, i.e. the runtime data hash.
+    /// Self-reported security version number (Trustee's sample field).
+    pub svn: String,
+    /// base64 (standard, padded) of the runtime-data digest the evidence is bound to.
     pub report_data: String,
+    /// veil extension: self-reported launch measurement (hex by convention).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub measurement: Option<String>,
+    /// veil extension: self-reported host data (hex by convention).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_data: Option<String>,
 }
 
-/// Evidence of an SEV-SNP guest.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// Evidence of an SEV-SNP guest, in the shape Trustee's SNP attester serializes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SnpEvidence {
-    /// base64 of the raw attestation report as returned by the firmware.
-    pub attestation_report: String,
-    /// base64 of the VCEK certificate (DER), when the host provisioned it; otherwise the
-    /// broker looks it up in its offline VCEK cache.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub vcek: Option<String>,
-    /// PEM of the ASK and ARK, optional: the broker only accepts an ARK equal to one of its
-    /// built-in AMD roots, so this can narrow the product but never add trust.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cert_chain: Option<String>,
+    /// The attestation report, as the `sev` crate (6.x to 8.x: same serde form) writes it.
+    pub attestation_report: AttestationReport,
+    /// The certificate table of the extended report (VCEK, maybe ASK/ARK), when the host
+    /// provisioned one; otherwise the broker looks the VCEK up in its offline cache.
+    pub cert_chain: Option<Vec<CertTableEntry>>,
 }
 
 /// The self-reported values the `sample` attester claims.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SampleClaims {
-    /// Claimed launch measurement.
+    /// Claimed launch measurement (sent only when not empty).
     pub measurement: String,
-    /// Claimed host data.
+    /// Claimed host data (sent only when not empty).
     pub host_data: String,
 }
 
@@ -76,8 +83,11 @@ impl Attester {
         }
     }
 
-    /// Produces evidence whose report data is `report_data`.
-    pub fn collect(&self, report_data: &[u8; 64]) -> Result<serde_json::Value, EvidenceError> {
+    /// Produces evidence bound to `runtime_digest` (see [`crate::wire::RuntimeData::digest`]).
+    pub fn collect(
+        &self,
+        runtime_digest: &[u8; RUNTIME_DIGEST_LEN],
+    ) -> Result<serde_json::Value, EvidenceError> {
         match self {
             Attester::Sample(claims) => {
                 tracing::warn!(
@@ -85,18 +95,28 @@ impl Attester {
                     insecure = true,
                     "producing INSECURE sample evidence: nothing in it is proven"
                 );
-                let evidence = SampleEvidence {
-                    measurement: claims.measurement.clone(),
-                    host_data: claims.host_data.clone(),
-                    report_data: hex::encode(report_data),
-                };
-                serde_json::to_value(evidence).map_err(EvidenceError::Encode)
+                serde_json::to_value(sample_evidence(claims, runtime_digest))
+                    .map_err(EvidenceError::Encode)
             }
             Attester::Snp { vmpl } => {
-                let evidence = snp_guest::collect(report_data, *vmpl)?;
+                let evidence = snp_guest::collect(&pad_to_report_data(runtime_digest), *vmpl)?;
                 serde_json::to_value(evidence).map_err(EvidenceError::Encode)
             }
         }
+    }
+}
+
+/// The sample evidence for `claims`, bound to `runtime_digest`.
+pub fn sample_evidence(
+    claims: &SampleClaims,
+    runtime_digest: &[u8; RUNTIME_DIGEST_LEN],
+) -> SampleEvidence {
+    let non_empty = |s: &str| (!s.is_empty()).then(|| s.to_owned());
+    SampleEvidence {
+        svn: SAMPLE_SVN.to_owned(),
+        report_data: STANDARD.encode(runtime_digest),
+        measurement: non_empty(&claims.measurement),
+        host_data: non_empty(&claims.host_data),
     }
 }
 
@@ -112,6 +132,9 @@ pub enum EvidenceError {
     /// The report has an unexpected size.
     #[error("the SEV-SNP firmware returned {0} bytes, expected {SNP_REPORT_LEN}")]
     ReportSize(usize),
+    /// The report bytes do not decode.
+    #[error("the SEV-SNP report does not decode: {0}")]
+    ReportDecode(String),
     /// This build has no SNP support (`snp` feature off).
     #[error("this build of veil-kbs-client has no SEV-SNP support; enable the `snp` feature")]
     SnpUnsupported,
@@ -120,26 +143,35 @@ pub enum EvidenceError {
     Encode(serde_json::Error),
 }
 
-/// Builds SNP evidence from a raw report and the certificates the firmware returned.
+/// Builds SNP evidence from a raw report and, when known, its VCEK (DER).
 pub fn snp_evidence_from_parts(
     report: &[u8],
     vcek_der: Option<&[u8]>,
 ) -> Result<SnpEvidence, EvidenceError> {
+    let certs = vcek_der.map(|der| vec![CertTableEntry::new(CertType::VCEK, der.to_vec())]);
+    snp_evidence_from_report(report, certs)
+}
+
+/// Builds SNP evidence from a raw report and the certificate table the firmware returned.
+pub fn snp_evidence_from_report(
+    report: &[u8],
+    cert_chain: Option<Vec<CertTableEntry>>,
+) -> Result<SnpEvidence, EvidenceError> {
     if report.len() != SNP_REPORT_LEN {
         return Err(EvidenceError::ReportSize(report.len()));
     }
+    let attestation_report = AttestationReport::from_bytes(report)
+        .map_err(|e| EvidenceError::ReportDecode(e.to_string()))?;
     Ok(SnpEvidence {
-        attestation_report: STANDARD.encode(report),
-        vcek: vcek_der.map(|der| STANDARD.encode(der)),
-        cert_chain: None,
+        attestation_report,
+        cert_chain,
     })
 }
 
 #[cfg(feature = "snp")]
 mod snp_guest {
-    use super::{snp_evidence_from_parts, EvidenceError, SnpEvidence};
+    use super::{snp_evidence_from_report, EvidenceError, SnpEvidence};
     use sev::firmware::guest::Firmware;
-    use sev::firmware::host::CertType;
 
     /// Asks the AMD secure processor for an extended report bound to `report_data`.
     pub(super) fn collect(report_data: &[u8; 64], vmpl: u32) -> Result<SnpEvidence, EvidenceError> {
@@ -147,19 +179,13 @@ mod snp_guest {
         let (report, certs) = firmware
             .get_ext_report(None, Some(*report_data), Some(vmpl))
             .map_err(|e| EvidenceError::Firmware(e.to_string()))?;
-        let vcek = certs.as_ref().and_then(|certs| {
-            certs
-                .iter()
-                .find(|entry| entry.cert_type == CertType::VCEK)
-                .map(|entry| entry.data().to_vec())
-        });
         tracing::info!(
             tee = "snp",
             vmpl,
-            vcek_from_host = vcek.is_some(),
+            certificates_from_host = certs.as_ref().map_or(0, Vec::len),
             "collected SEV-SNP extended report"
         );
-        snp_evidence_from_parts(&report, vcek.as_deref())
+        snp_evidence_from_report(&report, certs)
     }
 }
 
@@ -176,16 +202,34 @@ mod snp_guest {
 mod tests {
     use super::*;
 
+    const REPORT_HEX: &str = include_str!("../../tests/data/snp/report_milan.hex");
+    const MILAN_VCEK: &[u8] = include_bytes!("../../tests/data/snp/vcek_milan.der");
+    /// Produced by the sev crate 6.3.1 (the version guest-components' SNP attester uses)
+    /// from the recorded Milan report and VCEK: `serde_json::to_string(&SnpEvidence {..})`.
+    const SEV6_EVIDENCE: &str = include_str!("../../tests/data/trustee/snp_evidence_sev6.json");
+
     #[test]
-    fn sample_evidence_carries_the_report_data_in_hex() {
+    fn sample_evidence_is_trustee_shaped() {
         let attester = Attester::Sample(SampleClaims {
             measurement: "aa".into(),
             host_data: String::new(),
         });
-        let value = attester.collect(&[0x11; 64]).unwrap();
-        let evidence: SampleEvidence = serde_json::from_value(value).unwrap();
-        assert_eq!(evidence.report_data, "11".repeat(64));
-        assert_eq!(evidence.measurement, "aa");
+        let value = attester.collect(&[0x11; 48]).unwrap();
+        assert_eq!(value["svn"], "1");
+        assert_eq!(value["report_data"], STANDARD.encode([0x11; 48]));
+        assert_eq!(value["measurement"], "aa");
+        assert!(value.get("host_data").is_none(), "{value}");
+    }
+
+    #[test]
+    fn trustee_sample_evidence_parses() {
+        // guest-components' SampleAttester output for a 48-byte digest.
+        let json = format!(
+            r#"{{"svn":"1","report_data":"{}"}}"#,
+            STANDARD.encode([7u8; 48])
+        );
+        let evidence: SampleEvidence = serde_json::from_str(&json).unwrap();
+        assert_eq!(evidence.measurement, None);
     }
 
     #[test]
@@ -194,8 +238,19 @@ mod tests {
             snp_evidence_from_parts(&[0u8; 100], None),
             Err(EvidenceError::ReportSize(100))
         ));
-        let ok = snp_evidence_from_parts(&[0u8; SNP_REPORT_LEN], Some(b"der")).unwrap();
-        assert_eq!(ok.vcek.as_deref(), Some("ZGVy"));
+    }
+
+    #[test]
+    fn snp_evidence_matches_what_sev_6_serializes() {
+        let raw = hex::decode(REPORT_HEX.trim()).unwrap();
+        let ours = snp_evidence_from_parts(&raw, Some(MILAN_VCEK)).unwrap();
+        assert_eq!(serde_json::to_string(&ours).unwrap(), SEV6_EVIDENCE.trim());
+        let theirs: SnpEvidence = serde_json::from_str(SEV6_EVIDENCE).unwrap();
+        assert_eq!(
+            theirs.attestation_report.to_bytes().unwrap().as_slice(),
+            raw
+        );
+        assert_eq!(theirs.cert_chain.unwrap()[0].cert_type, CertType::VCEK);
     }
 
     #[test]
@@ -203,7 +258,7 @@ mod tests {
         if std::path::Path::new("/dev/sev-guest").exists() {
             return; // a real SNP guest: covered by the hardware test plan instead
         }
-        let err = Attester::Snp { vmpl: 0 }.collect(&[0; 64]).unwrap_err();
+        let err = Attester::Snp { vmpl: 0 }.collect(&[0; 48]).unwrap_err();
         assert!(matches!(
             err,
             EvidenceError::OpenDevice(_) | EvidenceError::SnpUnsupported

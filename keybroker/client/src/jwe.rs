@@ -16,7 +16,7 @@ use rand_core::{OsRng, RngCore};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use crate::wire::{Response, TeePubKey};
+use crate::wire::{EcPublicJwk, Response, TeePubKey};
 
 /// `alg` of the tee-pubkey and of the JWE header.
 pub const KEY_ALG: &str = "ECDH-ES+A256KW";
@@ -28,11 +28,15 @@ pub const CURVE: &str = "P-256";
 /// Largest plaintext the broker encrypts and the guest decrypts (model keys are tiny).
 pub const MAX_PLAINTEXT_BYTES: usize = 1024 * 1024;
 
+/// The tee-pubkey kinds a veil broker can encrypt to, for error messages.
+pub const SUPPORTED_KEYS: &str =
+    "EC P-256 with ECDH-ES+A256KW, or RSA 2048-4096 bit with RSA-OAEP-256";
+
 /// Why encrypting a resource to a guest key failed.
 #[derive(Debug, thiserror::Error)]
 pub enum JweEncryptError {
-    /// The JWK is not an EC P-256 key for `ECDH-ES+A256KW`.
-    #[error("tee-pubkey is not a {CURVE} key for {KEY_ALG}: {0}")]
+    /// The JWK is of a kind or algorithm the broker does not encrypt to.
+    #[error("tee-pubkey is unsupported ({0}); supported: {SUPPORTED_KEYS}")]
     UnsupportedKey(String),
     /// The coordinates do not decode to a point on P-256.
     #[error("tee-pubkey coordinates are not a valid {CURVE} point: {0}")]
@@ -74,12 +78,26 @@ pub enum JweDecryptError {
     Authentication,
 }
 
-/// The JOSE protected header veil writes and reads.
+/// The JOSE protected header for ECDH-ES, field for field as Trustee's KBS writes it
+/// (`{"alg","enc","epk":{"crv","kty","x","y"}}`): already in sorted key order, so guests
+/// that re-serialize the parsed header to compute the AAD (guest-components does) get the
+/// same bytes.
 #[derive(Debug, Serialize, Deserialize)]
 struct ProtectedHeader {
     alg: String,
     enc: String,
-    epk: TeePubKey,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    epk: Option<EphemeralJwk>,
+}
+
+/// The sender's ephemeral EC key in the header. Unknown members (such as an `alg`) are
+/// ignored, as RFC 7517 allows.
+#[derive(Debug, Serialize, Deserialize)]
+struct EphemeralJwk {
+    crv: String,
+    kty: String,
+    x: String,
+    y: String,
 }
 
 /// The guest's ephemeral key pair. The private half never leaves the guest's memory and is
@@ -106,7 +124,7 @@ impl EphemeralKey {
 
     /// The public key as the protocol's `tee-pubkey` JWK.
     pub fn public_jwk(&self) -> TeePubKey {
-        jwk_from_public(&self.secret.public_key(), KEY_ALG)
+        TeePubKey::Ec(ec_jwk_from_public(&self.secret.public_key()))
     }
 
     /// Decrypts a resource response addressed to this key.
@@ -123,10 +141,18 @@ impl EphemeralKey {
                 enc: header.enc,
             });
         }
-        let epk = public_from_jwk(&header.epk).map_err(|e| JweDecryptError::Malformed {
-            field: "protected.epk",
-            reason: e.to_string(),
-        })?;
+        let epk = header
+            .epk
+            .ok_or(JweDecryptError::Malformed {
+                field: "protected.epk",
+                reason: format!("missing; {KEY_ALG} needs the sender's ephemeral key"),
+            })
+            .and_then(|epk| {
+                ephemeral_public(&epk).map_err(|e| JweDecryptError::Malformed {
+                    field: "protected.epk",
+                    reason: e.to_string(),
+                })
+            })?;
         let shared = p256::ecdh::diffie_hellman(self.secret.to_nonzero_scalar(), epk.as_affine());
         let kek = derive_kek(shared.raw_secret_bytes()).map_err(|_| JweDecryptError::KeyUnwrap)?;
 
@@ -135,43 +161,64 @@ impl EphemeralKey {
         KekAes256::from(*kek)
             .unwrap(&wrapped, cek.as_mut())
             .map_err(|_| JweDecryptError::KeyUnwrap)?;
-
-        let iv = b64_field("iv", &response.iv)?;
-        if iv.len() != 12 {
-            return Err(JweDecryptError::Malformed {
-                field: "iv",
-                reason: format!("{} bytes, expected 12", iv.len()),
-            });
-        }
-        let tag = b64_field("tag", &response.tag)?;
-        if tag.len() != 16 {
-            return Err(JweDecryptError::Malformed {
-                field: "tag",
-                reason: format!("{} bytes, expected 16", tag.len()),
-            });
-        }
-        let mut plaintext = Zeroizing::new(b64_field("ciphertext", &response.ciphertext)?);
-        if plaintext.len() > MAX_PLAINTEXT_BYTES {
-            return Err(JweDecryptError::Malformed {
-                field: "ciphertext",
-                reason: format!("{} bytes exceeds the limit", plaintext.len()),
-            });
-        }
-        let aad = additional_data(&response.protected, response.aad.as_deref());
-        Aes256Gcm::new(cek.as_ref().into())
-            .decrypt_in_place_detached(
-                Nonce::from_slice(&iv),
-                aad.as_bytes(),
-                &mut plaintext,
-                tag.as_slice().into(),
-            )
-            .map_err(|_| JweDecryptError::Authentication)?;
-        Ok(plaintext)
+        open_with_cek(response, &cek)
     }
 }
 
-/// Encrypts `plaintext` to `recipient` (the tee-pubkey from the attestation).
+/// Decrypts the `A256GCM` content of `response` with an already unwrapped content key,
+/// authenticating the protected header (and `aad`) as RFC 7516 §5.2 says.
+pub fn open_with_cek(
+    response: &Response,
+    cek: &[u8; 32],
+) -> Result<Zeroizing<Vec<u8>>, JweDecryptError> {
+    let iv = b64_field("iv", &response.iv)?;
+    if iv.len() != 12 {
+        return Err(JweDecryptError::Malformed {
+            field: "iv",
+            reason: format!("{} bytes, expected 12", iv.len()),
+        });
+    }
+    let tag = b64_field("tag", &response.tag)?;
+    if tag.len() != 16 {
+        return Err(JweDecryptError::Malformed {
+            field: "tag",
+            reason: format!("{} bytes, expected 16", tag.len()),
+        });
+    }
+    let mut plaintext = Zeroizing::new(b64_field("ciphertext", &response.ciphertext)?);
+    if plaintext.len() > MAX_PLAINTEXT_BYTES {
+        return Err(JweDecryptError::Malformed {
+            field: "ciphertext",
+            reason: format!("{} bytes exceeds the limit", plaintext.len()),
+        });
+    }
+    let aad = additional_data(&response.protected, response.aad.as_deref());
+    Aes256Gcm::new(cek.into())
+        .decrypt_in_place_detached(
+            Nonce::from_slice(&iv),
+            aad.as_bytes(),
+            &mut plaintext,
+            tag.as_slice().into(),
+        )
+        .map_err(|_| JweDecryptError::Authentication)?;
+    Ok(plaintext)
+}
+
+/// Encrypts `plaintext` to an EC `recipient` (the tee-pubkey from the attestation). RSA
+/// recipients are the broker's business (`veil_keybroker::jwe_rsa`), so that the guest does
+/// not carry an RSA implementation it never uses.
 pub fn encrypt(recipient: &TeePubKey, plaintext: &[u8]) -> Result<Response, JweEncryptError> {
+    match recipient {
+        TeePubKey::Ec(ec) => encrypt_ec(ec, plaintext),
+        TeePubKey::Rsa(rsa) => Err(JweEncryptError::UnsupportedKey(format!(
+            "RSA key with alg `{}`: this client-side encrypter handles EC only",
+            rsa.alg
+        ))),
+    }
+}
+
+/// Encrypts `plaintext` to a P-256 key with `ECDH-ES+A256KW` / `A256GCM`.
+pub fn encrypt_ec(recipient: &EcPublicJwk, plaintext: &[u8]) -> Result<Response, JweEncryptError> {
     if plaintext.len() > MAX_PLAINTEXT_BYTES {
         return Err(JweEncryptError::TooLarge(plaintext.len()));
     }
@@ -188,19 +235,39 @@ pub fn encrypt(recipient: &TeePubKey, plaintext: &[u8]) -> Result<Response, JweE
         .wrap(cek.as_ref(), &mut wrapped)
         .map_err(|_| JweEncryptError::Crypto("key wrap"))?;
 
+    let epk = ec_jwk_from_public(&ephemeral.public_key());
     let header = ProtectedHeader {
         alg: KEY_ALG.to_owned(),
         enc: CONTENT_ENC.to_owned(),
-        epk: jwk_from_public(&ephemeral.public_key(), KEY_ALG),
+        epk: Some(EphemeralJwk {
+            crv: epk.crv,
+            kty: "EC".to_owned(),
+            x: epk.x,
+            y: epk.y,
+        }),
     };
     let header_json =
         serde_json::to_vec(&header).map_err(|_| JweEncryptError::Crypto("header encoding"))?;
-    let protected = URL_SAFE_NO_PAD.encode(header_json);
+    seal_with_cek(&header_json, &cek, &wrapped, plaintext)
+}
 
+/// Encrypts `plaintext` with `A256GCM` under `cek` and assembles the flattened JWE: the
+/// protected header is `header_json` (base64url'd, also the AAD) and `encrypted_key` is the
+/// content key as already wrapped for the recipient.
+pub fn seal_with_cek(
+    header_json: &[u8],
+    cek: &[u8; 32],
+    encrypted_key: &[u8],
+    plaintext: &[u8],
+) -> Result<Response, JweEncryptError> {
+    if plaintext.len() > MAX_PLAINTEXT_BYTES {
+        return Err(JweEncryptError::TooLarge(plaintext.len()));
+    }
+    let protected = URL_SAFE_NO_PAD.encode(header_json);
     let mut iv = [0u8; 12];
     OsRng.fill_bytes(&mut iv);
     let mut ciphertext = plaintext.to_vec();
-    let tag = Aes256Gcm::new(cek.as_ref().into())
+    let tag = Aes256Gcm::new(cek.into())
         .encrypt_in_place_detached(
             Nonce::from_slice(&iv),
             protected.as_bytes(),
@@ -210,7 +277,7 @@ pub fn encrypt(recipient: &TeePubKey, plaintext: &[u8]) -> Result<Response, JweE
 
     Ok(Response {
         protected,
-        encrypted_key: URL_SAFE_NO_PAD.encode(wrapped),
+        encrypted_key: URL_SAFE_NO_PAD.encode(encrypted_key),
         aad: None,
         iv: URL_SAFE_NO_PAD.encode(iv),
         ciphertext: URL_SAFE_NO_PAD.encode(&ciphertext),
@@ -219,15 +286,29 @@ pub fn encrypt(recipient: &TeePubKey, plaintext: &[u8]) -> Result<Response, JweE
 }
 
 /// Checks that a JWK is a P-256 key for `ECDH-ES+A256KW` and returns the point.
-pub fn public_from_jwk(jwk: &TeePubKey) -> Result<PublicKey, JweEncryptError> {
-    if jwk.kty != "EC" || jwk.crv != CURVE || jwk.alg != KEY_ALG {
+pub fn public_from_jwk(jwk: &EcPublicJwk) -> Result<PublicKey, JweEncryptError> {
+    if jwk.crv != CURVE || jwk.alg != KEY_ALG {
         return Err(JweEncryptError::UnsupportedKey(format!(
-            "kty `{}`, crv `{}`, alg `{}`",
-            jwk.kty, jwk.crv, jwk.alg
+            "EC key with crv `{}` and alg `{}`",
+            jwk.crv, jwk.alg
         )));
     }
-    let x = decode_coordinate(&jwk.x)?;
-    let y = decode_coordinate(&jwk.y)?;
+    point_from_coordinates(&jwk.x, &jwk.y)
+}
+
+fn ephemeral_public(epk: &EphemeralJwk) -> Result<PublicKey, JweEncryptError> {
+    if epk.kty != "EC" || epk.crv != CURVE {
+        return Err(JweEncryptError::UnsupportedKey(format!(
+            "epk with kty `{}` and crv `{}`",
+            epk.kty, epk.crv
+        )));
+    }
+    point_from_coordinates(&epk.x, &epk.y)
+}
+
+fn point_from_coordinates(x: &str, y: &str) -> Result<PublicKey, JweEncryptError> {
+    let x = decode_coordinate(x)?;
+    let y = decode_coordinate(y)?;
     let point = EncodedPoint::from_affine_coordinates(&x.into(), &y.into(), false);
     Option::from(PublicKey::from_encoded_point(&point))
         .ok_or_else(|| JweEncryptError::InvalidPoint("not on the curve".into()))
@@ -242,15 +323,14 @@ fn decode_coordinate(b64: &str) -> Result<[u8; 32], JweEncryptError> {
         .map_err(|_| JweEncryptError::InvalidPoint("coordinate is not 32 bytes".into()))
 }
 
-fn jwk_from_public(key: &PublicKey, alg: &str) -> TeePubKey {
+fn ec_jwk_from_public(key: &PublicKey) -> EcPublicJwk {
     let point = key.to_encoded_point(false);
     // An uncompressed point from a valid PublicKey always has both coordinates.
     let x = point.x().map(|x| URL_SAFE_NO_PAD.encode(x));
     let y = point.y().map(|y| URL_SAFE_NO_PAD.encode(y));
-    TeePubKey {
-        alg: alg.to_owned(),
+    EcPublicJwk {
+        alg: KEY_ALG.to_owned(),
         crv: CURVE.to_owned(),
-        kty: "EC".to_owned(),
         x: x.unwrap_or_default(),
         y: y.unwrap_or_default(),
     }
@@ -281,8 +361,8 @@ fn kdf_other_info(alg: &str, apu: &[u8], apv: &[u8], key_bits: u32) -> Vec<u8> {
     info
 }
 
-/// RFC 7516 §5.2 step 14. Trustee writes `aad` equal to `protected` and uses `protected` as
-/// the AAD; a distinct `aad` follows the RFC (`protected || '.' || aad`).
+/// RFC 7516 §5.2 step 14. Trustee uses `protected` as the AAD (older versions also wrote an
+/// `aad` member equal to it); a distinct `aad` follows the RFC (`protected || '.' || aad`).
 fn additional_data(protected: &str, aad: Option<&str>) -> String {
     match aad {
         Some(aad) if aad != protected => format!("{protected}.{aad}"),
@@ -378,24 +458,49 @@ mod tests {
         ));
     }
 
+    fn ec_jwk(key: &EphemeralKey) -> EcPublicJwk {
+        match key.public_jwk() {
+            TeePubKey::Ec(ec) => ec,
+            TeePubKey::Rsa(_) => unreachable!("ephemeral keys are EC"),
+        }
+    }
+
     #[test]
     fn key_not_on_curve_is_refused() {
-        let mut jwk = EphemeralKey::generate().public_jwk();
+        let mut jwk = ec_jwk(&EphemeralKey::generate());
         jwk.y = URL_SAFE_NO_PAD.encode([7u8; 32]);
         assert!(matches!(
-            encrypt(&jwk, b"x"),
+            encrypt(&TeePubKey::Ec(jwk), b"x"),
             Err(JweEncryptError::InvalidPoint(_))
         ));
     }
 
     #[test]
-    fn rsa_or_other_curves_are_refused() {
-        let mut jwk = EphemeralKey::generate().public_jwk();
-        jwk.crv = "P-384".into();
-        assert!(matches!(
-            encrypt(&jwk, b"x"),
-            Err(JweEncryptError::UnsupportedKey(_))
-        ));
+    fn other_curves_are_refused_naming_what_is_supported() {
+        let mut jwk = ec_jwk(&EphemeralKey::generate());
+        jwk.crv = "P-521".into();
+        let err = encrypt(&TeePubKey::Ec(jwk), b"x").unwrap_err();
+        assert!(matches!(err, JweEncryptError::UnsupportedKey(_)));
+        assert!(err.to_string().contains("RSA-OAEP-256"), "{err}");
+    }
+
+    /// The header Trustee's KBS writes for P-256 (`epk` without `alg`) decrypts, and ours is
+    /// byte-identical in layout to it.
+    #[test]
+    fn header_layout_matches_trustee() {
+        let key = EphemeralKey::generate();
+        let jwe = encrypt(&key.public_jwk(), b"abc").unwrap();
+        let header = String::from_utf8(URL_SAFE_NO_PAD.decode(&jwe.protected).unwrap()).unwrap();
+        assert!(
+            header.starts_with(
+                r#"{"alg":"ECDH-ES+A256KW","enc":"A256GCM","epk":{"crv":"P-256","kty":"EC","x":""#
+            ),
+            "{header}"
+        );
+        // Re-serializing the parsed header (what guest-components does for the AAD) gives
+        // the same bytes.
+        let parsed: serde_json::Value = serde_json::from_str(&header).unwrap();
+        assert_eq!(serde_json::to_string(&parsed).unwrap(), header);
     }
 
     /// RFC 7518 Appendix C: ECDH-ES key agreement with Concat KDF, known answer.
@@ -405,10 +510,9 @@ mod tests {
             .decode("VEmDZpDXXK8p8N0Cndsxs924q6nS1RXFASRl6BfUqdw")
             .unwrap();
         let bob = SecretKey::from_slice(&d).unwrap();
-        let alice_epk = public_from_jwk(&TeePubKey {
+        let alice_epk = public_from_jwk(&EcPublicJwk {
             alg: KEY_ALG.into(),
             crv: CURVE.into(),
-            kty: "EC".into(),
             x: "gI0GAILBdu7T53akrFmMyGcsF3n5dO7MmwNBHKW5SV0".into(),
             y: "SLW_xSffzlPWrHEVI30DHM_4egVwt3NQqeUD7nMFpps".into(),
         })

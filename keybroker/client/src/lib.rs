@@ -9,9 +9,10 @@
 //! # Ok::<(), veil_kbs_client::ClientError>(())
 //! ```
 //!
-//! It generates an ephemeral P-256 key, runs the Trustee KBS protocol (`/auth`, `/attest`,
-//! `/resource`), binds the evidence to SHA-384 of the runtime data (nonce + public key), and
-//! decrypts the `ECDH-ES+A256KW`/`A256GCM` JWE. The secret is returned in a `Zeroizing`
+//! It generates an ephemeral P-256 key, runs the Trustee KBS protocol 0.4.0 (`/auth`,
+//! `/attest`, `/resource`) with Trustee-shaped evidence, binds the evidence to SHA-384 of the
+//! canonical runtime data (`{additional-evidence, nonce, tee-pubkey}`), and decrypts the
+//! `ECDH-ES+A256KW`/`A256GCM` JWE. It works against `veil-kbs` and against a Trustee KBS. The secret is returned in a `Zeroizing`
 //! buffer and never written to disk. Transport is plain HTTP unless the `tls` feature is on.
 //!
 //! The wire types in [`wire`] and [`evidence`] are shared with the broker (`veil-keybroker`).
@@ -25,5 +26,5 @@ pub mod wire;
 
 pub use client::{fetch_resource, ClientError, Connection, KbsClientConfig, ResourcePath};
 pub use evidence::{Attester, SampleClaims};
-pub use wire::Tee;
+pub use wire::{Tee, TeePubKey};
 pub use zeroize::Zeroizing;

@@ -1,20 +1,36 @@
 //! The Trustee KBS protocol's JSON messages, shared by the broker and the guest.
 //!
-//! Field names follow `kbs/docs/kbs_attestation_protocol.md` of confidential-containers/trustee
-//! (protocol version 0.1.1): `Request` -> `Challenge` -> `Attestation` -> token, then a resource
-//! as a flattened-JSON JWE (`Response`). Errors are RFC 7807 problem details.
+//! Matched against confidential-containers/trustee `kbs/docs/kbs_attestation_protocol.md`,
+//! the KBS server (`kbs/src/attestation/backend.rs`, protocol version 0.4.0), the `kbs-types`
+//! crate, and guest-components' `kbs_protocol` client (`rcar_client.rs`), as stored in 2026.
+//! See `keybroker/README.md` ("Trustee compatibility") for what was and was not verified.
+//!
+//! `Request` -> `Challenge` -> `Attestation` -> token, then a resource as a flattened-JSON JWE
+//! (`Response`). Errors are RFC 7807 problem details (Trustee's `ErrorInformation` is the
+//! `type` + `detail` subset of it).
+//!
+//! # Binding (protocol 0.4.0)
+//!
+//! The TEE report data commits to SHA-384 of the RFC 8785 canonical JSON of
+//! `{"additional-evidence": <tee-evidence.additional_evidence>, "nonce": <nonce>,
+//! "tee-pubkey": <JWK>}`. SEV-SNP report data holds that digest zero-padded to 64 bytes;
+//! `sample` evidence carries the 48-byte digest itself (base64).
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha384};
 
-/// The protocol version this crate speaks in `Request.version`.
-pub const PROTOCOL_VERSION: &str = "0.1.1";
+/// The protocol version this crate speaks in `Request.version` (Trustee KBS requires exactly
+/// this version since the composite `tee-evidence` and the `additional-evidence` binding).
+pub const PROTOCOL_VERSION: &str = "0.4.0";
 
 /// Name of the session cookie set by `/auth` and sent back on every later call.
 pub const SESSION_COOKIE: &str = "kbs-session-id";
 
 /// Largest JSON body either side accepts; evidence with certificates fits well below it.
 pub const MAX_BODY_BYTES: usize = 256 * 1024;
+
+/// Length of the runtime-data digest (SHA-384).
+pub const RUNTIME_DIGEST_LEN: usize = 48;
 
 /// The TEE a guest claims to run in (`Request.tee`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -40,11 +56,12 @@ impl Tee {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Request {
-    /// Protocol version used by the client, e.g. `0.1.1`.
+    /// Protocol version used by the client, e.g. `0.4.0`.
     pub version: String,
     /// The TEE the client runs in.
     pub tee: Tee,
-    /// Reserved for TEE-specific handshakes; veil sends and expects an empty object.
+    /// TEE-specific handshake parameters. Trustee guests send
+    /// `{"supported-hash-algorithms": [...]}` and may send `tee-metadata`; veil sends `{}`.
     #[serde(rename = "extra-params", default)]
     pub extra_params: serde_json::Value,
 }
@@ -55,33 +72,62 @@ pub struct Request {
 pub struct Challenge {
     /// Fresh random nonce (base64), good for one attestation in this session.
     pub nonce: String,
-    /// Reserved; empty for SNP and sample.
+    /// Trustee sends the empty string here for every TEE but IBM SE (older guests parse it
+    /// as a string), or `{"selected-hash-algorithm": ...}`; veil sends `""` as well.
     #[serde(rename = "extra-params", default)]
     pub extra_params: serde_json::Value,
 }
 
-/// The guest's ephemeral public key as a JWK (`kty` EC, P-256, `ECDH-ES+A256KW`).
-///
-/// Fields are declared in lexicographic order so that serializing this struct gives the same
-/// bytes as serializing it as a sorted JSON map, which is what Trustee hashes.
+/// The guest's ephemeral public key as a JWK, tagged by `kty` like `kbs_types::TeePubKey`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kty")]
+pub enum TeePubKey {
+    /// An elliptic-curve key (`kty` `EC`); veil generates P-256 for `ECDH-ES+A256KW`.
+    #[serde(rename = "EC")]
+    Ec(EcPublicJwk),
+    /// An RSA key (`kty` `RSA`), as older or configured Trustee guests send; the broker
+    /// wraps to it with `RSA-OAEP-256` only.
+    #[serde(rename = "RSA")]
+    Rsa(RsaPublicJwk),
+}
+
+impl TeePubKey {
+    /// The key-management algorithm the guest asked for (`alg`).
+    pub fn alg(&self) -> &str {
+        match self {
+            TeePubKey::Ec(k) => &k.alg,
+            TeePubKey::Rsa(k) => &k.alg,
+        }
+    }
+}
+
+/// EC public key fields (RFC 7518 §6.2.1) without `kty`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct TeePubKey {
+pub struct EcPublicJwk {
     /// Key management algorithm the broker must use: `ECDH-ES+A256KW`.
     pub alg: String,
-    /// Curve name: `P-256`.
+    /// Curve name, e.g. `P-256`.
     pub crv: String,
-    /// Key type: `EC`.
-    pub kty: String,
     /// X coordinate, base64url without padding.
     pub x: String,
     /// Y coordinate, base64url without padding.
     pub y: String,
 }
 
+/// RSA public key fields (RFC 7518 §6.3.1) without `kty`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RsaPublicJwk {
+    /// Key management algorithm the broker must use, e.g. `RSA-OAEP-256`.
+    pub alg: String,
+    /// Modulus, base64url big-endian without padding.
+    pub n: String,
+    /// Public exponent, base64url big-endian without padding.
+    pub e: String,
+}
+
 /// What the evidence's report data commits to: the challenge nonce and the guest's key.
-///
-/// Fields in lexicographic order for the same reason as [`TeePubKey`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RuntimeData {
@@ -93,24 +139,45 @@ pub struct RuntimeData {
 }
 
 impl RuntimeData {
-    /// The 64 bytes the TEE report data must hold: SHA-384 of this struct's compact JSON
-    /// (keys sorted, no whitespace), zero padded. SEV-SNP's report data field is 64 bytes.
-    pub fn report_data(&self) -> Result<[u8; 64], serde_json::Error> {
-        let json = serde_json::to_vec(self)?;
-        let digest = Sha384::digest(&json);
-        let mut out = [0u8; 64];
-        out[..digest.len()].copy_from_slice(&digest);
-        Ok(out)
+    /// SHA-384 of the canonical JSON (RFC 8785) of
+    /// `{"additional-evidence", "nonce", "tee-pubkey"}`, as Trustee's KBS builds it for the
+    /// primary evidence and guest-components' `kbs_protocol` hashes it.
+    pub fn digest(
+        &self,
+        additional_evidence: &str,
+    ) -> Result<[u8; RUNTIME_DIGEST_LEN], serde_json::Error> {
+        let bound = serde_json::json!({
+            "additional-evidence": additional_evidence,
+            "nonce": self.nonce,
+            "tee-pubkey": self.tee_pubkey,
+        });
+        let canonical = serde_json_canonicalizer::to_vec(&bound)?;
+        Ok(Sha384::digest(&canonical).into())
+    }
+
+    /// The 64-byte SEV-SNP report data for this runtime data: [`RuntimeData::digest`]
+    /// followed by 16 zero bytes (Trustee's `regularize_data` and the SNP attester's
+    /// `resize(64, 0)`).
+    pub fn report_data(&self, additional_evidence: &str) -> Result<[u8; 64], serde_json::Error> {
+        Ok(pad_to_report_data(&self.digest(additional_evidence)?))
     }
 }
 
-/// The TEE evidence inside an [`Attestation`] (Trustee's composite shape).
+/// Zero-pads a runtime-data digest to the 64-byte SEV-SNP report data.
+pub fn pad_to_report_data(digest: &[u8; RUNTIME_DIGEST_LEN]) -> [u8; 64] {
+    let mut out = [0u8; 64];
+    out[..RUNTIME_DIGEST_LEN].copy_from_slice(digest);
+    out
+}
+
+/// The TEE evidence inside an [`Attestation`] (Trustee's `CompositeEvidence`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TeeEvidence {
     /// Evidence of the TEE named in the [`Request`]; its shape depends on that TEE.
     pub primary_evidence: serde_json::Value,
-    /// Evidence of secondary devices as a JSON string; veil does not use it and sends `{}`.
+    /// Evidence of secondary devices as a JSON string (TEE -> evidence map). It is part of
+    /// the runtime-data binding. veil sends `""` (no devices), as Trustee guests do.
     #[serde(default)]
     pub additional_evidence: String,
 }
@@ -119,7 +186,8 @@ pub struct TeeEvidence {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Attestation {
-    /// Optional init data; veil does not bind any and refuses it rather than ignore it.
+    /// Optional init data (`{"format":"toml","body":...}` from Trustee guests); veil does not
+    /// bind any and the broker refuses it rather than ignore it.
     #[serde(rename = "init-data", default, skip_serializing_if = "Option::is_none")]
     pub init_data: Option<serde_json::Value>,
     /// The nonce and key the evidence is bound to.
@@ -128,6 +196,14 @@ pub struct Attestation {
     /// The evidence itself.
     #[serde(rename = "tee-evidence")]
     pub tee_evidence: TeeEvidence,
+}
+
+impl Attestation {
+    /// The runtime-data digest this attestation's primary evidence must carry.
+    pub fn runtime_digest(&self) -> Result<[u8; RUNTIME_DIGEST_LEN], serde_json::Error> {
+        self.runtime_data
+            .digest(&self.tee_evidence.additional_evidence)
+    }
 }
 
 /// `/attest` response body: the attestation results token (a JWT signed by the broker).
@@ -141,11 +217,11 @@ pub struct AttestationToken {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Response {
-    /// base64url(JSON protected header): `alg`, `enc`, `epk`.
+    /// base64url(JSON protected header): `alg`, `enc`, and `epk` for ECDH-ES.
     pub protected: String,
     /// base64url(wrapped content-encryption key).
     pub encrypted_key: String,
-    /// Additional authenticated data, if any (Trustee sets it equal to `protected`).
+    /// Additional authenticated data, if any (older Trustee sets it equal to `protected`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub aad: Option<String>,
     /// base64url(96-bit GCM nonce).
@@ -187,48 +263,77 @@ impl Problem {
 mod tests {
     use super::*;
 
-    fn sample_runtime_data() -> RuntimeData {
+    fn ec_runtime_data() -> RuntimeData {
         RuntimeData {
             nonce: "bm9uY2U".into(),
-            tee_pubkey: TeePubKey {
+            tee_pubkey: TeePubKey::Ec(EcPublicJwk {
                 alg: "ECDH-ES+A256KW".into(),
                 crv: "P-256".into(),
-                kty: "EC".into(),
                 x: "eA".into(),
                 y: "eQ".into(),
-            },
+            }),
         }
     }
 
     #[test]
-    fn runtime_data_serializes_like_a_sorted_json_map() {
-        let rd = sample_runtime_data();
-        let typed = serde_json::to_string(&rd).unwrap();
-        // A serde_json::Value map without preserve_order sorts its keys.
-        let value: serde_json::Value = serde_json::from_str(&typed).unwrap();
-        let mut sorted = std::collections::BTreeMap::new();
-        for (k, v) in value.as_object().unwrap() {
-            sorted.insert(k.clone(), v.clone());
-        }
-        assert_eq!(typed, serde_json::to_string(&sorted).unwrap());
-        assert!(typed.starts_with(r#"{"nonce":"#));
-    }
-
-    #[test]
-    fn report_data_is_sha384_then_zero_padding() {
-        let rd = sample_runtime_data();
-        let rdata = rd.report_data().unwrap();
-        let digest = Sha384::digest(serde_json::to_vec(&rd).unwrap());
-        assert_eq!(&rdata[..48], digest.as_slice());
-        assert_eq!(&rdata[48..], &[0u8; 16]);
+    fn digest_is_sha384_of_the_canonical_json_trustee_builds() {
+        let rd = ec_runtime_data();
+        // What Trustee's KBS hashes for the primary evidence, written out by hand: keys
+        // sorted at every level (RFC 8785), no whitespace.
+        let expected_json = r#"{"additional-evidence":"","nonce":"bm9uY2U","tee-pubkey":{"alg":"ECDH-ES+A256KW","crv":"P-256","kty":"EC","x":"eA","y":"eQ"}}"#;
+        let expected: [u8; 48] = Sha384::digest(expected_json.as_bytes()).into();
+        assert_eq!(rd.digest("").unwrap(), expected);
+        let padded = rd.report_data("").unwrap();
+        assert_eq!(&padded[..48], expected.as_slice());
+        assert_eq!(&padded[48..], &[0u8; 16]);
+        assert_ne!(
+            rd.digest("{}").unwrap(),
+            expected,
+            "additional evidence is bound"
+        );
     }
 
     #[test]
     fn request_round_trips_with_trustee_field_names() {
-        let json = r#"{"version":"0.1.1","tee":"snp","extra-params":{}}"#;
+        let json = r#"{"version":"0.4.0","tee":"snp","extra-params":{}}"#;
         let req: Request = serde_json::from_str(json).unwrap();
         assert_eq!(req.tee, Tee::Snp);
         assert_eq!(serde_json::to_string(&req).unwrap(), json);
+    }
+
+    /// The bodies of guest-components' `kbs_protocol` (0.4.0): a `Request` with supported
+    /// hash algorithms, Trustee's `Challenge` with an empty-string `extra-params`, and an
+    /// `Attestation` with an RSA-OAEP-256 key and empty additional evidence.
+    #[test]
+    fn trustee_guest_bodies_parse() {
+        let request: Request = serde_json::from_str(
+            r#"{"version":"0.4.0","tee":"sample","extra-params":{"supported-hash-algorithms":["sha256","sha384","sha512"]}}"#,
+        )
+        .unwrap();
+        assert_eq!(request.tee, Tee::Sample);
+        let challenge: Challenge =
+            serde_json::from_str(r#"{"nonce":"q1b0c3RlZS1ub25jZQ==","extra-params":""}"#).unwrap();
+        assert_eq!(challenge.extra_params, "");
+        let attestation: Attestation = serde_json::from_str(
+            r#"{"init-data":null,"runtime-data":{"nonce":"q1b0c3RlZS1ub25jZQ==","tee-pubkey":{"kty":"RSA","alg":"RSA-OAEP-256","n":"AQAB","e":"AQAB"}},"tee-evidence":{"primary_evidence":{"svn":"1","report_data":"AA=="},"additional_evidence":""}}"#,
+        )
+        .unwrap();
+        assert!(matches!(
+            attestation.runtime_data.tee_pubkey,
+            TeePubKey::Rsa(_)
+        ));
+        assert_eq!(attestation.runtime_data.tee_pubkey.alg(), "RSA-OAEP-256");
+        assert_eq!(attestation.init_data, None);
+    }
+
+    #[test]
+    fn tee_pubkey_is_tagged_by_kty_and_strict() {
+        let ec = serde_json::to_value(&ec_runtime_data().tee_pubkey).unwrap();
+        assert_eq!(ec["kty"], "EC");
+        let bad = r#"{"kty":"EC","alg":"a","crv":"c","x":"x","y":"y","d":"leaked"}"#;
+        assert!(serde_json::from_str::<TeePubKey>(bad).is_err());
+        let okp = r#"{"kty":"OKP","alg":"a","crv":"X25519","x":"x"}"#;
+        assert!(serde_json::from_str::<TeePubKey>(okp).is_err());
     }
 
     #[test]
@@ -240,5 +345,14 @@ mod tests {
             detail: String::new(),
         };
         assert_eq!(p.kind(), "nonce-reused");
+    }
+
+    #[test]
+    fn trustee_error_information_parses_as_a_problem() {
+        let p: Problem = serde_json::from_str(
+            r#"{"type":"https://github.com/confidential-containers/kbs/errors/PolicyDeny","detail":"Resource policy denied"}"#,
+        )
+        .unwrap();
+        assert_eq!(p.kind(), "PolicyDeny");
     }
 }

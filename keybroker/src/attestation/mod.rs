@@ -8,9 +8,10 @@
 //! | --- | --- | --- | --- |
 //! | `tee` | string | `"snp"` | `"sample"` |
 //! | `insecure` | bool | `false` | `true` (self-reported, proves nothing) |
-//! | `measurement` | hex string | launch digest (48 bytes) | as claimed by the guest |
-//! | `host_data` | hex string | HOST_DATA (32 bytes) set at launch | as claimed |
-//! | `report_data` | hex string | REPORT_DATA (64 bytes) | as sent |
+//! | `measurement` | hex string | launch digest (48 bytes) | as claimed by the guest, if sent |
+//! | `host_data` | hex string | HOST_DATA (32 bytes) set at launch | as claimed, if sent |
+//! | `report_data` | hex string | REPORT_DATA (64 bytes) | as sent (48-byte digest) |
+//! | `svn` | string | absent | as claimed (Trustee's sample `svn`) |
 //! | `chip_id` | hex string | CHIP_ID (64 bytes) | absent |
 //! | `product` | string | `milan`, `genoa` or `turin`: whose AMD root signed | absent |
 //! | `policy` | map | guest policy: `raw`, `debug`, `migrate_ma`, `smt`, `single_socket`, `abi_major`, `abi_minor` | absent |
@@ -21,6 +22,7 @@
 pub mod sample;
 pub mod snp;
 
+use veil_kbs_client::wire::{pad_to_report_data, RUNTIME_DIGEST_LEN};
 use veil_kbs_client::Tee;
 
 /// What a verifier established about a guest, as seen by policies.
@@ -62,8 +64,8 @@ pub enum VerifyError {
         /// What was wrong.
         reason: String,
     },
-    /// The evidence's report data is not SHA-384 of the runtime data (nonce + tee-pubkey).
-    #[error("report_data in the evidence ({found}) is not the hash of the runtime data (nonce + tee-pubkey); expected {expected}")]
+    /// The evidence's report data is not the runtime-data digest.
+    #[error("report_data in the evidence ({found}) is not SHA-384 of the canonical runtime data {{additional-evidence, nonce, tee-pubkey}} (Trustee KBS protocol 0.4.0); expected {expected}")]
     ReportDataMismatch {
         /// Hex of the report data found.
         found: String,
@@ -116,22 +118,28 @@ pub trait Verifier: Send + Sync {
     /// The TEE this verifier handles.
     fn tee(&self) -> Tee;
 
-    /// Verifies `evidence` and checks that it is bound to `expected_report_data`.
+    /// Verifies `evidence` and checks that it is bound to `runtime_digest`
+    /// ([`veil_kbs_client::wire::RuntimeData::digest`]).
     fn verify(
         &self,
         evidence: &serde_json::Value,
-        expected_report_data: &[u8; 64],
+        runtime_digest: &[u8; RUNTIME_DIGEST_LEN],
     ) -> Result<Claims, VerifyError>;
 }
 
-/// Checks that the evidence's report data equals the expected hash.
-pub(crate) fn check_report_data(found: &[u8], expected: &[u8; 64]) -> Result<(), VerifyError> {
-    if found == expected.as_slice() {
+/// Checks that the evidence's report data is the runtime digest, either as is (Trustee's
+/// sample attester) or zero-padded to 64 bytes (SNP, Trustee's `regularize_data`).
+pub(crate) fn check_report_data(
+    found: &[u8],
+    runtime_digest: &[u8; RUNTIME_DIGEST_LEN],
+) -> Result<(), VerifyError> {
+    let padded = pad_to_report_data(runtime_digest);
+    if found == runtime_digest.as_slice() || found == padded.as_slice() {
         Ok(())
     } else {
         Err(VerifyError::ReportDataMismatch {
             found: hex::encode(found),
-            expected: hex::encode(expected),
+            expected: hex::encode(padded),
         })
     }
 }

@@ -1,30 +1,34 @@
 //! The SEV-SNP verifier: AMD-signed attestation reports.
 //!
+//! Evidence is Trustee's SNP evidence JSON ([`SnpEvidence`]): the report in the `sev`
+//! crate's serde form and the extended report's certificate table.
+//!
 //! Checks, in order, each with its own error:
-//! 1. the report decodes (`sev` crate) and re-encodes to the same bytes (nothing the parser
-//!    skipped can hide a change);
-//! 2. a VCEK is available: from the evidence, else from the offline cache directory
+//! 1. the report decodes (`sev` crate), encodes to the 1184 bytes the signature covers, and
+//!    those bytes decode and re-encode identically (nothing the parser skipped can hide a
+//!    change); claims come from those signed bytes;
+//! 2. a VCEK is available: the `VCEK` entry of `cert_chain`, else the offline cache directory
 //!    (`<cache>/<chip_id hex>-<bootloader>-<tee>-<snp>-<microcode>.der`, the reported TCB);
-//!    there is no network fetch;
+//!    there is no network fetch (Trustee would ask AMD's KDS). VLEK-signed reports are not
+//!    supported;
 //! 3. VCEK -> ASK -> ARK verifies against one of the built-in AMD roots (Milan, Genoa,
-//!    Turin). A chain sent with the evidence may narrow the product but its ARK must equal a
-//!    built-in root;
+//!    Turin). `ASK`/`ARK` entries sent with the evidence may narrow the product but the ARK
+//!    must equal a built-in root;
 //! 4. the VCEK signs the report;
-//! 5. the report data equals SHA-384 of the runtime data (nonce + tee-pubkey);
+//! 5. the report data equals the runtime digest zero-padded to 64 bytes;
 //! 6. the guest policy does not allow debugging;
 //! 7. the reported TCB is at least the configured minimum.
 
 use std::path::PathBuf;
 
-use base64::engine::general_purpose::STANDARD;
-use base64::Engine;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use sev::certs::snp::{builtin, ca, Certificate, Chain, Verifiable};
 use sev::firmware::guest::AttestationReport;
-use sev::firmware::host::TcbVersion;
+use sev::firmware::host::{CertTableEntry, CertType, TcbVersion};
 use sev::parser::ByteParser;
 use veil_kbs_client::evidence::{SnpEvidence, SNP_REPORT_LEN};
+use veil_kbs_client::wire::RUNTIME_DIGEST_LEN;
 use veil_kbs_client::Tee;
 
 use super::{check_report_data, Claims, Verifier, VerifyError};
@@ -118,7 +122,7 @@ impl Verifier for SnpVerifier {
     fn verify(
         &self,
         evidence: &Value,
-        expected_report_data: &[u8; 64],
+        runtime_digest: &[u8; RUNTIME_DIGEST_LEN],
     ) -> Result<Claims, VerifyError> {
         let evidence: SnpEvidence = serde_json::from_value(evidence.clone()).map_err(|e| {
             VerifyError::MalformedEvidence {
@@ -127,7 +131,7 @@ impl Verifier for SnpVerifier {
             }
         })?;
         let verified = self.verify_report(&evidence)?;
-        check_report_data(&verified.report.report_data, expected_report_data)?;
+        check_report_data(&verified.report.report_data, runtime_digest)?;
         self.check_guest(&verified.report)?;
         tracing::info!(
             tee = "snp",
@@ -142,10 +146,14 @@ impl Verifier for SnpVerifier {
 impl SnpVerifier {
     /// Checks 1-4: decoding, VCEK, certificate chain and report signature.
     pub fn verify_report(&self, evidence: &SnpEvidence) -> Result<VerifiedReport, VerifyError> {
-        let raw = decode_b64("attestation_report", &evidence.attestation_report)?;
-        let report = parse_report(&raw)?;
-        let vcek = self.find_vcek(evidence, &report)?;
-        let candidates = candidate_chains(evidence.cert_chain.as_deref())?;
+        let raw = evidence
+            .attestation_report
+            .to_bytes()
+            .map_err(|e| VerifyError::SnpReportMalformed(format!("does not encode: {e}")))?;
+        let report = parse_report(raw.as_slice())?;
+        let certs = evidence.cert_chain.as_deref().unwrap_or_default();
+        let vcek = self.find_vcek(certs, &report)?;
+        let candidates = candidate_chains(certs)?;
         let (product, chain) = verify_chain(candidates, vcek)?;
         (&chain, &report)
             .verify()
@@ -175,13 +183,16 @@ impl SnpVerifier {
 
     fn find_vcek(
         &self,
-        evidence: &SnpEvidence,
+        certs: &[CertTableEntry],
         report: &AttestationReport,
     ) -> Result<Certificate, VerifyError> {
-        if let Some(b64) = &evidence.vcek {
-            let der = decode_b64("vcek", b64)?;
-            return Certificate::from_der(&der)
-                .map_err(|e| VerifyError::SnpChainInvalid(format!("VCEK is not DER X.509: {e}")));
+        if let Some(der) = cert_of_type(certs, &CertType::VCEK)? {
+            return Ok(der);
+        }
+        if certs.iter().any(|c| c.cert_type == CertType::VLEK) {
+            return Err(VerifyError::SnpVcekMissing(
+                "the report is signed by a VLEK, which this broker does not verify (only VCEK-signed reports)".into(),
+            ));
         }
         let Some(dir) = &self.vcek_cache_dir else {
             return Err(VerifyError::SnpVcekMissing(
@@ -233,25 +244,45 @@ pub fn parse_report(raw: &[u8]) -> Result<AttestationReport, VerifyError> {
     Ok(report)
 }
 
-fn candidate_chains(pem: Option<&str>) -> Result<Vec<(Product, ca::Chain)>, VerifyError> {
-    let Some(pem) = pem else {
+/// The one certificate of `kind` in the table, if any (two of a kind are refused).
+fn cert_of_type(
+    certs: &[CertTableEntry],
+    kind: &CertType,
+) -> Result<Option<Certificate>, VerifyError> {
+    let mut found = certs.iter().filter(|c| c.cert_type == *kind);
+    let Some(entry) = found.next() else {
+        return Ok(None);
+    };
+    if found.next().is_some() {
+        return Err(VerifyError::SnpChainInvalid(format!(
+            "cert_chain holds more than one {kind:?} certificate"
+        )));
+    }
+    Certificate::from_der(entry.data())
+        .map(Some)
+        .map_err(|e| VerifyError::SnpChainInvalid(format!("{kind:?} is not DER X.509: {e}")))
+}
+
+/// The chains to try: the built-in ones, or, when the evidence sends an ARK, the built-in
+/// chain of that ARK's product with the sent ASK (if any).
+fn candidate_chains(certs: &[CertTableEntry]) -> Result<Vec<(Product, ca::Chain)>, VerifyError> {
+    if certs.len() > MAX_CERT_ENTRIES {
+        return Err(VerifyError::SnpChainInvalid(format!(
+            "cert_chain has {} entries, more than {MAX_CERT_ENTRIES}",
+            certs.len()
+        )));
+    }
+    let Some(ark) = cert_of_type(certs, &CertType::ARK)? else {
         return Product::ALL
             .iter()
             .map(|p| Ok((*p, p.builtin_chain()?)))
             .collect();
     };
-    let certs = split_pem(pem)?;
+    let sent_ask = cert_of_type(certs, &CertType::ASK)?;
     for product in Product::ALL {
         let builtin = product.builtin_chain()?;
-        if let Some(ark_index) = certs.iter().position(|c| *c == builtin.ark) {
-            let ask = certs
-                .iter()
-                .enumerate()
-                .find(|(i, _)| *i != ark_index)
-                .map(|(_, c)| c.clone())
-                .ok_or_else(|| {
-                    VerifyError::SnpChainInvalid("cert_chain holds an ARK but no ASK".into())
-                })?;
+        if ark == builtin.ark {
+            let ask = sent_ask.unwrap_or(builtin.ask);
             return Ok(vec![(
                 product,
                 ca::Chain {
@@ -265,6 +296,9 @@ fn candidate_chains(pem: Option<&str>) -> Result<Vec<(Product, ca::Chain)>, Veri
         "the ARK in cert_chain is none of the built-in AMD roots (Milan, Genoa, Turin)".into(),
     ))
 }
+
+/// The extended report's table holds VCEK, ASK, ARK and maybe a CRL; more is not a table.
+const MAX_CERT_ENTRIES: usize = 8;
 
 fn verify_chain(
     candidates: Vec<(Product, ca::Chain)>,
@@ -285,31 +319,6 @@ fn verify_chain(
         "the VCEK does not chain to an AMD root ({})",
         failures.join("; ")
     )))
-}
-
-fn split_pem(pem: &str) -> Result<Vec<Certificate>, VerifyError> {
-    const END: &str = "-----END CERTIFICATE-----";
-    let mut certs = Vec::new();
-    for block in pem.split_inclusive(END).filter(|b| b.contains("BEGIN")) {
-        let cert = Certificate::from_pem(block.trim().as_bytes())
-            .map_err(|e| VerifyError::SnpChainInvalid(format!("cert_chain PEM: {e}")))?;
-        certs.push(cert);
-        if certs.len() > 4 {
-            return Err(VerifyError::SnpChainInvalid(
-                "cert_chain has more than 4 certificates".into(),
-            ));
-        }
-    }
-    Ok(certs)
-}
-
-fn decode_b64(field: &str, value: &str) -> Result<Vec<u8>, VerifyError> {
-    STANDARD
-        .decode(value)
-        .map_err(|e| VerifyError::MalformedEvidence {
-            tee: "snp",
-            reason: format!("{field} is not base64: {e}"),
-        })
 }
 
 fn format_tcb(tcb: &TcbVersion) -> String {
@@ -378,12 +387,32 @@ mod tests {
         hex::decode(REPORT_HEX.trim()).unwrap()
     }
 
+    /// DER of the certificates in a PEM chain file, in file order (AMD: ASK, then ARK).
+    fn pem_ders(pem: &str) -> Vec<Vec<u8>> {
+        pem.split_inclusive("-----END CERTIFICATE-----")
+            .filter(|b| b.contains("BEGIN"))
+            .map(|b| {
+                Certificate::from_pem(b.trim().as_bytes())
+                    .unwrap()
+                    .to_der()
+                    .unwrap()
+            })
+            .collect()
+    }
+
+    /// Trustee-shaped evidence: the VCEK and, from a PEM chain, the ASK and ARK entries.
     fn evidence(report: &[u8], vcek: Option<&[u8]>, chain: Option<&str>) -> SnpEvidence {
-        SnpEvidence {
-            attestation_report: STANDARD.encode(report),
-            vcek: vcek.map(|v| STANDARD.encode(v)),
-            cert_chain: chain.map(str::to_owned),
+        let mut table = Vec::new();
+        if let Some(vcek) = vcek {
+            table.push(CertTableEntry::new(CertType::VCEK, vcek.to_vec()));
         }
+        if let Some(chain) = chain {
+            let ders = pem_ders(chain);
+            table.push(CertTableEntry::new(CertType::ASK, ders[0].clone()));
+            table.push(CertTableEntry::new(CertType::ARK, ders[1].clone()));
+        }
+        let table = (!table.is_empty()).then_some(table);
+        veil_kbs_client::evidence::snp_evidence_from_report(report, table).unwrap()
     }
 
     #[test]
@@ -461,15 +490,43 @@ mod tests {
 
     #[test]
     fn foreign_root_in_sent_chain_is_refused() {
-        // Only the ASK: no built-in ARK among the sent certificates.
-        let ask_only = MILAN_CHAIN
-            .split_inclusive("-----END CERTIFICATE-----")
-            .next()
-            .unwrap();
-        let err = SnpVerifier::default()
-            .verify_report(&evidence(&report_bytes(), Some(MILAN_VCEK), Some(ask_only)))
-            .unwrap_err();
+        // An "ARK" that is none of the built-in roots (here: the Milan ASK).
+        let mut ev = evidence(&report_bytes(), Some(MILAN_VCEK), None);
+        let ask = pem_ders(MILAN_CHAIN).remove(0);
+        ev.cert_chain
+            .as_mut()
+            .unwrap()
+            .push(CertTableEntry::new(CertType::ARK, ask));
+        let err = SnpVerifier::default().verify_report(&ev).unwrap_err();
         assert_eq!(err.slug(), "snp-chain-invalid", "{err}");
+    }
+
+    #[test]
+    fn vlek_signed_reports_are_refused_by_name() {
+        let mut ev = evidence(&report_bytes(), None, None);
+        ev.cert_chain = Some(vec![CertTableEntry::new(
+            CertType::VLEK,
+            MILAN_VCEK.to_vec(),
+        )]);
+        let err = SnpVerifier::default().verify_report(&ev).unwrap_err();
+        assert_eq!(err.slug(), "snp-vcek-missing");
+        assert!(err.to_string().contains("VLEK"), "{err}");
+    }
+
+    /// The evidence JSON guest-components' SNP attester (sev 6.3.1) produces for the recorded
+    /// report verifies here unchanged.
+    #[test]
+    fn trustee_attester_evidence_verifies() {
+        let json = include_str!("../../tests/data/trustee/snp_evidence_sev6.json");
+        let theirs: SnpEvidence = serde_json::from_str(json).unwrap();
+        let verified = SnpVerifier::default().verify_report(&theirs).unwrap();
+        assert_eq!(verified.product, Product::Milan);
+        assert_eq!(claims_of(&verified).json["measurement"], MEASUREMENT);
+        // Its report data was made for another session (and is not a zero-padded digest),
+        // so the full verifier refuses it for exactly that reason.
+        let value: Value = serde_json::from_str(json).unwrap();
+        let err = SnpVerifier::default().verify(&value, &[0; 48]).unwrap_err();
+        assert_eq!(err.slug(), "report-data-mismatch");
     }
 
     #[test]
@@ -498,7 +555,7 @@ mod tests {
         let err = SnpVerifier::default()
             .verify(
                 &serde_json::to_value(evidence(&report_bytes(), Some(MILAN_VCEK), None)).unwrap(),
-                &[0u8; 64],
+                &[0u8; 48],
             )
             .unwrap_err();
         assert_eq!(err.slug(), "report-data-mismatch");

@@ -12,12 +12,16 @@ use veil_kbs_client::wire::{Challenge, Request};
 use super::{parse_json, set_cookie, AppState};
 use crate::error::KbsError;
 
+/// Versions accepted in `Request.version`: Trustee's 0.4.x, whose runtime-data binding
+/// includes `additional-evidence` (Trustee itself accepts exactly 0.4.0).
+pub const SUPPORTED_VERSION_PREFIX: &str = "0.4.";
+
 pub(super) async fn handle(
     State(state): State<Arc<AppState>>,
     body: Bytes,
 ) -> Result<Response, KbsError> {
     let request: Request = parse_json("KBS Request", &body)?;
-    if !request.version.starts_with("0.1.") {
+    if !request.version.starts_with(SUPPORTED_VERSION_PREFIX) {
         return Err(KbsError::UnsupportedVersion(request.version));
     }
     if !state.verifiers.contains_key(&request.tee) {
@@ -29,9 +33,11 @@ pub(super) async fn handle(
         insecure = request.tee == veil_kbs_client::Tee::Sample,
         "session opened"
     );
+    // Trustee answers every TEE but IBM SE with an empty string here, which both older
+    // guests (that parse a string) and newer ones (that parse any JSON) accept.
     let challenge = Challenge {
         nonce,
-        extra_params: serde_json::json!({}),
+        extra_params: serde_json::Value::String(String::new()),
     };
     let cookie = set_cookie(&id, state.sessions.ttl_secs())?;
     Ok(([(header::SET_COOKIE, cookie)], Json(challenge)).into_response())

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::Json;
-use veil_kbs_client::jwe;
 use veil_kbs_client::wire::Response;
 
 use super::{authorization, session_cookie, AppState};
@@ -14,6 +13,7 @@ use crate::error::KbsError;
 use crate::policy::Policy;
 use crate::resources::ResourceId;
 use crate::session::Attested;
+use crate::tee_key;
 
 pub(super) async fn handle(
     State(state): State<Arc<AppState>>,
@@ -52,7 +52,7 @@ fn release(state: &AppState, id: &ResourceId, attested: &Attested) -> Result<Res
         &attested.claims.json,
         attested.claims.insecure,
     )?;
-    let response = jwe::encrypt(&attested.tee_pubkey, &secret)
+    let response = tee_key::encrypt(&attested.tee_pubkey, &secret)
         .map_err(|e| KbsError::Internal(format!("encrypting {id}: {e}")))?;
     if attested.claims.insecure {
         tracing::warn!(resource = %id, tee = attested.claims.tee.as_str(), insecure = true,
