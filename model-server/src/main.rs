@@ -1,7 +1,7 @@
 //! `veil-model-server`: serve a demo model over HTTP, generate one, or query a running server.
 
 use std::error::Error;
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -156,6 +156,8 @@ fn init_logging() {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Container logs are files: escape codes would only clutter them.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
 }
 
