@@ -1,8 +1,6 @@
-//! The demo model: a 4 -> 16 (ReLU) -> 3 (softmax) classifier with weights drawn from a seeded
-//! ChaCha20 stream, so the same options always give a byte-identical file.
-//!
-//! The weights are not trained: the model exists to be sealed, delivered and served, and what
-//! matters is that every step can recompute the expected answer (see [`crate::Model::predict`]).
+//! The demo model: a 4 -> 16 (ReLU) -> 3 (softmax) iris classifier. Its weights start from a
+//! seeded ChaCha20 stream and are trained on seeded iris-like samples ([`crate::train`]), so the
+//! same options always give a byte-identical file.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -13,12 +11,13 @@ use sha2::{Digest, Sha256};
 
 use crate::format::{self, MlpWeights, ModelMetadata, WriteModelFileError};
 use crate::model::MODEL_FILE_NAME;
+use crate::train;
 
-/// Input features of the demo model (shaped like the iris measurements).
+/// Input features of the demo model: sepal length, sepal width, petal length, petal width (cm).
 pub const DEMO_INPUTS: usize = 4;
 /// Hidden units of the demo model.
 pub const DEMO_HIDDEN: usize = 16;
-/// The demo model's class labels, one per output.
+/// The demo model's class labels (iris species), one per output.
 pub const DEMO_LABELS: [&str; 3] = ["setosa", "versicolor", "virginica"];
 /// The demo model's name.
 pub const DEMO_MODEL_NAME: &str = "veil-demo-mlp";
@@ -144,9 +143,16 @@ pub fn demo_metadata(options: &DemoModelOptions) -> ModelMetadata {
     }
 }
 
-/// The demo weights for `seed`: uniform in `±1/sqrt(fan_in)` (the usual initialisation range),
-/// drawn layer by layer, weights before biases.
+/// The trained demo weights for `seed`.
 pub fn demo_weights(seed: u64) -> MlpWeights {
+    let mut weights = initial_weights(seed);
+    train::train_on_iris_like_samples(&mut weights, seed);
+    weights
+}
+
+/// Untrained weights: uniform in `±1/sqrt(fan_in)` (the usual initialisation range), drawn layer
+/// by layer, weights before biases.
+fn initial_weights(seed: u64) -> MlpWeights {
     let mut rng = ChaCha20Rng::seed_from_u64(seed);
     rng.set_stream(WEIGHT_STREAM);
     let outputs = DEMO_LABELS.len();
@@ -169,11 +175,7 @@ fn uniform_values(rng: &mut ChaCha20Rng, count: usize, fan_in: usize) -> Vec<f32
     // fan_in is a small constant (4 or 16): the cast is exact.
     let bound = 1.0 / (fan_in as f32).sqrt();
     (0..count)
-        .map(|_| {
-            // The top 24 bits fill an f32 mantissa exactly: unit is in [0, 1) with no rounding.
-            let unit = (rng.next_u32() >> 8) as f32 / (1u32 << 24) as f32;
-            bound * (2.0 * unit - 1.0)
-        })
+        .map(|_| bound * (2.0 * train::unit_interval(rng) - 1.0))
         .collect()
 }
 
@@ -229,7 +231,7 @@ mod tests {
     }
 
     const KNOWN_DEFAULT_SHA256: &str =
-        "9937b7d37c3a2435d0953660c76cdabd5212c0a2d52f2fd9ec69dee9c01d644d";
+        "72cff0c7ad316eb7effb88b24893f2f73358c7890db8f2162242139f27830724";
 
     #[test]
     fn seeds_give_different_weights() {

@@ -12,6 +12,7 @@ pub mod model;
 pub mod problem;
 pub mod routes;
 pub mod server;
+pub mod train;
 
 pub use client::{query_prediction, wait_until_healthy, QueryError};
 pub use demo::{write_demo_model, DemoModelOptions, WriteDemoModelError, WrittenModel};

@@ -172,7 +172,7 @@ impl Model {
         let w = &self.weights;
         let hidden: Vec<f32> = dense(&w.layer1_weight, &w.layer1_bias, inputs)
             .into_iter()
-            .map(|value| value.max(0.0))
+            .map(relu)
             .collect();
         let logits = dense(&w.layer2_weight, &w.layer2_bias, &hidden);
         let outputs = softmax(&logits);
@@ -201,7 +201,7 @@ impl Model {
 }
 
 /// `weight · input + bias` for a row-major `[bias.len(), input.len()]` matrix.
-fn dense(weight: &[f32], bias: &[f32], input: &[f32]) -> Vec<f32> {
+pub(crate) fn dense(weight: &[f32], bias: &[f32], input: &[f32]) -> Vec<f32> {
     weight
         .chunks_exact(input.len())
         .zip(bias)
@@ -211,6 +211,11 @@ fn dense(weight: &[f32], bias: &[f32], input: &[f32]) -> Vec<f32> {
                 .fold(*bias, |sum, (weight, x)| sum + weight * x)
         })
         .collect()
+}
+
+/// The hidden layer's activation.
+pub(crate) fn relu(value: f32) -> f32 {
+    value.max(0.0)
 }
 
 /// Softmax shifted by the largest logit so that `exp` cannot overflow for finite logits.
