@@ -7,8 +7,11 @@
 //! - a policy that does not parse is refused when it is set, with the parser's message;
 //! - a resource without a policy is released to nobody;
 //! - the result must be exactly `true`; an error or a non-boolean refuses;
-//! - insecure `sample` claims are refused unless the policy text names the string literal
-//!   `'sample'` (a policy author has to opt in on purpose);
+//! - insecure `sample` claims must be asked for: the policy is evaluated again on probe
+//!   claims (see [`Policy::evaluate`]) and must be true *because* the claims are `sample`
+//!   (it depends on `claims.tee` or `claims.insecure`); a policy that would grant the same
+//!   claims from any TEE, or only from a real one, refuses `sample`. Mentioning `sample` in a
+//!   string or comment does nothing;
 //! - on refusal, the first top-level `&&` condition that is not true is named.
 
 use cel::{Context, Program, Value};
@@ -30,11 +33,13 @@ pub enum PolicySyntaxError {
 /// Why a policy refused claims.
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyDenied {
-    /// Insecure claims and the policy does not name `'sample'`.
-    #[error("the insecure `sample` attester is refused for {resource}: its policy does not allow `sample` (add `claims.tee == 'sample'` only on development brokers)")]
+    /// Insecure claims and the policy does not ask for them.
+    #[error("the INSECURE `sample` attester is refused for {resource}: its policy {reason} (to allow sample on a development broker, require it: `claims.tee == 'sample' && ...`)")]
     SampleNotAllowed {
         /// The resource.
         resource: String,
+        /// What the probe evaluation found.
+        reason: &'static str,
     },
     /// A condition was not true.
     #[error("policy for {resource} refused the claims: condition `{condition}` is {outcome}")]
@@ -53,8 +58,10 @@ pub struct Policy {
     source: String,
     program: Program,
     conjuncts: Vec<(String, Program)>,
-    names_sample: bool,
 }
+
+/// `tee` of the probe claims that stand for "some TEE this policy does not name".
+const PROBE_TEE: &str = "veil-policy-probe-tee";
 
 impl std::fmt::Debug for Policy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -85,7 +92,6 @@ impl Policy {
         };
         Ok(Self {
             source: trimmed.to_owned(),
-            names_sample: string_literals(trimmed).iter().any(|s| s == "sample"),
             program,
             conjuncts,
         })
@@ -97,19 +103,24 @@ impl Policy {
     }
 
     /// Evaluates the policy for `resource` against verified `claims`.
+    ///
+    /// For `insecure` (sample) claims the policy is also run on probe claims, the same
+    /// claims with only `tee` and `insecure` changed:
+    /// - if it is true for the sample claims, it must not be true for a TEE it does not name
+    ///   (`tee` = a probe name, `insecure` = false): else it does not ask for sample at all;
+    /// - if it is not true for the sample claims but true for them from `snp` with
+    ///   `insecure` false, it is refusing sample as such, and says so.
     pub fn evaluate(
         &self,
         resource: &str,
         claims: &serde_json::Map<String, serde_json::Value>,
         insecure: bool,
     ) -> Result<(), PolicyDenied> {
-        if insecure && !self.names_sample {
-            return Err(PolicyDenied::SampleNotAllowed {
-                resource: resource.to_owned(),
-            });
-        }
         let context = context_for(resource, claims);
         let outcome = run(&self.program, &context);
+        if insecure {
+            self.check_sample_is_asked_for(resource, claims, outcome == Outcome::True)?;
+        }
         if outcome == Outcome::True {
             return Ok(());
         }
@@ -126,6 +137,51 @@ impl Policy {
             outcome: outcome.describe(),
         })
     }
+}
+
+impl Policy {
+    fn check_sample_is_asked_for(
+        &self,
+        resource: &str,
+        claims: &serde_json::Map<String, serde_json::Value>,
+        granted: bool,
+    ) -> Result<(), PolicyDenied> {
+        let refuse = |reason| {
+            Err(PolicyDenied::SampleNotAllowed {
+                resource: resource.to_owned(),
+                reason,
+            })
+        };
+        if granted {
+            if self.is_true_for(resource, &probe_claims(claims, PROBE_TEE)) {
+                return refuse("does not depend on claims.tee or claims.insecure: it would release the resource to any TEE presenting these self-reported claims");
+            }
+        } else if self.is_true_for(resource, &probe_claims(claims, "snp")) {
+            return refuse(
+                "accepts these claims only from a real TEE, not from the sample attester",
+            );
+        }
+        Ok(())
+    }
+
+    fn is_true_for(
+        &self,
+        resource: &str,
+        claims: &serde_json::Map<String, serde_json::Value>,
+    ) -> bool {
+        run(&self.program, &context_for(resource, claims)) == Outcome::True
+    }
+}
+
+/// `claims` as a secure TEE named `tee` would present them.
+fn probe_claims(
+    claims: &serde_json::Map<String, serde_json::Value>,
+    tee: &str,
+) -> serde_json::Map<String, serde_json::Value> {
+    let mut probe = claims.clone();
+    probe.insert("tee".into(), tee.into());
+    probe.insert("insecure".into(), false.into());
+    probe
 }
 
 #[derive(Debug, PartialEq)]
@@ -213,31 +269,6 @@ fn split_top_level_and(source: &str) -> Vec<String> {
     parts
 }
 
-/// The contents of every quoted string literal in `source`.
-fn string_literals(source: &str) -> Vec<String> {
-    let mut literals = Vec::new();
-    let mut chars = source.chars();
-    while let Some(c) = chars.next() {
-        if c != '\'' && c != '"' {
-            continue;
-        }
-        let mut literal = String::new();
-        while let Some(d) = chars.next() {
-            if d == '\\' {
-                if let Some(escaped) = chars.next() {
-                    literal.push(escaped);
-                }
-            } else if d == c {
-                break;
-            } else {
-                literal.push(d);
-            }
-        }
-        literals.push(literal);
-    }
-    literals
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -274,16 +305,71 @@ mod tests {
         );
     }
 
-    #[test]
-    fn sample_needs_an_explicit_mention() {
-        let p = Policy::compile("claims.measurement == 'aa'").unwrap();
-        let c = claims(json!({"tee": "sample", "measurement": "aa", "insecure": true}));
-        assert!(matches!(
-            p.evaluate("r/t/g", &c, true),
+    fn sample_claims() -> serde_json::Map<String, serde_json::Value> {
+        claims(json!({"tee": "sample", "measurement": "sample", "insecure": true}))
+    }
+
+    fn refuses_sample(policy: &str) -> bool {
+        let p = Policy::compile(policy).unwrap();
+        matches!(
+            p.evaluate("r/t/g", &sample_claims(), true),
             Err(PolicyDenied::SampleNotAllowed { .. })
-        ));
-        let p = Policy::compile("claims.tee == 'sample' && claims.measurement == 'aa'").unwrap();
-        p.evaluate("r/t/g", &c, true).unwrap();
+        )
+    }
+
+    #[test]
+    fn sample_must_be_asked_for_by_a_claim() {
+        for allowing in [
+            "claims.tee == 'sample'",
+            "claims.insecure",
+            "claims.tee == 'sample' && claims.measurement == 'sample'",
+            "claims.tee in ['snp', 'sample'] && claims.measurement == 'sample'",
+        ] {
+            assert!(!refuses_sample(allowing), "{allowing}");
+            Policy::compile(allowing)
+                .unwrap()
+                .evaluate("r/t/g", &sample_claims(), true)
+                .unwrap();
+        }
+        for not_asking in [
+            // Grants the claims whatever the TEE: no opt-in.
+            "claims.measurement == 'aa' || true",
+            "claims.measurement == 'sample'",
+            "claims.tee != 'tdx' && claims.measurement == 'sample'",
+            "'sample' == 'sample'",
+            // Names only real TEEs.
+            "claims.tee == 'snp' && claims.measurement == 'sample'",
+            "!claims.insecure",
+        ] {
+            assert!(refuses_sample(not_asking), "{not_asking}");
+        }
+    }
+
+    /// A comment that names sample is not a claim test (if the CEL parser takes comments at
+    /// all; if it does not, the policy is refused when set, which is fine too).
+    #[test]
+    fn sample_in_a_comment_does_not_open_the_door() {
+        let text = "claims.measurement == 'sample' // claims.tee == 'sample'";
+        if let Ok(p) = Policy::compile(text) {
+            assert!(matches!(
+                p.evaluate("r/t/g", &sample_claims(), true),
+                Err(PolicyDenied::SampleNotAllowed { .. })
+            ));
+        }
+    }
+
+    #[test]
+    fn sample_with_the_wrong_measurement_is_a_plain_policy_refusal() {
+        let p = Policy::compile("claims.tee == 'sample' && claims.measurement == 'good'").unwrap();
+        let err = p.evaluate("r/t/g", &sample_claims(), true).unwrap_err();
+        assert!(matches!(err, PolicyDenied::ConditionFailed { .. }), "{err}");
+    }
+
+    #[test]
+    fn secure_claims_are_not_probed() {
+        let p = Policy::compile("claims.measurement == 'aa'").unwrap();
+        let c = claims(json!({"tee": "snp", "measurement": "aa", "insecure": false}));
+        p.evaluate("r/t/g", &c, false).unwrap();
     }
 
     #[test]
@@ -312,14 +398,6 @@ mod tests {
         assert_eq!(
             split_top_level_and("a && (b && c) && 'x && y' == d"),
             vec!["a", "(b && c)", "'x && y' == d"]
-        );
-    }
-
-    #[test]
-    fn string_literals_are_extracted() {
-        assert_eq!(
-            string_literals(r#"a == 'sample' || b == "x\"y""#),
-            vec!["sample", "x\"y"]
         );
     }
 }

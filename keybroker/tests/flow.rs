@@ -148,6 +148,24 @@ fn policy_cases() {
             expect: Err("sample-not-allowed"),
         },
         PolicyCase {
+            name: "policy names sample only in a string (no claim test): refused",
+            policy: Some("claims.measurement == 'sample'"),
+            measurement: "sample",
+            expect: Err("sample-not-allowed"),
+        },
+        PolicyCase {
+            name: "policy would grant these claims to any TEE: refused",
+            policy: Some("claims.measurement == 'm1'"),
+            measurement: "m1",
+            expect: Err("sample-not-allowed"),
+        },
+        PolicyCase {
+            name: "policy asks for the insecure claim",
+            policy: Some("claims.insecure && claims.measurement == 'm1'"),
+            measurement: "m1",
+            expect: Ok(()),
+        },
+        PolicyCase {
             name: "wrong measurement",
             policy: Some("claims.tee == 'sample' && claims.measurement == 'm1'"),
             measurement: "evil",
