@@ -1,26 +1,34 @@
 //! Admin authentication: Ed25519-signed bearer tokens, never anonymous.
 //!
 //! The owner creates a key pair (`veil kbs admin-keygen`), starts the broker with the public
-//! half (`--admin-pubkey`), and signs a short-lived JWT per call:
-//! `Authorization: Bearer <EdDSA JWT {"aud":"veil-kbs-admin","iat":..,"exp":..}>`.
+//! half (`--admin-pubkey`), and signs a short-lived, single-use JWT per call:
+//! `Authorization: Bearer <EdDSA JWT {"aud":"veil-kbs-admin","iat":..,"exp":..,"jti":..}>`.
+//! A `jti` is accepted once ([`crate::admin_replay`]), so a captured token cannot be replayed.
 //! Authentication (is the signature from a trusted key, is it fresh) is all there is to
 //! authorization today: any trusted admin key may set any resource and policy.
 
 use std::path::Path;
 
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
 use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
 use ed25519_dalek::pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey};
 use ed25519_dalek::{SigningKey, VerifyingKey};
-use rand_core::OsRng;
+use rand_core::{OsRng, RngCore};
 use serde_json::{json, Value};
 
+use crate::admin_replay::{ReplayError, ReplayGuard};
 use crate::jws::{self, JwsError};
 use crate::resources::{write_private_atomic, StoreError};
 
 /// Audience of admin tokens, so attestation tokens can never pass as admin tokens.
 pub const ADMIN_AUDIENCE: &str = "veil-kbs-admin";
 /// Longest lifetime an admin token may claim.
-pub const MAX_ADMIN_TOKEN_SECS: u64 = 600;
+pub const MAX_ADMIN_TOKEN_SECS: u64 = 300;
+/// Lifetime of the tokens [`admin_token`] signs.
+pub const ADMIN_TOKEN_SECS: u64 = 120;
+/// Longest `jti` accepted.
+pub const MAX_JTI_LEN: usize = 128;
 /// Clock skew tolerated on `iat`.
 pub const CLOCK_SKEW_SECS: u64 = 60;
 
@@ -36,6 +44,9 @@ pub enum AdminAuthError {
     /// Expired, from the future, or valid for too long.
     #[error("admin token is not fresh: {0}; sign a new one (clocks must agree within {CLOCK_SKEW_SECS} s)")]
     Stale(String),
+    /// The token's `jti` was used before, or could not be recorded.
+    #[error(transparent)]
+    Replay(#[from] ReplayError),
 }
 
 impl From<JwsError> for AdminAuthError {
@@ -70,16 +81,22 @@ pub enum AdminKeyError {
     Store(#[from] StoreError),
 }
 
-/// The set of trusted admin public keys.
-#[derive(Debug, Clone)]
+/// The set of trusted admin public keys and the tokens already used.
+#[derive(Debug)]
 pub struct AdminAuth {
     keys: Vec<VerifyingKey>,
+    replay: ReplayGuard,
 }
 
 impl AdminAuth {
-    /// Trusts `keys`.
+    /// Trusts `keys`, remembering used tokens in memory only (a restart forgets them).
     pub fn new(keys: Vec<VerifyingKey>) -> Self {
-        Self { keys }
+        Self::with_replay_guard(keys, ReplayGuard::in_memory())
+    }
+
+    /// Trusts `keys`, remembering used tokens with `replay` (the broker persists them).
+    pub fn with_replay_guard(keys: Vec<VerifyingKey>, replay: ReplayGuard) -> Self {
+        Self { keys, replay }
     }
 
     /// Checks the `Authorization` header value of an admin call at time `now`.
@@ -119,15 +136,32 @@ impl AdminAuth {
                 "lifetime over {MAX_ADMIN_TOKEN_SECS} s"
             )));
         }
+        let jti = claims
+            .get("jti")
+            .and_then(Value::as_str)
+            .filter(|j| !j.is_empty() && j.len() <= MAX_JTI_LEN)
+            .ok_or_else(|| {
+                AdminAuthError::Invalid(format!(
+                    "a `jti` of 1 to {MAX_JTI_LEN} characters is required (tokens are single-use)"
+                ))
+            })?;
+        self.replay.accept_once(jti, exp, now)?;
         Ok(())
     }
 }
 
-/// Signs an admin token valid for 5 minutes from `now`.
+/// Signs a single-use admin token (random `jti`) valid for [`ADMIN_TOKEN_SECS`] from `now`.
 pub fn admin_token(key: &SigningKey, now: u64) -> String {
+    let mut jti = [0u8; 16];
+    OsRng.fill_bytes(&mut jti);
     jws::sign(
         key,
-        &json!({"aud": ADMIN_AUDIENCE, "iat": now, "exp": now + 300}),
+        &json!({
+            "aud": ADMIN_AUDIENCE,
+            "iat": now,
+            "exp": now + ADMIN_TOKEN_SECS,
+            "jti": URL_SAFE_NO_PAD.encode(jti),
+        }),
     )
 }
 
@@ -212,9 +246,37 @@ mod tests {
         let (auth, key) = auth_and_key();
         let header = format!("Bearer {}", admin_token(&key, 1000));
         assert!(matches!(
-            auth.authenticate(Some(&header), 1300),
+            auth.authenticate(Some(&header), 1000 + ADMIN_TOKEN_SECS),
             Err(AdminAuthError::Stale(_))
         ));
+    }
+
+    #[test]
+    fn a_token_is_good_once() {
+        let (auth, key) = auth_and_key();
+        let header = format!("Bearer {}", admin_token(&key, 1000));
+        auth.authenticate(Some(&header), 1001).unwrap();
+        let err = auth.authenticate(Some(&header), 1002).unwrap_err();
+        assert!(
+            matches!(err, AdminAuthError::Replay(ReplayError::Replayed(_))),
+            "{err}"
+        );
+        // A new token from the same key is fine.
+        let fresh = format!("Bearer {}", admin_token(&key, 1002));
+        auth.authenticate(Some(&fresh), 1003).unwrap();
+    }
+
+    #[test]
+    fn tokens_without_jti_are_refused() {
+        let (auth, key) = auth_and_key();
+        let token = jws::sign(
+            &key,
+            &json!({"aud": ADMIN_AUDIENCE, "iat": 1000, "exp": 1100}),
+        );
+        let err = auth
+            .authenticate(Some(&format!("Bearer {token}")), 1001)
+            .unwrap_err();
+        assert!(err.to_string().contains("jti"), "{err}");
     }
 
     #[test]

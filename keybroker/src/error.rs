@@ -7,6 +7,7 @@ use veil_kbs_client::jwe::JweEncryptError;
 use veil_kbs_client::wire::Problem;
 
 use crate::admin::AdminAuthError;
+use crate::admin_replay::ReplayError;
 use crate::attestation::VerifyError;
 use crate::policy::{PolicyDenied, PolicySyntaxError};
 use crate::resources::{InvalidResourceId, StoreError};
@@ -122,6 +123,15 @@ impl KbsError {
             }
             KbsError::Admin(AdminAuthError::Invalid(_)) => (S::UNAUTHORIZED, "admin-token-invalid"),
             KbsError::Admin(AdminAuthError::Stale(_)) => (S::UNAUTHORIZED, "admin-token-stale"),
+            KbsError::Admin(AdminAuthError::Replay(ReplayError::Replayed(_))) => {
+                (S::UNAUTHORIZED, "admin-token-replayed")
+            }
+            KbsError::Admin(AdminAuthError::Replay(ReplayError::TooMany)) => {
+                (S::SERVICE_UNAVAILABLE, "admin-tokens-exhausted")
+            }
+            KbsError::Admin(AdminAuthError::Replay(ReplayError::Persist(_))) => {
+                (S::INTERNAL_SERVER_ERROR, "internal")
+            }
             KbsError::Store(_) | KbsError::Internal(_) => (S::INTERNAL_SERVER_ERROR, "internal"),
         }
     }

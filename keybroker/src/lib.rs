@@ -11,6 +11,7 @@
 
 pub mod admin;
 pub mod admin_client;
+pub mod admin_replay;
 pub mod attestation;
 pub mod config;
 pub mod error;
@@ -30,6 +31,7 @@ use std::sync::Arc;
 use veil_kbs_client::Tee;
 
 use crate::admin::{AdminAuth, AdminKeyError};
+use crate::admin_replay::{ReplayGuard, ReplayLogError, REPLAY_LOG_FILE};
 use crate::attestation::sample::SampleVerifier;
 use crate::attestation::snp::SnpVerifier;
 use crate::attestation::Verifier;
@@ -54,6 +56,9 @@ pub enum StartError {
     /// The token key is unusable.
     #[error(transparent)]
     TokenKey(#[from] TokenKeyError),
+    /// The admin replay log is unusable.
+    #[error(transparent)]
+    ReplayLog(#[from] ReplayLogError),
     /// Binding the listen address failed.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -146,7 +151,10 @@ pub fn build_state(config: &KbsConfig, clock: Arc<dyn Clock>) -> Result<AppState
         verifiers,
         store: Arc::new(store),
         tokens,
-        admin: AdminAuth::new(admin_keys),
+        admin: AdminAuth::with_replay_guard(
+            admin_keys,
+            ReplayGuard::persisted(&config.state_dir.join(REPLAY_LOG_FILE))?,
+        ),
         clock,
     })
 }

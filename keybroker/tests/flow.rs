@@ -13,7 +13,7 @@ use veil_kbs_client::{
     fetch_resource, Attester, ClientError, Connection, KbsClientConfig, ResourcePath, SampleClaims,
     Tee,
 };
-use veil_keybroker::admin::generate_admin_key;
+use veil_keybroker::admin::{admin_token, generate_admin_key, load_signing_key};
 use veil_keybroker::admin_client::{AdminCallError, AdminClient};
 use veil_keybroker::config::KbsConfig;
 use veil_keybroker::session::{Clock, ManualClock, SystemClock};
@@ -29,6 +29,7 @@ struct Harness {
     broker: Broker,
     clock: Arc<ManualClock>,
     admin: AdminClient,
+    admin_key: SigningKey,
     config: KbsConfig,
     _dir: tempfile::TempDir,
 }
@@ -54,11 +55,13 @@ impl Harness {
             .block_on(Broker::start_with_clock(&config, clock.clone()))
             .unwrap();
         let admin = AdminClient::from_key_file(&broker.url(), &key_file).unwrap();
+        let admin_key = load_signing_key(&key_file).unwrap();
         Self {
             runtime,
             broker,
             clock,
             admin,
+            admin_key,
             config,
             _dir: dir,
         }
@@ -406,4 +409,38 @@ fn snp_session_with_recorded_report_fails_only_on_the_nonce_binding() {
     attestation.tee_evidence.primary_evidence = serde_json::to_value(evidence).unwrap();
     let err = conn.attest(&attestation).unwrap_err();
     assert_eq!(refusal(err), "report-data-mismatch");
+}
+
+/// POSTs a policy with a given admin token; returns (status, body).
+fn post_policy_with(h: &Harness, token: &str) -> (u16, String) {
+    let agent = ureq::Agent::new_with_config(
+        ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build(),
+    );
+    let mut response = agent
+        .post(format!("{}/kbs/v0/resource-policy/{RESOURCE}", h.url()))
+        .header("Authorization", format!("Bearer {token}"))
+        .send(&br#"{"policy":"claims.tee == 'sample'"}"#[..])
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.body_mut().read_to_string().unwrap())
+}
+
+#[test]
+fn a_replayed_admin_token_is_refused_even_after_a_restart() {
+    let h = Harness::start();
+    let token = admin_token(&h.admin_key, SystemClock.now());
+    assert_eq!(post_policy_with(&h, &token).0, 204);
+    let (status, body) = post_policy_with(&h, &token);
+    assert_eq!(status, 401);
+    assert!(body.contains("admin-token-replayed"), "{body}");
+    let h = h.restart();
+    let (status, body) = post_policy_with(&h, &token);
+    assert_eq!(status, 401);
+    assert!(body.contains("admin-token-replayed"), "{body}");
+    // The CLI's client signs a fresh token per call, so it keeps working.
+    AdminClient::new(&h.url(), h.admin_key.clone())
+        .set_policy(RESOURCE, "claims.tee == 'sample'")
+        .unwrap();
 }
