@@ -17,6 +17,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use safetensors::tensor::{Dtype, SafeTensorError, SafeTensors, TensorView};
@@ -114,6 +115,15 @@ pub enum WriteModelFileError {
         #[source]
         source: SafeTensorError,
     },
+    /// The file's mode could not be set.
+    #[error("cannot make {path} readable (mode 0644): {source}")]
+    SetPermissions {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
     /// The finished file could not be moved into place.
     #[error("cannot rename {from} to {to}: {source}")]
     Rename {
@@ -129,7 +139,8 @@ pub enum WriteModelFileError {
 
 /// Writes `weights`, `metadata` and `padding` (omitted when empty) to `path` as safetensors.
 ///
-/// The file is written next to `path` and renamed into place, so a reader never sees half a model.
+/// The file is written next to `path`, made readable (0644) and renamed into place, so a reader
+/// never sees half a model.
 pub fn write_model_file(
     path: &Path,
     weights: &MlpWeights,
@@ -179,6 +190,14 @@ pub fn write_model_file(
             source,
         }
     })?;
+    // safetensors writes through a 0600 temporary file; a model is no secret on the machine that
+    // made it, and a serving container that runs as non-root must be able to read it.
+    std::fs::set_permissions(&partial, std::fs::Permissions::from_mode(0o644)).map_err(
+        |source| WriteModelFileError::SetPermissions {
+            path: partial.clone(),
+            source,
+        },
+    )?;
     std::fs::rename(&partial, path).map_err(|source| WriteModelFileError::Rename {
         from: partial,
         to: path.to_owned(),
@@ -376,6 +395,8 @@ mod tests {
         assert_eq!(metadata, tiny_metadata());
         assert_eq!(weights.parameter_count(), 12);
         assert!(!partial_path(&path).exists());
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o644);
     }
 
     #[test]
