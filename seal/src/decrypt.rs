@@ -245,6 +245,12 @@ impl<'w, W: Write> PlaintextSink<'w, W> {
         Ok(())
     }
 
+    /// Counts a segment that a worker already wrote to its place in the output file.
+    pub(crate) fn record_placed(&mut self, plaintext_len: usize) {
+        self.bytes += plaintext_len as u64;
+        self.segments += 1;
+    }
+
     /// The running digest, for a hashing thread to continue; give it back with `set_digest`.
     pub(crate) fn digest(&self) -> digest::Context {
         self.digest.clone()

@@ -1,8 +1,16 @@
 //! The parallel decrypting pipeline: one reader thread cuts the ciphertext into segments, N
-//! worker threads verify and decrypt them, the calling thread writes the plaintext in order, and
-//! a hasher thread computes its SHA-256 behind the writer. SHA-256 cannot be split across
-//! threads and costs about twice AES-GCM per byte, so it gets a core of its own rather than
-//! delaying the writes.
+//! worker threads verify and decrypt them, the calling thread puts the plaintext in order, and
+//! a hasher thread computes its SHA-256 behind it. SHA-256 cannot be split across threads and
+//! costs about four times AES-GCM per byte (SHA-NI against VAES), so it gets a core of its own
+//! rather than delaying the writes.
+//!
+//! Writing the plaintext is the other large cost: into tmpfs or the page cache it is a copy
+//! into freshly allocated pages, which profiling showed costs more than SHA-256 (see
+//! `benches/results/seal-throughput.md`). So when the destination is a file and segments are
+//! large, each worker writes the segments it verified at their own offsets
+//! (`Placement::Positional`) and the writes run on every worker; the calling thread then only
+//! orders the buffers for the hasher. Small segments (4 KiB) are written in order through a
+//! buffer instead, where one large write beats many small positional ones.
 //!
 //! Memory is bounded by a fixed pool of segment buffers (`BUFFERS_PER_WORKER` per worker plus
 //! the reader's lookahead): the reader blocks until the writer hands a buffer back, so a fast
@@ -13,19 +21,27 @@ use std::fmt;
 use std::fs::{self, File};
 use std::io::{BufWriter, Read, Write};
 use std::num::NonZeroUsize;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crossbeam_channel::{bounded, Receiver, Sender};
 
 use crate::cipher::SegmentCipher;
-use crate::decrypt::{open_segment, open_stream, segment_error, DecryptReport, PlaintextSink};
+use crate::decrypt::{
+    open_segment, open_stream, segment_error, DecryptReport, OpenedStream, PlaintextSink,
+};
 use crate::error::DecryptError;
 use crate::keyset::Keyset;
+use crate::params::StreamingParams;
 use crate::reader::{Chunk, SegmentReader};
 
 /// Segment buffers in flight per worker: one being decrypted, one queued, one being written.
 pub const BUFFERS_PER_WORKER: usize = 3;
+
+/// Smallest segment size that workers write to the output file themselves. Below it a segment
+/// is cheaper to batch into a larger in-order write than to write with a syscall of its own.
+const POSITIONAL_WRITE_MIN_SEGMENT: usize = 64 << 10;
 
 /// Progress callback: receives the plaintext bytes written so far.
 pub type ProgressFn = Box<dyn Fn(u64) + Send + Sync>;
@@ -124,9 +140,64 @@ fn decrypt_into_file<R: Read + Send>(
     file: File,
     options: &DecryptOptions,
 ) -> Result<DecryptReport, DecryptError> {
-    // Small segments (4 KiB) are batched into larger writes; 1 MiB ones bypass the buffer.
-    let mut out = BufWriter::with_capacity(256 << 10, file);
-    decrypt_to_writer(source, keyset, associated_data, &mut out, options)
+    let stream = open_stream(source, keyset, associated_data)?;
+    if stream.params.segment_size() >= POSITIONAL_WRITE_MIN_SEGMENT {
+        let placement = Placement::positional(&file, &stream.params);
+        // Segment 0 goes through the file cursor at offset 0; workers write the rest at their
+        // offsets without moving it.
+        let mut out = &file;
+        decrypt_opened(stream, &mut out, options, placement)
+    } else {
+        // Small segments (4 KiB) are batched into larger writes.
+        let mut out = BufWriter::with_capacity(256 << 10, &file);
+        decrypt_opened(stream, &mut out, options, Placement::InOrder)
+    }
+}
+
+/// Where the plaintext of segments 1, 2, ... goes.
+#[derive(Clone, Copy)]
+enum Placement<'f> {
+    /// The calling thread writes each segment to the sink, in order.
+    InOrder,
+    /// Each worker writes the segments it verified at their plaintext offset in `file`.
+    Positional {
+        file: &'f File,
+        /// Plaintext bytes of segment 0 (the header shares its ciphertext segment).
+        first_len: u64,
+        /// Plaintext bytes of every later segment but the last.
+        segment_len: u64,
+    },
+}
+
+impl<'f> Placement<'f> {
+    fn positional(file: &'f File, params: &StreamingParams) -> Self {
+        Placement::Positional {
+            file,
+            first_len: params.first_plaintext_len() as u64,
+            segment_len: params.plaintext_len() as u64,
+        }
+    }
+
+    /// Writes a verified segment (index >= 1) to its place when workers do the writing.
+    fn place(&self, index: u32, plaintext: &[u8]) -> Result<(), DecryptError> {
+        let Placement::Positional {
+            file,
+            first_len,
+            segment_len,
+        } = *self
+        else {
+            return Ok(());
+        };
+        let Some(after_first) = index.checked_sub(1) else {
+            return Err(DecryptError::Worker(
+                "segment 0 reached a worker; this is a bug in veil-seal".into(),
+            ));
+        };
+        // Every segment before the last is full, so a segment's offset follows from its index.
+        let offset = first_len + u64::from(after_first) * segment_len;
+        file.write_all_at(plaintext, offset)
+            .map_err(|source| DecryptError::Write { path: None, source })
+    }
 }
 
 /// `.<name>.veil-partial-<pid>-<random>` next to `dest`.
@@ -158,6 +229,16 @@ pub fn decrypt_to_writer<R: Read + Send, W: Write>(
     options: &DecryptOptions,
 ) -> Result<DecryptReport, DecryptError> {
     let stream = open_stream(source, keyset, associated_data)?;
+    decrypt_opened(stream, out, options, Placement::InOrder)
+}
+
+/// Decrypts the segments after segment 0 of an opened stream and checks the digest.
+fn decrypt_opened<R: Read + Send, W: Write>(
+    stream: OpenedStream<R>,
+    out: &mut W,
+    options: &DecryptOptions,
+    placement: Placement<'_>,
+) -> Result<DecryptReport, DecryptError> {
     let mut sink = PlaintextSink::new(out);
     sink.write_segment(&stream.first_plaintext)?;
     report_progress(options, sink.bytes);
@@ -175,6 +256,7 @@ pub fn decrypt_to_writer<R: Read + Send, W: Write>(
             workers,
             &mut sink,
             options,
+            placement,
         )?;
     }
     let report = sink.finish(stream.key_id)?;
@@ -225,6 +307,7 @@ fn run_pipeline<R: Read + Send, W: Write>(
     workers: usize,
     sink: &mut PlaintextSink<'_, W>,
     options: &DecryptOptions,
+    placement: Placement<'_>,
 ) -> Result<(), DecryptError> {
     let buffers = workers * BUFFERS_PER_WORKER + 1;
     let (pool_tx, pool_rx) = bounded::<Vec<u8>>(buffers);
@@ -256,7 +339,7 @@ fn run_pipeline<R: Read + Send, W: Write>(
             let spawned = std::thread::Builder::new()
                 .name(format!("seal-worker-{n}"))
                 .spawn_scoped(scope, move || {
-                    decrypt_segments(cipher, segment_size, &jobs, &events, cancel)
+                    decrypt_segments(cipher, segment_size, placement, &jobs, &events, cancel)
                 });
             if let Err(e) = spawned {
                 cancel.store(true, Ordering::Relaxed);
@@ -279,7 +362,7 @@ fn run_pipeline<R: Read + Send, W: Write>(
                 )));
             }
         };
-        let result = write_in_order(event_rx, hash_tx, sink, options);
+        let result = write_in_order(event_rx, hash_tx, sink, options, placement);
         cancel.store(true, Ordering::Relaxed);
         let digest = hasher
             .join()
@@ -335,10 +418,12 @@ fn read_segments<R: Read>(
     }
 }
 
-/// Worker thread: verifies and decrypts segments in place.
+/// Worker thread: verifies and decrypts segments in place, and writes them to their place in
+/// the output file when the placement says so.
 fn decrypt_segments(
     cipher: &SegmentCipher,
     full_len: usize,
+    placement: Placement<'_>,
     jobs: &Receiver<Chunk>,
     events: &Sender<Event>,
     cancel: &AtomicBool,
@@ -348,10 +433,13 @@ fn decrypt_segments(
             return;
         }
         let event = match open_segment(cipher, &mut chunk, full_len) {
-            Ok(len) => Event::Decrypted {
-                index: chunk.index,
-                buf: chunk.data,
-                len,
+            Ok(len) => match placement.place(chunk.index, &chunk.data[..len]) {
+                Ok(()) => Event::Decrypted {
+                    index: chunk.index,
+                    buf: chunk.data,
+                    len,
+                },
+                Err(error) => Event::Failed(error),
             },
             Err(failure) => Event::Failed(segment_error(&chunk, failure)),
         };
@@ -361,12 +449,14 @@ fn decrypt_segments(
     }
 }
 
-/// Calling thread: writes decrypted segments in index order, then passes them to the hasher.
+/// Calling thread: writes decrypted segments in index order (or, when the workers wrote them,
+/// counts them in order), then passes them to the hasher.
 fn write_in_order<W: Write>(
     events: Receiver<Event>,
     hasher: Sender<(Vec<u8>, usize)>,
     sink: &mut PlaintextSink<'_, W>,
     options: &DecryptOptions,
+    placement: Placement<'_>,
 ) -> Result<(), DecryptError> {
     let mut pending: BTreeMap<u32, (Vec<u8>, usize)> = BTreeMap::new();
     // Segment failures wait for their turn, like plaintext: the reader and the workers
@@ -400,7 +490,10 @@ fn write_in_order<W: Write>(
             let Some((buf, len)) = pending.remove(&next) else {
                 break;
             };
-            sink.write_unhashed(&buf[..len])?;
+            match placement {
+                Placement::InOrder => sink.write_unhashed(&buf[..len])?,
+                Placement::Positional { .. } => sink.record_placed(len),
+            }
             report_progress(options, sink.bytes);
             hasher
                 .send((buf, len))

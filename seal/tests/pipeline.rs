@@ -46,6 +46,97 @@ proptest! {
     }
 }
 
+/// A keyset of one key with 64 KiB segments: the smallest size whose segments the workers
+/// write to the output file themselves.
+fn positional_keyset(gcm: bool) -> Keyset {
+    use veil_seal::params::{CtrHmacParams, GcmHkdfParams};
+    use veil_seal::{HashType, StreamingKey, StreamingParams};
+    let segment_size = 64 << 10;
+    let params = if gcm {
+        StreamingParams::AesGcmHkdf(GcmHkdfParams {
+            segment_size,
+            derived_key_size: 16,
+            hkdf_hash: HashType::Sha256,
+        })
+    } else {
+        StreamingParams::AesCtrHmac(CtrHmacParams {
+            segment_size,
+            derived_key_size: 32,
+            hkdf_hash: HashType::Sha256,
+            hmac_hash: HashType::Sha256,
+            tag_size: 32,
+        })
+    };
+    let key = StreamingKey::new(7, params, pseudo_random(32, 7).into()).unwrap();
+    let mut keyset = Keyset::generate(KeyTemplate::Aes128GcmHkdf4Kb).unwrap();
+    let generated = keyset.primary_key_id();
+    keyset.add_key(key).unwrap();
+    keyset.set_primary(7).unwrap();
+    keyset
+        .set_status(generated, veil_seal::KeyStatus::Disabled)
+        .unwrap();
+    keyset
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    /// Files written by the workers at segment offsets equal the sequential plaintext, for
+    /// sizes around segment boundaries and any thread count.
+    #[test]
+    fn positional_file_writes_equal_sequential(
+        segments in 0usize..6,
+        extra in prop_oneof![Just(0usize), 1usize..100, 65_000usize..65_600],
+        threads in 1usize..=4,
+        gcm in any::<bool>(),
+        seed in any::<u64>(),
+    ) {
+        let keyset = positional_keyset(gcm);
+        let plaintext = pseudo_random(segments * 65_000 + extra, seed);
+        let mut ct = Vec::new();
+        encrypt(&plaintext[..], &keyset, b"pos", &mut ct).unwrap();
+        let mut sequential = Vec::new();
+        let expected = decrypt_sequential(&ct[..], &keyset, b"pos", &mut sequential).unwrap();
+
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("model.bin");
+        let options = DecryptOptions { threads: NonZeroUsize::new(threads), ..DecryptOptions::default() };
+        let report = veil_seal::decrypt_to_file(&ct[..], &keyset, b"pos", &dest, &options).unwrap();
+        prop_assert!(std::fs::read(&dest).unwrap() == plaintext);
+        prop_assert!(sequential == plaintext);
+        prop_assert_eq!(report, expected);
+    }
+}
+
+#[test]
+fn positional_writes_leave_no_file_when_a_middle_segment_is_modified() {
+    let keyset = positional_keyset(true);
+    let plaintext = pseudo_random(5 * 65_536, 11);
+    let mut ct = Vec::new();
+    encrypt(&plaintext[..], &keyset, b"", &mut ct).unwrap();
+    // Segment 3 starts at 3 * 64 KiB (the header counts in segment 0).
+    ct[3 * 65_536 + 100] ^= 1;
+    let dir = tempfile::tempdir().unwrap();
+    let options = DecryptOptions {
+        threads: NonZeroUsize::new(3),
+        ..DecryptOptions::default()
+    };
+    let error = veil_seal::decrypt_to_file(
+        &ct[..],
+        &keyset,
+        b"",
+        &dir.path().join("model.bin"),
+        &options,
+    )
+    .unwrap_err();
+    assert_eq!(
+        error.segment_failure(),
+        Some((3, veil_seal::SegmentFailure::TagMismatch)),
+        "{error}"
+    );
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}
+
 #[test]
 fn progress_reports_every_byte_once_in_order() {
     let keyset = Keyset::generate(KeyTemplate::Aes128GcmHkdf4Kb).unwrap();
