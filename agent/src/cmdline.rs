@@ -19,6 +19,8 @@ pub struct AgentOptions {
     pub channel: ChannelKind,
     /// A `tracing` filter directive, e.g. `info` or `veil_agent=debug`.
     pub log_filter: String,
+    /// The VM has a user-network NIC for egress to the model store and key broker.
+    pub egress: bool,
 }
 
 impl Default for AgentOptions {
@@ -26,11 +28,12 @@ impl Default for AgentOptions {
         Self {
             channel: ChannelKind::Serial,
             log_filter: "info".to_string(),
+            egress: false,
         }
     }
 }
 
-/// Parses `veil.channel=serial|vsock` and `veil.log=<filter>`; unknown words are left
+/// Parses `veil.channel=serial|vsock`, `veil.log=<filter>` and `veil.egress=user`; unknown words are left
 /// to the kernel and unknown values fall back to the default with a warning recorded
 /// in the returned list, because PID 1 must come up even when the command line is odd.
 pub fn parse(cmdline: &str) -> (AgentOptions, Vec<String>) {
@@ -49,6 +52,11 @@ pub fn parse(cmdline: &str) -> (AgentOptions, Vec<String>) {
                 )),
             },
             "veil.log" => options.log_filter = value.to_string(),
+            "veil.egress" if word == veil_protocol::egress::CMDLINE_WORD => options.egress = true,
+            "veil.egress" => warnings.push(format!(
+                "{word} is not {}; no egress network",
+                veil_protocol::egress::CMDLINE_WORD
+            )),
             _ => {}
         }
     }
@@ -68,9 +76,10 @@ mod tests {
 
     #[test]
     fn reads_channel_and_log_filter() {
-        let (options, _) = parse("quiet veil.channel=vsock veil.log=debug");
+        let (options, _) = parse("quiet veil.channel=vsock veil.log=debug veil.egress=user");
         assert_eq!(options.channel, ChannelKind::Vsock);
         assert_eq!(options.log_filter, "debug");
+        assert!(options.egress);
     }
 
     #[test]

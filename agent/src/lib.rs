@@ -9,7 +9,9 @@
 
 pub mod channel;
 pub mod cmdline;
+pub mod delivery;
 pub mod guest_runtime;
+pub mod network;
 pub mod pid1;
 pub mod reaper;
 pub mod runtime;
@@ -107,13 +109,35 @@ fn open_listener(
     }
 }
 
+/// Brings up loopback and, when the VM has one, the egress NIC, in the background so the
+/// API is served meanwhile. Model deliveries wait on the returned channel for the egress.
+fn start_network(egress: bool) -> Option<tokio::sync::watch::Receiver<Option<Result<(), String>>>> {
+    let (report, ready) = tokio::sync::watch::channel(None);
+    tokio::spawn(async move {
+        if let Err(error) = network::loopback_up().await {
+            tracing::error!(%error, "loopback not up");
+        }
+        if egress {
+            let result = network::configure_egress().await.map_err(|e| e.to_string());
+            if let Err(error) = &result {
+                tracing::error!(%error, "egress network not configured");
+            }
+            let _ = report.send(Some(result));
+        }
+    });
+    egress.then_some(ready)
+}
+
 async fn serve(
     options: cmdline::AgentOptions,
     runtime: Arc<dyn runtime::ContainerRuntime>,
 ) -> Result<(), AgentError> {
     let reaper = reaper::Reaper::start().map_err(AgentError::Reaper)?;
     let volumes = volumes::MemoryVolumes::new(veil_protocol::GUEST_VOLUMES_DIR);
-    let service = Arc::new(service::AgentService::new(runtime, reaper, volumes));
+    let deliveries = delivery::Deliveries::new(start_network(options.egress));
+    let service = Arc::new(service::AgentService::new(
+        runtime, reaper, volumes, deliveries,
+    ));
     let listener = open_listener(&options)?;
     let mut server = Server::new()
         .add_listener(listener)

@@ -34,15 +34,6 @@ pub struct MemoryVolumes {
     mounted: Mutex<HashMap<String, u64>>,
 }
 
-fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 63
-        && !name.starts_with('.')
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
-}
-
 impl MemoryVolumes {
     /// Volumes mounted below `base` (the guest uses [`veil_protocol::GUEST_VOLUMES_DIR`]).
     pub fn new(base: impl Into<PathBuf>) -> Self {
@@ -57,11 +48,19 @@ impl MemoryVolumes {
         self.base.join(name)
     }
 
+    /// Whether volume `name` is mounted.
+    pub fn is_mounted(&self, name: &str) -> bool {
+        self.mounted
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(name)
+    }
+
     /// Mounts the tmpfs for `name` unless it already is; returns its path. A later
     /// request with another size keeps the first (the volume is already in use) and
     /// says so in the log.
     pub fn ensure(&self, name: &str, size_bytes: u64) -> Result<PathBuf, VolumeError> {
-        if !valid_name(name) {
+        if !veil_protocol::is_valid_volume_name(name) {
             return Err(VolumeError::InvalidName(name.to_string()));
         }
         let path = self.path(name);
@@ -119,7 +118,7 @@ mod tests {
                 "{bad}"
             );
         }
-        assert!(valid_name("model-cache.v1"));
+        assert!(veil_protocol::is_valid_volume_name("model-cache.v1"));
     }
 
     #[test]

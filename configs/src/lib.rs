@@ -144,6 +144,9 @@ pub struct AgentConfig {
     pub channel: AgentChannel,
     /// Timeout of each short shim -> agent request.
     pub request_timeout_secs: u64,
+    /// How long a container start may wait for the pod's model delivery (fetch, attest,
+    /// decrypt, unpack) before the shim gives up on it.
+    pub delivery_timeout_secs: u64,
 }
 
 impl Default for AgentConfig {
@@ -152,6 +155,7 @@ impl Default for AgentConfig {
             log_level: "info".to_string(),
             channel: AgentChannel::Auto,
             request_timeout_secs: 60,
+            delivery_timeout_secs: 1800,
         }
     }
 }
@@ -261,6 +265,9 @@ impl Config {
         }
         if self.agent.request_timeout_secs == 0 {
             return Err(invalid("agent.request_timeout_secs", "must be at least 1"));
+        }
+        if self.agent.delivery_timeout_secs == 0 {
+            return Err(invalid("agent.delivery_timeout_secs", "must be at least 1"));
         }
         if !self.runtime.state_dir.is_absolute() {
             return Err(invalid("runtime.state_dir", "must be an absolute path"));

@@ -15,6 +15,8 @@ mod generated {
     }
 }
 
+pub mod delivery;
+
 pub use generated::agent::*;
 pub use generated::agent_ttrpc::{create_agent_service, AgentService, AgentServiceClient};
 pub use protobuf;
@@ -30,6 +32,35 @@ pub const SHARED_FS_TAG: &str = "veilshare";
 pub const GUEST_SHARED_DIR: &str = "/run/veil/shared";
 /// Where the agent mounts memory volumes (one tmpfs per name) inside the guest.
 pub const GUEST_VOLUMES_DIR: &str = "/run/veil/volumes";
+
+/// Whether `name` can name a memory volume (a directory under [`GUEST_VOLUMES_DIR`]).
+pub fn is_valid_volume_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+}
+
+/// The guest's egress to the model store and the key broker: QEMU user networking
+/// (slirp), whose fixed addresses both sides rely on. The agent gives its NIC
+/// [`EGRESS_GUEST_ADDRESS`]; slirp answers for the node's loopback at [`EGRESS_HOST_ADDRESS`]
+/// and relays DNS at [`EGRESS_DNS_ADDRESS`].
+pub mod egress {
+    /// Kernel command-line word that tells the agent the VM has an egress NIC.
+    pub const CMDLINE_WORD: &str = "veil.egress=user";
+    /// The guest's address on the user network.
+    pub const GUEST_ADDRESS: [u8; 4] = [10, 0, 2, 15];
+    /// Prefix length of the user network.
+    pub const PREFIX_LEN: u8 = 24;
+    /// The gateway, which is also how the guest reaches the node's 127.0.0.1.
+    pub const HOST_ADDRESS: [u8; 4] = [10, 0, 2, 2];
+    /// slirp's DNS relay.
+    pub const DNS_ADDRESS: [u8; 4] = [10, 0, 2, 3];
+    /// MAC address of the egress NIC, by which the agent finds it among the VM's NICs.
+    pub const MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x76, 0x65, 0x01];
+}
 
 #[cfg(test)]
 mod tests {

@@ -14,6 +14,8 @@ use crate::hypervisor::{Channel, Vm};
 pub struct AgentClient {
     client: api::AgentServiceClient,
     timeout: Duration,
+    /// Bound on a container start that may wait for the pod's model delivery.
+    delivery_timeout: Duration,
 }
 
 fn agent_error(what: &str, error: ttrpc::Error) -> Error {
@@ -89,6 +91,7 @@ impl AgentClient {
         let agent = AgentClient {
             client,
             timeout: request_timeout,
+            delivery_timeout: request_timeout,
         };
         let ping_request = api::PingRequest::default();
         let ping = agent.client.ping(
@@ -110,6 +113,11 @@ impl AgentClient {
         }
     }
 
+    /// Lets container starts wait up to `timeout` for a model delivery.
+    pub fn set_delivery_timeout(&mut self, timeout: Duration) {
+        self.delivery_timeout = timeout.max(self.timeout);
+    }
+
     fn short(&self) -> context::Context {
         context::with_timeout(i64::try_from(self.timeout.as_nanos()).unwrap_or(i64::MAX))
     }
@@ -126,14 +134,18 @@ impl AgentClient {
     }
 
     /// Starts a created container.
+    ///
+    /// The agent holds the start of a container that mounts a model delivery's volume
+    /// until the delivery has finished, so the call gets the delivery timeout.
     pub async fn start_container(&self, container_id: &str) -> Result<u32> {
         let request = api::StartContainerRequest {
             container_id: container_id.to_string(),
             ..Default::default()
         };
+        let timeout = i64::try_from(self.delivery_timeout.as_nanos()).unwrap_or(i64::MAX);
         let response = self
             .client
-            .start_container(self.short(), &request)
+            .start_container(context::with_timeout(timeout), &request)
             .await
             .map_err(|e| agent_error(&format!("start container {container_id}"), e))?;
         Ok(response.pid)

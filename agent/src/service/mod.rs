@@ -19,6 +19,7 @@ use veil_protocol::ttrpc::{self, r#async::TtrpcContext};
 pub use error::ServiceError;
 use stream::{FdReader, FdWriter};
 
+use crate::delivery::Deliveries;
 use crate::reaper::{ExitWatch, Reaper};
 use crate::runtime::{ContainerRuntime, SpawnedProcess, StdioRequest};
 use crate::volumes::MemoryVolumes;
@@ -93,6 +94,8 @@ impl ProcessEntry {
 
 struct ContainerEntry {
     init: Arc<ProcessEntry>,
+    /// Memory volumes its mounts use: its start waits for their model deliveries.
+    volumes: Vec<String>,
     execs: Mutex<HashMap<String, Arc<ProcessEntry>>>,
 }
 
@@ -101,6 +104,7 @@ pub struct AgentService {
     runtime: Arc<dyn ContainerRuntime>,
     reaper: Reaper,
     volumes: MemoryVolumes,
+    deliveries: Deliveries,
     containers: Mutex<HashMap<String, Arc<ContainerEntry>>>,
     ready_at: SystemTime,
 }
@@ -119,12 +123,18 @@ fn locked<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl AgentService {
     /// Creates the service over `runtime`, reaping through `reaper`, with memory volumes
-    /// mounted below `volumes`.
-    pub fn new(runtime: Arc<dyn ContainerRuntime>, reaper: Reaper, volumes: MemoryVolumes) -> Self {
+    /// mounted below `volumes` and model deliveries run by `deliveries`.
+    pub fn new(
+        runtime: Arc<dyn ContainerRuntime>,
+        reaper: Reaper,
+        volumes: MemoryVolumes,
+        deliveries: Deliveries,
+    ) -> Self {
         AgentService {
             runtime,
             reaper,
             volumes,
+            deliveries,
             containers: Mutex::new(HashMap::new()),
             ready_at: SystemTime::now(),
         }
@@ -197,6 +207,10 @@ impl AgentService {
                 .ensure(&volume.name, volume.size_bytes)
                 .map_err(|e| ServiceError::FailedPrecondition(format!("container {id}: {e}")))?;
         }
+        if let Some(delivery) = request.model_delivery.as_ref() {
+            self.start_delivery(&id, delivery)?;
+        }
+        let volumes = mounted_volumes(&spec);
         let rootfs = PathBuf::from(&request.rootfs);
         let stdio = StdioRequest::from(request.stdio.get_or_default());
         let runtime_id = id.clone();
@@ -208,6 +222,7 @@ impl AgentService {
         let pid = entry.pid;
         let container = ContainerEntry {
             init: Arc::new(entry),
+            volumes,
             execs: Mutex::new(HashMap::new()),
         };
         locked(&self.containers).insert(id.clone(), Arc::new(container));
@@ -215,8 +230,26 @@ impl AgentService {
         Ok(pid as u32)
     }
 
+    /// Starts the pod's model delivery (once; later containers repeat the declaration).
+    fn start_delivery(&self, id: &str, delivery: &api::ModelDelivery) -> Result<(), ServiceError> {
+        if !self.volumes.is_mounted(&delivery.volume) {
+            return Err(ServiceError::InvalidArgument(format!(
+                "container {id}: model delivery targets volume {:?}, which is not among its memory volumes",
+                delivery.volume
+            )));
+        }
+        self.deliveries
+            .start(delivery, self.volumes.path(&delivery.volume))
+            .map_err(|e| ServiceError::InvalidArgument(format!("container {id}: {e}")))
+    }
+
     async fn start(&self, id: &str) -> Result<u32, ServiceError> {
         let container = self.container(id)?;
+        if let Err(failed) = self.deliveries.wait_for(&container.volumes).await {
+            return Err(ServiceError::FailedPrecondition(format!(
+                "container {id} not started: {failed}"
+            )));
+        }
         let runtime = self.runtime.clone();
         let runtime_id = id.to_string();
         tokio::task::spawn_blocking(move || runtime.start(&runtime_id))
@@ -324,6 +357,22 @@ impl AgentService {
             }
         }
     }
+}
+
+/// Names of the memory volumes (sources under [`api::GUEST_VOLUMES_DIR`]) that `spec` mounts.
+fn mounted_volumes(spec: &oci_spec::runtime::Spec) -> Vec<String> {
+    let base = std::path::Path::new(api::GUEST_VOLUMES_DIR);
+    let mut names: Vec<String> = spec
+        .mounts()
+        .iter()
+        .flatten()
+        .filter_map(|m| m.source().as_ref()?.strip_prefix(base).ok())
+        .filter_map(|rest| rest.components().next())
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names.dedup();
+    names
 }
 
 fn keep_or_drain(fd: Option<OwnedFd>, wanted: bool) -> Option<OwnedFd> {

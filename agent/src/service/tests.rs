@@ -79,7 +79,12 @@ impl ContainerRuntime for HostProcesses {
 async fn connect() -> api::AgentServiceClient {
     let reaper = Reaper::start().expect("reaper");
     let volumes = crate::volumes::MemoryVolumes::new("/nonexistent/veil-volumes");
-    let service = Arc::new(AgentService::new(Arc::new(HostProcesses), reaper, volumes));
+    let service = Arc::new(AgentService::new(
+        Arc::new(HostProcesses),
+        reaper,
+        volumes,
+        crate::delivery::Deliveries::new(None),
+    ));
     let (server_end, client_end) = tokio::net::UnixStream::pair().expect("socketpair");
     let connections = async_stream::stream! {
         yield Ok(server_end);

@@ -23,6 +23,9 @@ pub struct VmSpec {
     pub channel: Channel,
     /// Where the guest console is written.
     pub console_log: PathBuf,
+    /// Give the guest a user-network NIC for egress to the model store and key broker
+    /// (only pods with a model delivery get one).
+    pub egress: bool,
 }
 
 /// The agent channel of one VM.

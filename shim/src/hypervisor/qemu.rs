@@ -20,11 +20,7 @@ use crate::error::{Error, Result};
 const BASE_KERNEL_PARAMS: &str = "console=ttyS0 panic=-1 reboot=k pci=lastbus=0 i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd cryptomgr.notests net.ifnames=0";
 
 /// Builds the guest kernel command line.
-pub fn kernel_cmdline(
-    config: &HypervisorConfig,
-    agent_log_level: &str,
-    channel: &Channel,
-) -> String {
+pub fn kernel_cmdline(config: &HypervisorConfig, agent_log_level: &str, spec: &VmSpec) -> String {
     let mut words = vec![BASE_KERNEL_PARAMS.to_string()];
     if is_microvm(config) {
         // microvm has no PIT/HPET to calibrate the TSC against: without the host's TSC
@@ -36,7 +32,10 @@ pub fn kernel_cmdline(
         words.push("quiet".to_string());
     }
     words.push(format!("veil.log={agent_log_level}"));
-    words.push(format!("veil.channel={}", channel.kernel_word()));
+    words.push(format!("veil.channel={}", spec.channel.kernel_word()));
+    if spec.egress {
+        words.push(veil_protocol::egress::CMDLINE_WORD.to_string());
+    }
     if !config.kernel_params.trim().is_empty() {
         words.push(config.kernel_params.trim().to_string());
     }
@@ -128,10 +127,34 @@ pub fn command_line(
         path(&spec.state_dir.join("qemu.pid")),
     ];
     args.extend(channel_devices(config, &spec.channel));
+    if spec.egress {
+        args.extend(egress_devices(config));
+    }
     if !accel.kvm && config.vcpus > 1 {
         args.extend(["-accel".into(), "tcg,thread=multi".into()]);
     }
     args
+}
+
+/// QEMU user networking (slirp): outbound connections only, made by QEMU on the host
+/// with the host's routes; nothing listens on the host for it. No option ROM: the guest
+/// boots without network firmware.
+fn egress_devices(config: &HypervisorConfig) -> Vec<String> {
+    let mac = veil_protocol::egress::MAC
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":");
+    let rom = if is_microvm(config) { "" } else { ",romfile=" };
+    vec![
+        "-netdev".into(),
+        "user,id=egress".into(),
+        "-device".into(),
+        format!(
+            "{},netdev=egress,mac={mac}{rom}",
+            virtio(config, "virtio-net")
+        ),
+    ]
 }
 
 fn channel_devices(config: &HypervisorConfig, channel: &Channel) -> Vec<String> {
@@ -213,7 +236,7 @@ impl Hypervisor for Qemu {
         self.check_inputs()?;
         check_confidential_guest(&self.config)?;
         let accel = accel::choose(self.config.accel, &HostFacts::probe()).map_err(Error::Vm)?;
-        let cmdline = kernel_cmdline(&self.config, &self.agent_log_level, &spec.channel);
+        let cmdline = kernel_cmdline(&self.config, &self.agent_log_level, spec);
         let args = command_line(&self.config, &accel, spec, &cmdline);
         let stderr_log = spec.state_dir.join("qemu.log");
         let stderr = std::fs::File::create(&stderr_log)
@@ -328,6 +351,7 @@ mod tests {
                 socket: "/run/veil/default/sb1/agent.sock".into(),
             },
             console_log: "/run/veil/default/sb1/console.log".into(),
+            egress: false,
         }
     }
 
@@ -345,7 +369,7 @@ mod tests {
             kvm: false,
             reason: "test".into(),
         };
-        let cmdline = kernel_cmdline(&config(), "info", &spec().channel);
+        let cmdline = kernel_cmdline(&config(), "info", &spec());
         let args = command_line(&config(), &tcg, &spec(), &cmdline).join(" ");
         let golden = "-name veil-sb1,debug-threads=on -machine q35,accel=tcg -cpu max -smp 1 -m 512M \
 -nodefaults -no-user-config -nographic -no-reboot -kernel /k/vmlinuz -initrd /k/initramfs.img \
@@ -370,7 +394,7 @@ mod tests {
             machine: "microvm,acpi=on".into(),
             ..config()
         };
-        let cmdline = kernel_cmdline(&microvm, "info", &spec().channel);
+        let cmdline = kernel_cmdline(&microvm, "info", &spec());
         assert!(cmdline.contains("reboot=t tsc_early_khz="), "{cmdline}");
         let args = command_line(&microvm, &tcg, &spec(), &cmdline).join(" ");
         for device in [
@@ -382,7 +406,42 @@ mod tests {
         }
         assert!(!args.contains("-pci"), "{args}");
         assert!(args.contains("-machine microvm,acpi=on,accel=tcg"));
-        assert!(!kernel_cmdline(&config(), "info", &spec().channel).contains("tsc_early_khz"));
+        assert!(!kernel_cmdline(&config(), "info", &spec()).contains("tsc_early_khz"));
+    }
+
+    #[test]
+    fn egress_adds_a_user_network_nic_without_option_rom_and_tells_the_agent() {
+        let tcg = AccelChoice {
+            kvm: false,
+            reason: "test".into(),
+        };
+        let with_egress = VmSpec {
+            egress: true,
+            ..spec()
+        };
+        let cmdline = kernel_cmdline(&config(), "info", &with_egress);
+        assert!(
+            cmdline.ends_with("veil.channel=serial veil.egress=user"),
+            "{cmdline}"
+        );
+        let args = command_line(&config(), &tcg, &with_egress, &cmdline).join(" ");
+        assert!(
+            args.ends_with(
+                "-netdev user,id=egress -device virtio-net-pci,netdev=egress,mac=52:54:00:76:65:01,romfile="
+            ),
+            "{args}"
+        );
+        let plain = command_line(
+            &config(),
+            &tcg,
+            &spec(),
+            &kernel_cmdline(&config(), "info", &spec()),
+        )
+        .join(" ");
+        assert!(
+            !plain.contains("netdev") && !plain.contains("egress"),
+            "{plain}"
+        );
     }
 
     #[test]
@@ -404,7 +463,7 @@ mod tests {
             channel: Channel::Vsock { cid: 1234 },
             ..spec()
         };
-        let cmdline = kernel_cmdline(&config(), "info", &vsock.channel);
+        let cmdline = kernel_cmdline(&config(), "info", &vsock);
         assert!(cmdline.contains("veil.channel=vsock"));
         let args = command_line(&config(), &tcg, &vsock, &cmdline).join(" ");
         assert!(
@@ -440,7 +499,7 @@ mod tests {
             kernel_params: "tsc_early_khz=2000000".into(),
             ..config()
         };
-        let cmdline = kernel_cmdline(&loud, "debug", &spec().channel);
+        let cmdline = kernel_cmdline(&loud, "debug", &spec());
         assert!(!cmdline.contains("quiet"));
         assert!(cmdline.ends_with("veil.log=debug veil.channel=serial tsc_early_khz=2000000"));
     }

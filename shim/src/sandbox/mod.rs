@@ -2,6 +2,7 @@
 //! process and the connected agent. A plain `ctr run` container is its own sandbox;
 //! under CRI every container with the same sandbox id shares one.
 
+pub mod delivery;
 pub mod storage;
 pub mod volumes;
 
@@ -29,6 +30,8 @@ pub struct Sandbox {
     pub console_log: PathBuf,
     /// The guest's answer to the first ping (kernel release, boot id).
     pub guest: veil_protocol::PingResponse,
+    /// The VM has an egress NIC (its pod declared a model delivery).
+    pub egress: bool,
     vm: Box<dyn Vm>,
     agent: AgentClient,
 }
@@ -68,8 +71,14 @@ pub fn remove_state_dir(state_dir: &Path) {
 }
 
 impl Sandbox {
-    /// Starts the VM for sandbox `id` and waits for its agent.
-    pub async fn start(config: &Config, namespace: &str, id: &str) -> Result<Sandbox> {
+    /// Starts the VM for sandbox `id` and waits for its agent; `egress` gives the VM its
+    /// user-network NIC (for a pod with a model delivery).
+    pub async fn start(
+        config: &Config,
+        namespace: &str,
+        id: &str,
+        egress: bool,
+    ) -> Result<Sandbox> {
         let state_dir = state_dir_for(config, namespace, id);
         // A previous shim of this id may have crashed: start from a clean directory.
         remove_state_dir(&state_dir);
@@ -82,6 +91,7 @@ impl Sandbox {
             shared_dir: shared_dir.clone(),
             channel: choose_channel(config, &state_dir),
             console_log: state_dir.join("console.log"),
+            egress,
         };
         let hypervisor = Qemu::new(config.hypervisor.clone(), config.agent.log_level.clone());
         let vm = hypervisor.launch(&spec).await?;
@@ -92,7 +102,7 @@ impl Sandbox {
             Duration::from_secs(config.agent.request_timeout_secs),
         )
         .await;
-        let (agent, guest) = match connected {
+        let (mut agent, guest) = match connected {
             Ok(connected) => connected,
             Err(error) => {
                 vm.kill().await;
@@ -101,6 +111,7 @@ impl Sandbox {
                 return Err(Error::Vm(format!("{error}; console: {console}")));
             }
         };
+        agent.set_delivery_timeout(Duration::from_secs(config.agent.delivery_timeout_secs));
         tracing::info!(
             sandbox = %id,
             vm = %vm.description(),
@@ -114,6 +125,7 @@ impl Sandbox {
             shared_dir,
             console_log: spec.console_log,
             guest,
+            egress,
             vm,
             agent,
         })

@@ -86,6 +86,12 @@ fn volume_annotations(
             }
         }
     }
+    // A model is only ever delivered into guest RAM.
+    if let Some(model_volume) =
+        annotations.and_then(|a| a.get(super::delivery::MODEL_VOLUME_ANNOTATION))
+    {
+        volumes.entry(model_volume.clone()).or_default().memory = true;
+    }
     Ok(volumes)
 }
 
@@ -100,6 +106,20 @@ fn is_memory_empty_dir(source: &Path) -> bool {
 /// refused before a VM is started for it.
 pub fn validate_annotations(annotations: Option<&HashMap<String, String>>) -> Result<()> {
     volume_annotations(annotations).map(|_| ())
+}
+
+/// The memory volume `name` as the agent must mount it (sized by its annotation), for a
+/// volume the spec need not mount itself (the target of a model delivery).
+pub fn memory_volume(
+    annotations: Option<&HashMap<String, String>>,
+    name: &str,
+) -> Result<veil_protocol::MemoryVolume> {
+    let annotated = volume_annotations(annotations)?;
+    Ok(veil_protocol::MemoryVolume {
+        name: name.to_string(),
+        size_bytes: annotated.get(name).and_then(|a| a.size_bytes).unwrap_or(0),
+        ..Default::default()
+    })
 }
 
 /// Points every memory-volume mount of `spec` at the agent's tmpfs and returns the
@@ -186,6 +206,23 @@ mod tests {
         assert_eq!(
             mounts[1].source().as_deref(),
             Some(Path::new("/var/lib/x/other"))
+        );
+    }
+
+    #[test]
+    fn the_model_volume_is_a_memory_volume_without_its_own_medium_annotation() {
+        let mut spec = spec(serde_json::json!({
+            "ociVersion": "1.0.2",
+            "annotations": {"io.veil.model.volume": "weights", "io.veil.volume.weights.size-limit": "1Mi"},
+            "mounts": [{"destination": "/model", "type": "bind", "source": "/var/lib/x/weights", "options": ["rbind", "ro"]}]
+        }));
+        let volumes = take_memory_volumes(&mut spec).expect("volumes");
+        assert_eq!(volumes.len(), 1);
+        assert_eq!(volumes[0].size_bytes, 1 << 20);
+        let unmounted = memory_volume(spec.annotations().as_ref(), "weights").expect("volume");
+        assert_eq!(
+            (unmounted.name.as_str(), unmounted.size_bytes),
+            ("weights", 1 << 20)
         );
     }
 

@@ -19,7 +19,7 @@ use veil_config::Config;
 use crate::error::{Error, Result};
 use crate::io::{self, StdioPaths};
 use crate::options;
-use crate::sandbox::{storage, volumes, Sandbox};
+use crate::sandbox::{delivery, storage, volumes, Sandbox};
 use events::EventSink;
 use process::{ExitInfo, ProcessState, Status};
 
@@ -102,13 +102,20 @@ impl TaskService {
             .ok_or_else(|| Error::FailedPrecondition("the sandbox VM is not running".into()))
     }
 
-    /// The running sandbox, started first if this is the sandbox's first container.
-    async fn ensure_sandbox(&self, config: &Config, sandbox_id: &str) -> Result<Arc<Sandbox>> {
+    /// The running sandbox, started first if this is the sandbox's first container; a
+    /// new VM gets an egress NIC when `egress` (its pod declares a model delivery).
+    async fn ensure_sandbox(
+        &self,
+        config: &Config,
+        sandbox_id: &str,
+        egress: bool,
+    ) -> Result<Arc<Sandbox>> {
         let mut slot = self.sandbox.lock().await;
         if let Some(sandbox) = slot.as_ref() {
             return Ok(sandbox.clone());
         }
-        let sandbox = Arc::new(Sandbox::start(config, self.events.namespace(), sandbox_id).await?);
+        let sandbox =
+            Arc::new(Sandbox::start(config, self.events.namespace(), sandbox_id, egress).await?);
         self.watch_vm(sandbox.clone());
         *slot = Some(sandbox.clone());
         Ok(sandbox)
@@ -169,11 +176,12 @@ impl TaskService {
         let (config, found) = Config::discover(config_path.as_deref())?;
         tracing::info!(config = ?found, "configuration loaded");
         volumes::validate_annotations(spec.annotations().as_ref())?;
+        let model_delivery = delivery::declaration(spec.annotations().as_ref())?;
         let sandbox_id = options::sandbox_id(spec.annotations().as_ref(), &request.id);
 
         // Boot the VM while containerd's snapshot is mounted: both take time.
         let (sandbox, rootfs) = tokio::join!(
-            self.ensure_sandbox(&config, &sandbox_id),
+            self.ensure_sandbox(&config, &sandbox_id, model_delivery.is_some()),
             storage::mount_rootfs(&bundle, &request.rootfs, &spec)
         );
         let (host_rootfs, rootfs_mounted) = match rootfs {
@@ -203,7 +211,14 @@ impl TaskService {
             terminal: request.terminal,
         };
         let created = self
-            .create_in_guest(&sandbox, &request.id, spec, &host_rootfs, &stdio)
+            .create_in_guest(
+                &sandbox,
+                &request.id,
+                spec,
+                &host_rootfs,
+                &stdio,
+                model_delivery,
+            )
             .await;
         let pid = match created {
             Ok(pid) => pid,
@@ -240,10 +255,25 @@ impl TaskService {
         mut spec: Spec,
         host_rootfs: &std::path::Path,
         stdio: &StdioPaths,
+        mut model_delivery: Option<veil_protocol::ModelDelivery>,
     ) -> Result<u32> {
         let guest_rootfs = storage::share_rootfs(&sandbox.shared_dir, id, host_rootfs)?;
         storage::adapt_spec_for_guest(&mut spec);
-        let memory_volumes = volumes::take_memory_volumes(&mut spec)?;
+        let mut memory_volumes = volumes::take_memory_volumes(&mut spec)?;
+        if let Some(declaration) = model_delivery.as_mut() {
+            if !sandbox.egress && !declaration.source_url.starts_with("file://") {
+                return Err(Error::FailedPrecondition(format!(
+                    "container {id} declares a model delivery but its sandbox VM was started without one, so it has no network to fetch the model; put the io.veil.model.* annotations on the pod"
+                )));
+            }
+            delivery::share_file_source(&sandbox.shared_dir, declaration)?;
+            if !memory_volumes.iter().any(|v| v.name == declaration.volume) {
+                memory_volumes.push(volumes::memory_volume(
+                    spec.annotations().as_ref(),
+                    &declaration.volume,
+                )?);
+            }
+        }
         storage::share_bind_mounts(&sandbox.shared_dir, id, &mut spec)?;
         let spec_json = serde_json::to_vec(&spec)
             .map_err(|e| Error::InvalidArgument(format!("serialize the OCI spec of {id}: {e}")))?;
@@ -255,6 +285,7 @@ impl TaskService {
                 rootfs: guest_rootfs,
                 stdio: veil_protocol::protobuf::MessageField::some(stdio.to_agent()),
                 memory_volumes,
+                model_delivery: model_delivery.into(),
                 ..Default::default()
             })
             .await

@@ -1,0 +1,302 @@
+//! The delivery steps, in order: network, fetch, attest (key release), decrypt + verify,
+//! unpack, seal the volume read-only. Each step's failure says which step failed and what
+//! to check; every failure empties the volume.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use nix::mount::{mount, MsFlags};
+use tokio::sync::watch;
+use veil_kbs_client::{Attester, ClientError, KbsClientConfig, SampleClaims, Zeroizing};
+use veil_seal::{DecryptError, DecryptOptions, Keyset};
+
+use super::fetch::{self, FetchError, ProgressReader};
+use super::unpack::{unpack_archive, UnpackError};
+use veil_protocol::delivery::{Plan, PlanError, Unpack};
+
+/// Where the archive waits between decrypt and unpack (hidden, removed after unpacking).
+const ARCHIVE_NAME: &str = ".veil-model-archive";
+/// The guest device of the SEV-SNP firmware's guest interface.
+const SEV_GUEST_DEVICE: &str = "/dev/sev-guest";
+
+/// A delivery step failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DeliveryError {
+    /// The declaration is malformed.
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    /// Another declaration already targets the volume.
+    #[error("volume {volume} already has a different model delivery; one delivery per volume")]
+    Conflict {
+        /// The volume.
+        volume: String,
+    },
+    /// The egress network is not up.
+    #[error("model delivery failed at step network: {0}")]
+    Network(String),
+    /// The sealed model could not be fetched.
+    #[error("model delivery failed at step fetch: {0}; check io.veil.model.source and that the store is reachable from the VM")]
+    Fetch(#[source] FetchError),
+    /// The key broker did not release the key.
+    #[error("model delivery failed at step attest: key {resource} from {kbs}: {source}")]
+    Key {
+        /// Broker URL.
+        kbs: String,
+        /// Resource path.
+        resource: String,
+        /// The client's error (the broker's problem detail when it refused).
+        #[source]
+        source: ClientError,
+    },
+    /// The released secret is not a keyset.
+    #[error("model delivery failed at step attest: the broker released {resource}, but it is not a Tink keyset ({detail}); store the model's keyset JSON at that path")]
+    Keyset {
+        /// Resource path.
+        resource: String,
+        /// Parser's complaint.
+        detail: String,
+    },
+    /// Decryption failed (tampered ciphertext, wrong key or associated data, or the
+    /// download broke off).
+    #[error("model delivery failed at step decrypt: {0}")]
+    Decrypt(#[source] DecryptError),
+    /// The plaintext is not the approved model.
+    #[error("model delivery failed at step verify: {0}; check io.veil.model.sha256")]
+    Verify(#[source] DecryptError),
+    /// The archive could not be unpacked.
+    #[error("model delivery failed at step unpack: {0}")]
+    Unpack(#[source] UnpackError),
+    /// The volume could not be prepared or sealed.
+    #[error("model delivery failed at step {step}: volume {volume}: {source}")]
+    Volume {
+        /// The step.
+        step: &'static str,
+        /// Volume directory.
+        volume: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// What a successful delivery did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryReport {
+    /// Plaintext bytes written.
+    pub plaintext_bytes: u64,
+    /// SHA-256 of the plaintext, hex.
+    pub sha256: String,
+}
+
+/// The attester this guest can use: SEV-SNP where the firmware interface exists, else the
+/// INSECURE sample attester (which a broker refuses unless its policy allows it), whose
+/// self-reported host data is the declaration's digest.
+pub fn choose_attester(plan: &Plan) -> Attester {
+    if Path::new(SEV_GUEST_DEVICE).exists() {
+        Attester::Snp { vmpl: 0 }
+    } else {
+        tracing::warn!(
+            insecure = true,
+            "no {SEV_GUEST_DEVICE}: attesting with the INSECURE sample attester; a broker releases keys to it only if its policy allows sample"
+        );
+        Attester::Sample(SampleClaims {
+            measurement: String::new(),
+            host_data: plan.declaration_digest.clone(),
+        })
+    }
+}
+
+async fn wait_for_network(
+    network: Option<watch::Receiver<Option<Result<(), String>>>>,
+) -> Result<(), DeliveryError> {
+    let Some(mut network) = network else {
+        return Ok(());
+    };
+    let result = network
+        .wait_for(Option::is_some)
+        .await
+        .map(|r| r.clone())
+        .map_err(|_| DeliveryError::Network("the network set-up task ended".into()))?;
+    match result {
+        Some(Err(error)) => Err(DeliveryError::Network(error)),
+        _ => Ok(()),
+    }
+}
+
+/// Runs the whole delivery; on failure the volume is emptied.
+pub async fn deliver(
+    plan: Plan,
+    volume_dir: PathBuf,
+    network: Option<watch::Receiver<Option<Result<(), String>>>>,
+) -> Result<DeliveryReport, DeliveryError> {
+    let started = Instant::now();
+    tracing::info!(volume = %plan.volume, source = %plan.source, kbs = %plan.kbs_url, "delivery.started");
+    let outcome = match wait_for_network(network).await {
+        Ok(()) => {
+            let dir = volume_dir.clone();
+            tokio::task::spawn_blocking(move || deliver_blocking(&plan, &dir))
+                .await
+                .unwrap_or_else(|join| {
+                    Err(DeliveryError::Network(format!(
+                        "delivery worker failed: {join}"
+                    )))
+                })
+        }
+        Err(error) => Err(error),
+    };
+    match &outcome {
+        Ok(report) => tracing::info!(
+            volume = %volume_dir.display(),
+            bytes = report.plaintext_bytes,
+            sha256 = %report.sha256,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "delivery.ready"
+        ),
+        Err(error) => {
+            empty_volume(&volume_dir);
+            tracing::error!(volume = %volume_dir.display(), %error, "delivery.failed");
+        }
+    }
+    outcome
+}
+
+fn deliver_blocking(plan: &Plan, volume_dir: &Path) -> Result<DeliveryReport, DeliveryError> {
+    let started = Instant::now();
+    // Opened before attesting, so an unreachable store fails fast and costs the broker nothing.
+    let fetched = fetch::open(&plan.source).map_err(DeliveryError::Fetch)?;
+    tracing::info!(length = ?fetched.length, elapsed_ms = started.elapsed().as_millis() as u64, "delivery.fetch.opened");
+    let keyset = release_keyset(plan)?;
+    tracing::info!(
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "delivery.key.released"
+    );
+    let plaintext_path = match plan.unpack {
+        Unpack::None => volume_dir.join(&plan.path),
+        Unpack::Tar | Unpack::TarGz => volume_dir.join(ARCHIVE_NAME),
+    };
+    if let Some(parent) = plaintext_path.parent() {
+        std::fs::create_dir_all(parent).map_err(|source| DeliveryError::Volume {
+            step: "decrypt",
+            volume: volume_dir.to_path_buf(),
+            source,
+        })?;
+    }
+    let report = decrypt_with_retries(plan, fetched, &keyset, &plaintext_path)?;
+    drop(keyset);
+    tracing::info!(
+        bytes = report.plaintext_bytes,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "delivery.decrypted"
+    );
+    if plan.unpack != Unpack::None {
+        let target = volume_dir.join(&plan.path);
+        let entries = unpack_archive(&plaintext_path, plan.unpack == Unpack::TarGz, &target)
+            .map_err(DeliveryError::Unpack)?;
+        std::fs::remove_file(&plaintext_path).map_err(|source| DeliveryError::Volume {
+            step: "unpack",
+            volume: volume_dir.to_path_buf(),
+            source,
+        })?;
+        tracing::info!(
+            entries,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "delivery.unpacked"
+        );
+    }
+    seal_read_only(volume_dir)?;
+    Ok(report)
+}
+
+fn release_keyset(plan: &Plan) -> Result<Keyset, DeliveryError> {
+    let config = KbsClientConfig::new(plan.kbs_url.clone(), choose_attester(plan));
+    let mut attempt = 1;
+    let secret: Zeroizing<Vec<u8>> = loop {
+        match veil_kbs_client::fetch_resource(&config, &plan.key_resource) {
+            Ok(secret) => break secret,
+            Err(ClientError::Transport { url, reason }) if attempt < fetch::ATTEMPTS => {
+                tracing::warn!(%url, %reason, attempt, "key broker unreachable; retrying");
+                std::thread::sleep(std::time::Duration::from_millis(500 << attempt));
+                attempt += 1;
+            }
+            Err(source) => {
+                return Err(DeliveryError::Key {
+                    kbs: plan.kbs_url.clone(),
+                    resource: plan.key_resource.clone(),
+                    source,
+                })
+            }
+        }
+    };
+    Keyset::parse(&secret).map_err(|e| DeliveryError::Keyset {
+        resource: plan.key_resource.clone(),
+        detail: e.to_string(),
+    })
+}
+
+fn decrypt_with_retries(
+    plan: &Plan,
+    mut fetched: fetch::Fetched,
+    keyset: &Keyset,
+    dest: &Path,
+) -> Result<DeliveryReport, DeliveryError> {
+    let mut attempt = 1;
+    loop {
+        let options = DecryptOptions {
+            expected_sha256: plan.sha256,
+            ..Default::default()
+        };
+        let source = ProgressReader::new(fetched.reader, fetched.length);
+        match veil_seal::decrypt_to_file(source, keyset, &plan.associated_data, dest, &options) {
+            Ok(report) => {
+                return Ok(DeliveryReport {
+                    plaintext_bytes: report.plaintext_bytes,
+                    sha256: report.sha256_hex(),
+                })
+            }
+            // The download broke off: the partial plaintext is gone, fetch it again.
+            Err(DecryptError::Read { offset, source }) if attempt < fetch::ATTEMPTS => {
+                tracing::warn!(offset, error = %source, attempt, "reading the sealed model failed; fetching again");
+                attempt += 1;
+                fetched = fetch::open(&plan.source).map_err(DeliveryError::Fetch)?;
+            }
+            Err(error @ DecryptError::DigestMismatch { .. }) => {
+                return Err(DeliveryError::Verify(error))
+            }
+            Err(error) => return Err(DeliveryError::Decrypt(error)),
+        }
+    }
+}
+
+/// Remounts the volume read-only, so no container can change the verified model.
+fn seal_read_only(volume_dir: &Path) -> Result<(), DeliveryError> {
+    mount(
+        None::<&str>,
+        volume_dir,
+        None::<&str>,
+        MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        None::<&str>,
+    )
+    .map_err(|errno| DeliveryError::Volume {
+        step: "seal",
+        volume: volume_dir.to_path_buf(),
+        source: errno.into(),
+    })
+}
+
+/// Removes everything in the volume (not the mount point itself).
+fn empty_volume(volume_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(volume_dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let removed = if path.is_dir() && !path.is_symlink() {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+        if let Err(error) = removed {
+            tracing::error!(path = %path.display(), %error, "could not empty the volume after a failed delivery");
+        }
+    }
+}

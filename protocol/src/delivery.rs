@@ -1,0 +1,290 @@
+//! A model delivery declaration ([`ModelDelivery`]) checked into a [`Plan`]: the shim
+//! checks it before any VM starts (so bad annotations are refused early) and the agent
+//! checks it again before running it (the agent trusts nothing from the host).
+//!
+//! The declaration comes from the host (pod annotations), which is not trusted with the
+//! model but is trusted to say where to find it: a wrong URL, key or digest can only make
+//! the delivery fail, because the key is released only to an attested guest and the
+//! plaintext must match the owner's digest.
+
+use std::path::{Component, Path, PathBuf};
+
+use crate::ModelDelivery;
+use sha2::{Digest, Sha256};
+
+/// Where the sealed model comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// An `http://` or `https://` URL.
+    Http(String),
+    /// A file in the guest (shared from the host: ciphertext only).
+    File(PathBuf),
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::Http(url) => f.write_str(url),
+            Source::File(path) => write!(f, "file://{}", path.display()),
+        }
+    }
+}
+
+/// How the decrypted model is laid out in the volume.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unpack {
+    /// The plaintext is the model file itself.
+    None,
+    /// The plaintext is a tar archive.
+    Tar,
+    /// The plaintext is a gzip-compressed tar archive.
+    TarGz,
+}
+
+/// A checked delivery declaration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// Target memory volume.
+    pub volume: String,
+    /// Path relative to the volume's root (file for `Unpack::None`, directory otherwise).
+    pub path: PathBuf,
+    /// The sealed model.
+    pub source: Source,
+    /// Key broker base URL.
+    pub kbs_url: String,
+    /// `<repository>/<type>/<tag>` at the broker.
+    pub key_resource: String,
+    /// Expected plaintext digest.
+    pub sha256: Option<[u8; 32]>,
+    /// Layout.
+    pub unpack: Unpack,
+    /// Associated data of the seal.
+    pub associated_data: Vec<u8>,
+    /// SHA-256 over the declaration (what the shim measures into SNP `host_data`, and what the
+    /// `sample` attester reports as its host data), hex.
+    pub declaration_digest: String,
+}
+
+/// The declaration is unusable.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("model delivery declaration: {field}: {problem}")]
+pub struct PlanError {
+    /// The field (named as its annotation suffix).
+    pub field: &'static str,
+    /// What is wrong and what is expected.
+    pub problem: String,
+}
+
+fn bad(field: &'static str, problem: impl Into<String>) -> PlanError {
+    PlanError {
+        field,
+        problem: problem.into(),
+    }
+}
+
+fn parse_source(url: &str) -> Result<Source, PlanError> {
+    if let Some(path) = url.strip_prefix("file://") {
+        if !path.starts_with('/') {
+            return Err(bad(
+                "source",
+                format!("{url:?}: file URLs need an absolute path"),
+            ));
+        }
+        return Ok(Source::File(PathBuf::from(path)));
+    }
+    if url.starts_with("http://") || url.starts_with("https://") {
+        return Ok(Source::Http(url.to_string()));
+    }
+    Err(bad(
+        "source",
+        format!("{url:?}: use an http://, https:// or file:// URL"),
+    ))
+}
+
+fn parse_relative_path(text: &str, unpack: Unpack) -> Result<PathBuf, PlanError> {
+    let default = match unpack {
+        Unpack::None => "model",
+        Unpack::Tar | Unpack::TarGz => "",
+    };
+    let text = if text.is_empty() { default } else { text };
+    let path = Path::new(text.trim_start_matches('/'));
+    if path
+        .components()
+        .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
+    {
+        return Err(bad(
+            "path",
+            format!("{text:?} must stay inside the volume (no '..')"),
+        ));
+    }
+    if unpack == Unpack::None && path.as_os_str().is_empty() {
+        return Err(bad("path", "unpack none needs a file name"));
+    }
+    Ok(path.to_path_buf())
+}
+
+fn parse_unpack(text: &str) -> Result<Unpack, PlanError> {
+    match text {
+        "" | "none" => Ok(Unpack::None),
+        "tar" => Ok(Unpack::Tar),
+        "tar.gz" | "tgz" => Ok(Unpack::TarGz),
+        other => Err(bad("unpack", format!("{other:?}: use none, tar or tar.gz"))),
+    }
+}
+
+fn parse_sha256(text: &str) -> Result<Option<[u8; 32]>, PlanError> {
+    if text.is_empty() {
+        return Ok(None);
+    }
+    let mut digest = [0u8; 32];
+    match hex::decode_to_slice(text, &mut digest) {
+        Ok(()) if text.len() == 64 => Ok(Some(digest)),
+        _ => Err(bad("sha256", format!("{text:?} is not 64 hex digits"))),
+    }
+}
+
+fn check_key_resource(path: &str) -> Result<(), PlanError> {
+    let segments: Vec<&str> = path.split('/').collect();
+    if segments.len() != 3 || segments.iter().any(|s| s.is_empty()) {
+        return Err(bad(
+            "key",
+            format!("{path:?}: expected <repository>/<type>/<tag>, e.g. models/key/llama"),
+        ));
+    }
+    Ok(())
+}
+
+fn check_kbs_url(url: &str) -> Result<(), PlanError> {
+    if url.starts_with("http://") || url.starts_with("https://") {
+        Ok(())
+    } else {
+        Err(bad(
+            "kbs",
+            format!("{url:?}: use the broker's http:// or https:// base URL"),
+        ))
+    }
+}
+
+/// Digest over every field of the declaration, each length-prefixed so that no two
+/// declarations share one.
+pub fn declaration_digest(delivery: &ModelDelivery) -> String {
+    let mut hasher = Sha256::new();
+    for field in [
+        delivery.volume.as_bytes(),
+        delivery.path.as_bytes(),
+        delivery.source_url.as_bytes(),
+        delivery.kbs_url.as_bytes(),
+        delivery.key_resource.as_bytes(),
+        delivery.sha256.as_bytes(),
+        delivery.unpack.as_bytes(),
+        &delivery.associated_data,
+    ] {
+        hasher.update((field.len() as u64).to_be_bytes());
+        hasher.update(field);
+    }
+    hex::encode(hasher.finalize())
+}
+
+impl Plan {
+    /// Checks a declaration.
+    pub fn parse(delivery: &ModelDelivery) -> Result<Plan, PlanError> {
+        if delivery.volume.is_empty() {
+            return Err(bad(
+                "volume",
+                "name the memory volume that receives the model",
+            ));
+        }
+        let unpack = parse_unpack(&delivery.unpack)?;
+        check_kbs_url(&delivery.kbs_url)?;
+        check_key_resource(&delivery.key_resource)?;
+        Ok(Plan {
+            volume: delivery.volume.clone(),
+            path: parse_relative_path(&delivery.path, unpack)?,
+            source: parse_source(&delivery.source_url)?,
+            kbs_url: delivery.kbs_url.clone(),
+            key_resource: delivery.key_resource.clone(),
+            sha256: parse_sha256(&delivery.sha256)?,
+            unpack,
+            associated_data: delivery.associated_data.clone(),
+            declaration_digest: declaration_digest(delivery),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn declaration() -> ModelDelivery {
+        ModelDelivery {
+            volume: "model".into(),
+            path: "".into(),
+            source_url: "http://10.0.2.2:8000/model.sealed".into(),
+            kbs_url: "http://10.0.2.2:8080".into(),
+            key_resource: "models/key/demo".into(),
+            sha256: "ab".repeat(32),
+            unpack: "".into(),
+            associated_data: b"demo".to_vec(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_full_declaration_parses_with_defaults() {
+        let plan = Plan::parse(&declaration()).expect("plan");
+        assert_eq!(plan.path, PathBuf::from("model"));
+        assert_eq!(plan.unpack, Unpack::None);
+        assert_eq!(plan.sha256, Some([0xab; 32]));
+        assert!(matches!(plan.source, Source::Http(_)));
+        assert_eq!(plan.declaration_digest.len(), 64);
+    }
+
+    #[test]
+    fn each_bad_field_is_named() {
+        let cases: [(fn(&mut ModelDelivery), &str); 7] = [
+            (|d| d.volume.clear(), "volume"),
+            (|d| d.source_url = "ftp://x/y".into(), "source"),
+            (|d| d.kbs_url = "kbs.example".into(), "kbs"),
+            (|d| d.key_resource = "models/key".into(), "key"),
+            (|d| d.sha256 = "xyz".into(), "sha256"),
+            (|d| d.unpack = "zip".into(), "unpack"),
+            (|d| d.path = "../etc/passwd".into(), "path"),
+        ];
+        for (break_it, field) in cases {
+            let mut delivery = declaration();
+            break_it(&mut delivery);
+            let error = Plan::parse(&delivery).expect_err(field);
+            assert_eq!(error.field, field, "{error}");
+        }
+    }
+
+    #[test]
+    fn the_digest_changes_with_any_field() {
+        let base = declaration_digest(&declaration());
+        let mut moved = declaration();
+        moved.path = "m".into();
+        assert_ne!(declaration_digest(&moved), base);
+        let mut shifted = declaration();
+        shifted.volume = "mode".into();
+        shifted.path = "l".into();
+        assert_ne!(declaration_digest(&shifted), base);
+    }
+
+    #[test]
+    fn tar_defaults_to_the_volume_root_and_file_urls_are_absolute() {
+        let mut delivery = declaration();
+        delivery.unpack = "tar.gz".into();
+        delivery.source_url = "file:///run/veil/shared/model/m.sealed".into();
+        let plan = Plan::parse(&delivery).expect("plan");
+        assert_eq!(plan.path, PathBuf::new());
+        assert_eq!(
+            plan.source,
+            Source::File(PathBuf::from("/run/veil/shared/model/m.sealed"))
+        );
+        delivery.source_url = "file://relative".into();
+        assert_eq!(
+            Plan::parse(&delivery).expect_err("relative").field,
+            "source"
+        );
+    }
+}

@@ -1,0 +1,272 @@
+//! Model delivery on the shim's side: the pod's `io.veil.model.*` annotations become the
+//! agent's [`ModelDelivery`] declaration, checked before any VM starts.
+//!
+//! | annotation | meaning |
+//! | --- | --- |
+//! | `io.veil.model.source` | sealed model URL: `http(s)://`, or `file://` for a host file (shared read-only; ciphertext only) |
+//! | `io.veil.model.kbs` | key broker base URL |
+//! | `io.veil.model.key` | key resource at the broker: `<repository>/<type>/<tag>` |
+//! | `io.veil.model.volume` | memory volume that receives the model (always guest RAM) |
+//! | `io.veil.model.sha256` | expected SHA-256 of the plaintext (recommended) |
+//! | `io.veil.model.path` | file (unpack none, default `model`) or directory (tar) in the volume |
+//! | `io.veil.model.unpack` | `none` (default), `tar` or `tar.gz` |
+//! | `io.veil.model.aad` | associated data the model was sealed with |
+//!
+//! URLs naming the node's loopback (`127.0.0.1`, `localhost`) are rewritten to the
+//! address under which the guest's user network reaches it.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use nix::mount::{mount, MsFlags};
+use veil_protocol::delivery::Plan;
+use veil_protocol::ModelDelivery;
+
+use crate::error::{Error, Result};
+
+/// Prefix of the model delivery annotations.
+pub const MODEL_ANNOTATION_PREFIX: &str = "io.veil.model.";
+/// The annotation naming the target volume.
+pub const MODEL_VOLUME_ANNOTATION: &str = "io.veil.model.volume";
+/// Where a `file://` source is shared, inside the sandbox's shared directory.
+const SOURCE_SHARE: &str = ".model-source";
+
+const REQUIRED: [&str; 4] = ["source", "kbs", "key", "volume"];
+
+fn invalid(key: &str, problem: impl std::fmt::Display) -> Error {
+    Error::InvalidArgument(format!("annotation {key}: {problem}"))
+}
+
+/// Points loopback URLs at the node as the guest sees it.
+fn guest_reachable(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let host_end = rest.find([':', '/']).unwrap_or(rest.len());
+    let host = &rest[..host_end];
+    if host == "127.0.0.1" || host == "localhost" {
+        let node = std::net::Ipv4Addr::from(veil_protocol::egress::HOST_ADDRESS);
+        return format!("{scheme}://{node}{}", &rest[host_end..]);
+    }
+    url.to_string()
+}
+
+/// The pod's delivery declaration, or `None` when it declares none. Unknown or missing
+/// fields and malformed values are refused, naming the annotation.
+pub fn declaration(annotations: Option<&HashMap<String, String>>) -> Result<Option<ModelDelivery>> {
+    let mut fields: HashMap<&str, &str> = HashMap::new();
+    for (key, value) in annotations.into_iter().flatten() {
+        let Some(field) = key.strip_prefix(MODEL_ANNOTATION_PREFIX) else {
+            continue;
+        };
+        let known = [
+            "source", "kbs", "key", "volume", "sha256", "path", "unpack", "aad",
+        ];
+        if !known.contains(&field) {
+            return Err(invalid(
+                key,
+                format!("unknown field; use one of {}", known.join(", ")),
+            ));
+        }
+        fields.insert(field, value.as_str());
+    }
+    if fields.is_empty() {
+        return Ok(None);
+    }
+    for field in REQUIRED {
+        if fields.get(field).is_none_or(|v| v.is_empty()) {
+            return Err(invalid(
+                &format!("{MODEL_ANNOTATION_PREFIX}{field}"),
+                "required for a model delivery (needs source, kbs, key and volume)",
+            ));
+        }
+    }
+    let get = |field: &str| fields.get(field).copied().unwrap_or_default().to_string();
+    let source = get("source");
+    let declaration = ModelDelivery {
+        volume: get("volume"),
+        path: get("path"),
+        source_url: if source.starts_with("file://") {
+            source
+        } else {
+            guest_reachable(&source)
+        },
+        kbs_url: guest_reachable(&get("kbs")),
+        key_resource: get("key"),
+        sha256: get("sha256").to_ascii_lowercase(),
+        unpack: get("unpack"),
+        associated_data: get("aad").into_bytes(),
+        ..Default::default()
+    };
+    // The plan's field names are the annotations' suffixes.
+    Plan::parse(&declaration)
+        .map_err(|e| invalid(&format!("{MODEL_ANNOTATION_PREFIX}{}", e.field), e.problem))?;
+    if !veil_protocol::is_valid_volume_name(&declaration.volume) {
+        return Err(invalid(
+            MODEL_VOLUME_ANNOTATION,
+            "must be 1-63 characters of a-z, 0-9, '-' or '.'",
+        ));
+    }
+    Ok(Some(declaration))
+}
+
+/// For a `file://` source, shares the host file read-only into the sandbox's shared
+/// directory (once per sandbox) and points the declaration at the guest's view of it.
+pub fn share_file_source(shared_dir: &Path, declaration: &mut ModelDelivery) -> Result<()> {
+    let Some(host_path) = declaration.source_url.strip_prefix("file://") else {
+        return Ok(());
+    };
+    let host_path = PathBuf::from(host_path);
+    let name = host_path
+        .file_name()
+        .ok_or_else(|| invalid("io.veil.model.source", "a file:// URL must name a file"))?
+        .to_string_lossy()
+        .into_owned();
+    let dir = shared_dir.join(SOURCE_SHARE);
+    let target = dir.join(&name);
+    if !target.exists() {
+        let meta = std::fs::metadata(&host_path).map_err(|e| {
+            invalid(
+                "io.veil.model.source",
+                format!("{}: {e}", host_path.display()),
+            )
+        })?;
+        if !meta.is_file() {
+            return Err(invalid(
+                "io.veil.model.source",
+                format!("{} is not a regular file", host_path.display()),
+            ));
+        }
+        std::fs::create_dir_all(&dir).map_err(Error::io(format!("create {}", dir.display())))?;
+        std::fs::File::create(&target)
+            .map_err(Error::io(format!("create {}", target.display())))?;
+        bind_read_only(&host_path, &target)?;
+    }
+    declaration.source_url = format!(
+        "file://{}/{SOURCE_SHARE}/{name}",
+        veil_protocol::GUEST_SHARED_DIR
+    );
+    Ok(())
+}
+
+fn bind_read_only(source: &Path, target: &Path) -> Result<()> {
+    let error = |e: nix::errno::Errno| Error::Io {
+        what: format!(
+            "bind {} read-only to {}",
+            source.display(),
+            target.display()
+        ),
+        source: e.into(),
+    };
+    mount(
+        Some(source),
+        target,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .map_err(error)?;
+    mount(
+        None::<&str>,
+        target,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+        None::<&str>,
+    )
+    .map_err(error)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn annotations(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (format!("{MODEL_ANNOTATION_PREFIX}{k}"), v.to_string()))
+            .collect()
+    }
+
+    fn full() -> Vec<(&'static str, &'static str)> {
+        vec![
+            ("source", "http://127.0.0.1:8000/model.sealed"),
+            ("kbs", "http://localhost:8080"),
+            ("key", "models/key/demo"),
+            ("volume", "model"),
+            ("sha256", "AB"),
+        ]
+    }
+
+    #[test]
+    fn no_model_annotation_means_no_delivery() {
+        let other = HashMap::from([("io.veil.volume.x.medium".to_string(), "Memory".to_string())]);
+        assert_eq!(declaration(Some(&other)).expect("ok"), None);
+        assert_eq!(declaration(None).expect("ok"), None);
+    }
+
+    #[test]
+    fn loopback_urls_point_at_the_node_as_the_guest_sees_it() {
+        let mut pairs = full();
+        pairs.retain(|(k, _)| *k != "sha256");
+        let delivery = declaration(Some(&annotations(&pairs)))
+            .expect("ok")
+            .expect("declared");
+        assert_eq!(delivery.source_url, "http://10.0.2.2:8000/model.sealed");
+        assert_eq!(delivery.kbs_url, "http://10.0.2.2:8080");
+        assert_eq!(
+            guest_reachable("https://models.example/m"),
+            "https://models.example/m"
+        );
+        assert_eq!(guest_reachable("http://localhost/m"), "http://10.0.2.2/m");
+    }
+
+    #[test]
+    fn bad_annotations_are_refused_by_name() {
+        let mut unknown = full();
+        unknown.push(("colour", "red"));
+        let error = declaration(Some(&annotations(&unknown)))
+            .expect_err("unknown")
+            .to_string();
+        assert!(error.contains("io.veil.model.colour"), "{error}");
+
+        let mut missing = full();
+        missing.retain(|(k, _)| *k != "kbs");
+        let error = declaration(Some(&annotations(&missing)))
+            .expect_err("missing")
+            .to_string();
+        assert!(
+            error.contains("io.veil.model.kbs") && error.contains("required"),
+            "{error}"
+        );
+
+        let error = declaration(Some(&annotations(&full())))
+            .expect_err("short digest")
+            .to_string();
+        assert!(
+            error.contains("io.veil.model.sha256") && error.contains("64 hex"),
+            "{error}"
+        );
+
+        let mut bad_volume = full();
+        bad_volume.retain(|(k, _)| *k != "sha256");
+        bad_volume.retain(|(k, _)| *k != "volume");
+        bad_volume.push(("volume", "Model_Dir"));
+        let error = declaration(Some(&annotations(&bad_volume)))
+            .expect_err("volume")
+            .to_string();
+        assert!(error.contains("io.veil.model.volume"), "{error}");
+    }
+
+    #[test]
+    fn a_missing_file_source_is_named() {
+        let shared = tempfile::tempdir().expect("tempdir");
+        let mut delivery = ModelDelivery {
+            source_url: "file:///nonexistent/model.sealed".into(),
+            ..Default::default()
+        };
+        let error = share_file_source(shared.path(), &mut delivery)
+            .expect_err("missing")
+            .to_string();
+        assert!(error.contains("/nonexistent/model.sealed"), "{error}");
+    }
+}
