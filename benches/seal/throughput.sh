@@ -2,7 +2,12 @@
 # Decrypt throughput of a 1 GiB sealed model into tmpfs (issue 3), next to:
 #   - `openssl speed -evp aes-256-gcm` with 16 KiB blocks (one core, and all cores),
 #   - Tink's Python streaming decrypt of the same sealed file (the GKE seed's tool),
-#   - `gpg --decrypt` of the same plaintext encrypted symmetrically with AES256.
+#   - `gpg --decrypt` of the same plaintext encrypted symmetrically with AES256,
+#   - two floors that no decryptor into tmpfs can beat: `openssl speed -evp sha256` (the
+#     plaintext digest is always computed) and `dd` of the plaintext into tmpfs (the page-cache
+#     copy of the output, no crypto at all),
+#   - veil decrypting to stdout (> /dev/null): the same pipeline without the tmpfs write.
+# With `perf` installed (apt-get install linux-perf), it also records where veil's CPU time goes.
 # Writes benches/results/seal-throughput.md.
 #
 # Needs: a release `veil` binary (VEIL=path, default target/release/veil, built with
@@ -27,6 +32,7 @@ python3 -c 'import tink' 2>/dev/null || { echo "Tink for Python missing: pip ins
 
 cpus=$(nproc)
 bytes=$((size_mib << 20))
+load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 [[ -x /usr/bin/time ]] || { echo "GNU time missing: apt-get install time" >&2; exit 1; }
 # Runs a command; prints "WALL_MIBS CPU_MIBS": MiB/s of wall-clock time, and MiB per second of
 # CPU time (user + system, all threads), which stays meaningful on a busy shared machine.
@@ -57,10 +63,64 @@ veil_best() {
     echo "$best"
 }
 
+# The same, decrypting to stdout into /dev/null (no output file, so no page-cache copy).
+veil_stdout_best() {
+    local threads=$1 best="0 0"
+    for _ in $(seq "$runs"); do
+        local rate
+        rate=$(timed "$veil" seal decrypt --keyset "$work/keyset.json" --aad bench --threads "$threads" \
+            --sha256 "$want" "$work/sealed" -)
+        ((${rate% *} > ${best% *})) && best=$rate
+    done
+    echo "$best"
+}
+
+# Best of $runs for dd copying the plaintext into a new tmpfs file: the output-side floor.
+dd_best() {
+    local best="0 0"
+    for _ in $(seq "$runs"); do
+        rm -f "$work/out-dd"
+        local rate
+        rate=$(timed dd if="$work/plain" of="$work/out-dd" bs=1M)
+        ((${rate% *} > ${best% *})) && best=$rate
+    done
+    rm -f "$work/out-dd"
+    echo "$best"
+}
+
 echo "veil decrypt" >&2
 veil_1=$(veil_best 1)
 veil_2=$(veil_best 2)
 veil_all=$(veil_best "$cpus")
+veil_stdout_1=$(veil_stdout_best 1)
+veil_stdout_all=$(veil_stdout_best "$cpus")
+rm -f "$work/out"
+
+echo "dd into tmpfs" >&2
+dd_rate=$(dd_best)
+
+# Where veil's CPU time goes (1 worker, into tmpfs), by symbol family, from perf samples.
+profile=""
+if command -v perf >/dev/null && perf record -q -o "$work/perf.data" -- true 2>/dev/null; then
+    echo "perf profile" >&2
+    rm -f "$work/out"
+    perf record -q -o "$work/perf.data" -- "$veil" seal decrypt --keyset "$work/keyset.json" --aad bench \
+        --threads 1 --sha256 "$want" "$work/sealed" "$work/out" >/dev/null 2>&1
+    profile=$(perf report -i "$work/perf.data" --no-children --sort sym --stdio 2>/dev/null | awk '
+        /^ +[0-9.]+%/ {
+            pct = $1; sub("%", "", pct); sym = $NF
+            if (sym ~ /sha256/) k = "SHA-256 of the plaintext (ring, SHA-NI)"
+            else if (sym ~ /aes|gcm|ghash|clmul/) k = "AES-GCM (ring, VAES/AVX2)"
+            else if (sym ~ /copy_folio_from_iter/) k = "writing the output: copy into tmpfs pages"
+            else if (sym ~ /_copy_to_iter|copy_user/) k = "reading the input: copy out of tmpfs"
+            else if (sym ~ /crossbeam|sched|futex|switch|schedule|yield|wake|try_to_wake|select_task/) k = "thread hand-offs (channels, futex, yield)"
+            else if (substr($2, 1, 3) == "[k]") k = "other kernel work: page allocation and accounting, page-cache locks and lookups, syscalls"
+            else k = "other user space"
+            share[k] += pct
+        }
+        END { for (k in share) printf "| %s | %.0f%% |\n", k, share[k] }' | sort -t'|' -k3 -rn)
+    rm -f "$work/out" "$work/perf.data"
+fi
 
 echo "openssl speed" >&2
 # openssl speed reports per CPU-second by default (user time); -elapsed gives wall-clock rates.
@@ -99,12 +159,15 @@ mkdir -p "$(dirname "$out_md")"
     echo "SHA-256 of the plaintext computed and checked. veil figures are the best of $runs runs."
     echo
     echo "Machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $cpus CPUs;"
-    echo "load average before the run: $(cut -d' ' -f1-3 /proc/loadavg) (a shared machine: figures are noisy)."
+    echo "load average (1, 5, 15 min) before the run: $load_before, after: $(cut -d' ' -f1-3 /proc/loadavg)"
+    echo "(a machine shared with other builds: wall-clock figures are noisy, MiB/CPU-s less so)."
     echo
     echo "MiB/s is plaintext MiB per wall-clock second; MiB/CPU-s is per second of CPU time (user +"
-    echo "system, all threads). veil's \"N worker threads\" run next to a reader, a writer and a"
-    echo "SHA-256 hasher thread. SHA-256 cannot be parallelised within one stream, so its single-core"
-    echo "speed (the openssl sha256 row) is the ceiling for any decrypt that also hashes the plaintext."
+    echo "system, all threads). veil's \"N worker threads\" run next to a reader, an ordering and a"
+    echo "SHA-256 hasher thread; with 1 MiB segments into a file the workers write their segments"
+    echo "themselves. SHA-256 cannot be parallelised within one stream, so its single-core speed (the"
+    echo "openssl sha256 row) caps any decrypt that also hashes the plaintext; the dd row caps any"
+    echo "tool that writes the plaintext into tmpfs with one thread."
     echo
     echo "| what | MiB/s (wall) | MiB/CPU-s |"
     echo "| --- | ---: | ---: |"
@@ -116,6 +179,9 @@ mkdir -p "$(dirname "$out_md")"
     echo "| openssl speed -evp sha256, 16 KiB blocks, 1 core (hashing alone) | $sha_wall | $sha_cpu |"
     echo "| Tink Python streaming decrypt (same sealed file) | $(wall "$tink") | $(cpu "$tink") |"
     echo "| gpg --decrypt (symmetric AES256, no compression) | $(wall "$gpg_rate") | $(cpu "$gpg_rate") |"
+    echo "| veil seal decrypt to stdout (> /dev/null), 1 worker thread | $(wall "$veil_stdout_1") | $(cpu "$veil_stdout_1") |"
+    echo "| veil seal decrypt to stdout (> /dev/null), $cpus worker threads | $(wall "$veil_stdout_all") | $(cpu "$veil_stdout_all") |"
+    echo "| dd bs=1M of the plaintext into a new tmpfs file (no crypto, no hash) | $(wall "$dd_rate") | $(cpu "$dd_rate") |"
     echo
     echo "Targets from issue 3 (wall clock; openssl 1 core by its -elapsed figure):"
     echo
@@ -123,5 +189,16 @@ mkdir -p "$(dirname "$out_md")"
     echo "- veil 2 threads / veil 1 thread: $(ratio "$(wall "$veil_2")" "$(wall "$veil_1")") (target >= 1.8)"
     echo "- veil all threads / Tink Python: $(ratio "$(wall "$veil_all")" "$(wall "$tink")") (target >= 5)"
     echo "- veil all threads / gpg: $(ratio "$(wall "$veil_all")" "$(wall "$gpg_rate")") (target >= 5)"
+    echo
+    echo "Floors on this machine, wall clock: veil 1 thread / openssl sha256 1 core:"
+    echo "$(ratio "$(wall "$veil_1")" "$sha_wall"); veil 1 thread / dd into tmpfs: $(ratio "$(wall "$veil_1")" "$(wall "$dd_rate")")."
+    if [[ -n $profile ]]; then
+        echo
+        echo "Where veil's CPU time goes (perf samples, 1 worker thread, into tmpfs):"
+        echo
+        echo "| cost | share of CPU samples |"
+        echo "| --- | ---: |"
+        echo "$profile"
+    fi
 } >"$out_md"
 cat "$out_md"
