@@ -89,6 +89,12 @@ fn setup_container(request: &CreateRequest) -> Result<ExecTarget, InitFailure> {
                 .unwrap_or(false),
         },
     )?;
+    // As runc does: a new network namespace gets a working loopback (servers in the
+    // container answer on 127.0.0.1, e.g. to an exec'd client).
+    if request.namespaces.creates(crate::namespaces::Kind::Net) {
+        sys.loopback_up()
+            .step(|| "bring up lo in the new network namespace".into())?;
+    }
     if let Some(hostname) = spec.hostname().as_deref().filter(|h| !h.is_empty()) {
         sys.sethostname(hostname)
             .step(|| format!("set hostname {hostname:?}"))?;

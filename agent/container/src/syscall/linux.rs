@@ -125,6 +125,30 @@ impl Syscall for LinuxSyscall {
         nix::unistd::sethostname(name)
     }
 
+    // Two ioctls rather than a netlink client: the init is a single-threaded forked
+    // process where the agent's async rtnetlink client cannot run.
+    fn loopback_up(&self) -> nix::Result<()> {
+        let socket = nix::sys::socket::socket(
+            nix::sys::socket::AddressFamily::Inet,
+            nix::sys::socket::SockType::Datagram,
+            nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+            None,
+        )?;
+        // SAFETY: ifreq is plain old data; all-zero is a valid value.
+        let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
+        for (slot, byte) in request.ifr_name.iter_mut().zip(b"lo\0") {
+            *slot = *byte as libc::c_char;
+        }
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&socket);
+        // SAFETY: SIOCGIFFLAGS reads the flags of the interface named in `request`, which
+        // is a valid ifreq that outlives the call.
+        Errno::result(unsafe { libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut request) })?;
+        // SAFETY: the union member ifru_flags is the one SIOCGIFFLAGS just filled.
+        unsafe { request.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short };
+        // SAFETY: as above; SIOCSIFFLAGS reads `request`.
+        Errno::result(unsafe { libc::ioctl(fd, libc::SIOCSIFFLAGS, &request) }).map(drop)
+    }
+
     fn setdomainname(&self, name: &str) -> nix::Result<()> {
         // SAFETY: the pointer and length describe `name`'s bytes, which outlive the call;
         // the kernel copies them and does not need a terminating NUL.

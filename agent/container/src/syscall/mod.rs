@@ -59,6 +59,8 @@ pub(crate) trait Syscall {
     fn setns(&self, path: &Path, kind: CloneFlags) -> nix::Result<()>;
     /// sethostname(2).
     fn sethostname(&self, name: &str) -> nix::Result<()>;
+    /// Sets the loopback interface of the current network namespace up.
+    fn loopback_up(&self) -> nix::Result<()>;
     /// setdomainname(2).
     fn setdomainname(&self, name: &str) -> nix::Result<()>;
     /// Writes a whole small file (sysctl, oom_score_adj).

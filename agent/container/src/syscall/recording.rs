@@ -169,6 +169,10 @@ impl Syscall for RecordingSyscall {
         self.record(format!("sethostname {name}"))
     }
 
+    fn loopback_up(&self) -> nix::Result<()> {
+        self.record("loopback up".to_string())
+    }
+
     fn setdomainname(&self, name: &str) -> nix::Result<()> {
         self.record(format!("setdomainname {name}"))
     }

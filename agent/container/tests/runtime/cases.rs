@@ -53,6 +53,7 @@ pub const CASES: &[(&str, Case)] = cases![
     silent_init_times_out,
     chroot_root_switch_runs_and_execs,
     containerd_shaped_spec_runs,
+    a_new_network_namespace_has_loopback_up,
     threaded_helper_is_refused,
 ];
 
@@ -615,6 +616,24 @@ fn containerd_shaped_spec_runs() -> Result<(), String> {
         "ctr-shaped\nCapEff:\t00000000a80425fb\nctr-host\n",
     )
     .map_err(|e| format!("{e}; stderr: {err}"))
+}
+
+fn a_new_network_namespace_has_loopback_up() -> Result<(), String> {
+    let json = include_str!("ctr-spec.json");
+    let mut spec: oci_spec::runtime::Spec =
+        serde_json::from_str(json).map_err(|e| format!("parse ctr-spec.json: {e}"))?;
+    let mut process = spec.process().clone().ok_or("no process")?;
+    // IFF_UP is bit 0 of the flags.
+    process.set_args(Some(vec!["cat".into(), "/sys/class/net/lo/flags".into()]));
+    spec.set_process(Some(process));
+    let (out, err) = output_of(spec, 0)?;
+    let flags = u32::from_str_radix(out.trim().trim_start_matches("0x"), 16)
+        .map_err(|e| format!("lo flags {out:?}: {e}; stderr: {err}"))?;
+    if flags & 1 == 1 {
+        Ok(())
+    } else {
+        Err(format!("lo is down in the container's new network namespace: flags {out:?}"))
+    }
 }
 
 fn threaded_helper_is_refused() -> Result<(), String> {
