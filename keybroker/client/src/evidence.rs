@@ -56,9 +56,9 @@ pub struct SnpEvidence {
 /// The self-reported values the `sample` attester claims.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SampleClaims {
-    /// Claimed launch measurement (sent only when not empty).
+    /// Claimed launch measurement.
     pub measurement: String,
-    /// Claimed host data (sent only when not empty).
+    /// Claimed host data.
     pub host_data: String,
 }
 
@@ -111,12 +111,13 @@ pub fn sample_evidence(
     claims: &SampleClaims,
     runtime_digest: &[u8; RUNTIME_DIGEST_LEN],
 ) -> SampleEvidence {
-    let non_empty = |s: &str| (!s.is_empty()).then(|| s.to_owned());
+    // Both are always sent (empty when unset) so that policies comparing them evaluate
+    // instead of failing on a missing claim; Trustee's verifier ignores them.
     SampleEvidence {
         svn: SAMPLE_SVN.to_owned(),
         report_data: STANDARD.encode(runtime_digest),
-        measurement: non_empty(&claims.measurement),
-        host_data: non_empty(&claims.host_data),
+        measurement: Some(claims.measurement.clone()),
+        host_data: Some(claims.host_data.clone()),
     }
 }
 
@@ -218,7 +219,7 @@ mod tests {
         assert_eq!(value["svn"], "1");
         assert_eq!(value["report_data"], STANDARD.encode([0x11; 48]));
         assert_eq!(value["measurement"], "aa");
-        assert!(value.get("host_data").is_none(), "{value}");
+        assert_eq!(value["host_data"], "");
     }
 
     #[test]
