@@ -25,6 +25,21 @@ enum EnumValue {
     Name(String),
 }
 
+/// An enum value as written: by name when the value has one, else by number, so that a
+/// value this version does not know (kept in a disabled key) survives a round trip.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum EnumOut {
+    Name(&'static str),
+    Int(i32),
+}
+
+impl EnumOut {
+    fn of<T: TryFrom<i32>>(value: i32, name: fn(T) -> &'static str) -> Self {
+        T::try_from(value).map_or(EnumOut::Int(value), |known| EnumOut::Name(name(known)))
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct JsonKeysetIn {
@@ -64,9 +79,9 @@ struct JsonKeysetOut<'a> {
 #[serde(rename_all = "camelCase")]
 struct JsonKeyOut<'a> {
     key_data: JsonKeyDataOut<'a>,
-    status: &'static str,
+    status: EnumOut,
     key_id: u32,
-    output_prefix_type: &'static str,
+    output_prefix_type: EnumOut,
 }
 
 #[derive(Serialize)]
@@ -74,7 +89,7 @@ struct JsonKeyOut<'a> {
 struct JsonKeyDataOut<'a> {
     type_url: &'a str,
     value: Zeroizing<String>,
-    key_material_type: &'static str,
+    key_material_type: EnumOut,
 }
 
 pub(super) fn parse(bytes: &[u8]) -> Result<Keyset, KeysetError> {
@@ -167,14 +182,11 @@ pub(super) fn write(keyset: &Keyset) -> Zeroizing<String> {
             key_data: JsonKeyDataOut {
                 type_url: &e.type_url,
                 value: Zeroizing::new(STANDARD.encode(&*e.value)),
-                key_material_type: KeyMaterialType::try_from(e.key_material_type)
-                    .map_or("UNKNOWN_KEYMATERIAL", |m| m.as_str_name()),
+                key_material_type: EnumOut::of(e.key_material_type, KeyMaterialType::as_str_name),
             },
-            status: KeyStatusType::try_from(e.status.to_proto())
-                .map_or("UNKNOWN_STATUS", |s| s.as_str_name()),
+            status: EnumOut::of(e.status.to_proto(), KeyStatusType::as_str_name),
             key_id: e.key_id,
-            output_prefix_type: OutputPrefixType::try_from(e.output_prefix_type)
-                .map_or("UNKNOWN_PREFIX", |p| p.as_str_name()),
+            output_prefix_type: EnumOut::of(e.output_prefix_type, OutputPrefixType::as_str_name),
         })
         .collect();
     let out = JsonKeysetOut {
@@ -225,5 +237,28 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    /// Found by the `keyset_binary` fuzz target: a disabled key may carry enum numbers this
+    /// version has no name for; writing them by number keeps the keyset unchanged.
+    #[test]
+    fn unnamed_enum_numbers_of_disabled_keys_survive_a_round_trip() {
+        let json = r#"{"primaryKeyId": 1, "key": [
+            {"keyData": {"typeUrl": "x", "value": "", "keyMaterialType": 77},
+             "status": "DISABLED", "keyId": 2, "outputPrefixType": 12345},
+            {"keyData": {
+               "typeUrl": "type.googleapis.com/google.crypto.tink.AesGcmHkdfStreamingKey",
+               "value": "EgcIgCAQEBgDGhAAAQIDBAUGBwgJCgsMDQ4P",
+               "keyMaterialType": "SYMMETRIC"},
+             "status": "ENABLED", "keyId": 1, "outputPrefixType": "RAW"}]}"#;
+        let keyset = Keyset::from_json(json.as_bytes()).unwrap();
+        let written = keyset.to_json();
+        assert!(
+            written.contains("12345") && written.contains("\"RAW\""),
+            "{}",
+            *written
+        );
+        let again = Keyset::from_json(written.as_bytes()).unwrap();
+        assert_eq!(*again.to_binary(), *keyset.to_binary());
     }
 }
