@@ -528,6 +528,70 @@ mod tests {
         assert_eq!(URL_SAFE_NO_PAD.encode(key), "VqqN6vgjbSBcIijNcacQGg");
     }
 
+    /// A JWE assembled step by step the way Trustee's KBS `ecdh_es_a256kw_p256` does it
+    /// (its own KDF input layout, header via a JSON map, `aad` absent) decrypts here.
+    #[test]
+    fn trustee_kbs_ecdh_es_response_decrypts() {
+        let guest = EphemeralKey::generate();
+        let TeePubKey::Ec(guest_jwk) = guest.public_jwk() else {
+            unreachable!("EC")
+        };
+        let guest_point = public_from_jwk(&guest_jwk).unwrap();
+        let sender = SecretKey::random(&mut OsRng);
+        let z = p256::ecdh::diffie_hellman(sender.to_nonzero_scalar(), guest_point.as_affine());
+        let mut materials = Vec::new();
+        materials.extend_from_slice(&(KEY_ALG.len() as u32).to_be_bytes());
+        materials.extend_from_slice(KEY_ALG.as_bytes());
+        materials.extend_from_slice(&0u32.to_be_bytes());
+        materials.extend_from_slice(&0u32.to_be_bytes());
+        materials.extend_from_slice(&256u32.to_be_bytes());
+        let mut wrapping_key = [0u8; 32];
+        concat_kdf::derive_key_into::<sha2::Sha256>(
+            z.raw_secret_bytes(),
+            &materials,
+            &mut wrapping_key,
+        )
+        .unwrap();
+        let cek = [0x42u8; 32];
+        let mut encrypted_key = [0u8; 40];
+        KekAes256::from(wrapping_key)
+            .wrap(&cek, &mut encrypted_key)
+            .unwrap();
+        let epk = sender.public_key().to_encoded_point(false);
+        let header = serde_json::json!({
+            "alg": KEY_ALG,
+            "enc": CONTENT_ENC,
+            "epk": {
+                "crv": CURVE,
+                "kty": "EC",
+                "x": URL_SAFE_NO_PAD.encode(epk.x().unwrap()),
+                "y": URL_SAFE_NO_PAD.encode(epk.y().unwrap()),
+            }
+        });
+        let protected = URL_SAFE_NO_PAD.encode(serde_json::to_string(&header).unwrap());
+        let iv = [7u8; 12];
+        let mut ciphertext = b"from trustee".to_vec();
+        let tag = Aes256Gcm::new((&cek).into())
+            .encrypt_in_place_detached(
+                Nonce::from_slice(&iv),
+                protected.as_bytes(),
+                &mut ciphertext,
+            )
+            .unwrap();
+        let response = Response {
+            protected,
+            encrypted_key: URL_SAFE_NO_PAD.encode(encrypted_key),
+            aad: None,
+            iv: URL_SAFE_NO_PAD.encode(iv),
+            ciphertext: URL_SAFE_NO_PAD.encode(ciphertext),
+            tag: URL_SAFE_NO_PAD.encode(tag),
+        };
+        assert_eq!(
+            guest.decrypt(&response).unwrap().as_slice(),
+            b"from trustee"
+        );
+    }
+
     #[test]
     fn trustee_style_aad_equal_to_protected_is_accepted() {
         let key = EphemeralKey::generate();
