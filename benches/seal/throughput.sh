@@ -190,8 +190,11 @@ mkdir -p "$(dirname "$out_md")"
     echo "- veil all threads / Tink Python: $(ratio "$(wall "$veil_all")" "$(wall "$tink")") (target >= 5)"
     echo "- veil all threads / gpg: $(ratio "$(wall "$veil_all")" "$(wall "$gpg_rate")") (target >= 5)"
     echo
-    echo "Floors on this machine, wall clock: veil 1 thread / openssl sha256 1 core:"
-    echo "$(ratio "$(wall "$veil_1")" "$sha_wall"); veil 1 thread / dd into tmpfs: $(ratio "$(wall "$veil_1")" "$(wall "$dd_rate")")."
+    echo "Against the floors on this machine (wall clock):"
+    echo
+    echo "- veil 1 thread / openssl sha256 1 core: $(ratio "$(wall "$veil_1")" "$sha_wall")"
+    echo "- veil 1 thread / dd into tmpfs: $(ratio "$(wall "$veil_1")" "$(wall "$dd_rate")")"
+    echo "- veil to /dev/null, 1 thread / openssl sha256 1 core: $(ratio "$(wall "$veil_stdout_1")" "$sha_wall")"
     if [[ -n $profile ]]; then
         echo
         echo "Where veil's CPU time goes (perf samples, 1 worker thread, into tmpfs):"
@@ -199,6 +202,11 @@ mkdir -p "$(dirname "$out_md")"
         echo "| cost | share of CPU samples |"
         echo "| --- | ---: |"
         echo "$profile"
+    fi
+    # What the figures mean and why: hand-written, kept next to the script.
+    if [[ -f $repo/benches/seal/analysis.md ]]; then
+        echo
+        cat "$repo/benches/seal/analysis.md"
     fi
 } >"$out_md"
 cat "$out_md"
