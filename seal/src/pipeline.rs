@@ -1,11 +1,11 @@
 //! The parallel decrypting pipeline: one reader thread cuts the ciphertext into segments, N
 //! worker threads verify and decrypt them, the calling thread puts the plaintext in order, and
 //! a hasher thread computes its SHA-256 behind it. SHA-256 cannot be split across threads and
-//! costs about four times AES-GCM per byte (SHA-NI against VAES), so it gets a core of its own
-//! rather than delaying the writes.
+//! costs about three and a half times AES-GCM per byte (SHA-NI against VAES, profiled), so it
+//! gets a core of its own rather than delaying the writes.
 //!
 //! Writing the plaintext is the other large cost: into tmpfs or the page cache it is a copy
-//! into freshly allocated pages, which profiling showed costs more than SHA-256 (see
+//! into freshly allocated pages, which at times profiled slower than SHA-256 (see
 //! `benches/results/seal-throughput.md`). So when the destination is a file and segments are
 //! large, each worker writes the segments it verified at their own offsets
 //! (`Placement::Positional`) and the writes run on every worker; the calling thread then only
