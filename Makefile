@@ -24,11 +24,12 @@ build:
 	$(CARGO) build --workspace --all-targets
 
 # The agent is the guest's init: one static binary. Built apart so its RUSTFLAGS do not
-# invalidate the host build.
+# invalidate the host build. The demo serving container's server is built the same way
+# (its image has no libc).
 agent:
 	RUSTFLAGS="-C target-feature=+crt-static" CARGO_PROFILE_RELEASE_STRIP=true \
 	CARGO_PROFILE_RELEASE_DEBUG=false CARGO_TARGET_DIR=$(AGENT_DIR) \
-	$(CARGO) build --release -p veil-agent --target $(AGENT_TARGET)
+	$(CARGO) build --release -p veil-agent -p veil-model-server --target $(AGENT_TARGET)
 
 image: agent
 	$(CARGO) run --quiet -p veil-guest-image -- build --agent $(AGENT_BIN) --out $(IMAGE_DIR)

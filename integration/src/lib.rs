@@ -6,9 +6,13 @@
 //! * the shim: `$VEIL_SHIM`, else `containerd-shim-veil-v2` next to the test binary's
 //!   target directory;
 //! * the guest image: `$VEIL_GUEST_IMAGE_DIR`, else `<workspace>/build/image`
-//!   (`vmlinuz` and `initramfs.img`).
+//!   (`vmlinuz` and `initramfs.img`);
+//! * the static demo model server (for the serving image): `$VEIL_MODEL_SERVER`, else
+//!   `<workspace>/target/agent-static/x86_64-unknown-linux-gnu/release/veil-model-server`
+//!   (`make image` builds it with the agent).
 
 pub mod oci;
+pub mod owner;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -18,6 +22,25 @@ use anyhow::{bail, Context, Result};
 
 /// The veil runtime name for `ctr run --runtime`.
 pub const VEIL_RUNTIME: &str = "io.containerd.veil.v2";
+/// The demo serving image: busybox plus the static `veil-model-server`.
+pub const MODEL_SERVER_IMAGE: &str = "veil.test/model-server:latest";
+
+/// The static `veil-model-server` binary for the serving image.
+pub fn model_server_binary() -> Result<PathBuf> {
+    let path = std::env::var_os("VEIL_MODEL_SERVER")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            workspace_root()
+                .join("target/agent-static/x86_64-unknown-linux-gnu/release/veil-model-server")
+        });
+    if !path.exists() {
+        bail!(
+            "the static model server {} is missing: run `make image` first (make test does it)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
 
 /// Where the built pieces are.
 #[derive(Debug, Clone)]
@@ -37,7 +60,7 @@ fn workspace_root() -> PathBuf {
         .unwrap_or_default()
 }
 
-fn target_profile_dir() -> Option<PathBuf> {
+pub(crate) fn target_profile_dir() -> Option<PathBuf> {
     // <target>/<profile>/deps/<test binary>  or  <target>/<profile>/<binary>
     let exe = std::env::current_exe().ok()?;
     let dir = exe.parent()?;
@@ -160,9 +183,11 @@ impl Containerd {
         std::fs::write(
             &veil_config,
             format!(
-                "[hypervisor]\nkernel = \"{}\"\ninitrd = \"{}\"\nboot_timeout_secs = 180\n\n[runtime]\nstate_dir = \"{}\"\n",
+                "[hypervisor]\nkernel = \"{}\"\ninitrd = \"{}\"\nboot_timeout_secs = 180\n\n[agent]\nlog_level = \"{}\"\n\n[runtime]\nstate_dir = \"{}\"\n",
                 artifacts.kernel.display(),
                 artifacts.initrd.display(),
+                // VEIL_TEST_AGENT_LOG=debug makes the guest console log (console_log) verbose.
+                std::env::var("VEIL_TEST_AGENT_LOG").unwrap_or_else(|_| "info".into()),
                 veil_state.display()
             ),
         )?;
@@ -263,6 +288,28 @@ impl Containerd {
     pub fn import_busybox(&self) -> Result<()> {
         let tarball = self.dir.path().join("busybox.tar");
         oci::write_busybox_image(&tarball)?;
+        self.import_tarball(&tarball)
+    }
+
+    /// Imports the serving image ([`MODEL_SERVER_IMAGE`]): busybox plus
+    /// `/bin/veil-model-server`.
+    pub fn import_model_server(&self) -> Result<()> {
+        let binary = model_server_binary()?;
+        let data = std::fs::read(&binary).with_context(|| format!("read {}", binary.display()))?;
+        let tarball = self.dir.path().join("model-server.tar");
+        oci::write_image(
+            &tarball,
+            MODEL_SERVER_IMAGE,
+            &[oci::ExtraFile {
+                path: "bin/veil-model-server".into(),
+                mode: 0o755,
+                data,
+            }],
+        )?;
+        self.import_tarball(&tarball)
+    }
+
+    fn import_tarball(&self, tarball: &Path) -> Result<()> {
         let output = self.run_ctr(
             &["image", "import", &tarball.display().to_string()],
             None,
@@ -290,6 +337,71 @@ impl Containerd {
         all.push(id);
         all.extend(args);
         self.run_ctr(&all, input, Duration::from_secs(300))
+    }
+
+    /// `ctr run -d` of the demo model server (listening on 127.0.0.1:8080 in its VM) with
+    /// `annotations` and the memory volume `model` mounted read-only at /model. Returns
+    /// once the container started (after its model delivery) or failed to.
+    pub fn run_model_server(
+        &self,
+        id: &str,
+        annotations: &[(String, String)],
+    ) -> Result<CtrOutput> {
+        let host_volume = self.dir.path().join(format!("pods/{id}/volumes/model"));
+        std::fs::create_dir_all(&host_volume)
+            .with_context(|| format!("create {}", host_volume.display()))?;
+        let mount = format!(
+            "type=bind,src={},dst=/model,options=rbind:ro",
+            host_volume.display()
+        );
+        let pairs: Vec<String> = annotations
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        // --null-io: with ctr's FIFOs left without a reader after `run -d` returns, the VM
+        // of a container that keeps writing output stops answering (under investigation).
+        let mut args = vec!["run", "-d", "--null-io", "--runtime", VEIL_RUNTIME];
+        for pair in &pairs {
+            args.extend(["--annotation", pair.as_str()]);
+        }
+        args.extend([
+            "--mount",
+            &mount,
+            MODEL_SERVER_IMAGE,
+            id,
+            "veil-model-server",
+            "serve",
+            "--model",
+            "/model/model.safetensors",
+            "--listen",
+            "127.0.0.1:8080",
+        ]);
+        self.run_ctr(&args, None, Duration::from_secs(600))
+    }
+
+    /// `ctr task exec` of `args` in container `id`.
+    pub fn exec(&self, id: &str, exec_id: &str, args: &[&str]) -> Result<CtrOutput> {
+        let mut all = vec!["task", "exec", "--exec-id", exec_id, id];
+        all.extend(args);
+        self.run_ctr(&all, None, Duration::from_secs(120))
+    }
+
+    /// The guest console log of sandbox `id` (the agent's log), for failure messages.
+    pub fn console_log(&self, id: &str) -> String {
+        let path = self.veil_state.join("default").join(id).join("console.log");
+        std::fs::read_to_string(&path).unwrap_or_else(|e| format!("({}: {e})", path.display()))
+    }
+
+    /// Kills and deletes container `id` and its task, whatever state they are in.
+    pub fn remove(&self, id: &str) {
+        let steps: [&[&str]; 3] = [
+            &["task", "kill", "-s", "SIGKILL", id],
+            &["task", "delete", "-f", id],
+            &["container", "delete", id],
+        ];
+        for step in steps {
+            let _ = self.run_ctr(step, None, Duration::from_secs(60));
+        }
     }
 
     /// Pids of QEMU processes whose command line mentions this instance's directory.

@@ -51,7 +51,18 @@ fn add_symlink(builder: &mut tar::Builder<Vec<u8>>, path: &str, target: &str) ->
     Ok(())
 }
 
-fn busybox_layer() -> Result<Vec<u8>> {
+/// A file added to an image on top of busybox.
+#[derive(Debug, Clone)]
+pub struct ExtraFile {
+    /// Path in the image, without a leading `/`.
+    pub path: String,
+    /// Mode bits.
+    pub mode: u32,
+    /// Content.
+    pub data: Vec<u8>,
+}
+
+fn busybox_layer(extra: &[ExtraFile]) -> Result<Vec<u8>> {
     let busybox = std::fs::read(BUSYBOX_BINARY)
         .with_context(|| format!("read {BUSYBOX_BINARY}: install Debian's busybox-static (apt-get install busybox-static)"))?;
     let mut layer = tar::Builder::new(Vec::new());
@@ -76,13 +87,21 @@ fn busybox_layer() -> Result<Vec<u8>> {
         0o644,
         b"root:x:0:\nnogroup:x:65534:\n",
     )?;
+    for file in extra {
+        add_file(&mut layer, &file.path, file.mode, &file.data)?;
+    }
     Ok(layer.into_inner()?)
 }
 
 /// Writes an OCI image layout tarball of a busybox image named [`BUSYBOX_IMAGE`] to `out`,
 /// ready for `ctr image import`.
 pub fn write_busybox_image(out: &Path) -> Result<()> {
-    let layer = busybox_layer()?;
+    write_image(out, BUSYBOX_IMAGE, &[])
+}
+
+/// Writes an OCI image layout tarball named `name`: busybox plus `extra` files.
+pub fn write_image(out: &Path, name: &str, extra: &[ExtraFile]) -> Result<()> {
+    let layer = busybox_layer(extra)?;
     let config = serde_json::to_vec(&serde_json::json!({
         "architecture": "amd64",
         "os": "linux",
@@ -101,7 +120,7 @@ pub fn write_busybox_image(out: &Path) -> Result<()> {
             "mediaType": "application/vnd.oci.image.manifest.v1+json",
             "digest": format!("sha256:{}", sha256_hex(&manifest)),
             "size": manifest.len(),
-            "annotations": {"io.containerd.image.name": BUSYBOX_IMAGE, "org.opencontainers.image.ref.name": "latest"}
+            "annotations": {"io.containerd.image.name": name, "org.opencontainers.image.ref.name": "latest"}
         }]
     }))?;
     let mut image = tar::Builder::new(Vec::new());

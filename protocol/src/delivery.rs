@@ -241,7 +241,8 @@ mod tests {
 
     #[test]
     fn each_bad_field_is_named() {
-        let cases: [(fn(&mut ModelDelivery), &str); 7] = [
+        type Breakage = fn(&mut ModelDelivery);
+        let cases: [(Breakage, &str); 7] = [
             (|d| d.volume.clear(), "volume"),
             (|d| d.source_url = "ftp://x/y".into(), "source"),
             (|d| d.kbs_url = "kbs.example".into(), "kbs"),

@@ -44,9 +44,10 @@ pub enum DeliveryError {
         kbs: String,
         /// Resource path.
         resource: String,
-        /// The client's error (the broker's problem detail when it refused).
+        /// The client's error (the broker's problem detail when it refused); boxed, it
+        /// carries the whole problem document.
         #[source]
-        source: ClientError,
+        source: Box<ClientError>,
     },
     /// The released secret is not a keyset.
     #[error("model delivery failed at step attest: the broker released {resource}, but it is not a Tink keyset ({detail}); store the model's keyset JSON at that path")]
@@ -222,7 +223,7 @@ fn release_keyset(plan: &Plan) -> Result<Keyset, DeliveryError> {
                 return Err(DeliveryError::Key {
                     kbs: plan.kbs_url.clone(),
                     resource: plan.key_resource.clone(),
-                    source,
+                    source: Box::new(source),
                 })
             }
         }

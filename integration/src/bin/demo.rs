@@ -1,18 +1,22 @@
-//! `make demo`: a container in a veil VM through a real, private containerd.
+//! `make demo`: a pod in a veil VM serving a sealed model, through a real, private
+//! containerd.
 //!
-//! Starts containerd with veil installed into it, imports a busybox image built
-//! locally, runs the same command with runc and with veil, and shows that the veil
-//! one ran inside a VM (its own kernel, its own boot id).
+//! 1. Runs the same command with runc and with veil, showing that the veil one ran in its
+//!    own VM (its own kernel, its own boot id).
+//! 2. Plays the model owner: seals a demo model, serves the ciphertext from an HTTP model
+//!    store and its key from a real `veil-kbs`.
+//! 3. Runs the demo model server with the delivery annotations: inside the VM the agent
+//!    fetches, attests, gets the key, decrypts and verifies the model into guest RAM; only
+//!    then the server starts. Sends it an inference request.
+//! 4. Scans what the host can read for the model's canary and the key: nothing.
 
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
+use veil_integration::owner::ModelOwner;
 use veil_integration::{Containerd, Runtime};
 
-fn main() -> Result<()> {
-    println!("== starting a private containerd with the veil runtime");
-    let containerd = Containerd::start()?;
-    containerd.import_busybox()?;
+fn show_vm_isolation(containerd: &Containerd) -> Result<()> {
     let host_kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let host_boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
     println!(
@@ -20,7 +24,6 @@ fn main() -> Result<()> {
         host_kernel.trim(),
         host_boot.trim()
     );
-
     let command = [
         "sh",
         "-c",
@@ -33,7 +36,6 @@ fn main() -> Result<()> {
         runc.stdout.trim(),
         started.elapsed().as_secs_f64()
     );
-
     let started = Instant::now();
     let veil = containerd.run(Runtime::Veil, "demo-veil", &command, None)?;
     println!(
@@ -47,7 +49,73 @@ fn main() -> Result<()> {
     if veil.stdout.contains(host_boot.trim()) {
         bail!("the veil container reported the host's boot id: it did not run in a VM");
     }
-    println!("== the veil container ran in its own VM: its own kernel boot, not the host's (runc shares the host's)");
+    println!("== the veil container ran in its own VM: its own kernel boot, not the host's");
+    Ok(())
+}
+
+fn serve_sealed_model(containerd: &Containerd) -> Result<()> {
+    println!("== model owner: sealing a demo model, starting the model store and veil-kbs");
+    let owner = ModelOwner::start(1, 0)?;
+    println!(
+        "owner: model sha256 {}, sealed at {}, key at {}/{}",
+        owner.model.sha256,
+        owner.sealed_url(),
+        owner.kbs.url,
+        veil_integration::owner::KEY_RESOURCE
+    );
+    println!("       (INSECURE sample attester allowed by policy: this machine has no SEV-SNP)");
+    containerd.import_model_server()?;
+    let annotations = owner.annotations("model");
+    for (key, value) in &annotations {
+        println!("pod  : {key}={value}");
+    }
+    let id = "demo-model";
+    let started = Instant::now();
+    let run = containerd.run_model_server(id, &annotations)?;
+    if run.code != 0 {
+        containerd.remove(id);
+        bail!("the model server did not start: {}", run.stderr.trim());
+    }
+    println!(
+        "veil : model delivered into guest RAM and server started ({:.2} s)",
+        started.elapsed().as_secs_f64()
+    );
+    let answer = containerd.exec(
+        id,
+        "query",
+        &[
+            "veil-model-server",
+            "query",
+            "--url",
+            "http://127.0.0.1:8080",
+            "--input",
+            "5.1,3.5,1.4,0.2",
+            "--wait-secs",
+            "60",
+        ],
+    )?;
+    println!(
+        "query: predict [5.1, 3.5, 1.4, 0.2] -> {}",
+        answer.stdout.trim()
+    );
+    let leaks = owner.secrets_on_host(containerd);
+    containerd.remove(id);
+    if answer.code != 0 {
+        bail!("the inference request failed: {}", answer.stderr.trim());
+    }
+    if !leaks.is_empty() {
+        bail!("the host can read the model or key: {leaks:?}");
+    }
+    println!("== host scan (containerd root and state, veil state, /tmp, /run, /var/log): no plaintext model, no key");
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    println!("== starting a private containerd with the veil runtime");
+    let containerd = Containerd::start()?;
+    containerd.import_busybox()?;
+    show_vm_isolation(&containerd)?;
+    serve_sealed_model(&containerd).context("serving a sealed model")?;
     std::thread::sleep(Duration::from_millis(100));
     Ok(())
 }

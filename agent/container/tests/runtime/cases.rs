@@ -632,7 +632,9 @@ fn a_new_network_namespace_has_loopback_up() -> Result<(), String> {
     if flags & 1 == 1 {
         Ok(())
     } else {
-        Err(format!("lo is down in the container's new network namespace: flags {out:?}"))
+        Err(format!(
+            "lo is down in the container's new network namespace: flags {out:?}"
+        ))
     }
 }
 

@@ -1,0 +1,366 @@
+//! The model owner's side, for end-to-end tests and the demo: a demo model sealed with a
+//! fresh keyset, an HTTP model store serving the ciphertext, and a real `veil-kbs` holding
+//! the keyset behind a policy.
+//!
+//! On a real deployment all of this lives off the node. Here it shares the machine, so its
+//! files sit in one directory ([`ModelOwner::dir`]) that host-blindness scans leave out.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use base64::Engine;
+use veil_model_server::{write_demo_model, DemoModelOptions, WrittenModel};
+use veil_seal::{KeyTemplate, Keyset};
+
+/// The key broker resource holding the model's keyset.
+pub const KEY_RESOURCE: &str = "models/key/demo";
+/// The policy that admits veil's development guests (the INSECURE sample attester). A
+/// real owner pins `claims.tee == 'snp'` and the launch measurement instead.
+pub const SAMPLE_POLICY: &str = "claims.tee == 'sample'";
+/// Associated data the demo model is sealed with.
+pub const ASSOCIATED_DATA: &str = "veil-demo-model-v1";
+
+/// A static file server on 127.0.0.1 (the model store).
+pub struct ModelStore {
+    /// `http://127.0.0.1:<port>`.
+    pub url: String,
+    server: Arc<tiny_http::Server>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl ModelStore {
+    /// Serves the files of `dir` (flat, GET only) until dropped.
+    pub fn serve(dir: &Path) -> Result<ModelStore> {
+        let server = Arc::new(
+            tiny_http::Server::http("127.0.0.1:0")
+                .map_err(|e| anyhow::anyhow!("start the model store: {e}"))?,
+        );
+        let port = server
+            .server_addr()
+            .to_ip()
+            .context("model store address")?
+            .port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (server, stop, dir) = (server.clone(), stop.clone(), dir.to_path_buf());
+            std::thread::spawn(move || serve_files(&server, &stop, &dir))
+        };
+        Ok(ModelStore {
+            url: format!("http://127.0.0.1:{port}"),
+            server,
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+fn serve_files(server: &tiny_http::Server, stop: &AtomicBool, dir: &Path) {
+    while !stop.load(Ordering::Relaxed) {
+        let Ok(Some(request)) = server.recv_timeout(Duration::from_millis(100)) else {
+            continue;
+        };
+        let name = request.url().trim_start_matches('/').to_string();
+        let file = (!name.contains('/') && !name.starts_with('.'))
+            .then(|| std::fs::File::open(dir.join(&name)).ok())
+            .flatten();
+        let _ = match file {
+            Some(file) => request.respond(tiny_http::Response::from_file(file)),
+            None => request.respond(tiny_http::Response::empty(404)),
+        };
+    }
+}
+
+impl Drop for ModelStore {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.server.unblock();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// A running `veil-kbs`.
+pub struct KeyBroker {
+    /// `http://127.0.0.1:<port>`.
+    pub url: String,
+    child: Child,
+    admin: veil_keybroker::admin_client::AdminClient,
+}
+
+fn kbs_binary() -> Result<PathBuf> {
+    let path = std::env::var_os("VEIL_KBS")
+        .map(PathBuf::from)
+        .or_else(|| crate::target_profile_dir().map(|d| d.join("veil-kbs")))
+        .context("cannot tell where veil-kbs is; set VEIL_KBS")?;
+    if !path.exists() {
+        bail!(
+            "{} is missing: run `cargo build -p veil-keybroker` (make test does it)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+impl KeyBroker {
+    /// Starts `veil-kbs` with its state in `dir`, listening on 127.0.0.1.
+    pub fn start(dir: &Path) -> Result<KeyBroker> {
+        let key = dir.join("admin.key");
+        veil_keybroker::admin::generate_admin_key(&key).context("admin key")?;
+        let mut child = Command::new(kbs_binary()?)
+            .args(["--listen", "127.0.0.1:0", "--state"])
+            .arg(dir.join("kbs-state"))
+            .arg("--admin-pubkey")
+            .arg(dir.join("admin.key.pub"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(
+                std::fs::File::create(dir.join("kbs.log")).context("kbs log")?,
+            ))
+            .spawn()
+            .context("start veil-kbs")?;
+        let stdout = child.stdout.take().context("veil-kbs stdout")?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(line) => line,
+            Err(_) => {
+                let _ = child.kill();
+                bail!("veil-kbs printed no address within 30 s");
+            }
+        };
+        let Some(addr) = line.trim().strip_prefix("listening on ") else {
+            let _ = child.kill();
+            bail!("veil-kbs said {line:?} instead of its address");
+        };
+        let url = format!("http://{addr}");
+        let admin = veil_keybroker::admin_client::AdminClient::from_key_file(&url, &key)
+            .context("admin client")?;
+        Ok(KeyBroker { url, child, admin })
+    }
+
+    /// Stores a resource.
+    pub fn put_resource(&self, resource: &str, bytes: &[u8]) -> Result<()> {
+        self.admin
+            .put_resource(resource, bytes)
+            .with_context(|| format!("put {resource}"))
+    }
+
+    /// Sets a resource's CEL policy.
+    pub fn set_policy(&self, resource: &str, policy: &str) -> Result<()> {
+        self.admin
+            .set_policy(resource, policy)
+            .with_context(|| format!("set the policy of {resource}"))
+    }
+}
+
+impl Drop for KeyBroker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Everything the owner has and serves.
+pub struct ModelOwner {
+    dir: tempfile::TempDir,
+    /// The plaintext demo model (owner side only).
+    pub model: WrittenModel,
+    /// The canary string inside the plaintext.
+    pub canary: String,
+    /// Byte strings that must never appear on the host: the canary, the keyset's
+    /// encoded key data, the raw key.
+    pub secrets: Vec<Vec<u8>>,
+    /// The sealed model's file name in the store.
+    pub sealed_name: String,
+    /// The model store.
+    pub store: ModelStore,
+    /// The key broker.
+    pub kbs: KeyBroker,
+}
+
+/// The encoded key data and the raw key of a one-key AES-256 keyset: the key value is the
+/// last field of Tink's key protobuf, so its 32 bytes end the decoded key data.
+fn key_secrets(keyset_json: &str) -> Result<Vec<Vec<u8>>> {
+    let json: serde_json::Value = serde_json::from_str(keyset_json)?;
+    let value = json["key"][0]["keyData"]["value"]
+        .as_str()
+        .context("keyset JSON has no key[0].keyData.value")?
+        .to_string();
+    let proto = base64::engine::general_purpose::STANDARD.decode(&value)?;
+    if proto.len() < 32 {
+        bail!("key data is shorter than an AES-256 key");
+    }
+    let raw = proto[proto.len() - 32..].to_vec();
+    Ok(vec![value.into_bytes(), raw])
+}
+
+impl ModelOwner {
+    /// Seals a fresh demo model (`pad_mib` MiB of extra weights) and starts the store and
+    /// the broker, with [`SAMPLE_POLICY`] on the key.
+    pub fn start(seed: u64, pad_mib: u32) -> Result<ModelOwner> {
+        let dir = tempfile::Builder::new()
+            .prefix("veil-owner-")
+            .tempdir()
+            .context("owner directory")?;
+        let canary = format!("veil-canary-{}", hex::encode(random_bytes::<12>()?));
+        let model = write_demo_model(
+            &dir.path().join("plaintext"),
+            &DemoModelOptions {
+                seed,
+                canary: Some(canary.clone()),
+                pad_mib,
+            },
+        )
+        .context("write the demo model")?;
+        let keyset = Keyset::generate(KeyTemplate::Aes256GcmHkdf1Mb).context("keyset")?;
+        let keyset_json = keyset.to_json();
+        let store_dir = dir.path().join("store");
+        std::fs::create_dir_all(&store_dir)?;
+        let sealed_name = "model.sealed".to_string();
+        seal_file(&model.path, &keyset, &store_dir.join(&sealed_name))?;
+        let mut secrets = key_secrets(&keyset_json)?;
+        secrets.push(canary.clone().into_bytes());
+        let kbs = KeyBroker::start(dir.path())?;
+        kbs.put_resource(KEY_RESOURCE, keyset_json.as_bytes())?;
+        kbs.set_policy(KEY_RESOURCE, SAMPLE_POLICY)?;
+        let store = ModelStore::serve(&store_dir)?;
+        Ok(ModelOwner {
+            dir,
+            model,
+            canary,
+            secrets,
+            sealed_name,
+            store,
+            kbs,
+        })
+    }
+
+    /// The owner's directory (plaintext, keyset, broker state): off the node in reality.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The sealed model's URL at the store.
+    pub fn sealed_url(&self) -> String {
+        format!("{}/{}", self.store.url, self.sealed_name)
+    }
+
+    /// The sealed model's path in the store directory.
+    pub fn sealed_path(&self) -> PathBuf {
+        self.dir.path().join("store").join(&self.sealed_name)
+    }
+
+    /// Files a node operator can read that hold any of [`Self::secrets`]: containerd's
+    /// directories, veil's state, /tmp, /run and /var/log, minus the owner's own directory.
+    pub fn secrets_on_host(&self, containerd: &crate::Containerd) -> Vec<String> {
+        let roots: Vec<&Path> = vec![
+            containerd.dir(),
+            &containerd.veil_state,
+            Path::new("/tmp"),
+            Path::new("/run"),
+            Path::new("/var/log"),
+            Path::new("/var/lib/containerd"),
+        ];
+        files_containing(&roots, &[self.dir()], &self.secrets)
+    }
+
+    /// The pod annotations that deliver this model into memory volume `volume` as
+    /// `model.safetensors`.
+    pub fn annotations(&self, volume: &str) -> Vec<(String, String)> {
+        [
+            ("source", self.sealed_url()),
+            ("kbs", self.kbs.url.clone()),
+            ("key", KEY_RESOURCE.to_string()),
+            ("volume", volume.to_string()),
+            ("sha256", self.model.sha256.clone()),
+            ("path", "model.safetensors".to_string()),
+            ("aad", ASSOCIATED_DATA.to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (format!("io.veil.model.{k}"), v))
+        .collect()
+    }
+}
+
+fn random_bytes<const N: usize>() -> Result<[u8; N]> {
+    let mut bytes = [0u8; N];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
+        .context("read /dev/urandom")?;
+    Ok(bytes)
+}
+
+fn seal_file(plaintext: &Path, keyset: &Keyset, out: &Path) -> Result<()> {
+    let source =
+        std::fs::File::open(plaintext).with_context(|| format!("open {}", plaintext.display()))?;
+    let sink = std::io::BufWriter::new(
+        std::fs::File::create(out).with_context(|| format!("create {}", out.display()))?,
+    );
+    veil_seal::encrypt(source, keyset, ASSOCIATED_DATA.as_bytes(), sink)
+        .context("seal the model")?;
+    Ok(())
+}
+
+/// Files under `roots` (recursively, regular files only, not below `skip`) that contain
+/// any of `needles`; each hit names the file and which needle.
+pub fn files_containing(roots: &[&Path], skip: &[&Path], needles: &[Vec<u8>]) -> Vec<String> {
+    let mut hits = Vec::new();
+    let mut stack: Vec<PathBuf> = roots.iter().map(|r| r.to_path_buf()).collect();
+    let mut visited = 0usize;
+    while let Some(path) = stack.pop() {
+        visited += 1;
+        // Bounded: a runaway tree must not make the test hang.
+        if visited > 2_000_000 || skip.iter().any(|s| path.starts_with(s)) {
+            continue;
+        }
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        if meta.is_dir() {
+            if let Ok(entries) = std::fs::read_dir(&path) {
+                stack.extend(entries.flatten().map(|e| e.path()));
+            }
+        } else if meta.is_file() {
+            if let Ok(data) = std::fs::read(&path) {
+                for (index, needle) in needles.iter().enumerate() {
+                    if data.windows(needle.len()).any(|w| w == needle.as_slice()) {
+                        hits.push(format!("{} holds secret #{index}", path.display()));
+                    }
+                }
+            }
+        }
+    }
+    hits
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_scan_finds_a_needle_and_honours_skips() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(dir.path().join("a/b")).expect("mkdir");
+        std::fs::create_dir_all(dir.path().join("skip")).expect("mkdir");
+        std::fs::write(dir.path().join("a/b/f"), b"xx needle yy").expect("write");
+        std::fs::write(dir.path().join("skip/f"), b"needle").expect("write");
+        let hits = files_containing(
+            &[dir.path()],
+            &[&dir.path().join("skip")],
+            &[b"needle".to_vec(), b"absent".to_vec()],
+        );
+        assert_eq!(hits.len(), 1, "{hits:?}");
+        assert!(hits[0].contains("a/b/f") && hits[0].contains("#0"));
+    }
+}

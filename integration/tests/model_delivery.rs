@@ -1,0 +1,210 @@
+//! Model delivery end to end, with real containerd, a real VM, a real HTTP model store and
+//! a real `veil-kbs`: the agent fetches the sealed model, attests (INSECURE sample attester:
+//! this machine has no SEV), gets the key, decrypts and verifies into a guest tmpfs, and
+//! only then starts the serving container, which answers an inference request. The host
+//! never holds the plaintext or the key.
+
+use std::time::Duration;
+
+use veil_integration::owner::{ModelOwner, KEY_RESOURCE};
+use veil_integration::Containerd;
+use veil_model_server::Model;
+
+const INPUT: &str = "5.1,3.5,1.4,0.2";
+
+#[test]
+fn a_sealed_model_is_delivered_into_guest_ram_and_served_and_the_host_sees_none_of_it() {
+    let owner = ModelOwner::start(7, 0).expect("model owner");
+    let containerd = Containerd::start().expect("start containerd");
+    containerd
+        .import_model_server()
+        .expect("import the serving image");
+    let id = "served";
+
+    let started = containerd
+        .run_model_server(id, &owner.annotations("model"))
+        .expect("ctr run");
+    assert_eq!(
+        started.code,
+        0,
+        "ctr run failed: {} {}\ncontainerd log: {}",
+        started.stdout,
+        started.stderr,
+        containerd.log()
+    );
+
+    let answer = containerd
+        .exec(
+            id,
+            "query",
+            &[
+                "veil-model-server",
+                "query",
+                "--url",
+                "http://127.0.0.1:8080",
+                "--input",
+                INPUT,
+                "--wait-secs",
+                "60",
+            ],
+        )
+        .unwrap_or_else(|e| panic!("{e}\nconsole: {}", containerd.console_log(id)));
+    assert_eq!(
+        answer.code,
+        0,
+        "query failed: {} {}\nconsole: {}",
+        answer.stdout,
+        answer.stderr,
+        containerd.console_log(id)
+    );
+    let served: serde_json::Value =
+        serde_json::from_str(answer.stdout.trim()).expect("answer JSON");
+    let inputs: Vec<f32> = INPUT.split(',').map(|x| x.parse().expect("f32")).collect();
+    let expected = Model::load(&owner.model.path)
+        .expect("owner's model")
+        .predict(&inputs)
+        .expect("predict");
+    assert_eq!(served["label"], expected.label.as_str(), "{served}");
+
+    let mounts = containerd
+        .exec(
+            id,
+            "mounts",
+            &[
+                "sh",
+                "-c",
+                "grep ' /model ' /proc/mounts; ls /model; touch /model/x 2>&1; true",
+            ],
+        )
+        .expect("exec");
+    assert!(
+        mounts
+            .stdout
+            .starts_with("veil-memory-volume /model tmpfs ro"),
+        "the model volume must be a read-only guest tmpfs: {}",
+        mounts.stdout
+    );
+    assert!(
+        mounts.stdout.contains("model.safetensors"),
+        "{}",
+        mounts.stdout
+    );
+    assert!(
+        mounts.stdout.contains("Read-only file system"),
+        "{}",
+        mounts.stdout
+    );
+
+    let during = owner.secrets_on_host(&containerd);
+    assert!(
+        during.is_empty(),
+        "secrets on the host while serving: {during:?}"
+    );
+    let host_volume = containerd.dir().join(format!("pods/{id}/volumes/model"));
+    assert_eq!(
+        std::fs::read_dir(&host_volume)
+            .expect("host volume")
+            .count(),
+        0
+    );
+
+    containerd.remove(id);
+    let after = owner.secrets_on_host(&containerd);
+    assert!(
+        after.is_empty(),
+        "secrets on the host after the run: {after:?}"
+    );
+    assert!(
+        containerd.qemu_processes().is_empty(),
+        "a VM outlived its pod"
+    );
+}
+
+/// Runs the server with `annotations` and expects its start to fail with `expected` in
+/// the error, leaving no VM behind.
+fn expect_refused(
+    containerd: &Containerd,
+    id: &str,
+    annotations: &[(String, String)],
+    expected: &str,
+) {
+    let run = containerd
+        .run_model_server(id, annotations)
+        .expect("ctr run");
+    containerd.remove(id);
+    assert_ne!(run.code, 0, "{id}: the container started: {}", run.stdout);
+    assert!(
+        run.stderr.contains(expected),
+        "{id}: expected {expected:?} in the error, got: {}",
+        run.stderr
+    );
+    assert!(
+        veil_integration::eventually(Duration::from_secs(30), || containerd
+            .qemu_processes()
+            .is_empty()),
+        "{id}: a VM outlived its refused container"
+    );
+}
+
+fn with(annotations: &[(String, String)], key: &str, value: &str) -> Vec<(String, String)> {
+    let mut changed: Vec<(String, String)> = annotations
+        .iter()
+        .filter(|(k, _)| k != key)
+        .cloned()
+        .collect();
+    changed.push((key.to_string(), value.to_string()));
+    changed
+}
+
+#[test]
+fn each_refusal_fails_the_start_with_its_own_step() {
+    let owner = ModelOwner::start(11, 0).expect("model owner");
+    let containerd = Containerd::start().expect("start containerd");
+    containerd
+        .import_model_server()
+        .expect("import the serving image");
+    let good = owner.annotations("model");
+
+    expect_refused(
+        &containerd,
+        "wrong-digest",
+        &with(&good, "io.veil.model.sha256", &"0".repeat(64)),
+        "step verify",
+    );
+    expect_refused(
+        &containerd,
+        "no-store",
+        &with(
+            &good,
+            "io.veil.model.source",
+            "http://127.0.0.1:9/model.sealed",
+        ),
+        "step fetch",
+    );
+    expect_refused(
+        &containerd,
+        "no-broker",
+        &with(&good, "io.veil.model.kbs", "http://127.0.0.1:9"),
+        "step attest",
+    );
+    expect_refused(
+        &containerd,
+        "wrong-aad",
+        &with(&good, "io.veil.model.aad", "another-model"),
+        "step decrypt",
+    );
+
+    let mut sealed = std::fs::read(owner.sealed_path()).expect("sealed");
+    let middle = sealed.len() / 2;
+    sealed[middle] ^= 1;
+    std::fs::write(owner.sealed_path(), &sealed).expect("tamper");
+    expect_refused(&containerd, "tampered", &good, "step decrypt");
+    sealed[middle] ^= 1;
+    std::fs::write(owner.sealed_path(), &sealed).expect("untamper");
+
+    owner
+        .kbs
+        .set_policy(KEY_RESOURCE, "claims.tee == 'snp'")
+        .expect("policy");
+    expect_refused(&containerd, "policy", &good, "step attest");
+}
