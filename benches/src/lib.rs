@@ -1,7 +1,15 @@
 //! Benchmarks: cold start and decrypt throughput, and the machine facts every result
 //! file carries (so a figure is never read without knowing where it was taken).
+//!
+//! The end-to-end harness is the `veil-bench-cold-start` binary; this library holds what it
+//! reads and computes (stage timelines from the shim's log, delivery stages from the VM
+//! console, memory figures), so that can be tested without a VM.
 
 use std::process::Command;
+
+pub mod delivery;
+pub mod memory;
+pub mod timeline;
 
 /// A sample's median and spread.
 #[derive(Debug, Clone, PartialEq)]

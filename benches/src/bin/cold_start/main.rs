@@ -1,0 +1,164 @@
+//! End-to-end benchmarks of veil next to runc, in one run on one machine: cold start per
+//! stage, pods started at once, memory per pod, and sealed-model delivery to the first
+//! inference answer. Writes benches/results/cold-start.{md,json}.
+//!
+//! `veil-bench-cold-start [RUNS] [--concurrency 1,4] [--with-8] [--model-mib 64] ...`
+//! (`--help`). Needs root and the built artifacts (`make bench` builds them).
+
+mod concurrency;
+mod ctr;
+mod delivery;
+mod memory;
+mod stages;
+mod table;
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Parser, ValueEnum};
+use veil_benches::machine_facts;
+use veil_integration::Containerd;
+
+/// A part of the benchmark.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Part {
+    /// Per-stage cold start, veil vs runc.
+    ColdStart,
+    /// N pods started at once.
+    Concurrency,
+    /// Memory per pod.
+    Memory,
+    /// Sealed-model delivery to the first inference answer.
+    Delivery,
+}
+
+/// veil end-to-end benchmarks.
+#[derive(Debug, Parser)]
+struct Args {
+    /// Cold-start runs of each runtime (and pods measured for memory).
+    #[arg(default_value_t = 5)]
+    runs: usize,
+    /// Pod counts started at once.
+    #[arg(long, value_delimiter = ',', default_value = "1,4")]
+    concurrency: Vec<usize>,
+    /// Also start 8 pods at once (slow on a 2-core machine under TCG).
+    #[arg(long)]
+    with_8: bool,
+    /// Padding of the large sealed model, MiB (the issue asks 256; under TCG that takes minutes).
+    #[arg(long, default_value_t = 64)]
+    model_mib: u32,
+    /// Deliveries of each model size.
+    #[arg(long, default_value_t = 1)]
+    delivery_runs: usize,
+    /// Only these parts (default: all).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    only: Vec<Part>,
+    /// Bound on any one container start, seconds.
+    #[arg(long, default_value_t = 300)]
+    timeout_secs: u64,
+}
+
+impl Args {
+    fn wants(&self, part: Part) -> bool {
+        self.only.is_empty() || self.only.contains(&part)
+    }
+
+    fn concurrency_levels(&self) -> Vec<usize> {
+        let mut levels = self.concurrency.clone();
+        if self.with_8 && !levels.contains(&8) {
+            levels.push(8);
+        }
+        levels
+    }
+}
+
+fn acceleration(facts: &serde_json::Value) -> &'static str {
+    if facts["kvm_pvm"].as_bool() == Some(true) {
+        "TCG (software emulation): host KVM is PVM, unusable for standard guests"
+    } else {
+        "auto (see the shim log: KVM where usable, else TCG)"
+    }
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let timeout = Duration::from_secs(args.timeout_secs);
+    let facts_before = machine_facts();
+    eprintln!("machine before: load {}", facts_before["loadavg"]);
+    let containerd = Containerd::start()?;
+    containerd.import_busybox()?;
+    let memory_mib = veil_config::Config::load(&containerd.veil_config)
+        .context("read the harness's veil configuration")?
+        .hypervisor
+        .memory_mib;
+    let mut markdown = String::new();
+    let mut json = serde_json::Map::new();
+
+    if args.wants(Part::ColdStart) {
+        let cold = stages::measure(&containerd, args.runs, timeout)?;
+        markdown.push_str(&cold.markdown());
+        json.insert("cold_start".into(), cold.json());
+    }
+    if args.wants(Part::Concurrency) {
+        let levels = concurrency::measure(&containerd, &args.concurrency_levels(), timeout)?;
+        let cores = facts_before["cores"].as_u64().unwrap_or(0) as usize;
+        markdown.push_str(&concurrency::markdown(&levels, cores));
+        json.insert("concurrency".into(), concurrency::json(&levels));
+    }
+    if args.wants(Part::Memory) {
+        let pods = memory::measure(&containerd, args.runs.min(3), timeout)?;
+        markdown.push_str(&memory::markdown(&pods, memory_mib));
+        json.insert("memory".into(), memory::json(&pods, memory_mib));
+    }
+    if args.wants(Part::Delivery) {
+        containerd.import_model_server()?;
+        let mut sizes = Vec::new();
+        for pad_mib in [1, args.model_mib] {
+            sizes.push((
+                pad_mib,
+                delivery::measure(&containerd, pad_mib, args.delivery_runs)?,
+            ));
+        }
+        markdown.push_str(&delivery::markdown(&sizes));
+        json.insert("delivery".into(), delivery::json(&sizes));
+    }
+
+    let facts_after = machine_facts();
+    let header = format!(
+        "# veil end to end: cold start, concurrency, memory, model delivery\n\n\
+         Written by `veil-bench-cold-start {}` (`make bench`). {} cold-start runs per runtime; \
+         large model padded {} MiB (the issue asks 256 MiB: pass `--model-mib 256`, minutes \
+         under TCG).\n\n\
+         Acceleration: {}. Guest kernel `{}`, initramfs `{}`.\n\n\
+         Machine before: `{facts_before}`\n\n\
+         Machine after (load average shows what else ran): `{facts_after}`\n\n",
+        std::env::args().skip(1).collect::<Vec<_>>().join(" "),
+        args.runs,
+        args.model_mib,
+        acceleration(&facts_before),
+        containerd.artifacts.kernel.display(),
+        containerd.artifacts.initrd.display(),
+    );
+    let markdown = format!("{header}{markdown}");
+    json.insert("benchmark".into(), "veil-end-to-end".into());
+    json.insert("runs".into(), args.runs.into());
+    json.insert("acceleration".into(), acceleration(&facts_before).into());
+    json.insert("machine_before".into(), facts_before);
+    json.insert("machine_after".into(), facts_after);
+    write_results(&markdown, &serde_json::Value::Object(json))?;
+    print!("{markdown}");
+    Ok(())
+}
+
+fn write_results(markdown: &str, json: &serde_json::Value) -> Result<()> {
+    let results = Path::new(env!("CARGO_MANIFEST_DIR")).join("results");
+    std::fs::create_dir_all(&results).with_context(|| format!("create {}", results.display()))?;
+    std::fs::write(results.join("cold-start.md"), markdown)?;
+    std::fs::write(
+        results.join("cold-start.json"),
+        serde_json::to_string_pretty(json)?,
+    )?;
+    eprintln!("results written to {}", results.display());
+    Ok(())
+}
