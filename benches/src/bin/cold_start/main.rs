@@ -57,6 +57,12 @@ struct Args {
     /// Bound on any one container start, seconds.
     #[arg(long, default_value_t = 300)]
     timeout_secs: u64,
+    /// A sentence on the conditions of the run (what else ran, why), put into the results.
+    #[arg(long)]
+    note: Option<String>,
+    /// Stem of the results files: benches/results/<NAME>.{md,json}.
+    #[arg(long, default_value = "cold-start")]
+    name: String,
 }
 
 impl Args {
@@ -131,6 +137,7 @@ fn main() -> Result<()> {
          large model padded {} MiB (the issue asks 256 MiB: pass `--model-mib 256`, minutes \
          under TCG).\n\n\
          Acceleration: {}. Guest kernel `{}`, initramfs `{}`.\n\n\
+         Conditions: {}\n\n\
          Machine before: `{facts_before}`\n\n\
          Machine after (load average shows what else ran): `{facts_after}`\n\n",
         std::env::args().skip(1).collect::<Vec<_>>().join(" "),
@@ -139,26 +146,61 @@ fn main() -> Result<()> {
         acceleration(&facts_before),
         containerd.artifacts.kernel.display(),
         containerd.artifacts.initrd.display(),
+        args.note.as_deref().unwrap_or(
+            "not described (pass --note); the load averages below are the only record of what \
+             else ran"
+        ),
     );
     let markdown = format!("{header}{markdown}");
     json.insert("benchmark".into(), "veil-end-to-end".into());
     json.insert("runs".into(), args.runs.into());
     json.insert("acceleration".into(), acceleration(&facts_before).into());
+    json.insert("note".into(), args.note.clone().into());
     json.insert("machine_before".into(), facts_before);
     json.insert("machine_after".into(), facts_after);
-    write_results(&markdown, &serde_json::Value::Object(json))?;
+    write_results(&args.name, &markdown, &serde_json::Value::Object(json))?;
     print!("{markdown}");
     Ok(())
 }
 
-fn write_results(markdown: &str, json: &serde_json::Value) -> Result<()> {
+fn write_results(name: &str, markdown: &str, json: &serde_json::Value) -> Result<()> {
     let results = Path::new(env!("CARGO_MANIFEST_DIR")).join("results");
     std::fs::create_dir_all(&results).with_context(|| format!("create {}", results.display()))?;
-    std::fs::write(results.join("cold-start.md"), markdown)?;
+    std::fs::write(results.join(format!("{name}.md")), markdown)?;
     std::fs::write(
-        results.join("cold-start.json"),
+        results.join(format!("{name}.json")),
         serde_json::to_string_pretty(json)?,
     )?;
-    eprintln!("results written to {}", results.display());
+    eprintln!(
+        "results written to {}/{name}.{{md,json}}",
+        results.display()
+    );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn make_bench_s_positional_run_count_still_parses() {
+        let args = Args::try_parse_from(["veil-bench-cold-start", "5"]).expect("args");
+        assert_eq!(args.runs, 5);
+        assert_eq!(args.concurrency_levels(), vec![1, 4]);
+        assert_eq!(args.model_mib, 64);
+        assert!(Part::ColdStart != Part::Delivery && args.wants(Part::Delivery));
+    }
+
+    #[test]
+    fn eight_pods_only_when_asked_and_parts_can_be_picked() {
+        let args = Args::try_parse_from([
+            "veil-bench-cold-start",
+            "--with-8",
+            "--only",
+            "cold-start,memory",
+        ])
+        .expect("args");
+        assert_eq!(args.concurrency_levels(), vec![1, 4, 8]);
+        assert!(args.wants(Part::Memory) && !args.wants(Part::Delivery));
+    }
 }
