@@ -59,6 +59,8 @@ pub struct GuestMemory {
     pub total_kib: u64,
     /// MemAvailable.
     pub available_kib: u64,
+    /// MemFree: never touched since boot, or freed; QEMU's resident set covers the rest.
+    pub free_kib: u64,
 }
 
 impl GuestMemory {
@@ -67,6 +69,12 @@ impl GuestMemory {
     pub fn used_kib(&self) -> u64 {
         self.total_kib.saturating_sub(self.available_kib)
     }
+
+    /// MemTotal - MemFree: used plus the page cache, which is what a VM's resident set on
+    /// the host follows (the guest kernel does not give freed cache back to the host).
+    pub fn not_free_kib(&self) -> u64 {
+        self.total_kib.saturating_sub(self.free_kib)
+    }
 }
 
 /// MemTotal and MemAvailable of a /proc/meminfo text.
@@ -74,6 +82,7 @@ pub fn parse_meminfo(meminfo: &str) -> Option<GuestMemory> {
     Some(GuestMemory {
         total_kib: kib_field(meminfo, "MemTotal:")?,
         available_kib: kib_field(meminfo, "MemAvailable:")?,
+        free_kib: kib_field(meminfo, "MemFree:")?,
     })
 }
 
@@ -99,6 +108,7 @@ mod tests {
         let meminfo = "MemTotal:         490000 kB\nMemFree:          300000 kB\nMemAvailable:     400000 kB\n";
         let guest = parse_meminfo(meminfo).expect("meminfo");
         assert_eq!(guest.used_kib(), 90_000);
+        assert_eq!(guest.not_free_kib(), 190_000);
     }
 
     #[test]

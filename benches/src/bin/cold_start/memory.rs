@@ -109,6 +109,10 @@ fn rows(pods: &[PodMemory]) -> Vec<(&'static str, Vec<f64>)> {
             "guest used (MemTotal - MemAvailable)",
             column(&|p| p.guest.used_kib()),
         ),
+        (
+            "guest not free (MemTotal - MemFree, incl. page cache)",
+            column(&|p| p.guest.not_free_kib()),
+        ),
     ]
 }
 
