@@ -169,9 +169,17 @@ async fn start(flags: &Flags) -> Result<(), BootstrapError> {
         .ok();
     let annotations = spec.as_ref().and_then(|s| s.annotations().clone());
     let grouping = crate::options::sandbox_id(annotations.as_ref(), &opts.id);
-    let address = spawn(opts, &grouping, Vec::new())
-        .await
-        .map_err(|e| failed("spawn the shim server")(e.to_string()))?;
+    let existing = opts.socket_address(&grouping);
+    // containerd_shim's `spawn` always starts a new server, and a new server takes the
+    // socket over (and boots a second VM): join the pod's live shim instead.
+    let address = if shim_answers(&existing) {
+        tracing::info!(container = %opts.id, sandbox = %grouping, address = %existing, "joining the pod's running shim");
+        existing
+    } else {
+        spawn(opts, &grouping, Vec::new())
+            .await
+            .map_err(|e| failed("spawn the shim server")(e.to_string()))?
+    };
     std::fs::write("address", &address)
         .map_err(|e| failed("write the address file")(e.to_string()))?;
     let reply = start_reply(&address, protocol)?;
@@ -182,10 +190,27 @@ async fn start(flags: &Flags) -> Result<(), BootstrapError> {
         .map_err(|e| failed("answer containerd")(e.to_string()))
 }
 
+/// Whether a shim server accepts connections on `address` (a socket file left by a
+/// dead one refuses them).
+fn shim_answers(address: &str) -> bool {
+    let path = address.strip_prefix("unix://").unwrap_or(address);
+    std::os::unix::net::UnixStream::connect(path).is_ok()
+}
+
 /// Runs in the bundle directory after the serving shim is gone (or crashed).
+///
+/// containerd 1.6 also runs it after every ordinary task delete (it closes its
+/// connection for that task, and a closed connection means "dead shim" to it): when the
+/// pod's shim still answers, other containers of the pod are running in the VM, so only
+/// this container's rootfs is cleaned up.
 fn delete() -> Result<(), BootstrapError> {
     let bundle = Path::new(".");
-    if let Ok(state_dir) = std::fs::read_to_string(bundle.join(STATE_DIR_FILE)) {
+    let pod_shim_alive = std::fs::read_to_string(bundle.join("address"))
+        .is_ok_and(|address| shim_answers(address.trim()));
+    let state_dir = std::fs::read_to_string(bundle.join(STATE_DIR_FILE))
+        .ok()
+        .filter(|_| !pod_shim_alive);
+    if let Some(state_dir) = state_dir {
         let state_dir = Path::new(state_dir.trim());
         kill_leftover_vm(state_dir);
         sandbox::remove_state_dir(state_dir);
@@ -297,6 +322,18 @@ mod tests {
             namespace: "default".into(),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn a_live_socket_answers_and_a_stale_one_does_not() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("shim.sock");
+        let address = format!("unix://{}", path.display());
+        assert!(!shim_answers(&address), "no socket yet");
+        let listener = std::os::unix::net::UnixListener::bind(&path).expect("bind");
+        assert!(shim_answers(&address));
+        drop(listener);
+        assert!(!shim_answers(&address), "a socket file without a server");
     }
 
     #[test]

@@ -29,6 +29,9 @@ mod task;
 const OUTPUT_DRAIN: Duration = Duration::from_secs(5);
 /// How long Delete waits for a created-but-never-started init to die after SIGKILL.
 const KILL_WAIT: Duration = Duration::from_secs(10);
+/// Exit status reported for an exec deleted without having started (as a Wait whose
+/// process went away reports).
+const NEVER_STARTED: u32 = 255;
 /// File in the bundle recording where the sandbox state lives (for `delete` after a crash).
 pub const STATE_DIR_FILE: &str = "veil-state-dir";
 
@@ -414,6 +417,12 @@ impl TaskService {
                 )));
             }
             locked(&container.execs).remove(exec_id);
+            // An exec whose start failed never exits: release containerd's Wait on it
+            // (ExecSync waits before it starts) instead of leaving it to time out.
+            process.mark_exited(ExitInfo {
+                status: NEVER_STARTED,
+                at: SystemTime::now(),
+            });
             let exit = process.exit().unwrap_or(ExitInfo {
                 status: 0,
                 at: SystemTime::now(),
