@@ -11,6 +11,7 @@
 //!   `<workspace>/target/agent-static/x86_64-unknown-linux-gnu/release/veil-model-server`
 //!   (`make image` builds it with the agent).
 
+pub mod cri;
 pub mod oci;
 pub mod owner;
 
@@ -165,6 +166,18 @@ impl Containerd {
 
     /// Like [`Containerd::start`], with `options` changing the veil configuration.
     pub fn start_with(options: &Options) -> Result<Containerd> {
+        Containerd::start_instance(options, false)
+    }
+
+    /// Like [`Containerd::start_with`], with containerd's CRI plugin enabled (on
+    /// [`Containerd::socket`]) and a `veil` runtime handler next to the default runc,
+    /// as `veil node install` would configure it; [`cri`] has the client and imports
+    /// the images CRI needs.
+    pub fn start_cri(options: &Options) -> Result<Containerd> {
+        Containerd::start_instance(options, true)
+    }
+
+    fn start_instance(options: &Options, cri: bool) -> Result<Containerd> {
         require_root()?;
         let mut artifacts = Artifacts::locate()?;
         if let Some(kernel) = &options.kernel {
@@ -192,14 +205,22 @@ impl Containerd {
             ),
         )?;
         let config = root.join("containerd.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "version = 2\nroot = \"{0}/root\"\nstate = \"{0}/state\"\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n[grpc]\n  address = \"{1}\"\n[debug]\n  level = \"info\"\n",
-                root.display(),
-                socket.display()
-            ),
-        )?;
+        let base = format!(
+            "version = 2\nroot = \"{0}/root\"\nstate = \"{0}/state\"\n{1}[grpc]\n  address = \"{2}\"\n[debug]\n  level = \"info\"\n",
+            root.display(),
+            if cri {
+                ""
+            } else {
+                "disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n"
+            },
+            socket.display()
+        );
+        let cri_section = if cri {
+            cri_plugin_config(root, &veil_config)?
+        } else {
+            String::new()
+        };
+        std::fs::write(&config, base + &cri_section)?;
         let log = std::fs::File::create(root.join("containerd.log"))?;
         let path = format!(
             "{}:{}",
@@ -448,6 +469,29 @@ impl Containerd {
 pub struct Options {
     /// Use this guest kernel instead of the built one.
     pub kernel: Option<PathBuf>,
+}
+
+/// The CRI plugin section: handler `veil` (veil's annotations passed through, the
+/// harness's veil.toml as ConfigPath), runc as the default, empty CNI directories so
+/// nothing on the host is read (host-network pods need no CNI), and the locally
+/// imported [`cri::PAUSE_IMAGE`] as the sandbox image, since there is no registry.
+fn cri_plugin_config(root: &Path, veil_config: &Path) -> Result<String> {
+    let (cni_bin, cni_conf) = (root.join("cni/bin"), root.join("cni/conf"));
+    std::fs::create_dir_all(&cni_bin)?;
+    std::fs::create_dir_all(&cni_conf)?;
+    let cri = "plugins.\"io.containerd.grpc.v1.cri\"";
+    Ok(format!(
+        "[{cri}]\n  sandbox_image = \"{pause}\"\n  stream_server_address = \"127.0.0.1\"\n  stream_server_port = \"0\"\n  restrict_oom_score_adj = true\n\
+         [{cri}.cni]\n  bin_dir = \"{bin}\"\n  conf_dir = \"{conf}\"\n\
+         [{cri}.containerd]\n  default_runtime_name = \"runc\"\n\
+         [{cri}.containerd.runtimes.runc]\n  runtime_type = \"io.containerd.runc.v2\"\n\
+         [{cri}.containerd.runtimes.veil]\n  runtime_type = \"{VEIL_RUNTIME}\"\n  pod_annotations = [\"io.veil.*\"]\n\
+         [{cri}.containerd.runtimes.veil.options]\n  ConfigPath = \"{config}\"\n",
+        pause = cri::PAUSE_IMAGE,
+        bin = cni_bin.display(),
+        conf = cni_conf.display(),
+        config = veil_config.display(),
+    ))
 }
 
 /// Which runtime `ctr run` uses.

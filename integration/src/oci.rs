@@ -101,11 +101,22 @@ pub fn write_busybox_image(out: &Path) -> Result<()> {
 
 /// Writes an OCI image layout tarball named `name`: busybox plus `extra` files.
 pub fn write_image(out: &Path, name: &str, extra: &[ExtraFile]) -> Result<()> {
+    write_image_running(out, name, extra, &["/bin/sh"])
+}
+
+/// Writes a pod sandbox ("pause") image named `name`: busybox whose default command
+/// sleeps for good, since CRI runs the sandbox image's own command as the pod's first
+/// container and there is no registry to pull the real pause image from.
+pub fn write_pause_image(out: &Path, name: &str) -> Result<()> {
+    write_image_running(out, name, &[], &["/bin/sleep", "2147483647"])
+}
+
+fn write_image_running(out: &Path, name: &str, extra: &[ExtraFile], cmd: &[&str]) -> Result<()> {
     let layer = busybox_layer(extra)?;
     let config = serde_json::to_vec(&serde_json::json!({
         "architecture": "amd64",
         "os": "linux",
-        "config": {"Env": ["PATH=/bin"], "Cmd": ["/bin/sh"]},
+        "config": {"Env": ["PATH=/bin"], "Cmd": cmd},
         "rootfs": {"type": "layers", "diff_ids": [format!("sha256:{}", sha256_hex(&layer))]}
     }))?;
     let manifest = serde_json::to_vec(&serde_json::json!({

@@ -1,0 +1,334 @@
+//! The Kubernetes path, end to end: containerd's CRI plugin driven over its socket as
+//! kubelet drives it (RunPodSandbox, CreateContainer, StartContainer, ExecSync,
+//! ContainerStatus, StopPodSandbox, RemovePodSandbox), with the `veil` runtime handler
+//! and, for parity, runc. Pods use host networking (no CNI). Every case starts its own
+//! private containerd. Needs root and the built artifacts (`make test` provides both).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use k8s_cri::v1::{ContainerState, PodSandboxConfig};
+use veil_integration::cri::{self, CriClient, RUNC_HANDLER, VEIL_HANDLER};
+use veil_integration::{eventually, Containerd, Options};
+
+const EXEC: Duration = Duration::from_secs(60);
+const TASK_END: Duration = Duration::from_secs(120);
+
+struct Cluster {
+    containerd: Containerd,
+    cri: CriClient,
+}
+
+fn cluster() -> Cluster {
+    let containerd = Containerd::start_cri(&Options::default()).expect("start containerd with CRI");
+    cri::import_images(&containerd).expect("import the images into k8s.io");
+    let cri = CriClient::connect(&containerd.socket)
+        .unwrap_or_else(|e| panic!("CRI client: {e:#}\n{}", containerd.log()));
+    Cluster { containerd, cri }
+}
+
+impl Cluster {
+    /// A directory for the pod's logs and volumes, like kubelet's `pods/<uid>`.
+    fn pod_dir(&self, name: &str) -> PathBuf {
+        let dir = self.containerd.dir().join("pods").join(name);
+        std::fs::create_dir_all(dir.join("volumes/shared")).expect("create the pod dir");
+        dir
+    }
+
+    fn run_pod(&mut self, config: &PodSandboxConfig, handler: &str) -> String {
+        match self.cri.run_pod_sandbox(config, handler) {
+            Ok(id) => id,
+            Err(e) => panic!(
+                "RunPodSandbox ({handler:?}): {e:#}\n{}",
+                self.containerd.log()
+            ),
+        }
+    }
+
+    fn start(
+        &mut self,
+        pod: &str,
+        sandbox: &PodSandboxConfig,
+        container: &k8s_cri::v1::ContainerConfig,
+    ) -> String {
+        let id = self
+            .cri
+            .create_container(pod, container, sandbox)
+            .unwrap_or_else(|e| {
+                panic!(
+                    "CreateContainer: {e:#}\n{}\n{}",
+                    self.containerd.log(),
+                    cri::console_log(&self.containerd, pod)
+                )
+            });
+        self.cri.start_container(&id).unwrap_or_else(|e| {
+            panic!(
+                "StartContainer: {e:#}\n{}\n{}",
+                self.containerd.log(),
+                cri::console_log(&self.containerd, pod)
+            )
+        });
+        id
+    }
+
+    fn exec(&mut self, id: &str, command: &[&str]) -> cri::ExecOutput {
+        self.cri.exec_sync(id, command, EXEC).unwrap_or_else(|e| {
+            panic!(
+                "ExecSync {command:?} in {id}: {e:#}\n{}",
+                self.containerd.log()
+            )
+        })
+    }
+
+    fn state(&mut self, id: &str) -> (i32, i32) {
+        let status = self.cri.container_status(id).expect("ContainerStatus");
+        (status.state, status.exit_code)
+    }
+
+    fn tear_down(&mut self, pod: &str) {
+        self.cri.stop_pod_sandbox(pod).unwrap_or_else(|e| {
+            panic!(
+                "StopPodSandbox: {e:#}\n{}\nconsole: {}",
+                self.containerd.log(),
+                cri::console_log(&self.containerd, pod)
+            )
+        });
+        self.cri
+            .remove_pod_sandbox(pod)
+            .unwrap_or_else(|e| panic!("RemovePodSandbox: {e:#}\n{}", self.containerd.log()));
+    }
+}
+
+fn host_boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .expect("boot id")
+        .trim()
+        .to_string()
+}
+
+/// What containerd handed the shim, printed so the test log records it.
+fn show_spec(containerd: &Containerd, role: &str, id: &str) -> serde_json::Value {
+    let spec = cri::bundle_spec(containerd, id).expect("bundle spec");
+    eprintln!(
+        "{role} {id}: annotations {}\n  namespaces {}\n  mounts {}\n  process.args {}",
+        spec["annotations"], spec["linux"]["namespaces"], spec["mounts"], spec["process"]["args"]
+    );
+    spec
+}
+
+fn assert_nothing_left(containerd: &Containerd) {
+    assert!(
+        eventually(Duration::from_secs(30), || containerd
+            .qemu_processes()
+            .is_empty()
+            && containerd.shim_processes().is_empty()),
+        "left behind: qemu {:?}, shims {:?}",
+        containerd.qemu_processes(),
+        containerd.shim_processes()
+    );
+    let state = containerd.dir().join("state");
+    assert!(
+        containerd.mounts_below(&state).is_empty(),
+        "mounts left: {:?}",
+        containerd.mounts_below(&state)
+    );
+    assert!(
+        containerd.mounts_below(&containerd.veil_state).is_empty(),
+        "mounts left: {:?}",
+        containerd.mounts_below(&containerd.veil_state)
+    );
+    assert!(
+        cri::veil_state_entries(containerd).is_empty(),
+        "veil state left: {:?}",
+        cri::veil_state_entries(containerd)
+    );
+}
+
+fn two_container_pod(
+    cluster: &mut Cluster,
+    name: &str,
+    handler: &str,
+) -> (String, PodSandboxConfig, String, String) {
+    let dir = cluster.pod_dir(name);
+    let config = cri::host_network_pod(name, &dir, HashMap::new());
+    let pod = cluster.run_pod(&config, handler);
+    let shared = || vec![cri::bind_mount(&dir.join("volumes/shared"), "/shared")];
+    let sleeper = cluster.start(
+        &pod,
+        &config,
+        &cri::busybox_container("sleeper", &["sleep", "1000"], shared()),
+    );
+    let writer = cluster.start(
+        &pod,
+        &config,
+        &cri::busybox_container(
+            "writer",
+            &["sh", "-c", "echo from-writer > /shared/note; sleep 1000"],
+            shared(),
+        ),
+    );
+    (pod, config, sleeper, writer)
+}
+
+#[test]
+fn a_veil_pod_runs_all_its_containers_in_one_vm_and_leaves_nothing_when_removed() {
+    let mut cluster = cluster();
+    let (pod, _, sleeper, writer) = two_container_pod(&mut cluster, "veil-pod", VEIL_HANDLER);
+    show_spec(&cluster.containerd, "sandbox", &pod);
+    show_spec(&cluster.containerd, "container", &sleeper);
+
+    let boot_sleeper = cluster.exec(&sleeper, &["cat", "/proc/sys/kernel/random/boot_id"]);
+    let boot_writer = cluster.exec(&writer, &["cat", "/proc/sys/kernel/random/boot_id"]);
+    assert_eq!(boot_sleeper.exit_code, 0, "{boot_sleeper:?}");
+    assert_eq!(
+        boot_sleeper.stdout, boot_writer.stdout,
+        "the pod's containers booted different kernels: not one VM"
+    );
+    assert_ne!(
+        boot_sleeper.stdout.trim(),
+        host_boot_id(),
+        "the pod shares the host's boot: it did not run in a VM"
+    );
+    assert_eq!(
+        cluster.containerd.qemu_processes().len(),
+        1,
+        "expected one VM for the pod"
+    );
+    assert_eq!(
+        cri::veil_state_entries(&cluster.containerd),
+        vec![pod.clone()]
+    );
+
+    // The emptyDir-like volume is one directory for both containers.
+    assert!(
+        eventually(EXEC, || cluster
+            .cri
+            .exec_sync(&sleeper, &["cat", "/shared/note"], EXEC)
+            .map(|o| o.stdout == "from-writer\n")
+            .unwrap_or(false)),
+        "the sleeper does not see the writer's file in the shared volume"
+    );
+
+    let listed = cluster
+        .cri
+        .list_containers(Some(&pod))
+        .expect("ListContainers");
+    assert_eq!(listed.len(), 2, "{listed:?}");
+
+    cluster.tear_down(&pod);
+    assert_nothing_left(&cluster.containerd);
+}
+
+#[test]
+fn container_status_reports_running_then_the_exit_code_and_logs_reach_the_cri_log() {
+    let mut cluster = cluster();
+    let dir = cluster.pod_dir("status-pod");
+    let config = cri::host_network_pod("status-pod", &dir, HashMap::new());
+    let pod = cluster.run_pod(&config, VEIL_HANDLER);
+    // Ends with 7 once told to, so "running" is observed without racing a timer.
+    let waiter = cluster.start(
+        &pod,
+        &config,
+        &cri::busybox_container(
+            "waiter",
+            &[
+                "sh",
+                "-c",
+                "echo waiting; while [ ! -f /tmp/go ]; do sleep 0.2; done; echo done >&2; exit 7",
+            ],
+            Vec::new(),
+        ),
+    );
+    assert_eq!(
+        cluster.state(&waiter).0,
+        ContainerState::ContainerRunning as i32
+    );
+    let touch = cluster.exec(&waiter, &["touch", "/tmp/go"]);
+    assert_eq!(touch.exit_code, 0, "{touch:?}");
+    assert!(
+        eventually(TASK_END, || cluster.state(&waiter).0
+            == ContainerState::ContainerExited as i32),
+        "the container did not exit: {:?}",
+        cluster.cri.container_status(&waiter)
+    );
+    assert_eq!(cluster.state(&waiter).1, 7);
+
+    let log = std::fs::read_to_string(dir.join("waiter.log")).expect("the CRI log file");
+    assert!(
+        log.lines().any(|l| l.contains(" stdout F waiting"))
+            && log.lines().any(|l| l.contains(" stderr F done")),
+        "CRI log lacks the output: {log:?}"
+    );
+
+    let exec = cluster.cri.exec_sync(&waiter, &["true"], EXEC);
+    assert!(
+        exec.is_err(),
+        "ExecSync in an exited container succeeded: {exec:?}"
+    );
+
+    cluster.tear_down(&pod);
+    assert_nothing_left(&cluster.containerd);
+}
+
+#[test]
+fn the_same_pod_runs_with_runc_on_the_host_kernel() {
+    let mut cluster = cluster();
+    let (pod, _, sleeper, writer) = two_container_pod(&mut cluster, "runc-pod", RUNC_HANDLER);
+    let boot = cluster.exec(&writer, &["cat", "/proc/sys/kernel/random/boot_id"]);
+    assert_eq!(
+        boot.stdout.trim(),
+        host_boot_id(),
+        "runc runs on the host kernel"
+    );
+    assert!(
+        eventually(EXEC, || cluster
+            .cri
+            .exec_sync(&sleeper, &["cat", "/shared/note"], EXEC)
+            .map(|o| o.stdout == "from-writer\n")
+            .unwrap_or(false)),
+        "the sleeper does not see the writer's file in the shared volume"
+    );
+    assert!(cluster.containerd.qemu_processes().is_empty());
+    cluster.tear_down(&pod);
+    assert!(
+        cluster
+            .cri
+            .list_containers(None)
+            .expect("ListContainers")
+            .is_empty(),
+        "containers left after RemovePodSandbox"
+    );
+}
+
+/// Known failure, kept as a reproducer: once a container's output has been relayed (to
+/// its CRI log), an ExecSync whose command writes output gets no answer (the agent logs
+/// the exec, the shim's exec_process call times out). Same without mounts or a second
+/// container; an exec without output (`touch`), or one in a pod whose containers have
+/// printed nothing, is fine. Run with `--ignored` once the relay/agent side is fixed.
+#[test]
+#[ignore = "ExecSync with output hangs after the container printed (shim io relay / agent)"]
+fn exec_sync_with_output_after_the_container_printed() {
+    let mut cluster = cluster();
+    let dir = cluster.pod_dir("printer-pod");
+    let config = cri::host_network_pod("printer-pod", &dir, HashMap::new());
+    let pod = cluster.run_pod(&config, VEIL_HANDLER);
+    let printer = cluster.start(
+        &pod,
+        &config,
+        &cri::busybox_container(
+            "printer",
+            &["sh", "-c", "echo printed; sleep 1000"],
+            Vec::new(),
+        ),
+    );
+    assert!(
+        eventually(EXEC, || std::fs::read_to_string(dir.join("printer.log"))
+            .is_ok_and(|log| log.contains("printed"))),
+        "the container's output did not reach its CRI log"
+    );
+    let boot = cluster.exec(&printer, &["cat", "/proc/sys/kernel/random/boot_id"]);
+    assert_eq!(boot.exit_code, 0, "{boot:?}");
+    cluster.tear_down(&pod);
+    assert_nothing_left(&cluster.containerd);
+}
