@@ -28,6 +28,13 @@ pub struct ProcessMemory {
     pub rss_kib: u64,
     /// Resident at its peak (VmHWM).
     pub peak_kib: u64,
+    /// Resident anonymous memory (RssAnon): for QEMU, guest RAM it touched, its heap
+    /// (including its copies of the kernel and initramfs) and TCG's code buffer.
+    pub anon_kib: u64,
+    /// Resident file-backed memory (RssFile): mapped binaries and libraries.
+    pub file_kib: u64,
+    /// Resident shared memory (RssShmem): guest RAM when it is a memfd or shm backend.
+    pub shmem_kib: u64,
 }
 
 fn kib_field(text: &str, name: &str) -> Option<u64> {
@@ -42,6 +49,9 @@ pub fn parse_status(status: &str) -> Option<ProcessMemory> {
     Some(ProcessMemory {
         rss_kib: kib_field(status, "VmRSS:")?,
         peak_kib: kib_field(status, "VmHWM:")?,
+        anon_kib: kib_field(status, "RssAnon:").unwrap_or(0),
+        file_kib: kib_field(status, "RssFile:").unwrap_or(0),
+        shmem_kib: kib_field(status, "RssShmem:").unwrap_or(0),
     })
 }
 
@@ -92,12 +102,15 @@ mod tests {
 
     #[test]
     fn reads_rss_and_peak_from_status() {
-        let status = "Name:\tqemu-system-x86\nVmPeak:\t 900000 kB\nVmHWM:\t  210000 kB\nVmRSS:\t  200000 kB\n";
+        let status = "Name:\tqemu-system-x86\nVmPeak:\t 900000 kB\nVmHWM:\t  210000 kB\nVmRSS:\t  200000 kB\nRssAnon:\t  150000 kB\nRssFile:\t   30000 kB\nRssShmem:\t   20000 kB\n";
         assert_eq!(
             parse_status(status),
             Some(ProcessMemory {
                 rss_kib: 200_000,
-                peak_kib: 210_000
+                peak_kib: 210_000,
+                anon_kib: 150_000,
+                file_kib: 30_000,
+                shmem_kib: 20_000,
             })
         );
         assert_eq!(parse_status("Name:\tkthreadd\n"), None);

@@ -104,6 +104,9 @@ fn rows(pods: &[PodMemory]) -> Vec<(&'static str, Vec<f64>)> {
         ("shim VmHWM (peak)", column(&|p| p.shim.peak_kib)),
         ("QEMU VmRSS", column(&|p| p.qemu.rss_kib)),
         ("QEMU VmHWM (peak)", column(&|p| p.qemu.peak_kib)),
+        ("QEMU RssAnon", column(&|p| p.qemu.anon_kib)),
+        ("QEMU RssFile", column(&|p| p.qemu.file_kib)),
+        ("QEMU RssShmem", column(&|p| p.qemu.shmem_kib)),
         ("guest MemTotal", column(&|p| p.guest.total_kib)),
         (
             "guest used (MemTotal - MemAvailable)",
@@ -123,8 +126,10 @@ pub fn markdown(pods: &[PodMemory], memory_mib: u32) -> String {
          One `sleep` container per pod, measured while it runs, after one exec \
          (`cat /proc/meminfo` in the container, which shows the VM's memory). Host figures from \
          /proc/<pid>/status. Configured VM size: **{memory_mib} MiB** (`hypervisor.memory_mib`). \
-         QEMU's resident set under TCG includes its translated-code cache, which KVM does not \
-         need.\n\n"
+         QEMU's resident set is more than the guest uses: it also holds guest pages the guest \
+         touched and freed (nothing gives them back to the host), QEMU's heap (its copies of the \
+         guest kernel and initramfs are candidates, not verified here) and, under TCG, the \
+         translated-code cache that KVM would not need; RssAnon/RssFile/RssShmem split it.\n\n"
     );
     out.push_str(&crate::table::header("figure", "MiB"));
     for (name, samples) in rows(pods) {
