@@ -2,18 +2,28 @@
 
 use std::os::fd::OwnedFd;
 
+use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use tokio::net::unix::pipe;
+
+/// tokio's `from_file_unchecked` leaves the descriptor as it is, and process pipes are
+/// created blocking: a read after readiness was consumed would then block the agent's
+/// only worker thread (the guest has one vCPU) and with it every other call.
+fn non_blocking(fd: OwnedFd) -> std::io::Result<std::fs::File> {
+    let flags = OFlag::from_bits_retain(fcntl(&fd, FcntlArg::F_GETFL)?);
+    fcntl(&fd, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
+    Ok(std::fs::File::from(fd))
+}
 
 /// Reads a process's output (pipe read end or pty master).
 #[derive(Debug)]
 pub struct FdReader(pipe::Receiver);
 
 impl FdReader {
-    /// Wraps `fd` (switched to non-blocking by tokio).
+    /// Wraps `fd`, switching it to non-blocking.
     pub fn new(fd: OwnedFd) -> std::io::Result<Self> {
         // "unchecked": a pty master is a character device, not a FIFO, and epoll works on it.
         Ok(FdReader(pipe::Receiver::from_file_unchecked(
-            std::fs::File::from(fd),
+            non_blocking(fd)?,
         )?))
     }
 
@@ -41,11 +51,11 @@ impl FdReader {
 pub struct FdWriter(pipe::Sender);
 
 impl FdWriter {
-    /// Wraps `fd`.
+    /// Wraps `fd`, switching it to non-blocking.
     pub fn new(fd: OwnedFd) -> std::io::Result<Self> {
-        Ok(FdWriter(pipe::Sender::from_file_unchecked(
-            std::fs::File::from(fd),
-        )?))
+        Ok(FdWriter(pipe::Sender::from_file_unchecked(non_blocking(
+            fd,
+        )?)?))
     }
 
     /// Writes all of `data`.
@@ -76,5 +86,32 @@ mod tests {
         assert_eq!(reader.read(64).await.expect("read"), b"hello");
         drop(writer);
         assert!(reader.read(64).await.expect("eof").is_empty());
+    }
+
+    /// A read that waits for output must leave the (single) worker thread free: after a
+    /// first chunk, a second read with nothing to read times out instead of blocking.
+    #[test]
+    fn waiting_for_output_does_not_block_the_runtime() {
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            let outcome = runtime.block_on(async {
+                let (read_end, write_end) = nix::unistd::pipe().expect("pipe");
+                let reader = FdReader::new(read_end).expect("reader");
+                nix::unistd::write(&write_end, b"out\n").expect("write");
+                assert_eq!(reader.read(64).await.expect("first read"), b"out\n");
+                tokio::time::timeout(std::time::Duration::from_millis(200), reader.read(64))
+                    .await
+                    .is_err()
+            });
+            let _ = done.send(outcome);
+        });
+        let timed_out = finished
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .expect("the second read blocked the runtime thread");
+        assert!(timed_out, "the second read returned without data");
     }
 }
