@@ -379,9 +379,7 @@ impl Containerd {
             .iter()
             .map(|(k, v)| format!("{k}={v}"))
             .collect();
-        // --null-io: with ctr's FIFOs left without a reader after `run -d` returns, the VM
-        // of a container that keeps writing output stops answering (under investigation).
-        let mut args = vec!["run", "-d", "--null-io", "--runtime", VEIL_RUNTIME];
+        let mut args = vec!["run", "-d", "--runtime", VEIL_RUNTIME];
         for pair in &pairs {
             args.extend(["--annotation", pair.as_str()]);
         }

@@ -315,6 +315,10 @@ fn seal_file(plaintext: &Path, keyset: &Keyset, out: &Path) -> Result<()> {
 /// Files under `roots` (recursively, regular files only, not below `skip`) that contain
 /// any of `needles`; each hit names the file and which needle.
 pub fn files_containing(roots: &[&Path], skip: &[&Path], needles: &[Vec<u8>]) -> Vec<String> {
+    let finders: Vec<memchr::memmem::Finder<'_>> = needles
+        .iter()
+        .map(|n| memchr::memmem::Finder::new(n.as_slice()))
+        .collect();
     let mut hits = Vec::new();
     let mut stack: Vec<PathBuf> = roots.iter().map(|r| r.to_path_buf()).collect();
     let mut visited = 0usize;
@@ -332,16 +336,51 @@ pub fn files_containing(roots: &[&Path], skip: &[&Path], needles: &[Vec<u8>]) ->
                 stack.extend(entries.flatten().map(|e| e.path()));
             }
         } else if meta.is_file() {
-            if let Ok(data) = std::fs::read(&path) {
-                for (index, needle) in needles.iter().enumerate() {
-                    if data.windows(needle.len()).any(|w| w == needle.as_slice()) {
-                        hits.push(format!("{} holds secret #{index}", path.display()));
-                    }
-                }
+            for index in needles_in_file(&path, &finders) {
+                hits.push(format!("{} holds secret #{index}", path.display()));
             }
         }
     }
     hits
+}
+
+/// Which needles occur in the file at `path`, read in chunks that overlap by the longest
+/// needle so that none is missed at a chunk boundary.
+fn needles_in_file(path: &Path, finders: &[memchr::memmem::Finder<'_>]) -> Vec<usize> {
+    const CHUNK: usize = 8 << 20;
+    let Ok(mut file) = std::fs::File::open(path) else {
+        return Vec::new();
+    };
+    let overlap = finders
+        .iter()
+        .map(|f| f.needle().len())
+        .max()
+        .unwrap_or(1)
+        .saturating_sub(1);
+    let mut found = vec![false; finders.len()];
+    let mut buffer = Vec::with_capacity(CHUNK + overlap);
+    loop {
+        let kept = buffer.len();
+        buffer.resize(kept + CHUNK, 0);
+        let read = match std::io::Read::read(&mut file, &mut buffer[kept..]) {
+            Ok(n) => n,
+            Err(_) => break,
+        };
+        buffer.truncate(kept + read);
+        for (index, finder) in finders.iter().enumerate() {
+            found[index] |= finder.find(&buffer).is_some();
+        }
+        if read == 0 {
+            break;
+        }
+        let tail = buffer.len().saturating_sub(overlap);
+        buffer.drain(..tail);
+    }
+    found
+        .iter()
+        .enumerate()
+        .filter_map(|(index, hit)| hit.then_some(index))
+        .collect()
 }
 
 #[cfg(test)]
@@ -362,5 +401,16 @@ mod tests {
         );
         assert_eq!(hits.len(), 1, "{hits:?}");
         assert!(hits[0].contains("a/b/f") && hits[0].contains("#0"));
+    }
+
+    #[test]
+    fn a_needle_across_a_chunk_boundary_is_found() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut data = vec![b'x'; (8 << 20) - 3];
+        data.extend_from_slice(b"needle");
+        data.extend_from_slice(&[b'y'; 100]);
+        std::fs::write(dir.path().join("big"), &data).expect("write");
+        let hits = files_containing(&[dir.path()], &[], &[b"needle".to_vec()]);
+        assert_eq!(hits.len(), 1, "{hits:?}");
     }
 }

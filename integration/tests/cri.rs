@@ -302,16 +302,10 @@ fn the_same_pod_runs_with_runc_on_the_host_kernel() {
     );
 }
 
-/// Known failure, kept as a reproducer: once the agent has relayed a running
-/// container's output, the guest agent's async runtime stalls. Its output pipes are
-/// blocking (`pipe2(O_CLOEXEC)` in agent/container/src/fd.rs) and `FdReader` wraps them
-/// with tokio's `pipe::Receiver::from_file_unchecked`, which does not set O_NONBLOCK: the
-/// relay's next read_stdout finds readiness still cached, `try_read` blocks in read(2)
-/// on the only tokio worker (`-smp 1`), and every later agent reply waits (here the
-/// ExecSync's ExecProcess: the exec runs, its reply never comes; an exec of `touch`
-/// hangs the same way). Run with `--ignored` once the agent sets its pipes non-blocking.
+/// Once the agent had relayed a running container's output, its async runtime stalled:
+/// the output pipes were blocking and the relay's next read blocked the guest's only
+/// worker thread, so every later reply (here an ExecSync) never came.
 #[test]
-#[ignore = "agent stalls on a blocking output pipe after a container printed (agent FdReader)"]
 fn exec_sync_after_the_container_printed() {
     let mut cluster = cluster();
     let dir = cluster.pod_dir("printer-pod");
