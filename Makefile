@@ -42,8 +42,8 @@ demo: setup image
 
 # Cold start, veil vs runc; results in benches/results/.
 bench: setup image
-	$(CARGO) build --workspace --bins
-	$(CARGO) run --quiet --release -p veil-benches --bin veil-bench-cold-start -- 5
+	$(CARGO) build --release --workspace --bins
+	$(CARGO) run --quiet --release -p veil-benches --bin veil-bench-cold-start -- 10
 
 lint:
 	$(CARGO) fmt --all -- --check
