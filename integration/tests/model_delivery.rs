@@ -208,3 +208,53 @@ fn each_refusal_fails_the_start_with_its_own_step() {
         .expect("policy");
     expect_refused(&containerd, "policy", &good, "step attest");
 }
+
+#[test]
+fn two_pods_with_different_models_see_only_their_own() {
+    let first = ModelOwner::start(21, 0).expect("first owner");
+    let second = ModelOwner::start(22, 0).expect("second owner");
+    let containerd = Containerd::start().expect("start containerd");
+    containerd
+        .import_model_server()
+        .expect("import the serving image");
+    for (id, owner) in [("first", &first), ("second", &second)] {
+        let started = containerd
+            .run_model_server(id, &owner.annotations("model"))
+            .expect("ctr run");
+        assert_eq!(started.code, 0, "{id}: {}", started.stderr);
+    }
+    for (id, owner, other) in [("first", &first, &second), ("second", &second, &first)] {
+        let listing = containerd
+            .exec(id, "sum", &["sh", "-c", "sha256sum /model/*; ls -a /model"])
+            .expect("exec");
+        assert!(
+            listing.stdout.contains(&owner.model.sha256),
+            "{id} must see its own model: {}",
+            listing.stdout
+        );
+        assert!(
+            !listing.stdout.contains(&other.model.sha256),
+            "{id} sees the other pod's model: {}",
+            listing.stdout
+        );
+        let boot = containerd
+            .exec(id, "boot", &["cat", "/proc/sys/kernel/random/boot_id"])
+            .expect("exec");
+        assert_eq!(boot.code, 0, "{}", boot.stderr);
+    }
+    let boots: Vec<String> = ["first", "second"]
+        .iter()
+        .map(|id| {
+            containerd
+                .exec(id, "boot2", &["cat", "/proc/sys/kernel/random/boot_id"])
+                .expect("exec")
+                .stdout
+        })
+        .collect();
+    assert_ne!(boots[0], boots[1], "the two pods must run in two VMs");
+    for id in ["first", "second"] {
+        containerd.remove(id);
+    }
+    assert!(first.secrets_on_host(&containerd).is_empty());
+    assert!(second.secrets_on_host(&containerd).is_empty());
+}
