@@ -82,6 +82,12 @@ fn futures_stream(
             .await;
             match waited {
                 Ok(Ok(socket)) => yield Ok(socket),
+                // The port is open for the current connection: the listener asks for the
+                // next one all along, and gets it once the host reconnects.
+                Ok(Err(error)) if error.raw_os_error() == Some(libc::EBUSY) => {
+                    tracing::trace!("agent port busy with the current connection");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
                 Ok(Err(error)) => {
                     tracing::error!(%error, "serial port unusable");
                     tokio::time::sleep(Duration::from_millis(200)).await;
