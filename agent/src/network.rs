@@ -72,13 +72,6 @@ fn link_mac(link: &LinkMessage) -> Option<&[u8]> {
     })
 }
 
-fn format_mac(mac: &[u8]) -> String {
-    mac.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
-
 async fn links(handle: &Handle) -> Result<Vec<LinkMessage>, NetworkError> {
     handle
         .link()
@@ -116,7 +109,7 @@ pub async fn configure_egress() -> Result<(), NetworkError> {
         .iter()
         .find(|l| link_mac(l) == Some(&egress::MAC[..]))
         .ok_or_else(|| NetworkError::NoEgressLink {
-            mac: format_mac(&egress::MAC),
+            mac: egress::mac_string(),
             links: links.iter().map(link_name).collect(),
         })?;
     let index = nic.header.index;
@@ -150,14 +143,4 @@ pub async fn configure_egress() -> Result<(), NetworkError> {
         "egress network configured"
     );
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn macs_print_like_ip_link() {
-        assert_eq!(format_mac(&egress::MAC), "52:54:00:76:65:01");
-    }
 }

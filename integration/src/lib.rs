@@ -398,6 +398,26 @@ impl Containerd {
         self.run_ctr(&args, None, Duration::from_secs(600))
     }
 
+    /// Asks the model server in container `id` (see [`Self::run_model_server`]) for a
+    /// prediction on `input` (comma-separated numbers), from inside its VM; the server gets
+    /// up to 60 s to come up.
+    pub fn query_model_server(&self, id: &str, input: &str) -> Result<CtrOutput> {
+        self.exec(
+            id,
+            "query",
+            &[
+                "veil-model-server",
+                "query",
+                "--url",
+                "http://127.0.0.1:8080",
+                "--input",
+                input,
+                "--wait-secs",
+                "60",
+            ],
+        )
+    }
+
     /// `ctr task exec` of `args` in container `id`.
     pub fn exec(&self, id: &str, exec_id: &str, args: &[&str]) -> Result<CtrOutput> {
         let mut all = vec!["task", "exec", "--exec-id", exec_id, id];

@@ -34,20 +34,7 @@ fn a_sealed_model_is_delivered_into_guest_ram_and_served_and_the_host_sees_none_
     );
 
     let answer = containerd
-        .exec(
-            id,
-            "query",
-            &[
-                "veil-model-server",
-                "query",
-                "--url",
-                "http://127.0.0.1:8080",
-                "--input",
-                INPUT,
-                "--wait-secs",
-                "60",
-            ],
-        )
+        .query_model_server(id, INPUT)
         .unwrap_or_else(|e| panic!("{e}\nconsole: {}", containerd.console_log(id)));
     assert_eq!(
         answer.code,

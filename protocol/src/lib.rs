@@ -60,11 +60,24 @@ pub mod egress {
     pub const DNS_ADDRESS: [u8; 4] = [10, 0, 2, 3];
     /// MAC address of the egress NIC, by which the agent finds it among the VM's NICs.
     pub const MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x76, 0x65, 0x01];
+
+    /// [`MAC`] as QEMU and `ip link` write it.
+    pub fn mac_string() -> String {
+        MAC.iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(":")
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_egress_mac_prints_like_ip_link() {
+        assert_eq!(egress::mac_string(), "52:54:00:76:65:01");
+    }
     use protobuf::Message;
 
     #[test]

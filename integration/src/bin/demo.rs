@@ -80,20 +80,7 @@ fn serve_sealed_model(containerd: &Containerd) -> Result<()> {
         "veil : model delivered into guest RAM and server started ({:.2} s)",
         started.elapsed().as_secs_f64()
     );
-    let answer = containerd.exec(
-        id,
-        "query",
-        &[
-            "veil-model-server",
-            "query",
-            "--url",
-            "http://127.0.0.1:8080",
-            "--input",
-            "5.1,3.5,1.4,0.2",
-            "--wait-secs",
-            "60",
-        ],
-    )?;
+    let answer = containerd.query_model_server(id, "5.1,3.5,1.4,0.2")?;
     println!(
         "query: predict [5.1, 3.5, 1.4, 0.2] -> {}",
         answer.stdout.trim()

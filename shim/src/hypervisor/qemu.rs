@@ -140,11 +140,7 @@ pub fn command_line(
 /// with the host's routes; nothing listens on the host for it. No option ROM: the guest
 /// boots without network firmware.
 fn egress_devices(config: &HypervisorConfig) -> Vec<String> {
-    let mac = veil_protocol::egress::MAC
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":");
+    let mac = veil_protocol::egress::mac_string();
     let rom = if is_microvm(config) { "" } else { ",romfile=" };
     vec![
         "-netdev".into(),
