@@ -134,10 +134,12 @@ async fn serve(
 ) -> Result<(), AgentError> {
     let reaper = reaper::Reaper::start().map_err(AgentError::Reaper)?;
     let volumes = volumes::MemoryVolumes::new(veil_protocol::GUEST_VOLUMES_DIR);
-    let deliveries = delivery::Deliveries::new(start_network(options.egress));
-    let service = Arc::new(service::AgentService::new(
-        runtime, reaper, volumes, deliveries,
-    ));
+    let egress = start_network(options.egress);
+    let deliveries = delivery::Deliveries::new(egress.clone());
+    let service = Arc::new(
+        service::AgentService::new(runtime, reaper, volumes, deliveries)
+            .with_pod_network(network::PodNetwork::new(egress)),
+    );
     let listener = open_listener(&options)?;
     let mut server = Server::new()
         .add_listener(listener)

@@ -1,17 +1,40 @@
-//! The guest's networking: loopback, and the egress NIC through which the agent reaches
-//! the model store and the key broker.
+//! The guest's networking: loopback, the egress NIC through which the agent reaches
+//! the model store and the key broker, and the pod's own NICs.
 //!
 //! The egress NIC is QEMU user networking (slirp) with its fixed addresses
 //! ([`veil_protocol::egress`]), so no DHCP client is needed: the agent assigns the
 //! address, brings the link up and routes everything through slirp's gateway. The host
 //! sees only what the agent sends: ciphertext from the store, and the key broker
 //! exchange (whose secret is wrapped to a key that never leaves the guest).
+//!
+//! A pod with a CNI network namespace on the host also gets a pod NIC per interface CNI
+//! configured there: the shim connects the pod's veth to a tap with tc redirects (Kata's
+//! "tcfilter" model) and gives the guest's NIC the veth's MAC, then sends the addresses
+//! and routes it found ([`PodNetwork::apply`], before the first container). The guest
+//! then owns the pod IP: packets for it cross the veth and the tap untouched.
+//!
+//! Who owns the default route when a VM has both: the pod network. Containers serve and
+//! call out through the pod IP, as they would under runc, so CNI's default route wins;
+//! the egress NIC keeps only its on-link subnet (10.0.2.0/24), which is all the model
+//! delivery needs to reach slirp's gateway (the node's loopback) and its DNS relay.
+//! [`PodNetwork::apply`] first waits for the egress configuration to finish (it runs in
+//! the background at boot), then removes the egress default route, then adds the pod's,
+//! so the two never race for the same destination. A model store or key broker beyond
+//! the node is then reached through the pod network, like any other pod traffic.
+//!
+//! DNS for containers needs nothing here: containerd writes the pod's resolv.conf and
+//! hosts files on the host and bind-mounts them into every container, and the shim shares
+//! bind mounts with the guest.
 
 use std::net::Ipv4Addr;
+use std::time::Duration;
 
 use futures_util::stream::TryStreamExt;
 use rtnetlink::packet_route::link::{LinkAttribute, LinkMessage};
+use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteMessage};
 use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
+use tokio::sync::watch;
+use veil_protocol as api;
 use veil_protocol::egress;
 
 /// Configuring the guest network failed.
@@ -43,6 +66,33 @@ pub enum NetworkError {
     /// /etc/resolv.conf could not be written.
     #[error("write /etc/resolv.conf: {0}")]
     Resolver(#[source] std::io::Error),
+    /// The shim sent a pod interface the agent cannot apply.
+    #[error("invalid pod interface {interface}: {reason}")]
+    InvalidPodInterface {
+        /// The interface's pod-side name.
+        interface: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// No guest NIC carries a pod interface's MAC.
+    #[error(
+        "no network interface with MAC {mac} for pod interface {interface} (links: {links:?}); \
+         the VM was started without the pod NIC, or the guest kernel lacks virtio_net"
+    )]
+    NoPodLink {
+        /// The pod-side name.
+        interface: String,
+        /// The MAC looked for.
+        mac: String,
+        /// The links seen.
+        links: Vec<String>,
+    },
+    /// The pod network was configured already.
+    #[error("the pod network is configured already; UpdateInterfaces is sent once per VM")]
+    AlreadyConfigured,
+    /// The egress configuration did not finish, so the default route cannot be handed over.
+    #[error("the egress network did not finish configuring: {0}")]
+    EgressNotReady(String),
 }
 
 fn request(what: &'static str) -> impl FnOnce(rtnetlink::Error) -> NetworkError {
@@ -143,4 +193,455 @@ pub async fn configure_egress() -> Result<(), NetworkError> {
         "egress network configured"
     );
     Ok(())
+}
+
+/// How long the agent waits for a pod NIC to appear (virtio-net probes at boot, well
+/// before the shim's first call; this covers a module still loading).
+const POD_LINK_WAIT: Duration = Duration::from_secs(10);
+/// How long the pod network waits for the egress configuration to finish.
+const EGRESS_WAIT: Duration = Duration::from_secs(30);
+
+/// The egress configuration's outcome, once known (`None` while it runs).
+pub type EgressReady = watch::Receiver<Option<Result<(), String>>>;
+
+/// One IPv4 route of a pod interface, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoutePlan {
+    /// Destination network.
+    pub destination: Ipv4Addr,
+    /// Its prefix length (0 for the default route).
+    pub prefix_len: u8,
+    /// Next hop; `None` for a route on the link itself.
+    pub gateway: Option<Ipv4Addr>,
+}
+
+/// One pod interface as the agent applies it: the shim's message, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InterfacePlan {
+    /// Pod-side name, for logs and errors.
+    pub name: String,
+    /// The guest NIC's MAC (the pod veth's).
+    pub mac: [u8; 6],
+    /// MTU to set, if the shim gave one.
+    pub mtu: Option<u32>,
+    /// Addresses with prefix lengths.
+    pub addresses: Vec<(Ipv4Addr, u8)>,
+    /// Routes, links routes first so that every gateway is reachable when its route is added.
+    pub routes: Vec<RoutePlan>,
+}
+
+fn parse_mac(text: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = text.split(':');
+    for byte in &mut mac {
+        let part = parts.next()?;
+        if part.len() != 2 {
+            return None;
+        }
+        *byte = u8::from_str_radix(part, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
+}
+
+fn prefix(value: u32) -> Option<u8> {
+    u8::try_from(value).ok().filter(|p| *p <= 32)
+}
+
+impl InterfacePlan {
+    /// Validates the shim's description of one pod interface.
+    pub fn from_request(interface: &api::PodInterface) -> Result<InterfacePlan, NetworkError> {
+        let invalid = |reason: String| NetworkError::InvalidPodInterface {
+            interface: interface.name.clone(),
+            reason,
+        };
+        let mac = parse_mac(&interface.mac)
+            .ok_or_else(|| invalid(format!("MAC {:?} is not aa:bb:cc:dd:ee:ff", interface.mac)))?;
+        let ip = |what: &str, text: &str| {
+            text.parse::<Ipv4Addr>()
+                .map_err(|_| invalid(format!("{what} {text:?} is not an IPv4 address")))
+        };
+        let length = |what: &str, value: u32| {
+            prefix(value).ok_or_else(|| invalid(format!("{what} prefix length {value} is over 32")))
+        };
+        let addresses = interface
+            .addresses
+            .iter()
+            .map(|a| Ok((ip("address", &a.address)?, length("address", a.prefix_len)?)))
+            .collect::<Result<Vec<_>, NetworkError>>()?;
+        let mut routes = interface
+            .routes
+            .iter()
+            .map(|r| {
+                Ok(RoutePlan {
+                    destination: ip("route destination", &r.destination)?,
+                    prefix_len: length("route", r.destination_prefix_len)?,
+                    gateway: match r.gateway.as_str() {
+                        "" => None,
+                        gateway => Some(ip("gateway", gateway)?),
+                    },
+                })
+            })
+            .collect::<Result<Vec<_>, NetworkError>>()?;
+        // A gateway outside the address's subnet (Calico's 169.254.1.1) is reachable only
+        // once its link route exists: link routes first, then routes via gateways.
+        routes.sort_by_key(|r| r.gateway.is_some());
+        Ok(InterfacePlan {
+            name: interface.name.clone(),
+            mac,
+            mtu: (interface.mtu > 0).then_some(interface.mtu),
+            addresses,
+            routes,
+        })
+    }
+
+    fn mac_string(&self) -> String {
+        self.mac
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(":")
+    }
+}
+
+/// The netlink request that adds `route` through the link with index `link`.
+pub fn route_message(route: &RoutePlan, link: u32) -> RouteMessage {
+    let builder = RouteMessageBuilder::<Ipv4Addr>::new()
+        .destination_prefix(route.destination, route.prefix_len)
+        .output_interface(link);
+    match route.gateway {
+        Some(gateway) => builder.gateway(gateway).build(),
+        None => builder
+            .scope(rtnetlink::packet_route::route::RouteScope::Link)
+            .build(),
+    }
+}
+
+/// Whether `route` is a default route via slirp's gateway (the one
+/// [`configure_egress`] adds).
+fn is_egress_default_route(route: &RouteMessage) -> bool {
+    let gateway = RouteAddress::Inet(Ipv4Addr::from(egress::HOST_ADDRESS));
+    route.header.destination_prefix_length == 0
+        && route
+            .attributes
+            .iter()
+            .any(|a| matches!(a, RouteAttribute::Gateway(g) if *g == gateway))
+}
+
+/// The pod network inside the guest: applied once, after the egress NIC (if any) is done.
+pub struct PodNetwork {
+    egress: Option<EgressReady>,
+    configured: tokio::sync::Mutex<bool>,
+}
+
+impl PodNetwork {
+    /// A pod network for a VM whose egress configuration reports on `egress` (`None`
+    /// when the VM has no egress NIC).
+    pub fn new(egress: Option<EgressReady>) -> Self {
+        PodNetwork {
+            egress,
+            configured: tokio::sync::Mutex::new(false),
+        }
+    }
+
+    /// Gives each pod NIC its MTU, addresses and routes, and the pod network the default
+    /// route (see the module documentation). Refused once it succeeded.
+    pub async fn apply(&self, interfaces: &[api::PodInterface]) -> Result<(), NetworkError> {
+        let plans = interfaces
+            .iter()
+            .map(InterfacePlan::from_request)
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut configured = self.configured.lock().await;
+        if *configured {
+            return Err(NetworkError::AlreadyConfigured);
+        }
+        let handle = connect()?;
+        if let Some(egress) = &self.egress {
+            wait_for_egress(egress.clone()).await?;
+            remove_egress_default_route(&handle).await?;
+        }
+        for plan in &plans {
+            configure_pod_interface(&handle, plan).await?;
+        }
+        *configured = true;
+        Ok(())
+    }
+}
+
+async fn wait_for_egress(mut egress: EgressReady) -> Result<(), NetworkError> {
+    let outcome = tokio::time::timeout(EGRESS_WAIT, egress.wait_for(Option::is_some)).await;
+    match outcome {
+        Err(_) => Err(NetworkError::EgressNotReady(format!(
+            "no result within {EGRESS_WAIT:?}"
+        ))),
+        Ok(Err(_)) => Err(NetworkError::EgressNotReady(
+            "its task ended without a result".into(),
+        )),
+        // A failed egress left no default route to hand over: the pod network goes on.
+        Ok(Ok(_)) => Ok(()),
+    }
+}
+
+async fn remove_egress_default_route(handle: &Handle) -> Result<(), NetworkError> {
+    let routes: Vec<RouteMessage> = handle
+        .route()
+        .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+        .execute()
+        .try_collect()
+        .await
+        .map_err(request("list IPv4 routes"))?;
+    for route in routes.into_iter().filter(is_egress_default_route) {
+        handle
+            .route()
+            .del(route)
+            .execute()
+            .await
+            .map_err(request("remove the egress default route"))?;
+        tracing::info!("egress default route handed over to the pod network");
+    }
+    Ok(())
+}
+
+async fn find_link_by_mac(handle: &Handle, plan: &InterfacePlan) -> Result<u32, NetworkError> {
+    let deadline = tokio::time::Instant::now() + POD_LINK_WAIT;
+    loop {
+        let links = links(handle).await?;
+        if let Some(link) = links.iter().find(|l| link_mac(l) == Some(&plan.mac[..])) {
+            return Ok(link.header.index);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(NetworkError::NoPodLink {
+                interface: plan.name.clone(),
+                mac: plan.mac_string(),
+                links: links.iter().map(link_name).collect(),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn configure_pod_interface(
+    handle: &Handle,
+    plan: &InterfacePlan,
+) -> Result<(), NetworkError> {
+    let index = find_link_by_mac(handle, plan).await?;
+    let mut link = LinkUnspec::new_with_index(index).up();
+    if let Some(mtu) = plan.mtu {
+        link = link.mtu(mtu);
+    }
+    handle
+        .link()
+        .set(link.build())
+        .execute()
+        .await
+        .map_err(request("set the pod NIC's MTU and bring it up"))?;
+    for (address, prefix_len) in &plan.addresses {
+        handle
+            .address()
+            .add(index, (*address).into(), *prefix_len)
+            .replace()
+            .execute()
+            .await
+            .map_err(request("assign a pod address"))?;
+    }
+    for route in &plan.routes {
+        handle
+            .route()
+            .add(route_message(route, index))
+            .replace()
+            .execute()
+            .await
+            .map_err(request("add a pod route"))?;
+    }
+    tracing::info!(
+        interface = %plan.name,
+        mac = %plan.mac_string(),
+        addresses = ?plan.addresses,
+        routes = plan.routes.len(),
+        "pod network interface configured"
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn interface() -> api::PodInterface {
+        api::PodInterface {
+            name: "eth0".into(),
+            mac: "0a:58:0a:58:4d:05".into(),
+            mtu: 1500,
+            addresses: vec![api::IPv4Address {
+                address: "10.88.77.5".into(),
+                prefix_len: 24,
+                ..Default::default()
+            }],
+            routes: vec![
+                api::IPv4Route {
+                    destination: "0.0.0.0".into(),
+                    destination_prefix_len: 0,
+                    gateway: "169.254.1.1".into(),
+                    ..Default::default()
+                },
+                api::IPv4Route {
+                    destination: "169.254.1.1".into(),
+                    destination_prefix_len: 32,
+                    gateway: String::new(),
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_pod_interface_becomes_a_plan_with_link_routes_first() {
+        let plan = InterfacePlan::from_request(&interface()).expect("valid");
+        assert_eq!(plan.mac, [0x0a, 0x58, 0x0a, 0x58, 0x4d, 0x05]);
+        assert_eq!(plan.mac_string(), "0a:58:0a:58:4d:05");
+        assert_eq!(plan.mtu, Some(1500));
+        assert_eq!(plan.addresses, vec![(Ipv4Addr::new(10, 88, 77, 5), 24)]);
+        assert_eq!(
+            plan.routes,
+            vec![
+                RoutePlan {
+                    destination: Ipv4Addr::new(169, 254, 1, 1),
+                    prefix_len: 32,
+                    gateway: None,
+                },
+                RoutePlan {
+                    destination: Ipv4Addr::UNSPECIFIED,
+                    prefix_len: 0,
+                    gateway: Some(Ipv4Addr::new(169, 254, 1, 1)),
+                },
+            ]
+        );
+        let no_mtu = api::PodInterface {
+            mtu: 0,
+            ..interface()
+        };
+        assert_eq!(
+            InterfacePlan::from_request(&no_mtu).expect("valid").mtu,
+            None
+        );
+    }
+
+    #[test]
+    fn malformed_pod_interfaces_are_refused_naming_the_field() {
+        let cases: Vec<(api::PodInterface, &str)> = vec![
+            (
+                api::PodInterface {
+                    mac: "0a:58:0a:58:4d".into(),
+                    ..interface()
+                },
+                "MAC",
+            ),
+            (
+                api::PodInterface {
+                    mac: "0a:58:0a:58:4d:05:01".into(),
+                    ..interface()
+                },
+                "MAC",
+            ),
+            (
+                api::PodInterface {
+                    mac: "0a:58:0a:58:4d:zz".into(),
+                    ..interface()
+                },
+                "MAC",
+            ),
+            (
+                api::PodInterface {
+                    addresses: vec![api::IPv4Address {
+                        address: "10.88.77.500".into(),
+                        prefix_len: 24,
+                        ..Default::default()
+                    }],
+                    ..interface()
+                },
+                "address",
+            ),
+            (
+                api::PodInterface {
+                    addresses: vec![api::IPv4Address {
+                        address: "10.88.77.5".into(),
+                        prefix_len: 33,
+                        ..Default::default()
+                    }],
+                    ..interface()
+                },
+                "prefix length 33",
+            ),
+            (
+                api::PodInterface {
+                    routes: vec![api::IPv4Route {
+                        destination: "0.0.0.0".into(),
+                        gateway: "fe80::1".into(),
+                        ..Default::default()
+                    }],
+                    ..interface()
+                },
+                "gateway",
+            ),
+        ];
+        for (interface, word) in cases {
+            let error = InterfacePlan::from_request(&interface)
+                .expect_err("refused")
+                .to_string();
+            assert!(
+                error.contains("eth0") && error.contains(word),
+                "{word}: {error}"
+            );
+        }
+    }
+
+    #[test]
+    fn routes_become_netlink_requests_on_the_pod_link() {
+        let via = route_message(
+            &RoutePlan {
+                destination: Ipv4Addr::UNSPECIFIED,
+                prefix_len: 0,
+                gateway: Some(Ipv4Addr::new(10, 88, 77, 1)),
+            },
+            3,
+        );
+        assert_eq!(via.header.destination_prefix_length, 0);
+        assert!(via.attributes.contains(&RouteAttribute::Oif(3)));
+        assert!(via
+            .attributes
+            .contains(&RouteAttribute::Gateway(RouteAddress::Inet(Ipv4Addr::new(
+                10, 88, 77, 1
+            )))));
+        assert!(!is_egress_default_route(&via));
+        let link = route_message(
+            &RoutePlan {
+                destination: Ipv4Addr::new(169, 254, 1, 1),
+                prefix_len: 32,
+                gateway: None,
+            },
+            3,
+        );
+        assert_eq!(
+            link.header.scope,
+            rtnetlink::packet_route::route::RouteScope::Link
+        );
+        assert!(!link
+            .attributes
+            .iter()
+            .any(|a| matches!(a, RouteAttribute::Gateway(_))));
+    }
+
+    #[test]
+    fn only_the_default_route_via_slirp_counts_as_the_egress_route() {
+        let egress_default = RouteMessageBuilder::<Ipv4Addr>::new()
+            .gateway(Ipv4Addr::from(egress::HOST_ADDRESS))
+            .output_interface(2)
+            .build();
+        assert!(is_egress_default_route(&egress_default));
+        let egress_subnet = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(Ipv4Addr::new(10, 0, 2, 0), 24)
+            .output_interface(2)
+            .build();
+        assert!(!is_egress_default_route(&egress_subnet));
+    }
 }

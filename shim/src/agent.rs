@@ -315,6 +315,15 @@ impl AgentClient {
         Ok(())
     }
 
+    /// Gives the guest's pod NICs their addresses and routes.
+    pub async fn update_interfaces(&self, request: api::UpdateInterfacesRequest) -> Result<()> {
+        self.client
+            .update_interfaces(self.short(), &request)
+            .await
+            .map_err(|e| agent_error("configure the pod network", e))?;
+        Ok(())
+    }
+
     /// Asks the agent to stop everything and power the VM off.
     pub async fn shutdown(&self) -> Result<()> {
         self.client

@@ -33,6 +33,9 @@ pub enum ServiceError {
         /// The runtime's error.
         source: crate::runtime::RuntimeError,
     },
+    /// Configuring the pod network failed.
+    #[error("configure the pod network: {0}")]
+    Network(#[from] crate::network::NetworkError),
     /// An I/O error on a process stream or a syscall.
     #[error("{what}: {source}")]
     Io {
@@ -53,7 +56,15 @@ impl ServiceError {
             ServiceError::AlreadyExists(_) => ttrpc::Code::ALREADY_EXISTS,
             ServiceError::InvalidArgument(_) => ttrpc::Code::INVALID_ARGUMENT,
             ServiceError::FailedPrecondition(_) => ttrpc::Code::FAILED_PRECONDITION,
-            ServiceError::Runtime { .. } | ServiceError::Io { .. } => ttrpc::Code::INTERNAL,
+            ServiceError::Network(crate::network::NetworkError::InvalidPodInterface { .. }) => {
+                ttrpc::Code::INVALID_ARGUMENT
+            }
+            ServiceError::Network(crate::network::NetworkError::AlreadyConfigured) => {
+                ttrpc::Code::FAILED_PRECONDITION
+            }
+            ServiceError::Runtime { .. } | ServiceError::Io { .. } | ServiceError::Network(_) => {
+                ttrpc::Code::INTERNAL
+            }
         }
     }
 }

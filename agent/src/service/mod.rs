@@ -20,6 +20,7 @@ pub use error::ServiceError;
 use stream::{FdReader, FdWriter};
 
 use crate::delivery::Deliveries;
+use crate::network::PodNetwork;
 use crate::reaper::{ExitWatch, Reaper};
 use crate::runtime::{ContainerRuntime, SpawnedProcess, StdioRequest};
 use crate::volumes::MemoryVolumes;
@@ -105,6 +106,7 @@ pub struct AgentService {
     reaper: Reaper,
     volumes: MemoryVolumes,
     deliveries: Deliveries,
+    pod_network: PodNetwork,
     containers: Mutex<HashMap<String, Arc<ContainerEntry>>>,
     ready_at: SystemTime,
 }
@@ -135,9 +137,16 @@ impl AgentService {
             reaper,
             volumes,
             deliveries,
+            pod_network: PodNetwork::new(None),
             containers: Mutex::new(HashMap::new()),
             ready_at: SystemTime::now(),
         }
+    }
+
+    /// Configures pod NICs through `pod_network` (which knows about the egress NIC).
+    pub fn with_pod_network(mut self, pod_network: PodNetwork) -> Self {
+        self.pod_network = pod_network;
+        self
     }
 
     fn container(&self, id: &str) -> Result<Arc<ContainerEntry>, ServiceError> {
@@ -617,6 +626,18 @@ impl api::AgentService for AgentService {
                 source: std::io::Error::other(e.to_string()),
             },
         )?;
+        Ok(api::Empty::default())
+    }
+
+    async fn update_interfaces(
+        &self,
+        _: &TtrpcContext,
+        request: api::UpdateInterfacesRequest,
+    ) -> ttrpc::Result<api::Empty> {
+        self.pod_network
+            .apply(&request.interfaces)
+            .await
+            .map_err(ServiceError::from)?;
         Ok(api::Empty::default())
     }
 

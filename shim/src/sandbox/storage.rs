@@ -135,7 +135,10 @@ pub fn share_bind_mounts(shared_dir: &Path, container_id: &str, spec: &mut Spec)
 }
 
 /// Makes a host-generated spec meaningful inside the guest: namespace paths and hooks
-/// name host objects, so they are dropped (the guest creates fresh namespaces).
+/// name host objects, so they are dropped (the guest creates fresh namespaces). A
+/// network namespace joined by path is the pod's network: every container of the pod
+/// shares it, and in the guest that is the VM's own network (where the agent put the
+/// pod NICs), so the entry goes and the container stays in the guest's namespace.
 pub fn adapt_spec_for_guest(spec: &mut Spec) {
     if spec.hooks().is_some() {
         tracing::warn!("OCI hooks run on the host with runc; veil does not run them inside the VM");
@@ -145,6 +148,10 @@ pub fn adapt_spec_for_guest(spec: &mut Spec) {
         if let Some(namespaces) = linux.namespaces().clone() {
             let fresh = namespaces
                 .into_iter()
+                .filter(|ns| {
+                    !(ns.typ() == oci_spec::runtime::LinuxNamespaceType::Network
+                        && ns.path().is_some())
+                })
                 .map(|mut ns| {
                     ns.set_path(None);
                     ns
@@ -200,7 +207,7 @@ mod tests {
     fn namespace_paths_and_hooks_are_dropped() {
         let mut spec = spec_with(
             r#"{"ociVersion":"1.0.2","hooks":{"prestart":[{"path":"/bin/true"}]},
-                "linux":{"namespaces":[{"type":"network","path":"/var/run/netns/cni-1"},{"type":"pid"}]}}"#,
+                "linux":{"namespaces":[{"type":"network","path":"/var/run/netns/cni-1"},{"type":"pid"},{"type":"ipc","path":"/proc/7/ns/ipc"}]}}"#,
         );
         adapt_spec_for_guest(&mut spec);
         assert!(spec.hooks().is_none());
@@ -209,8 +216,28 @@ mod tests {
             .as_ref()
             .and_then(|l| l.namespaces().clone())
             .expect("namespaces");
-        assert_eq!(namespaces.len(), 2);
+        // The pod network is the VM's: the container joins none of its own.
+        let types: Vec<_> = namespaces.iter().map(|ns| ns.typ()).collect();
+        assert_eq!(
+            types,
+            vec![
+                oci_spec::runtime::LinuxNamespaceType::Pid,
+                oci_spec::runtime::LinuxNamespaceType::Ipc
+            ]
+        );
         assert!(namespaces.iter().all(|ns| ns.path().is_none()));
+        // `ctr run` asks for a fresh network namespace: it keeps it.
+        let mut fresh =
+            spec_with(r#"{"ociVersion":"1.0.2","linux":{"namespaces":[{"type":"network"}]}}"#);
+        adapt_spec_for_guest(&mut fresh);
+        assert_eq!(
+            fresh
+                .linux()
+                .as_ref()
+                .and_then(|l| l.namespaces().clone())
+                .map(|n| n.len()),
+            Some(1)
+        );
     }
 
     #[test]
