@@ -10,6 +10,7 @@
 
 pub mod fetch;
 pub mod run;
+pub mod space;
 pub mod unpack;
 
 use std::collections::HashMap;

@@ -11,6 +11,7 @@ use veil_kbs_client::{Attester, ClientError, KbsClientConfig, SampleClaims, Zero
 use veil_seal::{DecryptError, DecryptOptions, Keyset};
 
 use super::fetch::{self, FetchError, ProgressReader};
+use super::space::{self, SpaceError};
 use super::unpack::{unpack_archive, UnpackError};
 use veil_protocol::delivery::{Plan, PlanError, Unpack};
 
@@ -37,6 +38,9 @@ pub enum DeliveryError {
     /// The sealed model could not be fetched.
     #[error("model delivery failed at step fetch: {0}; check io.veil.model.source and that the store is reachable from the VM")]
     Fetch(#[source] FetchError),
+    /// The model cannot fit in the volume or the VM's memory.
+    #[error("model delivery failed at step fetch: {0}")]
+    Space(#[source] SpaceError),
     /// The key broker did not release the key.
     #[error("model delivery failed at step attest: key {resource} from {kbs}: {source}")]
     Key {
@@ -61,6 +65,17 @@ pub enum DeliveryError {
     /// download broke off).
     #[error("model delivery failed at step decrypt: {0}")]
     Decrypt(#[source] DecryptError),
+    /// The volume filled up while writing (the model's size was not known in advance, or an
+    /// archive unpacked into more than the room left).
+    #[error("model delivery failed at step {step}: volume {volume} is full ({detail}): raise the emptyDir sizeLimit (annotation io.veil.volume.{volume}.size-limit) and the VM memory (hypervisor.memory_mib in the veil configuration)")]
+    VolumeFull {
+        /// The step.
+        step: &'static str,
+        /// Volume name.
+        volume: String,
+        /// The failed write.
+        detail: String,
+    },
     /// The plaintext is not the approved model.
     #[error("model delivery failed at step verify: {0}; check io.veil.model.sha256")]
     Verify(#[source] DecryptError),
@@ -94,7 +109,11 @@ pub struct DeliveryReport {
 /// self-reported host data is the declaration's digest.
 pub fn choose_attester(plan: &Plan) -> Attester {
     if Path::new(SEV_GUEST_DEVICE).exists() {
-        Attester::Snp { vmpl: 0 }
+        // The VM must have been launched for this declaration (see shim's hypervisor::snp).
+        Attester::Snp {
+            vmpl: 0,
+            expected_host_data: Some(plan.host_data),
+        }
     } else {
         tracing::warn!(
             insecure = true,
@@ -154,8 +173,8 @@ pub async fn deliver(
             "delivery.ready"
         ),
         Err(error) => {
-            empty_volume(&volume_dir);
-            tracing::error!(volume = %volume_dir.display(), %error, "delivery.failed");
+            let left_in_volume = empty_volume(&volume_dir);
+            tracing::error!(volume = %volume_dir.display(), left_in_volume, %error, "delivery.failed");
         }
     }
     outcome
@@ -171,6 +190,7 @@ fn deliver_blocking(plan: &Plan, volume_dir: &Path) -> Result<DeliveryReport, De
         elapsed_ms = started.elapsed().as_millis() as u64,
         "delivery.key.released"
     );
+    check_room(plan, fetched.length, &keyset, volume_dir)?;
     let plaintext_path = match plan.unpack {
         Unpack::None => volume_dir.join(&plan.path),
         Unpack::Tar | Unpack::TarGz => volume_dir.join(ARCHIVE_NAME),
@@ -192,7 +212,7 @@ fn deliver_blocking(plan: &Plan, volume_dir: &Path) -> Result<DeliveryReport, De
     if plan.unpack != Unpack::None {
         let target = volume_dir.join(&plan.path);
         let entries = unpack_archive(&plaintext_path, plan.unpack == Unpack::TarGz, &target)
-            .map_err(DeliveryError::Unpack)?;
+            .map_err(|error| unpack_failed(plan, error))?;
         std::fs::remove_file(&plaintext_path).map_err(|source| DeliveryError::Volume {
             step: "unpack",
             volume: volume_dir.to_path_buf(),
@@ -206,6 +226,49 @@ fn deliver_blocking(plan: &Plan, volume_dir: &Path) -> Result<DeliveryReport, De
     }
     seal_read_only(volume_dir)?;
     Ok(report)
+}
+
+/// Refuses before decrypting when the plaintext cannot fit (see [`space`]). A store that
+/// did not say the length gets no check: a full volume then fails the decrypt step.
+fn check_room(
+    plan: &Plan,
+    ciphertext_bytes: Option<u64>,
+    keyset: &Keyset,
+    volume_dir: &Path,
+) -> Result<(), DeliveryError> {
+    let Some(ciphertext_bytes) = ciphertext_bytes else {
+        tracing::warn!(volume = %plan.volume, "the store did not say the sealed model's length; its fit in the volume is not checked in advance");
+        return Ok(());
+    };
+    let Some(plaintext) = space::plaintext_bytes(ciphertext_bytes, keyset) else {
+        // No key's layout gives this length: decryption will name the broken stream.
+        return Ok(());
+    };
+    let (needed, lower_bound) = space::needed_bytes(plaintext, plan.unpack);
+    let room = space::room(volume_dir).map_err(DeliveryError::Space)?;
+    tracing::info!(volume = %plan.volume, needed, lower_bound, volume_free = room.volume_free, memory_available = ?room.memory_available, "delivery.space.checked");
+    space::check_fits(&plan.volume, needed, lower_bound, room).map_err(DeliveryError::Space)
+}
+
+fn is_no_space(error: &std::io::Error) -> bool {
+    error.raw_os_error() == Some(libc::ENOSPC)
+}
+
+fn volume_full(plan: &Plan, step: &'static str, detail: String) -> DeliveryError {
+    DeliveryError::VolumeFull {
+        step,
+        volume: plan.volume.clone(),
+        detail,
+    }
+}
+
+fn unpack_failed(plan: &Plan, error: UnpackError) -> DeliveryError {
+    match &error {
+        UnpackError::Entry { source, .. } if is_no_space(source) => {
+            volume_full(plan, "unpack", error.to_string())
+        }
+        _ => DeliveryError::Unpack(error),
+    }
 }
 
 fn release_keyset(plan: &Plan) -> Result<Keyset, DeliveryError> {
@@ -263,6 +326,13 @@ fn decrypt_with_retries(
             Err(error @ DecryptError::DigestMismatch { .. }) => {
                 return Err(DeliveryError::Verify(error))
             }
+            Err(DecryptError::Write { path, source }) if is_no_space(&source) => {
+                let detail = match path {
+                    Some(path) => format!("write {}: {source}", path.display()),
+                    None => source.to_string(),
+                };
+                return Err(volume_full(plan, "decrypt", detail));
+            }
             Err(error) => return Err(DeliveryError::Decrypt(error)),
         }
     }
@@ -284,10 +354,11 @@ fn seal_read_only(volume_dir: &Path) -> Result<(), DeliveryError> {
     })
 }
 
-/// Removes everything in the volume (not the mount point itself).
-fn empty_volume(volume_dir: &Path) {
+/// Removes everything in the volume (not the mount point itself); returns how many
+/// entries are still there afterwards (0 unless a removal failed), for the log.
+fn empty_volume(volume_dir: &Path) -> usize {
     let Ok(entries) = std::fs::read_dir(volume_dir) else {
-        return;
+        return 0;
     };
     for entry in entries.flatten() {
         let path = entry.path();
@@ -299,5 +370,110 @@ fn empty_volume(volume_dir: &Path) {
         if let Err(error) = removed {
             tracing::error!(path = %path.display(), %error, "could not empty the volume after a failed delivery");
         }
+    }
+    std::fs::read_dir(volume_dir).map_or(0, |entries| entries.count())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use veil_protocol::ModelDelivery;
+    use veil_seal::KeyTemplate;
+
+    fn plan(unpack: &str) -> Plan {
+        Plan::parse(&ModelDelivery {
+            volume: "model".into(),
+            source_url: "http://10.0.2.2:8000/model.sealed".into(),
+            kbs_url: "http://10.0.2.2:8080".into(),
+            key_resource: "models/key/demo".into(),
+            unpack: unpack.into(),
+            ..Default::default()
+        })
+        .expect("plan")
+    }
+
+    /// A 1 MiB tmpfs, as a `size-limit: 1Mi` memory volume is in the guest.
+    struct SmallVolume {
+        dir: tempfile::TempDir,
+    }
+
+    impl SmallVolume {
+        fn mount() -> SmallVolume {
+            if !nix::unistd::geteuid().is_root() {
+                panic!("this test mounts a tmpfs: run it as root (make test does)");
+            }
+            let dir = tempfile::tempdir().expect("tempdir");
+            mount(
+                Some("veil-test"),
+                dir.path(),
+                Some("tmpfs"),
+                MsFlags::empty(),
+                Some("size=1m"),
+            )
+            .expect("mount tmpfs");
+            SmallVolume { dir }
+        }
+    }
+
+    impl Drop for SmallVolume {
+        fn drop(&mut self) {
+            let _ = nix::mount::umount2(self.dir.path(), nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+
+    #[test]
+    fn a_model_bigger_than_the_volume_is_refused_before_decrypting() {
+        let volume = SmallVolume::mount();
+        let keyset = Keyset::generate(KeyTemplate::Aes256GcmHkdf1Mb).expect("keyset");
+        let params = *keyset.primary().expect("primary").params();
+        let ciphertext = params.ciphertext_len(4 << 20).expect("length");
+        let error = check_room(&plan("none"), Some(ciphertext), &keyset, volume.dir.path())
+            .expect_err("does not fit");
+        let text = error.to_string();
+        assert!(
+            text.starts_with("model delivery failed at step fetch: the sealed model needs 4 MiB but volume model has 1 MiB free")
+                && text.contains("io.veil.volume.model.size-limit"),
+            "{text}"
+        );
+        let small = params.ciphertext_len(100 << 10).expect("length");
+        check_room(&plan("tar.gz"), Some(small), &keyset, volume.dir.path()).expect("fits");
+        // An unknown length is not checked in advance.
+        check_room(&plan("none"), None, &keyset, volume.dir.path()).expect("unchecked");
+    }
+
+    #[test]
+    fn a_failed_delivery_leaves_nothing_in_the_volume() {
+        let volume = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(volume.path().join("m/sub")).expect("mkdir");
+        std::fs::write(volume.path().join("m/sub/weights"), b"w").expect("write");
+        std::fs::write(volume.path().join(".veil-model-archive.partial"), b"x").expect("write");
+        assert_eq!(empty_volume(volume.path()), 0);
+        assert_eq!(std::fs::read_dir(volume.path()).expect("dir").count(), 0);
+    }
+
+    #[test]
+    fn a_full_volume_while_unpacking_names_the_size_limit() {
+        let error = unpack_failed(
+            &plan("tar"),
+            UnpackError::Entry {
+                entry: "m/weights".into(),
+                dir: "/run/veil/volumes/model".into(),
+                source: std::io::Error::from_raw_os_error(libc::ENOSPC),
+            },
+        );
+        let text = error.to_string();
+        assert!(
+            text.contains("step unpack: volume model is full")
+                && text.contains("io.veil.volume.model.size-limit"),
+            "{text}"
+        );
+        let other = unpack_failed(
+            &plan("tar"),
+            UnpackError::Escapes {
+                entry: "../x".into(),
+                dir: "/v".into(),
+            },
+        );
+        assert!(matches!(other, DeliveryError::Unpack(_)), "{other}");
     }
 }
