@@ -192,7 +192,10 @@ fn get(args: &GetArgs) -> anyhow::Result<Zeroizing<Vec<u8>>> {
             measurement: args.sample_measurement.clone(),
             host_data: String::new(),
         }),
-        AttesterKind::Snp => Attester::Snp { vmpl: args.vmpl },
+        AttesterKind::Snp => Attester::Snp {
+            vmpl: args.vmpl,
+            expected_host_data: None,
+        },
     };
     let config = KbsClientConfig {
         url: args.url.clone(),

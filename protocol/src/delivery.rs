@@ -63,6 +63,9 @@ pub struct Plan {
     /// SHA-256 over the declaration (what the shim measures into SNP `host_data`, and what the
     /// `sample` attester reports as its host data), hex.
     pub declaration_digest: String,
+    /// The same digest as bytes: the SNP `host_data` the shim launches this pod's VM with,
+    /// which the guest checks in its attestation report before asking for a key.
+    pub host_data: [u8; 32],
 }
 
 /// The declaration is unusable.
@@ -166,8 +169,15 @@ fn check_kbs_url(url: &str) -> Result<(), PlanError> {
 }
 
 /// Digest over every field of the declaration, each length-prefixed so that no two
-/// declarations share one.
+/// declarations share one, as hex (the form [`Plan::declaration_digest`] holds).
 pub fn declaration_digest(delivery: &ModelDelivery) -> String {
+    hex::encode(declaration_digest_bytes(delivery))
+}
+
+/// [`declaration_digest`] as the 32 bytes the shim launches an SEV-SNP guest with as its
+/// `host_data` and the guest finds again in its attestation report. One function for both
+/// sides, so that they cannot drift apart.
+pub fn declaration_digest_bytes(delivery: &ModelDelivery) -> [u8; 32] {
     let mut hasher = Sha256::new();
     for field in [
         delivery.volume.as_bytes(),
@@ -182,7 +192,7 @@ pub fn declaration_digest(delivery: &ModelDelivery) -> String {
         hasher.update((field.len() as u64).to_be_bytes());
         hasher.update(field);
     }
-    hex::encode(hasher.finalize())
+    hasher.finalize().into()
 }
 
 impl Plan {
@@ -207,6 +217,7 @@ impl Plan {
             unpack,
             associated_data: delivery.associated_data.clone(),
             declaration_digest: declaration_digest(delivery),
+            host_data: declaration_digest_bytes(delivery),
         })
     }
 }
@@ -269,6 +280,15 @@ mod tests {
         shifted.volume = "mode".into();
         shifted.path = "l".into();
         assert_ne!(declaration_digest(&shifted), base);
+    }
+
+    #[test]
+    fn the_hex_digest_is_the_bytes_digest() {
+        let bytes = declaration_digest_bytes(&declaration());
+        assert_eq!(declaration_digest(&declaration()), hex::encode(bytes));
+        let plan = Plan::parse(&declaration()).expect("plan");
+        assert_eq!(plan.declaration_digest, hex::encode(bytes));
+        assert_eq!(plan.host_data, bytes);
     }
 
     #[test]

@@ -71,6 +71,10 @@ pub enum Attester {
     Snp {
         /// The VMPL to request the report for (0 for a guest without an SVSM).
         vmpl: u32,
+        /// The `host_data` the VM must have been launched with (veil: the digest of the
+        /// pod's model delivery declaration). When the report carries other data, no
+        /// evidence is produced, so the broker is never asked for a key.
+        expected_host_data: Option<[u8; 32]>,
     },
 }
 
@@ -98,8 +102,14 @@ impl Attester {
                 serde_json::to_value(sample_evidence(claims, runtime_digest))
                     .map_err(EvidenceError::Encode)
             }
-            Attester::Snp { vmpl } => {
+            Attester::Snp {
+                vmpl,
+                expected_host_data,
+            } => {
                 let evidence = snp_guest::collect(&pad_to_report_data(runtime_digest), *vmpl)?;
+                if let Some(expected) = expected_host_data {
+                    check_host_data(&evidence.attestation_report, expected)?;
+                }
                 serde_json::to_value(evidence).map_err(EvidenceError::Encode)
             }
         }
@@ -139,9 +149,34 @@ pub enum EvidenceError {
     /// This build has no SNP support (`snp` feature off).
     #[error("this build of veil-kbs-client has no SEV-SNP support; enable the `snp` feature")]
     SnpUnsupported,
+    /// The report's host_data is not what this guest expects.
+    #[error("the VM's host_data {reported} does not match this pod's delivery declaration {expected}: the host launched the VM with a different configuration; no key is requested")]
+    HostDataMismatch {
+        /// What the report carries, hex.
+        reported: String,
+        /// What the guest expects, hex.
+        expected: String,
+    },
     /// JSON encoding failed.
     #[error("cannot encode evidence: {0}")]
     Encode(serde_json::Error),
+}
+
+/// Checks that the SNP report carries the `host_data` the guest expects. The secure
+/// processor copies host_data from the launch (QEMU's `host-data`) into every report, so a
+/// host that launched the VM for another declaration is caught here, before any evidence
+/// leaves the guest.
+pub fn check_host_data(
+    report: &AttestationReport,
+    expected: &[u8; 32],
+) -> Result<(), EvidenceError> {
+    if report.host_data == *expected {
+        return Ok(());
+    }
+    Err(EvidenceError::HostDataMismatch {
+        reported: hex::encode(report.host_data),
+        expected: hex::encode(expected),
+    })
 }
 
 /// Builds SNP evidence from a raw report and, when known, its VCEK (DER).
@@ -255,11 +290,46 @@ mod tests {
     }
 
     #[test]
+    fn the_recorded_reports_host_data_is_checked() {
+        let raw = hex::decode(REPORT_HEX.trim()).unwrap();
+        let report = snp_evidence_from_parts(&raw, None)
+            .unwrap()
+            .attestation_report;
+        // The recorded Milan report was launched without host data: 32 zero bytes (offset 0xC0).
+        assert_eq!(raw[0xc0..0xe0], [0u8; 32]);
+        check_host_data(&report, &[0; 32]).expect("the launch's host_data");
+        let error = check_host_data(&report, &[0xab; 32]).unwrap_err();
+        assert!(matches!(error, EvidenceError::HostDataMismatch { .. }));
+        let text = error.to_string();
+        assert!(
+            text.contains(&"00".repeat(32))
+                && text.contains(&"ab".repeat(32))
+                && text.contains("the host launched the VM with a different configuration"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_changed_host_data_byte_is_caught() {
+        let mut raw = hex::decode(REPORT_HEX.trim()).unwrap();
+        raw[0xc0 + 31] ^= 1;
+        let report = snp_evidence_from_parts(&raw, None)
+            .unwrap()
+            .attestation_report;
+        assert!(check_host_data(&report, &[0; 32]).is_err());
+    }
+
+    #[test]
     fn snp_collection_fails_cleanly_without_the_device() {
         if std::path::Path::new("/dev/sev-guest").exists() {
             return; // a real SNP guest: covered by the hardware test plan instead
         }
-        let err = Attester::Snp { vmpl: 0 }.collect(&[0; 48]).unwrap_err();
+        let err = Attester::Snp {
+            vmpl: 0,
+            expected_host_data: None,
+        }
+        .collect(&[0; 48])
+        .unwrap_err();
         assert!(matches!(
             err,
             EvidenceError::OpenDevice(_) | EvidenceError::SnpUnsupported

@@ -4,7 +4,8 @@
 //!
 //! ```no_run
 //! use veil_kbs_client::{fetch_resource, Attester, KbsClientConfig};
-//! let config = KbsClientConfig::new("http://10.0.2.2:8080", Attester::Snp { vmpl: 0 });
+//! let attester = Attester::Snp { vmpl: 0, expected_host_data: Some([0; 32]) };
+//! let config = KbsClientConfig::new("http://10.0.2.2:8080", attester);
 //! let key = fetch_resource(&config, "models/key/llama")?; // Zeroizing<Vec<u8>>
 //! # Ok::<(), veil_kbs_client::ClientError>(())
 //! ```
