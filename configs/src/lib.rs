@@ -101,7 +101,20 @@ pub struct HypervisorConfig {
     pub boot_timeout_secs: u64,
     /// Confidential guest technology.
     pub confidential_guest: ConfidentialGuest,
+    /// SEV-SNP only: the OVMF firmware QEMU boots (`-bios`), an AmdSev build
+    /// (OvmfPkg/AmdSev/AmdSevX64.dsc) whose SEV hashes table lets the launch measurement
+    /// cover kernel, initramfs and command line. Required when `confidential_guest = "snp"`.
+    pub firmware: Option<PathBuf>,
+    /// SEV-SNP only: the vCPU model QEMU presents (`-cpu`); part of the launch measurement.
+    pub vcpu_type: String,
+    /// SEV-SNP only: the C-bit position in a guest page-table entry, for hosts whose CPUID
+    /// the shim cannot read (CPUID 0x8000001F wins where it can).
+    pub cbitpos: Option<u32>,
 }
+
+/// The vCPU model of an SEV-SNP guest unless configured: the one Kata and AMD's own
+/// launch scripts use, which QEMU measures on Milan and later.
+pub const DEFAULT_SNP_VCPU_TYPE: &str = "EPYC-v4";
 
 impl Default for HypervisorConfig {
     fn default() -> Self {
@@ -117,6 +130,9 @@ impl Default for HypervisorConfig {
             debug_console: false,
             boot_timeout_secs: 90,
             confidential_guest: ConfidentialGuest::None,
+            firmware: None,
+            vcpu_type: DEFAULT_SNP_VCPU_TYPE.to_string(),
+            cbitpos: None,
         }
     }
 }
@@ -263,6 +279,9 @@ impl Config {
                 "veil.* words are set by the shim itself; remove them",
             ));
         }
+        if h.confidential_guest == ConfidentialGuest::Snp {
+            validate_snp(h).map_err(|(field, reason)| invalid(field, &reason))?;
+        }
         if self.agent.request_timeout_secs == 0 {
             return Err(invalid("agent.request_timeout_secs", "must be at least 1"));
         }
@@ -274,6 +293,44 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// Whether `machine` (QEMU's `-machine` value) is a q35 machine type.
+pub fn is_q35(machine: &str) -> bool {
+    let kind = machine.split(',').next().unwrap_or_default();
+    kind == "q35" || kind.starts_with("pc-q35-")
+}
+
+/// The keys an SEV-SNP guest needs, as (field, reason) for [`ConfigError::Invalid`].
+fn validate_snp(h: &HypervisorConfig) -> Result<(), (&'static str, String)> {
+    if !is_q35(&h.machine) {
+        return Err((
+            "hypervisor.machine",
+            format!(
+                "{:?} cannot run an SEV-SNP guest: SNP boots through OVMF on a PCI machine; set machine = \"q35\" (microvm has neither)",
+                h.machine
+            ),
+        ));
+    }
+    if h.firmware.as_ref().is_none_or(|f| f.as_os_str().is_empty()) {
+        return Err((
+            "hypervisor.firmware",
+            "confidential_guest = \"snp\" needs an AmdSev OVMF build (OvmfPkg/AmdSev/AmdSevX64.dsc); Debian's ovmf package has none".to_string(),
+        ));
+    }
+    if h.vcpu_type.is_empty() || h.vcpu_type.contains(char::is_whitespace) {
+        return Err((
+            "hypervisor.vcpu_type",
+            format!("must be a QEMU CPU model such as {DEFAULT_SNP_VCPU_TYPE}"),
+        ));
+    }
+    if h.cbitpos.is_some_and(|bit| !(32..=63).contains(&bit)) {
+        return Err((
+            "hypervisor.cbitpos",
+            "must be a physical-address bit between 32 and 63 (51 on Milan and Genoa)".to_string(),
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -317,6 +374,37 @@ mod tests {
         let error = Config::parse("[hypervisor]\naccel = \"warp\"\n", Path::new("c.toml"))
             .expect_err("accel");
         assert!(error.to_string().contains("warp"));
+    }
+
+    #[test]
+    fn snp_needs_q35_and_an_amdsev_firmware() {
+        let snp = "[hypervisor]\nconfidential_guest = \"snp\"\n";
+        let error = Config::parse(
+            &format!("{snp}machine = \"microvm,acpi=on\"\n"),
+            Path::new("c"),
+        )
+        .expect_err("microvm");
+        let text = error.to_string();
+        assert!(
+            text.contains("hypervisor.machine") && text.contains("q35"),
+            "{text}"
+        );
+        let error = Config::parse(&format!("{snp}machine = \"q35\"\n"), Path::new("c"))
+            .expect_err("no firmware");
+        assert!(error.to_string().contains("hypervisor.firmware"), "{error}");
+        let config = Config::parse(
+            &format!("{snp}machine = \"pc-q35-9.1\"\nfirmware = \"/fw/OVMF.fd\"\n"),
+            Path::new("c"),
+        )
+        .expect("valid SNP configuration");
+        assert_eq!(config.hypervisor.vcpu_type, DEFAULT_SNP_VCPU_TYPE);
+        assert_eq!(config.hypervisor.cbitpos, None);
+        let error = Config::parse(
+            &format!("{snp}machine = \"q35\"\nfirmware = \"/fw\"\ncbitpos = 7\n"),
+            Path::new("c"),
+        )
+        .expect_err("cbitpos");
+        assert!(error.to_string().contains("hypervisor.cbitpos"), "{error}");
     }
 
     #[test]

@@ -2,7 +2,10 @@
 //! trait keeps the sandbox independent of it.
 
 pub mod accel;
+#[cfg(test)]
+mod golden_tests;
 pub mod qemu;
+pub mod snp;
 
 use std::path::PathBuf;
 
@@ -26,6 +29,9 @@ pub struct VmSpec {
     /// Give the guest a user-network NIC for egress to the model store and key broker
     /// (only pods with a model delivery get one).
     pub egress: bool,
+    /// SEV-SNP `host_data`: the digest of the pod's model delivery declaration
+    /// ([`snp::NO_DELIVERY_HOST_DATA`] without one); ignored by ordinary VMs.
+    pub host_data: [u8; 32],
 }
 
 /// The agent channel of one VM.

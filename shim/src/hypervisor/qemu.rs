@@ -11,7 +11,7 @@ use tokio::sync::watch;
 use veil_config::{ConfidentialGuest, HypervisorConfig};
 
 use super::accel::{self, AccelChoice, HostFacts};
-use super::{Channel, Hypervisor, Vm, VmSpec};
+use super::{snp, Channel, Hypervisor, Vm, VmSpec};
 use crate::error::{Error, Result};
 
 /// Kernel command-line words for every veil guest. `panic=-1` with `-no-reboot` turns a
@@ -21,6 +21,17 @@ const BASE_KERNEL_PARAMS: &str = "console=ttyS0 panic=-1 reboot=k pci=lastbus=0 
 
 /// Builds the guest kernel command line.
 pub fn kernel_cmdline(config: &HypervisorConfig, agent_log_level: &str, spec: &VmSpec) -> String {
+    kernel_cmdline_for(config, agent_log_level, &spec.channel, spec.egress)
+}
+
+/// The guest kernel command line for a VM with this agent channel and egress: what
+/// [`kernel_cmdline`] gives its VM, and what `veil measure --config` measures.
+pub fn kernel_cmdline_for(
+    config: &HypervisorConfig,
+    agent_log_level: &str,
+    channel: &Channel,
+    egress: bool,
+) -> String {
     let mut words = vec![BASE_KERNEL_PARAMS.to_string()];
     if is_microvm(config) {
         // microvm has no PIT/HPET to calibrate the TSC against: without the host's TSC
@@ -32,8 +43,8 @@ pub fn kernel_cmdline(config: &HypervisorConfig, agent_log_level: &str, spec: &V
         words.push("quiet".to_string());
     }
     words.push(format!("veil.log={agent_log_level}"));
-    words.push(format!("veil.channel={}", spec.channel.kernel_word()));
-    if spec.egress {
+    words.push(format!("veil.channel={}", channel.kernel_word()));
+    if egress {
         words.push(veil_protocol::egress::CMDLINE_WORD.to_string());
     }
     if !config.kernel_params.trim().is_empty() {
@@ -70,7 +81,7 @@ fn tsc_khz_from_cpuinfo(cpuinfo: &str) -> Option<u64> {
 /// A virtio device's QEMU name for the machine: `-pci` on q35, `-device` (mmio) on microvm.
 fn virtio(config: &HypervisorConfig, name: &str) -> String {
     let transport = if is_microvm(config) { "device" } else { "pci" };
-    format!("{name}-{transport}")
+    format!("{name}-{transport}{}", snp::virtio_options(config))
 }
 
 /// Builds QEMU's arguments for one pod VM.
@@ -86,16 +97,22 @@ pub fn command_line(
         format!("veil-{},debug-threads=on", spec.id),
         "-machine".into(),
         format!(
-            "{},accel={}",
+            "{},accel={}{}",
             config.machine,
-            if accel.kvm { "kvm" } else { "tcg" }
+            if accel.kvm { "kvm" } else { "tcg" },
+            snp::machine_options(config)
         ),
         "-cpu".into(),
-        if accel.kvm { "host" } else { "max" }.into(),
+        snp::vcpu_model(config)
+            .unwrap_or(if accel.kvm { "host" } else { "max" })
+            .into(),
         "-smp".into(),
         config.vcpus.to_string(),
         "-m".into(),
         format!("{}M", config.memory_mib),
+    ];
+    args.extend(snp::launch_args(config, &spec.host_data));
+    args.extend([
         "-nodefaults".into(),
         "-no-user-config".into(),
         "-nographic".into(),
@@ -125,7 +142,7 @@ pub fn command_line(
         virtio(config, "virtio-rng"),
         "-pidfile".into(),
         path(&spec.state_dir.join("qemu.pid")),
-    ];
+    ]);
     args.extend(channel_devices(config, &spec.channel));
     if spec.egress {
         args.extend(egress_devices(config));
@@ -170,7 +187,13 @@ fn channel_devices(config: &HypervisorConfig, channel: &Channel) -> Vec<String> 
             ),
         ],
         Channel::Vsock { cid } => {
-            vec!["-device".into(), format!("vhost-vsock-pci,guest-cid={cid}")]
+            vec![
+                "-device".into(),
+                format!(
+                    "vhost-vsock-pci{},guest-cid={cid}",
+                    snp::virtio_options(config)
+                ),
+            ]
         }
     }
 }
@@ -210,7 +233,7 @@ impl Qemu {
 }
 
 /// Refuses an SEV-SNP sandbox up front, with the doctor's reasons, on a host that cannot
-/// launch one; and, until veil's SNP launch exists, on every host.
+/// launch one.
 fn check_confidential_guest(config: &HypervisorConfig) -> Result<()> {
     if config.confidential_guest != ConfidentialGuest::Snp {
         return Ok(());
@@ -220,10 +243,7 @@ fn check_confidential_guest(config: &HypervisorConfig) -> Result<()> {
         Error::Vm(format!(
             "hypervisor.confidential_guest = \"snp\" but this host cannot launch an SEV-SNP guest: {reason} (see `veil doctor`)"
         ))
-    })?;
-    Err(Error::Unimplemented(
-        "SEV-SNP launch (hypervisor.confidential_guest = \"snp\")",
-    ))
+    })
 }
 
 #[async_trait]
@@ -232,8 +252,9 @@ impl Hypervisor for Qemu {
         self.check_inputs()?;
         check_confidential_guest(&self.config)?;
         let accel = accel::choose(self.config.accel, &HostFacts::probe()).map_err(Error::Vm)?;
-        let cmdline = kernel_cmdline(&self.config, &self.agent_log_level, spec);
-        let args = command_line(&self.config, &accel, spec, &cmdline);
+        let config = snp::prepare(&self.config, (accel.kvm, &accel.reason))?;
+        let cmdline = kernel_cmdline(&config, &self.agent_log_level, spec);
+        let args = command_line(&config, &accel, spec, &cmdline);
         let stderr_log = spec.state_dir.join("qemu.log");
         let stderr = std::fs::File::create(&stderr_log)
             .map_err(Error::io(format!("create {}", stderr_log.display())))?;
@@ -348,6 +369,7 @@ mod tests {
             },
             console_log: "/run/veil/default/sb1/console.log".into(),
             egress: false,
+            host_data: [0; 32],
         }
     }
 
@@ -506,15 +528,16 @@ mod tests {
             confidential_guest: ConfidentialGuest::Snp,
             ..config()
         };
-        let error = check_confidential_guest(&snp)
-            .expect_err("refused")
-            .to_string();
+        let checked = check_confidential_guest(&snp);
         match veil_host::snp_support() {
-            Err(reason) => assert!(
-                error.contains(&reason) && error.contains("veil doctor"),
-                "{error}"
-            ),
-            Ok(()) => assert!(error.contains("not implemented"), "{error}"),
+            Err(reason) => {
+                let error = checked.expect_err("refused").to_string();
+                assert!(
+                    error.contains(&reason) && error.contains("veil doctor"),
+                    "{error}"
+                );
+            }
+            Ok(()) => assert!(checked.is_ok()),
         }
         assert!(check_confidential_guest(&config()).is_ok());
     }

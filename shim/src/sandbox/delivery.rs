@@ -110,11 +110,10 @@ pub fn declaration(annotations: Option<&HashMap<String, String>>) -> Result<Opti
     Ok(Some(declaration))
 }
 
-/// For a `file://` source, shares the host file read-only into the sandbox's shared
-/// directory (once per sandbox) and points the declaration at the guest's view of it.
-pub fn share_file_source(shared_dir: &Path, declaration: &mut ModelDelivery) -> Result<()> {
+/// The file name a `file://` source is shared under, or `None` for another source.
+fn file_source_name(declaration: &ModelDelivery) -> Result<Option<(PathBuf, String)>> {
     let Some(host_path) = declaration.source_url.strip_prefix("file://") else {
-        return Ok(());
+        return Ok(None);
     };
     let host_path = PathBuf::from(host_path);
     let name = host_path
@@ -122,6 +121,44 @@ pub fn share_file_source(shared_dir: &Path, declaration: &mut ModelDelivery) -> 
         .ok_or_else(|| invalid("io.veil.model.source", "a file:// URL must name a file"))?
         .to_string_lossy()
         .into_owned();
+    Ok(Some((host_path, name)))
+}
+
+fn guest_file_url(name: &str) -> String {
+    format!(
+        "file://{}/{SOURCE_SHARE}/{name}",
+        veil_protocol::GUEST_SHARED_DIR
+    )
+}
+
+/// The declaration exactly as the agent will receive it (a `file://` source pointing at
+/// its share in the guest), so that its digest is the one the agent computes.
+pub fn as_the_guest_receives_it(declaration: &ModelDelivery) -> Result<ModelDelivery> {
+    let mut guest_view = declaration.clone();
+    if let Some((_, name)) = file_source_name(declaration)? {
+        guest_view.source_url = guest_file_url(&name);
+    }
+    Ok(guest_view)
+}
+
+/// The SEV-SNP `host_data` of a pod: the digest of its delivery declaration as the agent
+/// receives it (`veil_protocol::delivery::declaration_digest_bytes`, the function the
+/// agent's `Plan` uses), or all zero for a pod without a delivery.
+pub fn host_data(declaration: Option<&ModelDelivery>) -> Result<[u8; 32]> {
+    match declaration {
+        None => Ok(crate::hypervisor::snp::NO_DELIVERY_HOST_DATA),
+        Some(declaration) => Ok(veil_protocol::delivery::declaration_digest_bytes(
+            &as_the_guest_receives_it(declaration)?,
+        )),
+    }
+}
+
+/// For a `file://` source, shares the host file read-only into the sandbox's shared
+/// directory (once per sandbox) and points the declaration at the guest's view of it.
+pub fn share_file_source(shared_dir: &Path, declaration: &mut ModelDelivery) -> Result<()> {
+    let Some((host_path, name)) = file_source_name(declaration)? else {
+        return Ok(());
+    };
     let dir = shared_dir.join(SOURCE_SHARE);
     let target = dir.join(&name);
     if !target.exists() {
@@ -142,10 +179,7 @@ pub fn share_file_source(shared_dir: &Path, declaration: &mut ModelDelivery) -> 
             .map_err(Error::io(format!("create {}", target.display())))?;
         bind_read_only(&host_path, &target)?;
     }
-    declaration.source_url = format!(
-        "file://{}/{SOURCE_SHARE}/{name}",
-        veil_protocol::GUEST_SHARED_DIR
-    );
+    declaration.source_url = guest_file_url(&name);
     Ok(())
 }
 
@@ -255,6 +289,56 @@ mod tests {
             .expect_err("volume")
             .to_string();
         assert!(error.contains("io.veil.model.volume"), "{error}");
+    }
+
+    fn to_hex(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    #[test]
+    fn host_data_is_the_digest_the_agents_plan_computes() {
+        let mut pairs = full();
+        pairs.retain(|(k, _)| *k != "sha256");
+        let delivery = declaration(Some(&annotations(&pairs)))
+            .expect("ok")
+            .expect("declared");
+        let plan = Plan::parse(&delivery).expect("plan");
+        assert_eq!(
+            to_hex(&host_data(Some(&delivery)).expect("digest")),
+            plan.declaration_digest
+        );
+        assert_eq!(host_data(None).expect("none"), [0; 32]);
+    }
+
+    #[test]
+    fn a_file_source_is_digested_as_the_guest_sees_it() {
+        let host_file = tempfile::NamedTempFile::new().expect("file");
+        let delivery = ModelDelivery {
+            volume: "model".into(),
+            source_url: format!("file://{}", host_file.path().display()),
+            kbs_url: "http://10.0.2.2:8080".into(),
+            key_resource: "models/key/demo".into(),
+            ..Default::default()
+        };
+        let guest_view = as_the_guest_receives_it(&delivery).expect("guest view");
+        assert!(
+            guest_view.source_url.starts_with(&format!(
+                "file://{}/{SOURCE_SHARE}/",
+                veil_protocol::GUEST_SHARED_DIR
+            )),
+            "{}",
+            guest_view.source_url
+        );
+        // What the agent gets after the share is what the digest was computed over.
+        let name = host_file.path().file_name().expect("name");
+        assert_eq!(
+            guest_view.source_url,
+            guest_file_url(&name.to_string_lossy())
+        );
+        assert_eq!(
+            to_hex(&host_data(Some(&delivery)).expect("digest")),
+            Plan::parse(&guest_view).expect("plan").declaration_digest
+        );
     }
 
     #[test]

@@ -71,14 +71,17 @@ pub fn remove_state_dir(state_dir: &Path) {
 }
 
 impl Sandbox {
-    /// Starts the VM for sandbox `id` and waits for its agent; `egress` gives the VM its
-    /// user-network NIC (for a pod with a model delivery).
+    /// Starts the VM for sandbox `id` and waits for its agent. A pod with a model
+    /// `delivery` gets a user-network NIC for egress and, on SEV-SNP, its declaration's
+    /// digest as the VM's `host_data`.
     pub async fn start(
         config: &Config,
         namespace: &str,
         id: &str,
-        egress: bool,
+        delivery: Option<&veil_protocol::ModelDelivery>,
     ) -> Result<Sandbox> {
+        let egress = delivery.is_some();
+        let host_data = self::delivery::host_data(delivery)?;
         let state_dir = state_dir_for(config, namespace, id);
         // A previous shim of this id may have crashed: start from a clean directory.
         remove_state_dir(&state_dir);
@@ -92,6 +95,7 @@ impl Sandbox {
             channel: choose_channel(config, &state_dir),
             console_log: state_dir.join("console.log"),
             egress,
+            host_data,
         };
         let hypervisor = Qemu::new(config.hypervisor.clone(), config.agent.log_level.clone());
         let vm = hypervisor.launch(&spec).await?;

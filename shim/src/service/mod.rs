@@ -106,19 +106,20 @@ impl TaskService {
     }
 
     /// The running sandbox, started first if this is the sandbox's first container; a
-    /// new VM gets an egress NIC when `egress` (its pod declares a model delivery).
+    /// new VM for a pod that declares a model `delivery` gets an egress NIC and the
+    /// declaration's digest as its SEV-SNP host_data.
     async fn ensure_sandbox(
         &self,
         config: &Config,
         sandbox_id: &str,
-        egress: bool,
+        delivery: Option<&veil_protocol::ModelDelivery>,
     ) -> Result<Arc<Sandbox>> {
         let mut slot = self.sandbox.lock().await;
         if let Some(sandbox) = slot.as_ref() {
             return Ok(sandbox.clone());
         }
         let sandbox =
-            Arc::new(Sandbox::start(config, self.events.namespace(), sandbox_id, egress).await?);
+            Arc::new(Sandbox::start(config, self.events.namespace(), sandbox_id, delivery).await?);
         self.watch_vm(sandbox.clone());
         *slot = Some(sandbox.clone());
         Ok(sandbox)
@@ -184,7 +185,7 @@ impl TaskService {
 
         // Boot the VM while containerd's snapshot is mounted: both take time.
         let (sandbox, rootfs) = tokio::join!(
-            self.ensure_sandbox(&config, &sandbox_id, model_delivery.is_some()),
+            self.ensure_sandbox(&config, &sandbox_id, model_delivery.as_ref()),
             storage::mount_rootfs(&bundle, &request.rootfs, &spec)
         );
         let (host_rootfs, rootfs_mounted) = match rootfs {
