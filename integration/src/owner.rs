@@ -71,7 +71,10 @@ fn serve_files(server: &tiny_http::Server, stop: &AtomicBool, dir: &Path) {
             .then(|| std::fs::File::open(dir.join(&name)).ok())
             .flatten();
         let _ = match file {
-            Some(file) => request.respond(tiny_http::Response::from_file(file)),
+            // With a Content-Length, as object stores and web servers send files (tiny_http
+            // would stream large ones chunked): the agent checks the model's fit from it.
+            Some(file) => request
+                .respond(tiny_http::Response::from_file(file).with_chunked_threshold(usize::MAX)),
             None => request.respond(tiny_http::Response::empty(404)),
         };
     }
@@ -171,6 +174,51 @@ impl Drop for KeyBroker {
     }
 }
 
+/// What the owner seals.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Packaging {
+    /// The model file itself (`io.veil.model.unpack: none`).
+    File,
+    /// A gzip-compressed tar of the model file plus [`ARCHIVE_EXTRAS`]
+    /// (`io.veil.model.unpack: tar.gz`), unpacked at the volume's root.
+    TarGz,
+}
+
+/// Files the tar.gz packaging adds next to `model.safetensors` (paths in the archive, and
+/// contents; each holds the canary after this text).
+pub const ARCHIVE_EXTRAS: [(&str, &str); 2] = [
+    (
+        "config/config.json",
+        "{\"architecture\": \"mlp\", \"note\": \"",
+    ),
+    (
+        "config/tokenizer/vocab.txt",
+        "setosa\nversicolor\nvirginica\n",
+    ),
+];
+
+/// How [`ModelOwner::start_with`] prepares the model.
+#[derive(Debug, Clone, Copy)]
+pub struct OwnerOptions {
+    /// Seed of the demo model's weights.
+    pub seed: u64,
+    /// MiB of padding added to the model file.
+    pub pad_mib: u32,
+    /// What is sealed.
+    pub packaging: Packaging,
+}
+
+impl OwnerOptions {
+    /// The plain model file for `seed`, no padding.
+    pub fn new(seed: u64) -> OwnerOptions {
+        OwnerOptions {
+            seed,
+            pad_mib: 0,
+            packaging: Packaging::File,
+        }
+    }
+}
+
 /// Everything the owner has and serves.
 pub struct ModelOwner {
     dir: tempfile::TempDir,
@@ -183,6 +231,14 @@ pub struct ModelOwner {
     pub secrets: Vec<Vec<u8>>,
     /// The sealed model's file name in the store.
     pub sealed_name: String,
+    /// What was sealed.
+    pub packaging: Packaging,
+    /// Every plaintext file the volume must hold once delivered: path relative to the
+    /// volume and lowercase hex SHA-256.
+    pub files: Vec<(String, String)>,
+    /// SHA-256 of the sealed plaintext (the model file, or the archive), what
+    /// `io.veil.model.sha256` names.
+    pub plaintext_sha256: String,
     /// The model store.
     pub store: ModelStore,
     /// The key broker.
@@ -209,6 +265,19 @@ impl ModelOwner {
     /// Seals a fresh demo model (`pad_mib` MiB of extra weights) and starts the store and
     /// the broker, with [`SAMPLE_POLICY`] on the key.
     pub fn start(seed: u64, pad_mib: u32) -> Result<ModelOwner> {
+        ModelOwner::start_with(OwnerOptions {
+            pad_mib,
+            ..OwnerOptions::new(seed)
+        })
+    }
+
+    /// Like [`ModelOwner::start`], sealing what `options` say.
+    pub fn start_with(options: OwnerOptions) -> Result<ModelOwner> {
+        let OwnerOptions {
+            seed,
+            pad_mib,
+            packaging,
+        } = options;
         let dir = tempfile::Builder::new()
             .prefix("veil-owner-")
             .tempdir()
@@ -228,9 +297,23 @@ impl ModelOwner {
         let store_dir = dir.path().join("store");
         std::fs::create_dir_all(&store_dir)?;
         let sealed_name = "model.sealed".to_string();
-        seal_file(&model.path, &keyset, &store_dir.join(&sealed_name))?;
         let mut secrets = key_secrets(&keyset_json)?;
         secrets.push(canary.clone().into_bytes());
+        let mut files = vec![("model.safetensors".to_string(), model.sha256.clone())];
+        let plaintext = match packaging {
+            Packaging::File => model.path.clone(),
+            Packaging::TarGz => {
+                let plaintext_dir = dir.path().join("plaintext");
+                files.extend(write_archive_extras(&plaintext_dir, &canary)?);
+                let archive = dir.path().join("model.tar.gz");
+                pack_tar_gz(&plaintext_dir, &archive)?;
+                // The compressed archive does not show the canary: look for its own bytes.
+                secrets.push(sample_of(&archive)?);
+                archive
+            }
+        };
+        let plaintext_sha256 = sha256_hex_of(&plaintext)?;
+        seal_file(&plaintext, &keyset, &store_dir.join(&sealed_name))?;
         let kbs = KeyBroker::start(dir.path())?;
         kbs.put_resource(KEY_RESOURCE, keyset_json.as_bytes())?;
         kbs.set_policy(KEY_RESOURCE, SAMPLE_POLICY)?;
@@ -241,6 +324,9 @@ impl ModelOwner {
             canary,
             secrets,
             sealed_name,
+            packaging,
+            files,
+            plaintext_sha256,
             store,
             kbs,
         })
@@ -275,19 +361,37 @@ impl ModelOwner {
         files_containing(&roots, &[self.dir()], &self.secrets)
     }
 
-    /// The pod annotations that deliver this model into memory volume `volume` as
-    /// `model.safetensors`.
+    /// The pod annotations that deliver this model from the store into memory volume
+    /// `volume`, as `model.safetensors` (or unpacked at the volume's root for
+    /// [`Packaging::TarGz`]).
     pub fn annotations(&self, volume: &str) -> Vec<(String, String)> {
+        self.annotations_from(volume, &self.sealed_url())
+    }
+
+    /// Like [`Self::annotations`], with the sealed model read from the node's file
+    /// system (`file://`, shared read-only into the VM) instead of the store.
+    pub fn file_annotations(&self, volume: &str) -> Vec<(String, String)> {
+        let source = format!("file://{}", self.sealed_path().display());
+        self.annotations_from(volume, &source)
+    }
+
+    fn annotations_from(&self, volume: &str, source: &str) -> Vec<(String, String)> {
+        let (path, unpack) = match self.packaging {
+            Packaging::File => ("model.safetensors", "none"),
+            Packaging::TarGz => ("", "tar.gz"),
+        };
         [
-            ("source", self.sealed_url()),
+            ("source", source.to_string()),
             ("kbs", self.kbs.url.clone()),
             ("key", KEY_RESOURCE.to_string()),
             ("volume", volume.to_string()),
-            ("sha256", self.model.sha256.clone()),
-            ("path", "model.safetensors".to_string()),
+            ("sha256", self.plaintext_sha256.clone()),
+            ("path", path.to_string()),
+            ("unpack", unpack.to_string()),
             ("aad", ASSOCIATED_DATA.to_string()),
         ]
         .into_iter()
+        .filter(|(_, v)| !v.is_empty())
         .map(|(k, v)| (format!("io.veil.model.{k}"), v))
         .collect()
     }
@@ -299,6 +403,55 @@ fn random_bytes<const N: usize>() -> Result<[u8; N]> {
         .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
         .context("read /dev/urandom")?;
     Ok(bytes)
+}
+
+/// Writes [`ARCHIVE_EXTRAS`] (with the canary) below `dir`; returns their paths and digests.
+fn write_archive_extras(dir: &Path, canary: &str) -> Result<Vec<(String, String)>> {
+    let mut written = Vec::new();
+    for (name, text) in ARCHIVE_EXTRAS {
+        let path = dir.join(name);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(&path, format!("{text}{canary}\n"))
+            .with_context(|| format!("write {}", path.display()))?;
+        written.push((name.to_string(), sha256_hex_of(&path)?));
+    }
+    Ok(written)
+}
+
+/// `tar -czf archive model.safetensors config` in `dir`, with system tar and gzip.
+fn pack_tar_gz(dir: &Path, archive: &Path) -> Result<()> {
+    let status = Command::new("tar")
+        .arg("-C")
+        .arg(dir)
+        .arg("-czf")
+        .arg(archive)
+        .args(["model.safetensors", "config"])
+        .status()
+        .context("run tar (apt-get install tar gzip)")?;
+    if !status.success() {
+        bail!("tar -czf {} failed: {status}", archive.display());
+    }
+    Ok(())
+}
+
+/// 48 bytes from the middle of `path`: long enough to occur nowhere by chance.
+fn sample_of(path: &Path) -> Result<Vec<u8>> {
+    let bytes = std::fs::read(path).with_context(|| format!("read {}", path.display()))?;
+    if bytes.len() < 96 {
+        bail!("{} is too short to sample", path.display());
+    }
+    let middle = bytes.len() / 2;
+    Ok(bytes[middle..middle + 48].to_vec())
+}
+
+fn sha256_hex_of(path: &Path) -> Result<String> {
+    use sha2::Digest;
+    let mut file = std::fs::File::open(path).with_context(|| format!("open {}", path.display()))?;
+    let mut hasher = sha2::Sha256::new();
+    std::io::copy(&mut file, &mut hasher).with_context(|| format!("read {}", path.display()))?;
+    Ok(hex::encode(hasher.finalize()))
 }
 
 fn seal_file(plaintext: &Path, keyset: &Keyset, out: &Path) -> Result<()> {

@@ -1,0 +1,240 @@
+//! Model delivery end to end beyond the HTTP single-file case: a `file://` source shared
+//! read-only from the node, a sealed tar.gz unpacked in the guest, a model bigger than its
+//! volume refused before decrypting, and what a failed delivery leaves in its pod. Real
+//! containerd, real VMs, a real `veil-kbs`; after each run the host holds none of the
+//! plaintext or the key.
+
+use std::time::Duration;
+
+use veil_integration::owner::{ModelOwner, OwnerOptions, Packaging};
+use veil_integration::{oci, Containerd, CtrOutput, VEIL_RUNTIME};
+
+const INPUT: &str = "5.1,3.5,1.4,0.2";
+/// The annotation that puts `ctr` containers into one sandbox VM, as CRI's sandbox id does.
+const GROUP: &str = "io.containerd.veil.v2.group";
+
+fn containerd_with_server() -> Containerd {
+    let containerd = Containerd::start().expect("start containerd");
+    containerd
+        .import_model_server()
+        .expect("import the serving image");
+    containerd
+}
+
+fn assert_started(containerd: &Containerd, id: &str, run: &CtrOutput) {
+    assert_eq!(
+        run.code,
+        0,
+        "{id}: ctr run failed: {} {}\nconsole: {}",
+        run.stdout,
+        run.stderr,
+        containerd.console_log(id)
+    );
+}
+
+/// The server answers, and every file the owner packed is in the volume with its digest.
+fn assert_served_with_files(containerd: &Containerd, id: &str, owner: &ModelOwner) {
+    let answer = containerd.query_model_server(id, INPUT).expect("query");
+    assert_eq!(
+        answer.code,
+        0,
+        "query failed: {} {}\nconsole: {}",
+        answer.stdout,
+        answer.stderr,
+        containerd.console_log(id)
+    );
+    assert!(answer.stdout.contains("\"label\""), "{}", answer.stdout);
+    let paths: Vec<String> = owner
+        .files
+        .iter()
+        .map(|(path, _)| format!("/model/{path}"))
+        .collect();
+    // Through sh: the image's busybox has the applet but no /bin/sha256sum link.
+    let script = format!("sha256sum {}", paths.join(" "));
+    let sums = containerd
+        .exec(id, "sums", &["sh", "-c", &script])
+        .expect("exec");
+    assert_eq!(sums.code, 0, "{} {}", sums.stdout, sums.stderr);
+    for (path, sha256) in &owner.files {
+        assert!(
+            sums.stdout.contains(&format!("{sha256}  /model/{path}")),
+            "{path} is missing or differs: {}",
+            sums.stdout
+        );
+    }
+}
+
+fn assert_host_blind(containerd: &Containerd, owner: &ModelOwner, when: &str) {
+    let hits = owner.secrets_on_host(containerd);
+    assert!(hits.is_empty(), "secrets on the host {when}: {hits:?}");
+}
+
+fn with(annotations: &[(String, String)], key: &str, value: &str) -> Vec<(String, String)> {
+    let mut changed: Vec<(String, String)> = annotations
+        .iter()
+        .filter(|(k, _)| k != key)
+        .cloned()
+        .collect();
+    changed.push((key.to_string(), value.to_string()));
+    changed
+}
+
+#[test]
+fn a_sealed_model_file_on_the_node_is_delivered_through_a_read_only_share() {
+    let owner = ModelOwner::start(31, 0).expect("model owner");
+    let containerd = containerd_with_server();
+    let id = "from-file";
+    let run = containerd
+        .run_model_server(id, &owner.file_annotations("model"))
+        .expect("ctr run");
+    assert_started(&containerd, id, &run);
+    assert_served_with_files(&containerd, id, &owner);
+    assert!(
+        containerd.console_log(id).contains("file:///"),
+        "the agent did not read a file:// source: {}",
+        containerd.console_log(id)
+    );
+    assert_host_blind(&containerd, &owner, "while serving");
+    containerd.remove(id);
+    assert_host_blind(&containerd, &owner, "after the run");
+}
+
+#[test]
+fn a_sealed_tar_gz_is_unpacked_in_the_guest_with_its_subdirectories() {
+    let owner = ModelOwner::start_with(OwnerOptions {
+        packaging: Packaging::TarGz,
+        ..OwnerOptions::new(32)
+    })
+    .expect("model owner");
+    let containerd = containerd_with_server();
+    let id = "unpacked";
+    let run = containerd
+        .run_model_server(id, &owner.annotations("model"))
+        .expect("ctr run");
+    assert_started(&containerd, id, &run);
+    assert_served_with_files(&containerd, id, &owner);
+    let listing = containerd
+        .exec(id, "list", &["sh", "-c", "cd /model && find . | sort"])
+        .expect("exec");
+    assert_eq!(
+        listing.stdout.lines().collect::<Vec<_>>(),
+        [
+            ".",
+            "./config",
+            "./config/config.json",
+            "./config/tokenizer",
+            "./config/tokenizer/vocab.txt",
+            "./model.safetensors"
+        ],
+        "the archive itself must be gone once unpacked: {}",
+        listing.stdout
+    );
+    assert_host_blind(&containerd, &owner, "while serving");
+    containerd.remove(id);
+    assert_host_blind(&containerd, &owner, "after the run");
+}
+
+#[test]
+fn a_model_bigger_than_its_volume_is_refused_before_decrypting() {
+    let owner = ModelOwner::start(33, 4).expect("model owner");
+    let containerd = containerd_with_server();
+    let id = "too-big";
+    let annotations = with(
+        &owner.annotations("model"),
+        "io.veil.volume.model.size-limit",
+        "1Mi",
+    );
+    let run = containerd
+        .run_model_server(id, &annotations)
+        .expect("ctr run");
+    let console = containerd.console_log(id);
+    containerd.remove(id);
+    assert_ne!(run.code, 0, "the container started: {}", run.stdout);
+    assert!(
+        run.stderr.contains(
+            "model delivery failed at step fetch: the sealed model needs 5 MiB but volume model has 1 MiB free"
+        ) && run.stderr.contains("io.veil.volume.model.size-limit")
+            && run.stderr.contains("hypervisor.memory_mib"),
+        "{}\nconsole: {console}",
+        run.stderr
+    );
+    assert!(
+        !console.contains("delivery.decrypted"),
+        "the refusal came after decrypting: {console}"
+    );
+    assert_host_blind(&containerd, &owner, "after the refusal");
+}
+
+/// `ctr run -d` of a busybox `sleep` in sandbox `group` with `annotations`, no volume.
+fn run_sibling(
+    containerd: &Containerd,
+    id: &str,
+    group: &str,
+    annotations: &[(String, String)],
+) -> CtrOutput {
+    let pairs: Vec<String> = annotations
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .chain([format!("{GROUP}={group}")])
+        .collect();
+    let mut args = vec!["run", "-d", "--runtime", VEIL_RUNTIME];
+    for pair in &pairs {
+        args.extend(["--annotation", pair.as_str()]);
+    }
+    args.extend([oci::BUSYBOX_IMAGE, id, "sleep", "600"]);
+    containerd
+        .run_ctr(&args, None, Duration::from_secs(300))
+        .expect("ctr run")
+}
+
+#[test]
+fn a_failed_delivery_names_its_step_to_every_container_and_leaves_the_volume_empty() {
+    let owner = ModelOwner::start(34, 1).expect("model owner");
+    let containerd = containerd_with_server();
+    containerd.import_busybox().expect("import busybox");
+    let mut sealed = std::fs::read(owner.sealed_path()).expect("sealed");
+    let middle = sealed.len() / 2;
+    sealed[middle] ^= 1;
+    std::fs::write(owner.sealed_path(), &sealed).expect("tamper");
+
+    // The pod's first container carries the declaration (so the VM gets its egress NIC and
+    // the delivery starts) but does not mount the volume, so it runs whatever happens.
+    let pod = "failed-pod";
+    let annotations = owner.annotations("model");
+    let sibling = run_sibling(&containerd, "sibling", pod, &annotations);
+    assert_started(&containerd, pod, &sibling);
+    let in_pod = with(&annotations, GROUP, pod);
+    let mut errors = Vec::new();
+    for id in ["server", "second-server"] {
+        let run = containerd.run_model_server(id, &in_pod).expect("ctr run");
+        assert_ne!(run.code, 0, "{id} started on a failed delivery");
+        errors.push(run.stderr);
+    }
+    for error in &errors {
+        assert!(
+            error.contains("model delivery failed at step decrypt"),
+            "{error}"
+        );
+    }
+    let alive = containerd
+        .exec(
+            "sibling",
+            "alive",
+            &["cat", "/proc/sys/kernel/random/boot_id"],
+        )
+        .expect("exec");
+    assert_eq!(alive.code, 0, "the pod died with its delivery: {alive:?}");
+    let console = containerd.console_log(pod);
+    let failed = console
+        .lines()
+        .find(|l| l.contains("delivery.failed"))
+        .unwrap_or_else(|| panic!("no delivery.failed line: {console}"));
+    assert!(
+        failed.contains("left_in_volume=0") && failed.contains("step decrypt"),
+        "the guest did not empty the volume: {failed}"
+    );
+    for id in ["server", "second-server", "sibling"] {
+        containerd.remove(id);
+    }
+    assert_host_blind(&containerd, &owner, "after the failed delivery");
+}
