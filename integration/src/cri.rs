@@ -64,6 +64,36 @@ pub fn import_images(containerd: &Containerd) -> Result<()> {
     Ok(())
 }
 
+/// Imports the serving image ([`crate::MODEL_SERVER_IMAGE`]: busybox plus the static
+/// `veil-model-server`) into CRI's `k8s.io` namespace.
+pub fn import_model_server(containerd: &Containerd) -> Result<()> {
+    let binary = crate::model_server_binary()?;
+    let data = std::fs::read(&binary).with_context(|| format!("read {}", binary.display()))?;
+    let tarball = containerd.dir().join("cri-model-server.tar");
+    oci::write_image(
+        &tarball,
+        crate::MODEL_SERVER_IMAGE,
+        &[oci::ExtraFile {
+            path: "bin/veil-model-server".into(),
+            mode: 0o755,
+            data,
+        }],
+    )?;
+    let path = tarball.display().to_string();
+    let output = containerd.run_ctr(
+        &["-n", NAMESPACE, "image", "import", &path],
+        None,
+        Duration::from_secs(60),
+    )?;
+    if output.code != 0 {
+        bail!(
+            "ctr -n {NAMESPACE} image import {path} failed: {}",
+            output.stderr
+        );
+    }
+    Ok(())
+}
+
 /// The OCI spec containerd wrote for container (or sandbox) `id`, read from its task
 /// bundle: what the shim was given.
 pub fn bundle_spec(containerd: &Containerd, id: &str) -> Result<serde_json::Value> {

@@ -1,0 +1,167 @@
+//! Model delivery through Kubernetes' CRI, as kubelet drives containerd: a host-network pod
+//! with the `veil` runtime handler and the `io.veil.model.*` pod annotations, an emptyDir
+//! with `medium: Memory` (a tmpfs directory on the node, as kubelet makes it) mounted by
+//! the serving container, a real HTTP model store and a real `veil-kbs`.
+//!
+//! Under CRI the pod's first container is the sandbox ("pause") container. containerd
+//! passes the `io.veil.*` pod annotations to it, so the VM is started with its egress NIC
+//! and the delivery starts while the sandbox is created, before kubelet even creates the
+//! serving container; the serving container's start waits for it.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use k8s_cri::v1::{ContainerConfig, ImageSpec};
+use veil_integration::cri::{self, CriClient, VEIL_HANDLER};
+use veil_integration::owner::ModelOwner;
+use veil_integration::{eventually, Containerd, Options, MODEL_SERVER_IMAGE};
+
+const INPUT: &str = "5.1,3.5,1.4,0.2";
+const QUERY: Duration = Duration::from_secs(120);
+
+/// An emptyDir `medium: Memory` as kubelet hands it to the runtime: a tmpfs mounted at
+/// `<pod dir>/volumes/kubernetes.io~empty-dir/<name>`.
+fn memory_empty_dir(pod_dir: &Path, name: &str) -> PathBuf {
+    let dir = pod_dir.join("volumes/kubernetes.io~empty-dir").join(name);
+    std::fs::create_dir_all(&dir).expect("create the emptyDir");
+    let status = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=64m", "tmpfs"])
+        .arg(&dir)
+        .status()
+        .expect("run mount");
+    assert!(status.success(), "mount a tmpfs on {}", dir.display());
+    dir
+}
+
+fn model_server_container(volume: &Path) -> ContainerConfig {
+    let mut config = cri::busybox_container(
+        "server",
+        &[
+            "veil-model-server",
+            "serve",
+            "--model",
+            "/model/model.safetensors",
+            "--listen",
+            "127.0.0.1:8080",
+        ],
+        vec![cri::bind_mount(volume, "/model")],
+    );
+    config.image = Some(ImageSpec {
+        image: MODEL_SERVER_IMAGE.to_string(),
+        ..Default::default()
+    });
+    config
+}
+
+#[test]
+fn a_cri_pod_gets_its_sealed_model_in_guest_ram_and_serves_it() {
+    let owner = ModelOwner::start(41, 0).expect("model owner");
+    let containerd = Containerd::start_cri(&Options::default()).expect("containerd with CRI");
+    cri::import_images(&containerd).expect("import the images");
+    cri::import_model_server(&containerd).expect("import the serving image");
+    let mut client = CriClient::connect(&containerd.socket)
+        .unwrap_or_else(|e| panic!("CRI client: {e:#}\n{}", containerd.log()));
+
+    let pod_dir = containerd.dir().join("pods/served");
+    let volume = memory_empty_dir(&pod_dir, "model");
+    let annotations: HashMap<String, String> = owner.annotations("model").into_iter().collect();
+    let sandbox = cri::host_network_pod("served", &pod_dir, annotations);
+    let pod = client
+        .run_pod_sandbox(&sandbox, VEIL_HANDLER)
+        .unwrap_or_else(|e| panic!("RunPodSandbox: {e:#}\n{}", containerd.log()));
+
+    // The sandbox container carries the declaration, so the VM was started with egress
+    // and the delivery is under way before the serving container exists.
+    let sandbox_spec = cri::bundle_spec(&containerd, &pod).expect("sandbox spec");
+    assert_eq!(
+        sandbox_spec["annotations"]["io.veil.model.volume"], "model",
+        "containerd did not pass the pod's io.veil.* annotations to the sandbox: {}",
+        sandbox_spec["annotations"]
+    );
+    assert!(
+        eventually(Duration::from_secs(60), || cri::console_log(
+            &containerd,
+            &pod
+        )
+        .contains("delivery.started")),
+        "the delivery did not start with the sandbox: {}",
+        cri::console_log(&containerd, &pod)
+    );
+
+    let server = client
+        .create_container(&pod, &model_server_container(&volume), &sandbox)
+        .unwrap_or_else(|e| panic!("CreateContainer: {e:#}\n{}", containerd.log()));
+    client.start_container(&server).unwrap_or_else(|e| {
+        panic!(
+            "StartContainer: {e:#}\n{}\nconsole: {}",
+            containerd.log(),
+            cri::console_log(&containerd, &pod)
+        )
+    });
+
+    let answer = client
+        .exec_sync(
+            &server,
+            &[
+                "veil-model-server",
+                "query",
+                "--url",
+                "http://127.0.0.1:8080",
+                "--input",
+                INPUT,
+                "--wait-secs",
+                "60",
+            ],
+            QUERY,
+        )
+        .expect("ExecSync query");
+    assert_eq!(
+        answer.exit_code,
+        0,
+        "query failed: {answer:?}\nconsole: {}",
+        cri::console_log(&containerd, &pod)
+    );
+    let served: serde_json::Value =
+        serde_json::from_str(answer.stdout.trim()).expect("answer JSON");
+    let inputs: Vec<f32> = INPUT.split(',').map(|x| x.parse().expect("f32")).collect();
+    let expected = veil_model_server::Model::load(&owner.model.path)
+        .expect("owner's model")
+        .predict(&inputs)
+        .expect("predict");
+    assert_eq!(served["label"], expected.label.as_str(), "{served}");
+
+    let mounts = client
+        .exec_sync(&server, &["grep", " /model ", "/proc/mounts"], QUERY)
+        .expect("ExecSync mounts");
+    assert!(
+        mounts
+            .stdout
+            .starts_with("veil-memory-volume /model tmpfs ro"),
+        "the model volume must be a read-only guest tmpfs: {mounts:?}"
+    );
+    assert_eq!(
+        std::fs::read_dir(&volume).expect("host emptyDir").count(),
+        0,
+        "the node's emptyDir must stay empty"
+    );
+    let during = owner.secrets_on_host(&containerd);
+    assert!(
+        during.is_empty(),
+        "secrets on the host while serving: {during:?}"
+    );
+
+    client.stop_pod_sandbox(&pod).expect("StopPodSandbox");
+    client.remove_pod_sandbox(&pod).expect("RemovePodSandbox");
+    assert!(
+        eventually(Duration::from_secs(30), || containerd
+            .qemu_processes()
+            .is_empty()),
+        "the pod's VM outlived it"
+    );
+    let after = owner.secrets_on_host(&containerd);
+    assert!(
+        after.is_empty(),
+        "secrets on the host after the pod: {after:?}"
+    );
+}
