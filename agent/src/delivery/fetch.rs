@@ -6,6 +6,8 @@ use std::time::{Duration, Instant};
 
 use veil_protocol::delivery::Source;
 
+use super::resolve::GuestResolver;
+
 /// How often the fetch is tried before the delivery gives up.
 pub const ATTEMPTS: u32 = 3;
 /// Pause before the first retry; doubled for each later one.
@@ -62,7 +64,12 @@ fn http_agent() -> ureq::Agent {
         // A stalled store must end the delivery, not hang the pod: no read waits longer.
         .timeout_per_read(Some(Duration::from_secs(60)))
         .build();
-    ureq::Agent::new_with_config(config)
+    // Host names resolve through the guest's resolv.conf, not glibc's NSS (absent here).
+    ureq::Agent::with_parts(
+        config,
+        ureq::unversioned::transport::DefaultConnector::new(),
+        GuestResolver::system(),
+    )
 }
 
 fn open_http(url: &str) -> Result<Fetched, FetchError> {

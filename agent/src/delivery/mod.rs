@@ -9,6 +9,7 @@
 //! sizes and rates, never content.
 
 pub mod fetch;
+pub mod resolve;
 pub mod run;
 pub mod space;
 pub mod unpack;
