@@ -430,3 +430,139 @@ impl CriClient {
         Ok(response.containers)
     }
 }
+
+/// Where Debian's `containernetworking-plugins` installs the CNI plugins.
+pub const CNI_PLUGIN_DIR: &str = "/usr/lib/cni";
+/// The CNI plugins [`install_cni_bridge`] uses (containerd also runs `loopback`).
+const CNI_PLUGINS: [&str; 3] = ["bridge", "host-local", "loopback"];
+
+/// A CNI bridge network for pod-network tests: pods get addresses in `subnet` (a /24
+/// such as `10.88.77.0/24`) on host bridge `bridge`, whose `.1` is the host's address
+/// on it and the pods' default gateway.
+#[derive(Debug, Clone)]
+pub struct CniBridge {
+    /// The CNI network name.
+    pub name: String,
+    /// The host bridge device (at most 15 characters).
+    pub bridge: String,
+    /// The pods' subnet.
+    pub subnet: String,
+    /// The gateway (the bridge's address on the host).
+    pub gateway: String,
+}
+
+/// Links Debian's CNI plugins into the harness's CNI bin dir and writes a bridge +
+/// host-local conflist for `network` into its conf dir (containerd's CRI plugin watches
+/// it: wait with [`CriClient::wait_network_ready`]). host-local keeps its leases under
+/// the harness directory, so nothing is left in /var/lib/cni. Without the plugins the
+/// error says what to install.
+pub fn install_cni_bridge(containerd: &Containerd, network: &CniBridge) -> Result<()> {
+    let bin = containerd.dir().join("cni/bin");
+    let conf = containerd.dir().join("cni/conf");
+    for plugin in CNI_PLUGINS {
+        let source = Path::new(CNI_PLUGIN_DIR).join(plugin);
+        if !source.exists() {
+            bail!(
+                "the CNI plugin {} is missing: install Debian's CNI plugins (apt-get install containernetworking-plugins)",
+                source.display()
+            );
+        }
+        let link = bin.join(plugin);
+        if !link.exists() {
+            std::os::unix::fs::symlink(&source, &link)
+                .with_context(|| format!("link {} into {}", source.display(), bin.display()))?;
+        }
+    }
+    let leases = containerd.dir().join("cni/leases");
+    let conflist = serde_json::json!({
+        "cniVersion": "0.4.0",
+        "name": network.name,
+        "plugins": [{
+            "type": "bridge",
+            "bridge": network.bridge,
+            "isGateway": true,
+            "ipMasq": false,
+            "ipam": {
+                "type": "host-local",
+                "dataDir": leases.display().to_string(),
+                "ranges": [[{"subnet": network.subnet, "gateway": network.gateway}]],
+                "routes": [{"dst": "0.0.0.0/0"}]
+            }
+        }]
+    });
+    let path = conf.join(format!("10-{}.conflist", network.name));
+    std::fs::write(&path, serde_json::to_vec_pretty(&conflist)?)
+        .with_context(|| format!("write {}", path.display()))?;
+    Ok(())
+}
+
+/// Removes the host bridge a [`CniBridge`] network created (CNI's DEL leaves it).
+pub fn remove_cni_bridge(network: &CniBridge) {
+    let _ = std::process::Command::new("ip")
+        .args(["link", "del", &network.bridge])
+        .output();
+}
+
+/// A pod in its own network namespace, set up by CNI (what kubelet asks for a pod
+/// without `hostNetwork`), logging below `log_directory`.
+pub fn pod_network_pod(
+    name: &str,
+    log_directory: &Path,
+    annotations: HashMap<String, String>,
+) -> PodSandboxConfig {
+    let mut pod = host_network_pod(name, log_directory, annotations);
+    pod.hostname = name.to_string();
+    if let Some(context) = pod.linux.as_mut().and_then(|l| l.security_context.as_mut()) {
+        context.namespace_options = Some(pod_network_namespaces());
+    }
+    pod
+}
+
+/// The namespaces kubelet asks for in a pod with its own network.
+fn pod_network_namespaces() -> NamespaceOption {
+    NamespaceOption {
+        network: NamespaceMode::Pod as i32,
+        pid: NamespaceMode::Container as i32,
+        ipc: NamespaceMode::Pod as i32,
+        ..Default::default()
+    }
+}
+
+/// `container` (e.g. from [`busybox_container`]) in its pod's network namespace.
+pub fn in_pod_network(mut container: ContainerConfig) -> ContainerConfig {
+    if let Some(context) = container
+        .linux
+        .as_mut()
+        .and_then(|l| l.security_context.as_mut())
+    {
+        context.namespace_options = Some(pod_network_namespaces());
+    }
+    container
+}
+
+impl CriClient {
+    /// Waits up to `timeout` for the runtime's `NetworkReady` condition (the CRI plugin
+    /// has loaded a CNI configuration); the error carries the condition's last message.
+    pub fn wait_network_ready(&mut self, timeout: Duration) -> Result<()> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let status = self.call("Status", CALL, |mut c| async move {
+                c.status(k8s_cri::v1::StatusRequest { verbose: false })
+                    .await
+            })?;
+            let network = status
+                .status
+                .unwrap_or_default()
+                .conditions
+                .into_iter()
+                .find(|c| c.r#type == "NetworkReady");
+            match network {
+                Some(condition) if condition.status => return Ok(()),
+                other if std::time::Instant::now() >= deadline => {
+                    bail!("the CRI network did not become ready within {timeout:?}: {other:?}")
+                }
+                _ => std::thread::sleep(Duration::from_millis(200)),
+            }
+        }
+    }
+}

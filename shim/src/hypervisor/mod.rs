@@ -4,6 +4,7 @@
 pub mod accel;
 #[cfg(test)]
 mod golden_tests;
+pub mod net;
 pub mod qemu;
 pub mod snp;
 

@@ -79,7 +79,7 @@ fn tsc_khz_from_cpuinfo(cpuinfo: &str) -> Option<u64> {
 }
 
 /// A virtio device's QEMU name for the machine: `-pci` on q35, `-device` (mmio) on microvm.
-fn virtio(config: &HypervisorConfig, name: &str) -> String {
+pub(super) fn virtio(config: &HypervisorConfig, name: &str) -> String {
     let transport = if is_microvm(config) { "device" } else { "pci" };
     format!("{name}-{transport}{}", snp::virtio_options(config))
 }
@@ -202,6 +202,7 @@ fn channel_devices(config: &HypervisorConfig, channel: &Channel) -> Vec<String> 
 pub struct Qemu {
     config: HypervisorConfig,
     agent_log_level: String,
+    pod_nics: Vec<super::net::PodNic>,
 }
 
 impl Qemu {
@@ -210,7 +211,14 @@ impl Qemu {
         Qemu {
             config,
             agent_log_level,
+            pod_nics: Vec::new(),
         }
+    }
+
+    /// Gives the VM these pod NICs (taps in the pod's network namespace).
+    pub fn with_pod_nics(mut self, pod_nics: Vec<super::net::PodNic>) -> Self {
+        self.pod_nics = pod_nics;
+        self
     }
 
     fn check_inputs(&self) -> Result<()> {
@@ -254,11 +262,14 @@ impl Hypervisor for Qemu {
         let accel = accel::choose(self.config.accel, &HostFacts::probe()).map_err(Error::Vm)?;
         let config = snp::prepare(&self.config, (accel.kvm, &accel.reason))?;
         let cmdline = kernel_cmdline(&config, &self.agent_log_level, spec);
-        let args = command_line(&config, &accel, spec, &cmdline);
+        let mut args = command_line(&config, &accel, spec, &cmdline);
+        args.extend(super::net::pod_nic_devices(&config, &self.pod_nics));
         let stderr_log = spec.state_dir.join("qemu.log");
         let stderr = std::fs::File::create(&stderr_log)
             .map_err(Error::io(format!("create {}", stderr_log.display())))?;
-        let child = Command::new(&self.config.path)
+        let mut command = Command::new(&self.config.path);
+        super::net::inherit_taps(&mut command, &self.pod_nics);
+        let child = command
             .args(&args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())

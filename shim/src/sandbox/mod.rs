@@ -3,6 +3,7 @@
 //! under CRI every container with the same sandbox id shares one.
 
 pub mod delivery;
+pub mod network;
 pub mod storage;
 pub mod volumes;
 
@@ -34,6 +35,7 @@ pub struct Sandbox {
     pub egress: bool,
     vm: Box<dyn Vm>,
     agent: AgentClient,
+    pod_network: Option<network::PodNetwork>,
 }
 
 /// The agent channel for a VM: vsock when configured, or on `auto` when the host has
@@ -79,6 +81,7 @@ impl Sandbox {
         namespace: &str,
         id: &str,
         delivery: Option<&veil_protocol::ModelDelivery>,
+        netns: Option<&Path>,
     ) -> Result<Sandbox> {
         let egress = delivery.is_some();
         let host_data = self::delivery::host_data(delivery)?;
@@ -97,8 +100,16 @@ impl Sandbox {
             egress,
             host_data,
         };
-        let hypervisor = Qemu::new(config.hypervisor.clone(), config.agent.log_level.clone());
-        let vm = hypervisor.launch(&spec).await?;
+        let pod_network = network::attach(netns).await?;
+        let hypervisor = Qemu::new(config.hypervisor.clone(), config.agent.log_level.clone())
+            .with_pod_nics(pod_network.as_ref().map(|n| n.nics()).unwrap_or_default());
+        let vm = match hypervisor.launch(&spec).await {
+            Ok(vm) => vm,
+            Err(error) => {
+                network::release(pod_network.as_ref()).await;
+                return Err(error);
+            }
+        };
         let connected = AgentClient::connect(
             &spec.channel,
             vm.as_ref(),
@@ -106,10 +117,17 @@ impl Sandbox {
             Duration::from_secs(config.agent.request_timeout_secs),
         )
         .await;
+        let connected = match (connected, &pod_network) {
+            (Ok((agent, guest)), Some(pod)) => {
+                pod.configure_guest(&agent).await.map(|()| (agent, guest))
+            }
+            (connected, _) => connected,
+        };
         let (mut agent, guest) = match connected {
             Ok(connected) => connected,
             Err(error) => {
                 vm.kill().await;
+                network::release(pod_network.as_ref()).await;
                 let console = console_tail(&spec.console_log);
                 remove_state_dir(&state_dir);
                 return Err(Error::Vm(format!("{error}; console: {console}")));
@@ -132,6 +150,7 @@ impl Sandbox {
             egress,
             vm,
             agent,
+            pod_network,
         })
     }
 
@@ -161,6 +180,9 @@ impl Sandbox {
                 tracing::warn!(sandbox = %self.id, "agent did not acknowledge shutdown; killing QEMU anyway");
             }
             self.vm.kill().await;
+        }
+        if let Some(pod_network) = &self.pod_network {
+            pod_network.detach().await;
         }
         remove_state_dir(&self.state_dir);
         tracing::info!(sandbox = %self.id, "sandbox.stopped");

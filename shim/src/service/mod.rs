@@ -113,13 +113,15 @@ impl TaskService {
         config: &Config,
         sandbox_id: &str,
         delivery: Option<&veil_protocol::ModelDelivery>,
+        netns: Option<&std::path::Path>,
     ) -> Result<Arc<Sandbox>> {
         let mut slot = self.sandbox.lock().await;
         if let Some(sandbox) = slot.as_ref() {
             return Ok(sandbox.clone());
         }
-        let sandbox =
-            Arc::new(Sandbox::start(config, self.events.namespace(), sandbox_id, delivery).await?);
+        let sandbox = Arc::new(
+            Sandbox::start(config, self.events.namespace(), sandbox_id, delivery, netns).await?,
+        );
         self.watch_vm(sandbox.clone());
         *slot = Some(sandbox.clone());
         Ok(sandbox)
@@ -183,9 +185,15 @@ impl TaskService {
         let model_delivery = delivery::declaration(spec.annotations().as_ref())?;
         let sandbox_id = options::sandbox_id(spec.annotations().as_ref(), &request.id);
 
+        let pod_netns = crate::sandbox::network::pod_netns(&spec);
         // Boot the VM while containerd's snapshot is mounted: both take time.
         let (sandbox, rootfs) = tokio::join!(
-            self.ensure_sandbox(&config, &sandbox_id, model_delivery.as_ref()),
+            self.ensure_sandbox(
+                &config,
+                &sandbox_id,
+                model_delivery.as_ref(),
+                pod_netns.as_deref()
+            ),
             storage::mount_rootfs(&bundle, &request.rootfs, &spec)
         );
         let (host_rootfs, rootfs_mounted) = match rootfs {

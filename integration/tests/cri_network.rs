@@ -1,0 +1,332 @@
+//! Pod networking through containerd's CRI, with real CNI plugins (Debian's
+//! `containernetworking-plugins`: bridge + host-local): a veil pod gets its pod IP inside
+//! the VM (the shim mirrors the pod's veth to a tap with tc redirects), a container
+//! serving HTTP in it answers on the pod IP from the host and from a runc pod on the
+//! same bridge (another network namespace), and nothing is left once the pod is removed.
+//! Needs root, the built artifacts (`make test`) and `containernetworking-plugins`.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use k8s_cri::v1::PodSandboxConfig;
+use veil_integration::cri::{self, CniBridge, CriClient, RUNC_HANDLER, VEIL_HANDLER};
+use veil_integration::{eventually, Containerd, Options};
+
+const EXEC: Duration = Duration::from_secs(60);
+const PORT: u16 = 8080;
+/// What the serving container's HTTP server answers.
+const GREETING: &str = "hello-from-the-veil-pod";
+/// How long the server in the VM gets to answer its first request.
+const FIRST_ANSWER: Duration = Duration::from_secs(120);
+
+fn network() -> CniBridge {
+    CniBridge {
+        name: "veil-it-net".into(),
+        bridge: "veilit0".into(),
+        subnet: "10.88.77.0/24".into(),
+        gateway: "10.88.77.1".into(),
+    }
+}
+
+/// Removes the host bridge however the test ends.
+struct BridgeGuard(CniBridge);
+
+impl Drop for BridgeGuard {
+    fn drop(&mut self) {
+        cri::remove_cni_bridge(&self.0);
+    }
+}
+
+struct Cluster {
+    containerd: Containerd,
+    cri: CriClient,
+    _bridge: BridgeGuard,
+}
+
+fn cluster() -> Cluster {
+    let network = network();
+    cri::remove_cni_bridge(&network);
+    let containerd = Containerd::start_cri(&Options::default()).expect("start containerd with CRI");
+    cri::install_cni_bridge(&containerd, &network).unwrap_or_else(|e| panic!("{e:#}"));
+    cri::import_images(&containerd).expect("import the images into k8s.io");
+    let mut cri = CriClient::connect(&containerd.socket)
+        .unwrap_or_else(|e| panic!("CRI client: {e:#}\n{}", containerd.log()));
+    cri.wait_network_ready(Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", containerd.log()));
+    Cluster {
+        containerd,
+        cri,
+        _bridge: BridgeGuard(network),
+    }
+}
+
+impl Cluster {
+    fn pod(&mut self, name: &str, handler: &str) -> (String, PodSandboxConfig) {
+        let dir = self.containerd.dir().join("pods").join(name);
+        std::fs::create_dir_all(&dir).expect("create the pod dir");
+        let config = cri::pod_network_pod(name, &dir, HashMap::new());
+        let id = self
+            .cri
+            .run_pod_sandbox(&config, handler)
+            .unwrap_or_else(|e| {
+                panic!(
+                    "RunPodSandbox {name} ({handler:?}): {e:#}\n{}",
+                    self.containerd.log()
+                )
+            });
+        (id, config)
+    }
+
+    fn pod_ip(&mut self, pod: &str) -> Ipv4Addr {
+        let status = self.cri.pod_sandbox_status(pod).expect("PodSandboxStatus");
+        let ip = status.network.map(|n| n.ip).unwrap_or_default();
+        ip.parse()
+            .unwrap_or_else(|_| panic!("pod {pod} has no IPv4 pod IP in its status: {ip:?}"))
+    }
+
+    fn start(
+        &mut self,
+        pod: &str,
+        sandbox: &PodSandboxConfig,
+        name: &str,
+        command: &[&str],
+    ) -> String {
+        let container = cri::in_pod_network(cri::busybox_container(name, command, Vec::new()));
+        let id = self
+            .cri
+            .create_container(pod, &container, sandbox)
+            .unwrap_or_else(|e| {
+                panic!(
+                    "CreateContainer {name}: {e:#}\n{}\n{}",
+                    self.containerd.log(),
+                    cri::console_log(&self.containerd, pod)
+                )
+            });
+        self.cri.start_container(&id).unwrap_or_else(|e| {
+            panic!(
+                "StartContainer {name}: {e:#}\n{}\n{}",
+                self.containerd.log(),
+                cri::console_log(&self.containerd, pod)
+            )
+        });
+        id
+    }
+
+    fn exec(&mut self, id: &str, command: &[&str]) -> cri::ExecOutput {
+        let output = self.cri.exec_sync(id, command, EXEC).unwrap_or_else(|e| {
+            panic!(
+                "ExecSync {command:?} in {id}: {e:#}\n{}",
+                self.containerd.log()
+            )
+        });
+        assert_eq!(output.exit_code, 0, "{command:?} in {id}: {output:?}");
+        output
+    }
+
+    fn remove_pod(&mut self, pod: &str) {
+        self.cri.stop_pod_sandbox(pod).expect("StopPodSandbox");
+        self.cri.remove_pod_sandbox(pod).expect("RemovePodSandbox");
+    }
+}
+
+/// One HTTP/1.0 GET of `/` from `address`; the whole answer.
+fn http_get(address: SocketAddr) -> std::io::Result<String> {
+    let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(5))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    stream.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer)?;
+    Ok(answer)
+}
+
+/// Asks `address` until it answers with the greeting (the server in the VM may still be
+/// starting) or `timeout` passes; the last answer or error otherwise.
+fn http_get_until_greeted(address: SocketAddr, timeout: Duration) -> Result<String, String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let outcome = http_get(address);
+        match outcome {
+            Ok(answer) if answer.contains(GREETING) => return Ok(answer),
+            other if Instant::now() >= deadline => return Err(format!("{other:?}")),
+            _ => std::thread::sleep(Duration::from_millis(500)),
+        }
+    }
+}
+
+/// The network namespace path the sandbox's spec joins (what CNI set up).
+fn sandbox_netns(containerd: &Containerd, pod: &str) -> PathBuf {
+    let spec = cri::bundle_spec(containerd, pod).expect("sandbox bundle spec");
+    let path = spec["linux"]["namespaces"]
+        .as_array()
+        .and_then(|namespaces| {
+            namespaces
+                .iter()
+                .find(|ns| ns["type"] == "network")
+                .and_then(|ns| ns["path"].as_str())
+        })
+        .unwrap_or_else(|| panic!("the sandbox spec joins no network namespace: {spec}"));
+    PathBuf::from(path)
+}
+
+/// `ip -o link` inside the network namespace open at `/proc/self/fd/<fd>`.
+fn links_in(namespace: &std::fs::File) -> String {
+    use std::os::fd::AsRawFd;
+    let path = format!("/proc/{}/fd/{}", std::process::id(), namespace.as_raw_fd());
+    let output = std::process::Command::new("nsenter")
+        .arg(format!("--net={path}"))
+        .args(["ip", "-o", "link"])
+        .output()
+        .expect("run nsenter ip link");
+    assert!(output.status.success(), "nsenter: {output:?}");
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn host_links() -> String {
+    let output = std::process::Command::new("ip")
+        .args(["-o", "link"])
+        .output()
+        .expect("run ip link");
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .expect("host boot id")
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn the_pod_ip_reaches_the_serving_container_in_the_vm_from_the_host_and_another_namespace() {
+    let mut cluster = cluster();
+    let (pod, sandbox) = cluster.pod("web", VEIL_HANDLER);
+    let pod_ip = cluster.pod_ip(&pod);
+    let netns = sandbox_netns(&cluster.containerd, &pod);
+    let pod_namespace = std::fs::File::open(&netns)
+        .unwrap_or_else(|e| panic!("open the pod network namespace {}: {e}", netns.display()));
+    assert!(
+        links_in(&pod_namespace).contains("tap0_veil"),
+        "no tap in the pod namespace: {}",
+        links_in(&pod_namespace)
+    );
+
+    let serve = format!(
+        "mkdir -p /srv/www && echo {GREETING} > /srv/www/index.html && exec busybox httpd -f -p {PORT} -h /srv/www"
+    );
+    let web = cluster.start(&pod, &sandbox, "web", &["sh", "-c", &serve]);
+
+    // The container runs in the VM, and the VM holds the pod IP and CNI's default route.
+    let guest_boot_id = cluster.exec(&web, &["cat", "/proc/sys/kernel/random/boot_id"]);
+    assert_ne!(
+        guest_boot_id.stdout.trim(),
+        boot_id(),
+        "the container runs on the host"
+    );
+    let addresses = cluster.exec(&web, &["busybox", "ip", "-4", "addr"]);
+    assert!(
+        addresses.stdout.contains(&format!("inet {pod_ip}/24")),
+        "the guest lacks the pod IP {pod_ip}: {}",
+        addresses.stdout
+    );
+    let routes = cluster.exec(&web, &["busybox", "ip", "-4", "route"]);
+    assert!(
+        routes.stdout.contains("default via 10.88.77.1"),
+        "the guest lacks CNI's default route: {}",
+        routes.stdout
+    );
+
+    // From the host, through the bridge.
+    let address = SocketAddr::from((pod_ip, PORT));
+    let answer = http_get_until_greeted(address, FIRST_ANSWER).unwrap_or_else(|last| {
+        panic!(
+            "no greeting from {address} on the host: {last}\n{}",
+            cri::console_log(&cluster.containerd, &pod)
+        )
+    });
+    assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
+
+    // From another network namespace: a runc pod on the same bridge.
+    let (client_pod, client_sandbox) = cluster.pod("client", RUNC_HANDLER);
+    let client_ip = cluster.pod_ip(&client_pod);
+    assert_ne!(client_ip, pod_ip);
+    let client = cluster.start(&client_pod, &client_sandbox, "client", &["sleep", "600"]);
+    // busybox-static's wget crashes without the host's NSS libraries; nc does not resolve.
+    let get = format!("printf 'GET / HTTP/1.0\\r\\n\\r\\n' | busybox nc {pod_ip} {PORT}");
+    let fetched = cluster.exec(&client, &["sh", "-c", &get]);
+    assert!(
+        fetched.stdout.starts_with("HTTP/1.1 200 OK") && fetched.stdout.contains(GREETING),
+        "{fetched:?}"
+    );
+
+    // The guest can reach the other pod too (replies and new connections both ways).
+    let ping = cluster.exec(
+        &web,
+        &[
+            "busybox",
+            "ping",
+            "-c",
+            "1",
+            "-W",
+            "5",
+            &client_ip.to_string(),
+        ],
+    );
+    assert!(ping.stdout.contains("1 packets received"), "{ping:?}");
+
+    cluster.remove_pod(&client_pod);
+    cluster.remove_pod(&pod);
+    let containerd = &cluster.containerd;
+    assert!(
+        eventually(Duration::from_secs(60), || containerd
+            .qemu_processes()
+            .is_empty()),
+        "QEMU still running: {:?}",
+        containerd.qemu_processes()
+    );
+    assert!(
+        eventually(Duration::from_secs(30), || !links_in(&pod_namespace)
+            .contains("_veil")),
+        "the tap outlived the pod: {}",
+        links_in(&pod_namespace)
+    );
+    assert!(!netns.exists(), "containerd left {}", netns.display());
+    assert!(
+        !host_links().contains("_veil"),
+        "a tap on the host: {}",
+        host_links()
+    );
+    assert!(
+        cri::veil_state_entries(containerd).is_empty(),
+        "veil state left: {:?}",
+        cri::veil_state_entries(containerd)
+    );
+}
+
+#[test]
+fn a_host_network_pod_gets_no_pod_nic() {
+    let mut cluster = cluster();
+    let dir = cluster.containerd.dir().join("pods/host");
+    std::fs::create_dir_all(&dir).expect("pod dir");
+    let sandbox = cri::host_network_pod("host", &dir, HashMap::new());
+    let pod = cluster
+        .cri
+        .run_pod_sandbox(&sandbox, VEIL_HANDLER)
+        .unwrap_or_else(|e| panic!("RunPodSandbox: {e:#}\n{}", cluster.containerd.log()));
+    let container = cri::busybox_container("links", &["sleep", "600"], Vec::new());
+    let id = cluster
+        .cri
+        .create_container(&pod, &container, &sandbox)
+        .expect("CreateContainer");
+    cluster.cri.start_container(&id).expect("StartContainer");
+    let links = cluster.exec(&id, &["cat", "/proc/net/dev"]);
+    assert!(
+        !links.stdout.contains("eth"),
+        "a host-network pod's VM has a NIC: {}",
+        links.stdout
+    );
+    assert!(!host_links().contains("_veil"), "{}", host_links());
+    cluster.remove_pod(&pod);
+}
