@@ -6,12 +6,17 @@ CARGO        ?= cargo
 TARGET_DIR   ?= $(CURDIR)/target
 BUILD_DIR    ?= $(CURDIR)/build
 IMAGE_DIR    := $(BUILD_DIR)/image
+# Downloaded packages and the built minimal kernel, shared by `make image` and the tests.
+IMAGE_CACHE  := $(BUILD_DIR)/cache
+# minimal (veil's all-built-in kernel, built once and cached) or debian (the stock kernel).
+GUEST_KERNEL ?= minimal
 AGENT_TARGET := x86_64-unknown-linux-gnu
 AGENT_DIR    := $(TARGET_DIR)/agent-static
 AGENT_BIN    := $(AGENT_DIR)/$(AGENT_TARGET)/release/veil-agent
 
 export CARGO_TARGET_DIR := $(TARGET_DIR)
 export VEIL_GUEST_IMAGE_DIR := $(IMAGE_DIR)
+export VEIL_GUEST_IMAGE_CACHE := $(IMAGE_CACHE)
 
 .PHONY: all setup build agent image test demo bench lint clean
 
@@ -31,8 +36,11 @@ agent:
 	CARGO_PROFILE_RELEASE_DEBUG=false CARGO_TARGET_DIR=$(AGENT_DIR) \
 	$(CARGO) build --release -p veil-agent -p veil-model-server --target $(AGENT_TARGET)
 
+# The first build compiles the minimal kernel (about 6 minutes on 2 cores); later builds
+# reuse it from $(IMAGE_CACHE) until its inputs change.
 image: agent
-	$(CARGO) run --quiet -p veil-guest-image -- build --agent $(AGENT_BIN) --out $(IMAGE_DIR)
+	$(CARGO) run --quiet -p veil-guest-image -- build --agent $(AGENT_BIN) --out $(IMAGE_DIR) \
+		--kernel $(GUEST_KERNEL)
 
 test: setup build image
 	$(CARGO) test --workspace --no-fail-fast -- --test-threads=2

@@ -302,8 +302,14 @@ fn copy_image(from: &Path, share: &Path, dry_run: bool, report: &mut Report) -> 
 }
 
 fn desired_veil_config(options: &NodeOptions) -> Result<String> {
-    let (kernel, initrd) = runtime_config::image_paths(&options.share_dir());
-    Ok(runtime_config::render(&kernel, &initrd)?)
+    let share = options.share_dir();
+    let (kernel, initrd) = runtime_config::image_paths(&share);
+    // The stock-kernel fallback image needs q35; before the image is installed (a dry run)
+    // there is no manifest yet, and the default machine is the minimal kernel's.
+    let machine = veil_guest_image::manifest::read_manifest(&share)
+        .map(|manifest| veil_guest_image::KernelChoice::of(&manifest).machine())
+        .unwrap_or(veil_config::DEFAULT_MACHINE);
+    Ok(runtime_config::render(&kernel, &initrd, machine)?)
 }
 
 fn install_veil_config(options: &NodeOptions, report: &mut Report) -> Result<()> {

@@ -116,13 +116,18 @@ pub struct HypervisorConfig {
 /// launch scripts use, which QEMU measures on Milan and later.
 pub const DEFAULT_SNP_VCPU_TYPE: &str = "EPYC-v4";
 
+/// The default QEMU machine: microvm (virtio-mmio, no PCI bus or firmware to probe) with
+/// ACPI, on which veil's minimal kernel boots fastest. Debian's stock kernel (the fallback
+/// image) runs on `q35`, which `veil node install` sets for it; so does an SEV-SNP guest (OVMF).
+pub const DEFAULT_MACHINE: &str = "microvm,acpi=on";
+
 impl Default for HypervisorConfig {
     fn default() -> Self {
         HypervisorConfig {
             path: PathBuf::from("/usr/bin/qemu-system-x86_64"),
             kernel: PathBuf::from("/usr/local/share/veil/vmlinux"),
             initrd: PathBuf::from("/usr/local/share/veil/initramfs.img"),
-            machine: "q35".to_string(),
+            machine: DEFAULT_MACHINE.to_string(),
             accel: Accel::Auto,
             memory_mib: 512,
             vcpus: 1,

@@ -23,11 +23,12 @@ enum Command {
         /// Output directory.
         #[arg(long)]
         out: PathBuf,
-        /// Cache directory for downloaded packages [default: $XDG_CACHE_HOME/veil/guest-image].
+        /// Cache directory for downloaded packages and built kernels
+        /// [default: $VEIL_GUEST_IMAGE_CACHE, else $XDG_CACHE_HOME/veil/guest-image].
         #[arg(long)]
         cache: Option<PathBuf>,
-        /// Which guest kernel.
-        #[arg(long, value_enum, default_value_t = KernelArg::Debian)]
+        /// Which guest kernel: veil's minimal one, or Debian's stock kernel as a fallback.
+        #[arg(long, value_enum, default_value_t = KernelArg::Minimal)]
         kernel: KernelArg,
     },
 }

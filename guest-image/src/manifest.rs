@@ -127,6 +127,37 @@ pub struct BuildManifest {
     pub builder: String,
 }
 
+/// `manifest.json` of a built image could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadManifestError {
+    /// The file could not be read.
+    #[error("cannot read the image manifest {path}: {source}; rebuild the image (`make image`)")]
+    Io {
+        /// The manifest path.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not a manifest of this schema.
+    #[error("{path} is not a veil image manifest: {source}; rebuild the image (`make image`)")]
+    Parse {
+        /// The manifest path.
+        path: std::path::PathBuf,
+        /// Why.
+        source: serde_json::Error,
+    },
+}
+
+/// Reads `manifest.json` from the image directory `dir`.
+pub fn read_manifest(dir: &std::path::Path) -> Result<BuildManifest, ReadManifestError> {
+    let path = dir.join(crate::MANIFEST_FILE);
+    let text = std::fs::read(&path).map_err(|source| ReadManifestError::Io {
+        path: path.clone(),
+        source,
+    })?;
+    serde_json::from_slice(&text).map_err(|source| ReadManifestError::Parse { path, source })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

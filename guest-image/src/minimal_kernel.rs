@@ -14,7 +14,7 @@
 //! a key broker can recompute the kernel's digest from the pinned inputs.
 
 use crate::apt::{self, FetchPackageError, PinnedPackage, ResolvePackageError};
-use crate::command::{run_captured, RunToolError};
+use crate::command::{run_captured, run_reporting_progress, RunToolError};
 use crate::digest::sha256_bytes;
 use crate::elf;
 use crate::kconfig::KernelConfig;
@@ -34,6 +34,9 @@ const KBUILD_ENV: [(&str, &str); 4] = [
     ("KBUILD_BUILD_HOST", "veil"),
     ("KBUILD_BUILD_VERSION", "1"),
 ];
+/// What to install when a build tool is missing.
+const BUILD_TOOLS_HINT: &str =
+    "apt-get install -y make gcc flex bison bc libelf-dev libssl-dev xz-utils";
 const BZIMAGE: &str = "bzImage";
 const VMLINUX: &str = "vmlinux";
 const RELEASE: &str = "release";
@@ -172,10 +175,21 @@ fn build_into(deb: &Path, kernels: &Path, dir: &Path) -> Result<(), BuildMinimal
     configure(&tree)?;
     let jobs = std::thread::available_parallelism().map_or(1, usize::from);
     tracing::info!(jobs, tree = %tree.display(), "building the minimal kernel (about 6 minutes on 2 cores)");
-    step(
-        "make bzImage",
-        make(&tree).arg(format!("-j{jobs}")).arg("bzImage"),
-    )?;
+    // Not silent (-s), so that each compiled file is a line of progress.
+    let mut build = Command::new("make");
+    build
+        .current_dir(&tree)
+        .envs(KBUILD_ENV)
+        .arg(format!("-j{jobs}"))
+        .arg("bzImage");
+    let steps =
+        run_reporting_progress(&mut build, BUILD_TOOLS_HINT, "make bzImage").map_err(|source| {
+            BuildMinimalKernelError::Step {
+                step: "make bzImage",
+                source,
+            }
+        })?;
+    tracing::info!(steps, "kernel compiled");
     let release = step("make kernelrelease", make(&tree).arg("kernelrelease"))?;
 
     let staged = scratch.path().join("out");
@@ -289,11 +303,8 @@ fn make(tree: &Path) -> Command {
 }
 
 fn step(name: &'static str, command: &mut Command) -> Result<String, BuildMinimalKernelError> {
-    run_captured(
-        command,
-        "apt-get install -y make gcc flex bison bc libelf-dev libssl-dev xz-utils",
-    )
-    .map_err(|source| BuildMinimalKernelError::Step { step: name, source })
+    run_captured(command, BUILD_TOOLS_HINT)
+        .map_err(|source| BuildMinimalKernelError::Step { step: name, source })
 }
 
 fn create_dir(path: &Path) -> Result<(), BuildMinimalKernelError> {

@@ -52,6 +52,9 @@ pub struct Artifacts {
     pub kernel: PathBuf,
     /// Guest initramfs.
     pub initrd: PathBuf,
+    /// The QEMU machine the image's kernel boots on (microvm for the minimal kernel, q35
+    /// for the stock Debian one), as `veil node install` would configure it.
+    pub machine: String,
 }
 
 fn workspace_root() -> PathBuf {
@@ -70,6 +73,15 @@ pub(crate) fn target_profile_dir() -> Option<PathBuf> {
     } else {
         dir.to_path_buf()
     })
+}
+
+/// The machine for the image in `dir`, from its manifest.
+fn image_machine(dir: &Path) -> Result<String> {
+    let manifest = veil_guest_image::manifest::read_manifest(dir)
+        .with_context(|| "the guest image has no usable manifest: run `make image`")?;
+    Ok(veil_guest_image::KernelChoice::of(&manifest)
+        .machine()
+        .to_string())
 }
 
 impl Artifacts {
@@ -93,6 +105,7 @@ impl Artifacts {
                 image.join("vmlinuz")
             },
             initrd: image.join("initramfs.img"),
+            machine: image_machine(&image)?,
         };
         for (what, path, fix) in [
             ("shim", &artifacts.shim, "cargo build -p veil-shim"),
@@ -196,9 +209,10 @@ impl Containerd {
         std::fs::write(
             &veil_config,
             format!(
-                "[hypervisor]\nkernel = \"{}\"\ninitrd = \"{}\"\nboot_timeout_secs = 180\n\n[agent]\nlog_level = \"{}\"\n\n[runtime]\nstate_dir = \"{}\"\n",
+                "[hypervisor]\nkernel = \"{}\"\ninitrd = \"{}\"\nmachine = \"{}\"\nboot_timeout_secs = 180\n\n[agent]\nlog_level = \"{}\"\n\n[runtime]\nstate_dir = \"{}\"\n",
                 artifacts.kernel.display(),
                 artifacts.initrd.display(),
+                artifacts.machine,
                 // VEIL_TEST_AGENT_LOG=debug makes the guest console log (console_log) verbose.
                 std::env::var("VEIL_TEST_AGENT_LOG").unwrap_or_else(|_| "info".into()),
                 veil_state.display()

@@ -94,7 +94,7 @@ pub fn build(agent: &Path, out_dir: &Path) -> Result<PathBuf, PrepareImageError>
         agent: agent.to_path_buf(),
         out_dir: out_dir.to_path_buf(),
         cache_dir: veil_guest_image::default_cache_dir(),
-        kernel: KernelChoice::Debian,
+        kernel: KernelChoice::default(),
     };
     veil_guest_image::build(&options).map_err(|source| PrepareImageError::Build {
         out_dir: out_dir.to_path_buf(),

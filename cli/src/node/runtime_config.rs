@@ -19,8 +19,13 @@ pub enum RenderRuntimeConfigError {
     Invalid(#[from] ConfigError),
 }
 
-/// The text of the configuration for a guest image installed at `kernel` and `initrd`.
-pub fn render(kernel: &Path, initrd: &Path) -> Result<String, RenderRuntimeConfigError> {
+/// The text of the configuration for a guest image installed at `kernel` and `initrd`, to be
+/// booted on the QEMU `machine` its kernel needs.
+pub fn render(
+    kernel: &Path,
+    initrd: &Path,
+    machine: &str,
+) -> Result<String, RenderRuntimeConfigError> {
     let mut doc: DocumentMut =
         DEFAULT_CONFIG_TOML
             .parse()
@@ -31,8 +36,12 @@ pub fn render(kernel: &Path, initrd: &Path) -> Result<String, RenderRuntimeConfi
         .get_mut("hypervisor")
         .and_then(Item::as_table_mut)
         .ok_or_else(|| RenderRuntimeConfigError::Defaults("no [hypervisor] table".to_string()))?;
-    for (key, path) in [("kernel", kernel), ("initrd", initrd)] {
-        set_path_keeping_comments(hypervisor, key, path);
+    for (key, value) in [
+        ("kernel", kernel.to_string_lossy()),
+        ("initrd", initrd.to_string_lossy()),
+        ("machine", machine.into()),
+    ] {
+        set_keeping_comments(hypervisor, key, &value);
     }
     let text = doc.to_string();
     // The shim must be able to load what was installed; check it here, not at first pod.
@@ -41,13 +50,12 @@ pub fn render(kernel: &Path, initrd: &Path) -> Result<String, RenderRuntimeConfi
 }
 
 /// Replaces the value of `key` while keeping the comment lines above it and the spacing.
-fn set_path_keeping_comments(table: &mut toml_edit::Table, key: &str, path: &Path) {
-    let wanted = path.to_string_lossy().into_owned();
+fn set_keeping_comments(table: &mut toml_edit::Table, key: &str, wanted: &str) {
     let Some(item) = table.get_mut(key) else {
         table.insert(key, toml_edit::value(wanted));
         return;
     };
-    if item.as_str() == Some(wanted.as_str()) {
+    if item.as_str() == Some(wanted) {
         return;
     }
     let decor = item.as_value().map(|value| value.decor().clone());
@@ -73,14 +81,25 @@ mod tests {
     #[test]
     fn default_prefix_gives_the_shipped_file_unchanged() {
         let (kernel, initrd) = image_paths(Path::new("/usr/local/share/veil"));
-        let text = render(&kernel, &initrd).expect("render");
+        let text = render(&kernel, &initrd, veil_config::DEFAULT_MACHINE).expect("render");
         assert_eq!(text, DEFAULT_CONFIG_TOML);
+    }
+
+    #[test]
+    fn the_stock_kernel_image_gets_the_machine_it_boots_on() {
+        let (kernel, initrd) = image_paths(Path::new("/usr/local/share/veil"));
+        let machine = veil_guest_image::KernelChoice::Debian.machine();
+        let text = render(&kernel, &initrd, machine).expect("render");
+        let config = Config::parse(&text, Path::new("c.toml")).expect("loads");
+        assert_eq!(config.hypervisor.machine, "q35");
+        let minimal = veil_guest_image::KernelChoice::Minimal.machine();
+        assert_eq!(minimal, veil_config::DEFAULT_MACHINE);
     }
 
     #[test]
     fn another_prefix_changes_only_the_two_paths() {
         let (kernel, initrd) = image_paths(Path::new("/opt/veil/share/veil"));
-        let text = render(&kernel, &initrd).expect("render");
+        let text = render(&kernel, &initrd, veil_config::DEFAULT_MACHINE).expect("render");
         let config = Config::parse(&text, Path::new("c.toml")).expect("loads");
         assert_eq!(config.hypervisor.kernel, kernel);
         assert_eq!(config.hypervisor.initrd, initrd);

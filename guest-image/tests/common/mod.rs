@@ -6,9 +6,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use veil_guest_image::{build, BuildOptions, BuildOutput, KernelChoice};
 
-/// A cache shared by all test runs, so the kernel package is downloaded once per target dir.
+/// A cache shared by all test runs: `$VEIL_GUEST_IMAGE_CACHE` when set (`make test` sets it to
+/// the cache `make image` filled, so the minimal kernel is built once), else one per target dir.
 pub fn shared_cache_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("guest-image-cache")
+    std::env::var_os(veil_guest_image::CACHE_DIR_ENV)
+        .filter(|value| !value.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("guest-image-cache"))
 }
 
 /// Compiles tests/smoke-init/main.rs into a static binary in `dir` and returns its path.

@@ -388,6 +388,7 @@ mod tests {
         HypervisorConfig {
             kernel: "/k/vmlinuz".into(),
             initrd: "/k/initramfs.img".into(),
+            machine: "q35".into(),
             ..HypervisorConfig::default()
         }
     }

@@ -160,7 +160,7 @@ fn main() -> Result<()> {
          large model padded {} MiB (default 64; the issue asks 256 MiB: pass `--model-mib 256 \
          --memory-mib 1024`, as the guest tmpfs of the default 512 MiB VM cannot hold it; about \
          40 s per delivery under TCG).\n\n\
-         Acceleration: {}. Guest kernel `{}`, initramfs `{}`.\n\n\
+         Acceleration: {}. Guest kernel `{}`, initramfs `{}`, QEMU machine `{}`.\n\n\
          Conditions: {}\n\n\
          Machine before: `{facts_before}`\n\n\
          Machine after (load average shows what else ran): `{facts_after}`\n\n",
@@ -170,6 +170,7 @@ fn main() -> Result<()> {
         acceleration(&facts_before),
         containerd.artifacts.kernel.display(),
         containerd.artifacts.initrd.display(),
+        containerd.artifacts.machine,
         args.note.as_deref().unwrap_or(
             "not described (pass --note); the load averages below are the only record of what \
              else ran"
@@ -179,6 +180,10 @@ fn main() -> Result<()> {
     json.insert("benchmark".into(), "veil-end-to-end".into());
     json.insert("runs".into(), args.runs.into());
     json.insert("acceleration".into(), acceleration(&facts_before).into());
+    json.insert(
+        "qemu_machine".into(),
+        containerd.artifacts.machine.clone().into(),
+    );
     json.insert("note".into(), args.note.clone().into());
     json.insert("machine_before".into(), facts_before);
     json.insert("machine_after".into(), facts_after);
