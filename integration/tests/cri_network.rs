@@ -41,9 +41,21 @@ impl Drop for BridgeGuard {
 }
 
 struct Cluster {
-    containerd: Containerd,
     cri: CriClient,
+    containerd: Containerd,
     _bridge: BridgeGuard,
+    /// Pods not removed yet: a failing test removes them on drop, so CNI releases their
+    /// network namespaces (containerd's own exit would leave them mounted).
+    pods: Vec<String>,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for pod in std::mem::take(&mut self.pods) {
+            let _ = self.cri.stop_pod_sandbox(&pod);
+            let _ = self.cri.remove_pod_sandbox(&pod);
+        }
+    }
 }
 
 fn cluster() -> Cluster {
@@ -57,9 +69,10 @@ fn cluster() -> Cluster {
     cri.wait_network_ready(Duration::from_secs(60))
         .unwrap_or_else(|e| panic!("{e:#}\n{}", containerd.log()));
     Cluster {
-        containerd,
         cri,
+        containerd,
         _bridge: BridgeGuard(network),
+        pods: Vec::new(),
     }
 }
 
@@ -77,6 +90,7 @@ impl Cluster {
                     self.containerd.log()
                 )
             });
+        self.pods.push(id.clone());
         (id, config)
     }
 
@@ -129,6 +143,7 @@ impl Cluster {
     fn remove_pod(&mut self, pod: &str) {
         self.cri.stop_pod_sandbox(pod).expect("StopPodSandbox");
         self.cri.remove_pod_sandbox(pod).expect("RemovePodSandbox");
+        self.pods.retain(|p| p != pod);
     }
 }
 
