@@ -345,3 +345,79 @@ fn a_host_network_pod_gets_no_pod_nic() {
     assert!(!host_links().contains("_veil"), "{}", host_links());
     cluster.remove_pod(&pod);
 }
+
+/// A pod with both NICs: the egress NIC delivers the sealed model (the store is on the
+/// node's loopback, reached through slirp's on-link gateway) while the pod network owns
+/// the default route, and the model server answers on the pod IP from the host.
+#[test]
+fn a_delivering_pod_serves_on_its_pod_ip_while_the_pod_network_owns_the_default_route() {
+    let owner = veil_integration::owner::ModelOwner::start(43, 0).expect("model owner");
+    let mut cluster = cluster();
+    cri::import_model_server(&cluster.containerd).expect("import the serving image");
+    let dir = cluster.containerd.dir().join("pods/served");
+    std::fs::create_dir_all(&dir).expect("pod dir");
+    let annotations: HashMap<String, String> = owner.annotations("model").into_iter().collect();
+    let sandbox = cri::pod_network_pod("served", &dir, annotations);
+    let pod = cluster
+        .cri
+        .run_pod_sandbox(&sandbox, VEIL_HANDLER)
+        .unwrap_or_else(|e| panic!("RunPodSandbox: {e:#}\n{}", cluster.containerd.log()));
+    cluster.pods.push(pod.clone());
+    let pod_ip = cluster.pod_ip(&pod);
+
+    // The model volume is a guest tmpfs; the host side is only the bind source.
+    let volume = dir.join("volumes/model");
+    std::fs::create_dir_all(&volume).expect("volume dir");
+    let mut server = cri::in_pod_network(cri::busybox_container(
+        "server",
+        &[
+            "veil-model-server",
+            "serve",
+            "--model",
+            "/model/model.safetensors",
+            "--listen",
+            &format!("0.0.0.0:{PORT}"),
+        ],
+        vec![cri::bind_mount(&volume, "/model")],
+    ));
+    server.image = Some(k8s_cri::v1::ImageSpec {
+        image: veil_integration::MODEL_SERVER_IMAGE.to_string(),
+        ..Default::default()
+    });
+    let id = cluster
+        .cri
+        .create_container(&pod, &server, &sandbox)
+        .unwrap_or_else(|e| panic!("CreateContainer: {e:#}\n{}", cluster.containerd.log()));
+    cluster.cri.start_container(&id).unwrap_or_else(|e| {
+        panic!(
+            "StartContainer (after the delivery): {e:#}\n{}",
+            cri::console_log(&cluster.containerd, &pod)
+        )
+    });
+
+    let routes = cluster.exec(&id, &["busybox", "ip", "-4", "route"]);
+    assert!(
+        routes.stdout.contains("default via 10.88.77.1")
+            && !routes.stdout.contains("default via 10.0.2.2"),
+        "the pod network must own the default route: {}",
+        routes.stdout
+    );
+    assert!(
+        routes.stdout.contains("10.0.2.0/24"),
+        "the egress NIC keeps its subnet: {}",
+        routes.stdout
+    );
+
+    let binary = veil_integration::model_server_binary().expect("the static model server");
+    let query = std::process::Command::new(binary)
+        .args(["query", "--url", &format!("http://{pod_ip}:{PORT}")])
+        .args(["--input", "5.1,3.5,1.4,0.2", "--wait-secs", "120"])
+        .output()
+        .expect("run veil-model-server query on the host");
+    assert!(
+        query.status.success() && String::from_utf8_lossy(&query.stdout).contains("label"),
+        "no prediction from {pod_ip}:{PORT} on the host: {query:?}\n{}",
+        cri::console_log(&cluster.containerd, &pod)
+    );
+    cluster.remove_pod(&pod);
+}
