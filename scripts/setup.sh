@@ -14,6 +14,7 @@ APT_PACKAGES=(
   openssl gnupg              # seal throughput comparisons
   ovmf                       # SNP launch-digest tests (veil measure vs sev-snp-measure)
   protobuf-compiler          # protoc for the CRI API bindings (k8s-cri) the CRI tests use
+  containernetworking-plugins  # CNI bridge + host-local for the pod-network tests
 )
 # Google's Tink (sealed-format interop) and sev-snp-measure (independent SNP launch digest).
 PIP_PACKAGES=(tink sev-snp-measure)
