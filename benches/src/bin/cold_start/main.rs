@@ -1,11 +1,12 @@
 //! End-to-end benchmarks of veil next to runc, in one run on one machine: cold start per
-//! stage, pods started at once, memory per pod, and sealed-model delivery to the first
-//! inference answer. Writes benches/results/cold-start.{md,json}.
+//! stage, pods started at once, a whole pod through CRI, memory per pod, and sealed-model
+//! delivery to the first inference answer. Writes benches/results/cold-start.{md,json}.
 //!
 //! `veil-bench-cold-start [RUNS] [--concurrency 1,4] [--with-8] [--model-mib 64] ...`
 //! (`--help`). Needs root and the built artifacts (`make bench` builds them).
 
 mod concurrency;
+mod cri;
 mod ctr;
 mod delivery;
 mod memory;
@@ -31,6 +32,8 @@ enum Part {
     Memory,
     /// Sealed-model delivery to the first inference answer.
     Delivery,
+    /// A whole pod through containerd's CRI, veil vs runc.
+    Cri,
 }
 
 /// veil end-to-end benchmarks.
@@ -139,6 +142,11 @@ fn main() -> Result<()> {
         let pods = memory::measure(&containerd, args.runs.min(3), timeout)?;
         markdown.push_str(&memory::markdown(&pods, memory_mib));
         json.insert("memory".into(), memory::json(&pods, memory_mib));
+    }
+    if args.wants(Part::Cri) {
+        let starts = cri::measure(args.runs)?;
+        markdown.push_str(&cri::markdown(&starts));
+        json.insert("cri".into(), cri::json(&starts));
     }
     if args.wants(Part::Delivery) {
         containerd.import_model_server()?;
