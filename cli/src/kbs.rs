@@ -201,6 +201,7 @@ fn get(args: &GetArgs) -> anyhow::Result<Zeroizing<Vec<u8>>> {
         url: args.url.clone(),
         attester,
         timeout: Duration::from_secs(args.timeout),
+        resolver: None,
     };
     Ok(fetch_resource(&config, &args.resource)?)
 }

@@ -83,6 +83,7 @@ impl Harness {
             url: self.url(),
             attester: sample(measurement),
             timeout: TIMEOUT,
+            resolver: None,
         }
     }
 
@@ -204,6 +205,44 @@ fn full_sample_flow_releases_the_resource() {
     h.provision(RESOURCE, Some("claims.tee == 'sample' && claims.insecure"));
     let secret = fetch_resource(&h.sample_config("dev"), RESOURCE).unwrap();
     assert_eq!(secret.as_slice(), SECRET);
+}
+
+/// Resolves every name to the loopback address, and counts the lookups.
+#[derive(Debug, Default)]
+struct LoopbackResolver {
+    lookups: std::sync::atomic::AtomicUsize,
+}
+
+impl ureq::unversioned::resolver::Resolver for LoopbackResolver {
+    fn resolve(
+        &self,
+        uri: &ureq::http::Uri,
+        _config: &ureq::config::Config,
+        _timeout: ureq::unversioned::transport::NextTimeout,
+    ) -> Result<ureq::unversioned::resolver::ResolvedSocketAddrs, ureq::Error> {
+        self.lookups
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let port = uri.port_u16().ok_or(ureq::Error::HostNotFound)?;
+        let mut addresses = self.empty();
+        addresses.push(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
+        Ok(addresses)
+    }
+}
+
+#[test]
+fn the_broker_is_reached_by_name_through_the_configured_resolver() {
+    let h = Harness::start();
+    h.provision(RESOURCE, Some("claims.tee == 'sample' && claims.insecure"));
+    let port = h.url().rsplit(':').next().unwrap().to_string();
+    let resolver = Arc::new(LoopbackResolver::default());
+    let config = KbsClientConfig {
+        url: format!("http://broker.veil.invalid:{port}"),
+        resolver: Some(resolver.clone()),
+        ..h.sample_config("dev")
+    };
+    let secret = fetch_resource(&config, RESOURCE).unwrap();
+    assert_eq!(secret.as_slice(), SECRET);
+    assert!(resolver.lookups.load(std::sync::atomic::Ordering::SeqCst) >= 1);
 }
 
 #[test]

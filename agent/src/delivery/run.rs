@@ -272,7 +272,11 @@ fn unpack_failed(plan: &Plan, error: UnpackError) -> DeliveryError {
 }
 
 fn release_keyset(plan: &Plan) -> Result<Keyset, DeliveryError> {
-    let config = KbsClientConfig::new(plan.kbs_url.clone(), choose_attester(plan));
+    let config = KbsClientConfig {
+        // The broker's host name resolves like the store's: not through glibc's NSS.
+        resolver: Some(std::sync::Arc::new(super::resolve::GuestResolver::system())),
+        ..KbsClientConfig::new(plan.kbs_url.clone(), choose_attester(plan))
+    };
     let mut attempt = 1;
     let secret: Zeroizing<Vec<u8>> = loop {
         match veil_kbs_client::fetch_resource(&config, &plan.key_resource) {

@@ -3,10 +3,13 @@
 //! [`fetch_resource`] is what the agent calls. [`Connection`] exposes each step so tests (and
 //! tools) can drive the protocol one call at a time.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use ureq::unversioned::resolver::{ResolvedSocketAddrs, Resolver};
+use ureq::unversioned::transport::{DefaultConnector, NextTimeout};
 use zeroize::Zeroizing;
 
 use crate::evidence::{Attester, EvidenceError};
@@ -26,16 +29,35 @@ pub struct KbsClientConfig {
     pub attester: Attester,
     /// Bound on each HTTP call, connection included.
     pub timeout: Duration,
+    /// How the broker's host name is looked up; `None`: the system's resolver. A guest whose
+    /// libc cannot resolve names (veil's static agent) passes its own.
+    pub resolver: Option<Arc<dyn Resolver>>,
 }
 
 impl KbsClientConfig {
-    /// A configuration with the default 30 s timeout per call.
+    /// A configuration with the default 30 s timeout per call and the system's resolver.
     pub fn new(url: impl Into<String>, attester: Attester) -> Self {
         Self {
             url: url.into(),
             attester,
             timeout: Duration::from_secs(30),
+            resolver: None,
         }
+    }
+}
+
+/// A shared resolver, as ureq's agent wants one by value.
+#[derive(Debug)]
+struct SharedResolver(Arc<dyn Resolver>);
+
+impl Resolver for SharedResolver {
+    fn resolve(
+        &self,
+        uri: &ureq::http::Uri,
+        config: &ureq::config::Config,
+        timeout: NextTimeout,
+    ) -> Result<ResolvedSocketAddrs, ureq::Error> {
+        self.0.resolve(uri, config, timeout)
     }
 }
 
@@ -87,7 +109,7 @@ pub fn fetch_resource(
     resource: &str,
 ) -> Result<Zeroizing<Vec<u8>>, ClientError> {
     let path = ResourcePath::parse(resource)?;
-    let mut conn = Connection::new(&config.url, config.timeout);
+    let mut conn = Connection::with_resolver(&config.url, config.timeout, config.resolver.clone());
     let key = EphemeralKey::generate();
     let challenge = conn.auth(config.attester.tee())?;
     let attestation = build_attestation(&config.attester, &challenge.nonce, &key)?;
@@ -168,14 +190,29 @@ pub struct Connection {
 impl Connection {
     /// A connection to `base_url` with `timeout` per call.
     pub fn new(base_url: &str, timeout: Duration) -> Self {
+        Self::with_resolver(base_url, timeout, None)
+    }
+
+    /// Like [`Connection::new`], looking host names up with `resolver` when given.
+    pub fn with_resolver(
+        base_url: &str,
+        timeout: Duration,
+        resolver: Option<Arc<dyn Resolver>>,
+    ) -> Self {
         let config = ureq::Agent::config_builder()
             .timeout_global(Some(timeout))
             .http_status_as_error(false)
             .max_redirects(0)
             .build();
+        let agent = match resolver {
+            Some(resolver) => {
+                ureq::Agent::with_parts(config, DefaultConnector::new(), SharedResolver(resolver))
+            }
+            None => ureq::Agent::new_with_config(config),
+        };
         Self {
             base: base_url.trim_end_matches('/').to_owned(),
-            agent: ureq::Agent::new_with_config(config),
+            agent,
             cookie: None,
         }
     }
@@ -369,6 +406,7 @@ mod tests {
             url: "http://127.0.0.1:1".into(),
             attester: Attester::Sample(Default::default()),
             timeout: Duration::from_secs(5),
+            resolver: None,
         };
         let err = fetch_resource(&config, "a/b/c").unwrap_err();
         assert!(matches!(err, ClientError::Transport { .. }), "{err}");
