@@ -4,7 +4,8 @@
 //! initramfs does not have, so `http://store.example/...` cannot be looked up the usual
 //! way. [`GuestResolver`] asks the name servers of the guest's `/etc/resolv.conf` (the
 //! agent writes it: QEMU user networking's DNS, 10.0.2.3) directly, with one DNS query
-//! for IPv4 addresses over UDP. IP literals skip DNS.
+//! for IPv4 addresses over UDP. IP literals skip DNS. The messages are encoded and parsed by
+//! `hickory-proto`; only the UDP exchange (one socket, bounded retries) is veil's.
 //!
 //! What the node can observe: the names the guest looks up (QEMU's DNS forwards them), as
 //! it can observe the connections to the store and the broker anyway.
@@ -13,6 +14,8 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use hickory_proto::op::{Message, MessageType, Query, ResponseCode};
+use hickory_proto::rr::{Name, RData, RecordType};
 use ureq::http::Uri;
 use ureq::unversioned::resolver::{DefaultResolver, ResolvedSocketAddrs, Resolver};
 use ureq::unversioned::transport::NextTimeout;
@@ -26,8 +29,6 @@ const TRIES_PER_SERVER: u32 = 2;
 /// Datagrams read per query before giving up on stray ones (wrong id).
 const MAX_DATAGRAMS: u32 = 8;
 const DNS_PORT: u16 = 53;
-const TYPE_A: u16 = 1;
-const CLASS_IN: u16 = 1;
 
 /// Resolving a host name failed.
 #[derive(Debug, thiserror::Error)]
@@ -55,7 +56,7 @@ pub enum ResolveError {
         /// The name asked for.
         name: String,
         /// The DNS RCODE.
-        rcode: u8,
+        rcode: u16,
     },
     /// An answer could not be parsed.
     #[error("name server {server} sent a malformed answer for {name}")]
@@ -206,8 +207,7 @@ enum QueryError {
 }
 
 fn query_a(server: SocketAddr, name: &str) -> Result<Vec<Ipv4Addr>, QueryError> {
-    let id = query_id();
-    let query = build_query(id, name).map_err(QueryError::Answer)?;
+    let (id, query) = build_query(name).map_err(QueryError::Answer)?;
     let local: SocketAddr = if server.is_ipv4() {
         (Ipv4Addr::UNSPECIFIED, 0).into()
     } else {
@@ -225,14 +225,14 @@ fn query_a(server: SocketAddr, name: &str) -> Result<Vec<Ipv4Addr>, QueryError> 
         match parse_answer(id, name, &buffer[..length]) {
             Answer::OtherId => continue,
             Answer::Addresses(addresses) => return Ok(addresses),
+            Answer::NotFound => {
+                return Err(QueryError::Answer(ResolveError::NotFound(name.to_string())))
+            }
             Answer::Failed(rcode) => {
-                return Err(QueryError::Answer(match rcode {
-                    3 => ResolveError::NotFound(name.to_string()),
-                    _ => ResolveError::ServerFailure {
-                        server,
-                        name: name.to_string(),
-                        rcode,
-                    },
+                return Err(QueryError::Answer(ResolveError::ServerFailure {
+                    server,
+                    name: name.to_string(),
+                    rcode,
                 }))
             }
             Answer::Empty => {
@@ -253,41 +253,20 @@ fn query_a(server: SocketAddr, name: &str) -> Result<Vec<Ipv4Addr>, QueryError> 
     )))
 }
 
-/// A query id that another host cannot guess in advance (the answer must echo it).
-fn query_id() -> u16 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u64(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64),
-    );
-    hasher.finish() as u16
-}
-
-/// A recursive query for the A records of `name` (RFC 1035 section 4.1).
-fn build_query(id: u16, name: &str) -> Result<Vec<u8>, ResolveError> {
+/// A recursive query for the A records of `name`, with a random id (the answer must echo
+/// it, so another host cannot slip in an answer without seeing the query); returns the id
+/// and the wire bytes.
+fn build_query(name: &str) -> Result<(u16, Vec<u8>), ResolveError> {
     let invalid = || ResolveError::InvalidName(name.to_string());
-    let trimmed = name.strip_suffix('.').unwrap_or(name);
-    if trimmed.is_empty() || trimmed.len() > 253 {
+    if name.trim_end_matches('.').is_empty() {
         return Err(invalid());
     }
-    let mut query = Vec::with_capacity(18 + trimmed.len());
-    query.extend_from_slice(&id.to_be_bytes());
-    // Flags: recursion desired. One question, no other records.
-    query.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
-    for label in trimmed.split('.') {
-        let length = u8::try_from(label.len()).map_err(|_| invalid())?;
-        if length == 0 || length > 63 {
-            return Err(invalid());
-        }
-        query.push(length);
-        query.extend_from_slice(label.as_bytes());
-    }
-    query.push(0);
-    query.extend_from_slice(&TYPE_A.to_be_bytes());
-    query.extend_from_slice(&CLASS_IN.to_be_bytes());
-    Ok(query)
+    let name = Name::from_ascii(name).map_err(|_| invalid())?;
+    let mut message = Message::query();
+    message.metadata.recursion_desired = true;
+    message.add_query(Query::query(name, RecordType::A));
+    let bytes = message.to_vec().map_err(|_| invalid())?;
+    Ok((message.metadata.id, bytes))
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -298,87 +277,85 @@ enum Answer {
     Addresses(Vec<Ipv4Addr>),
     /// No A record (e.g. only a CNAME without its target's address).
     Empty,
-    /// RCODE other than 0.
-    Failed(u8),
-    /// Truncated or unparsable.
+    /// The name does not exist (NXDOMAIN).
+    NotFound,
+    /// Another error code.
+    Failed(u16),
+    /// Truncated, not a response, or unparsable.
     Malformed,
 }
 
-fn be16(message: &[u8], at: usize) -> Option<u16> {
-    let bytes = message.get(at..at.checked_add(2)?)?;
-    Some(u16::from_be_bytes([bytes[0], bytes[1]]))
-}
-
-/// The offset just after the (possibly compressed) name at `at`.
-fn skip_name(message: &[u8], mut at: usize) -> Option<usize> {
-    // A name has at most 127 labels; the bound also stops malformed loops.
-    for _ in 0..128 {
-        let length = *message.get(at)?;
-        match length >> 6 {
-            0 if length == 0 => return Some(at + 1),
-            0 => at = at.checked_add(1 + usize::from(length))?,
-            // A compression pointer ends the name in place.
-            3 => return (at + 2 <= message.len()).then_some(at + 2),
-            _ => return None,
-        }
-    }
-    None
-}
-
-fn parse_answer(id: u16, name: &str, message: &[u8]) -> Answer {
-    parse(id, message).unwrap_or_else(|| {
+fn parse_answer(id: u16, name: &str, bytes: &[u8]) -> Answer {
+    let Ok(message) = Message::from_vec(bytes) else {
         tracing::debug!(name, "malformed DNS answer");
-        Answer::Malformed
-    })
-}
-
-fn parse(id: u16, message: &[u8]) -> Option<Answer> {
-    if be16(message, 0)? != id {
-        return Some(Answer::OtherId);
+        return Answer::Malformed;
+    };
+    let header = &message.metadata;
+    if header.id != id {
+        return Answer::OtherId;
     }
-    let flags = be16(message, 2)?;
-    let is_response = flags & 0x8000 != 0;
-    let truncated = flags & 0x0200 != 0;
-    if !is_response || truncated {
-        return None;
+    // A truncated answer would need TCP; the guest's DNS (slirp) answers A queries in one
+    // datagram.
+    if header.message_type != MessageType::Response || header.truncation {
+        return Answer::Malformed;
     }
-    let rcode = (flags & 0x000f) as u8;
-    if rcode != 0 {
-        return Some(Answer::Failed(rcode));
+    match header.response_code {
+        ResponseCode::NoError => {}
+        ResponseCode::NXDomain => return Answer::NotFound,
+        other => return Answer::Failed(other.into()),
     }
-    let questions = be16(message, 4)?;
-    let answers = be16(message, 6)?;
-    let mut at = 12;
-    for _ in 0..questions {
-        at = skip_name(message, at)?.checked_add(4)?;
-    }
-    let mut addresses = Vec::new();
-    for _ in 0..answers {
-        at = skip_name(message, at)?;
-        let kind = be16(message, at)?;
-        let class = be16(message, at + 2)?;
-        let length = usize::from(be16(message, at + 8)?);
-        let data = message.get(at + 10..at + 10 + length)?;
-        if kind == TYPE_A && class == CLASS_IN && length == 4 {
-            addresses.push(Ipv4Addr::new(data[0], data[1], data[2], data[3]));
-        }
-        at += 10 + length;
-    }
-    Some(if addresses.is_empty() {
+    let addresses: Vec<Ipv4Addr> = message
+        .answers
+        .iter()
+        .filter_map(|record| match &record.data {
+            RData::A(address) => Some(address.0),
+            _ => None,
+        })
+        .collect();
+    if addresses.is_empty() {
         Answer::Empty
     } else {
         Answer::Addresses(addresses)
-    })
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hickory_proto::op::OpCode;
+    use hickory_proto::rr::rdata::{A, TXT};
+    use hickory_proto::rr::Record;
     use std::io::{Read, Write};
     use std::net::TcpListener;
 
-    /// A one-thread DNS responder on 127.0.0.1: `store.example` is 127.0.0.1, every
-    /// other name NXDOMAIN. Answers up to `queries` queries.
+    /// The answer a name server gives to `query`: `store.example` is 127.0.0.1 (after a TXT
+    /// record to skip), every other name NXDOMAIN.
+    fn reply_to(query: &[u8]) -> Vec<u8> {
+        let query = Message::from_vec(query).expect("a DNS query");
+        let question = query.queries[0].clone();
+        let mut reply = Message::response(query.metadata.id, OpCode::Query);
+        reply.metadata.recursion_desired = true;
+        reply.metadata.recursion_available = true;
+        let name = question.name().clone();
+        if name == Name::from_ascii("store.example.").expect("name") {
+            reply.add_answer(Record::from_rdata(
+                name.clone(),
+                60,
+                RData::TXT(TXT::new(vec!["x".into()])),
+            ));
+            reply.add_answer(Record::from_rdata(
+                name,
+                60,
+                RData::A(A(Ipv4Addr::LOCALHOST)),
+            ));
+        } else {
+            reply.metadata.response_code = ResponseCode::NXDomain;
+        }
+        reply.add_query(question);
+        reply.to_vec().expect("encode")
+    }
+
+    /// A one-thread DNS responder on 127.0.0.1 ([`reply_to`]), for up to `queries` queries.
     fn dns_responder(queries: usize) -> (SocketAddr, std::thread::JoinHandle<()>) {
         let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
         socket
@@ -391,21 +368,7 @@ mod tests {
                 let Ok((length, peer)) = socket.recv_from(&mut buffer) else {
                     return;
                 };
-                let query = &buffer[..length];
-                let question_end = skip_name(query, 12).expect("question") + 4;
-                let known = query[12..].starts_with(b"\x05store\x07example\x00");
-                let mut reply = query[..question_end].to_vec();
-                reply[2] = 0x81; // response, recursion desired
-                reply[3] = if known { 0x80 } else { 0x83 }; // recursion available; NXDOMAIN
-                if known {
-                    reply[7] = 2; // two answers: a CNAME-like record to skip, then the A
-                                  // A TXT record for the same name (pointer to the question's name).
-                    reply.extend_from_slice(&[0xc0, 12, 0, 16, 0, 1, 0, 0, 0, 60, 0, 2, 1, b'x']);
-                    reply.extend_from_slice(&[
-                        0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 127, 0, 0, 1,
-                    ]);
-                }
-                let _ = socket.send_to(&reply, peer);
+                let _ = socket.send_to(&reply_to(&buffer[..length]), peer);
             }
         });
         (address, handle)
@@ -477,29 +440,35 @@ mod tests {
 
     #[test]
     fn hostile_answers_are_refused_without_panicking() {
-        assert!(build_query(1, "").is_err());
-        assert!(build_query(1, &"a".repeat(64)).is_err());
-        assert!(build_query(1, "a..b").is_err());
-        let query = build_query(7, "store.example.").expect("query");
-        // Every prefix of a valid answer, and a pointer loop, parse to a refusal.
-        let mut answer = query.clone();
-        answer[2] = 0x81;
-        answer[7] = 1;
-        answer.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 10, 1, 2, 3]);
+        assert!(build_query("").is_err());
+        assert!(build_query(&"a".repeat(64)).is_err());
+        assert!(build_query("a..b").is_err());
+        let (id, query) = build_query("store.example.").expect("query");
+        let answer = reply_to(&query);
         assert_eq!(
-            parse_answer(7, "store.example", &answer),
-            Answer::Addresses(vec![Ipv4Addr::new(10, 1, 2, 3)])
+            parse_answer(id, "store.example", &answer),
+            Answer::Addresses(vec![Ipv4Addr::LOCALHOST])
         );
+        // Every prefix of a valid answer parses to a refusal, never to the addresses.
         for end in 0..answer.len() {
             assert_ne!(
-                parse_answer(7, "store.example", &answer[..end]),
-                Answer::Addresses(vec![Ipv4Addr::new(10, 1, 2, 3)]),
+                parse_answer(id, "store.example", &answer[..end]),
+                Answer::Addresses(vec![Ipv4Addr::LOCALHOST]),
                 "prefix {end}"
             );
         }
-        assert_eq!(parse_answer(8, "x", &answer), Answer::OtherId);
-        let mut looping = answer.clone();
-        looping[12] = 0x3f; // a label running off the end
-        assert_eq!(parse_answer(7, "x", &looping), Answer::Malformed);
+        assert_eq!(
+            parse_answer(id.wrapping_add(1), "x", &answer),
+            Answer::OtherId
+        );
+        // The query itself is not an answer.
+        assert_eq!(parse_answer(id, "x", &query), Answer::Malformed);
+        let mut running_off = answer.clone();
+        running_off[12] = 0x3f; // a label longer than the message
+        assert_eq!(parse_answer(id, "x", &running_off), Answer::Malformed);
+        let (_, unknown) = build_query("nowhere.example").expect("query");
+        let nxdomain = reply_to(&unknown);
+        let unknown_id = u16::from_be_bytes([nxdomain[0], nxdomain[1]]);
+        assert_eq!(parse_answer(unknown_id, "x", &nxdomain), Answer::NotFound);
     }
 }
