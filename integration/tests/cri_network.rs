@@ -22,12 +22,14 @@ const GREETING: &str = "hello-from-the-veil-pod";
 /// How long the server in the VM gets to answer its first request.
 const FIRST_ANSWER: Duration = Duration::from_secs(120);
 
-fn network() -> CniBridge {
+/// The bridge network of test number `index`: each test has its own bridge and subnet, as
+/// the tests run in parallel and each removes its bridge when it ends.
+fn network(index: u8) -> CniBridge {
     CniBridge {
-        name: "veil-it-net".into(),
-        bridge: "veilit0".into(),
-        subnet: "10.88.77.0/24".into(),
-        gateway: "10.88.77.1".into(),
+        name: format!("veil-it-net{index}"),
+        bridge: format!("veilit{index}"),
+        subnet: format!("10.88.{}.0/24", 77 + index),
+        gateway: format!("10.88.{}.1", 77 + index),
     }
 }
 
@@ -58,8 +60,7 @@ impl Drop for Cluster {
     }
 }
 
-fn cluster() -> Cluster {
-    let network = network();
+fn cluster(network: CniBridge) -> Cluster {
     cri::remove_cni_bridge(&network);
     let containerd = Containerd::start_cri(&Options::default()).expect("start containerd with CRI");
     cri::install_cni_bridge(&containerd, &network).unwrap_or_else(|e| panic!("{e:#}"));
@@ -216,7 +217,8 @@ fn boot_id() -> String {
 
 #[test]
 fn the_pod_ip_reaches_the_serving_container_in_the_vm_from_the_host_and_another_namespace() {
-    let mut cluster = cluster();
+    let network = network(0);
+    let mut cluster = cluster(network.clone());
     let (pod, sandbox) = cluster.pod("web", VEIL_HANDLER);
     let pod_ip = cluster.pod_ip(&pod);
     let netns = sandbox_netns(&cluster.containerd, &pod);
@@ -248,7 +250,9 @@ fn the_pod_ip_reaches_the_serving_container_in_the_vm_from_the_host_and_another_
     );
     let routes = cluster.exec(&web, &["busybox", "ip", "-4", "route"]);
     assert!(
-        routes.stdout.contains("default via 10.88.77.1"),
+        routes
+            .stdout
+            .contains(&format!("default via {}", network.gateway)),
         "the guest lacks CNI's default route: {}",
         routes.stdout
     );
@@ -322,7 +326,7 @@ fn the_pod_ip_reaches_the_serving_container_in_the_vm_from_the_host_and_another_
 
 #[test]
 fn a_host_network_pod_gets_no_pod_nic() {
-    let mut cluster = cluster();
+    let mut cluster = cluster(network(1));
     let dir = cluster.containerd.dir().join("pods/host");
     std::fs::create_dir_all(&dir).expect("pod dir");
     let sandbox = cri::host_network_pod("host", &dir, HashMap::new());
@@ -352,7 +356,8 @@ fn a_host_network_pod_gets_no_pod_nic() {
 #[test]
 fn a_delivering_pod_serves_on_its_pod_ip_while_the_pod_network_owns_the_default_route() {
     let owner = veil_integration::owner::ModelOwner::start(43, 0).expect("model owner");
-    let mut cluster = cluster();
+    let network = network(2);
+    let mut cluster = cluster(network.clone());
     cri::import_model_server(&cluster.containerd).expect("import the serving image");
     let dir = cluster.containerd.dir().join("pods/served");
     std::fs::create_dir_all(&dir).expect("pod dir");
@@ -397,7 +402,9 @@ fn a_delivering_pod_serves_on_its_pod_ip_while_the_pod_network_owns_the_default_
 
     let routes = cluster.exec(&id, &["busybox", "ip", "-4", "route"]);
     assert!(
-        routes.stdout.contains("default via 10.88.77.1")
+        routes
+            .stdout
+            .contains(&format!("default via {}", network.gateway))
             && !routes.stdout.contains("default via 10.0.2.2"),
         "the pod network must own the default route: {}",
         routes.stdout
