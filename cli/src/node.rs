@@ -74,6 +74,11 @@ pub struct NodeOptions {
     /// Print what would change, change nothing.
     #[arg(long)]
     dry_run: bool,
+    /// The node's root filesystem is mounted here (the node-installer DaemonSet mounts it at
+    /// /host): files are written below it, while the paths inside the configuration files
+    /// stay as the node sees them.
+    #[arg(long)]
+    host_root: Option<PathBuf>,
 }
 
 impl NodeOptions {
@@ -83,6 +88,14 @@ impl NodeOptions {
 
     fn share_dir(&self) -> PathBuf {
         self.prefix.join("share").join("veil")
+    }
+
+    /// Where a path of the node is, as this process reaches it (below `--host-root`).
+    fn on_host(&self, path: &Path) -> PathBuf {
+        match &self.host_root {
+            Some(root) => root.join(path.strip_prefix("/").unwrap_or(path)),
+            None => path.to_path_buf(),
+        }
     }
 }
 
@@ -203,9 +216,9 @@ fn install(options: &NodeOptions) -> Result<Report> {
 fn uninstall(options: &NodeOptions) -> Result<Report> {
     let mut report = Report::default();
     unregister_runtime(options, &mut report)?;
-    let shim = options.shim_dest();
+    let shim = options.on_host(&options.shim_dest());
     report.add(files::remove(&shim, options.dry_run)?, &shim, "shim");
-    let share = options.share_dir();
+    let share = options.on_host(&options.share_dir());
     for name in image::REQUIRED_FILES {
         let path = share.join(name);
         report.add(files::remove(&path, options.dry_run)?, &path, "guest image");
@@ -239,14 +252,14 @@ fn install_shim(options: &NodeOptions, report: &mut Report) -> Result<()> {
             source.display()
         );
     }
-    let dest = options.shim_dest();
+    let dest = options.on_host(&options.shim_dest());
     let change = files::install_copy(&source, &dest, 0o755, options.dry_run)?;
     report.add(change, &dest, format!("shim, from {}", source.display()));
     Ok(())
 }
 
 fn install_image(options: &NodeOptions, report: &mut Report) -> Result<()> {
-    let share = options.share_dir();
+    let share = options.on_host(&options.share_dir());
     let agent = match &options.agent {
         Some(path) => path.clone(),
         None => next_to_this_executable(AGENT_NAME)?,
@@ -306,14 +319,14 @@ fn desired_veil_config(options: &NodeOptions) -> Result<String> {
     let (kernel, initrd) = runtime_config::image_paths(&share);
     // The stock-kernel fallback image needs q35; before the image is installed (a dry run)
     // there is no manifest yet, and the default machine is the minimal kernel's.
-    let machine = veil_guest_image::manifest::read_manifest(&share)
+    let machine = veil_guest_image::manifest::read_manifest(&options.on_host(&share))
         .map(|manifest| veil_guest_image::KernelChoice::of(&manifest).machine())
         .unwrap_or(veil_config::DEFAULT_MACHINE);
     Ok(runtime_config::render(&kernel, &initrd, machine)?)
 }
 
 fn install_veil_config(options: &NodeOptions, report: &mut Report) -> Result<()> {
-    let path = &options.veil_config;
+    let path = &options.on_host(&options.veil_config);
     let desired = desired_veil_config(options)?;
     match files::read_if_exists(path)? {
         Some(current) if current != desired.as_bytes() => report.kept.push((
@@ -329,7 +342,7 @@ fn install_veil_config(options: &NodeOptions, report: &mut Report) -> Result<()>
 }
 
 fn uninstall_veil_config(options: &NodeOptions, report: &mut Report) -> Result<()> {
-    let path = &options.veil_config;
+    let path = &options.on_host(&options.veil_config);
     let desired = desired_veil_config(options)?;
     match files::read_if_exists(path)? {
         None => report.add(FileChange::Absent, path, "veil configuration"),
@@ -364,7 +377,7 @@ struct RuntimeRegistration {
 }
 
 fn plan_runtime_registration(options: &NodeOptions) -> Result<RuntimeRegistration> {
-    let path = &options.containerd_config;
+    let path = &options.on_host(&options.containerd_config);
     let existing = read_text(path)?;
     let original = existing.as_deref().unwrap_or(containerd::new_file_text());
     let entry = RuntimeEntry {
@@ -381,7 +394,7 @@ fn plan_runtime_registration(options: &NodeOptions) -> Result<RuntimeRegistratio
 
 impl RuntimeRegistration {
     fn apply(self, options: &NodeOptions, report: &mut Report) -> Result<()> {
-        let path = &options.containerd_config;
+        let path = &options.on_host(&options.containerd_config);
         if self.change.is_change() && !options.dry_run {
             files::write_through_symlink(path, self.edit.text.as_bytes())?;
         }
@@ -392,7 +405,7 @@ impl RuntimeRegistration {
 }
 
 fn unregister_runtime(options: &NodeOptions, report: &mut Report) -> Result<()> {
-    let path = &options.containerd_config;
+    let path = &options.on_host(&options.containerd_config);
     let Some(existing) = read_text(path)? else {
         report.add(FileChange::Absent, path, "containerd config");
         return Ok(());

@@ -427,3 +427,97 @@ fn containerd_cri_plugin_loads_the_veil_runtime() {
     assert!(log.contains(&config_path), "{log}");
     assert!(log.contains("runc:{Type:io.containerd.runc.v2"), "{log}");
 }
+
+/// What the node-installer DaemonSet does: the node's root is mounted at a directory, and
+/// install writes below it while the configuration files name the node's own paths.
+#[test]
+fn install_from_a_pod_writes_below_the_host_root_and_records_the_nodes_paths() {
+    let node = Node::new();
+    let host = node.path("host");
+    let image = node.path("image");
+    let output = Command::new(env!("CARGO_BIN_EXE_veil"))
+        .args(["node", "install", "--host-root"])
+        .arg(&host)
+        .arg("--shim")
+        .arg(node.path("shim-build"))
+        .arg("--image-dir")
+        .arg(&image)
+        .env_remove("VEIL_GUEST_IMAGE_DIR")
+        .env("XDG_CACHE_HOME", node.path("cache"))
+        .output()
+        .expect("run veil");
+    succeed(output);
+    assert!(host.join("usr/local/bin/containerd-shim-veil-v2").is_file());
+    assert!(host.join("usr/local/share/veil/vmlinux").is_file());
+    let veil_config = read(&host.join("etc/veil/configuration.toml"));
+    assert!(
+        veil_config.contains("kernel = \"/usr/local/share/veil/vmlinux\""),
+        "{veil_config}"
+    );
+    let containerd_config = read(&host.join("etc/containerd/config.toml"));
+    assert!(
+        containerd_config.contains("/etc/veil/configuration.toml"),
+        "{containerd_config}"
+    );
+    assert!(
+        !veil_config.contains(host.to_str().expect("utf-8"))
+            && !containerd_config.contains(host.to_str().expect("utf-8")),
+        "a configuration names the mount point instead of the node's path"
+    );
+    let uninstall = Command::new(env!("CARGO_BIN_EXE_veil"))
+        .args(["node", "uninstall", "--host-root"])
+        .arg(&host)
+        .output()
+        .expect("run veil");
+    succeed(uninstall);
+    assert!(!host.join("usr/local/bin/containerd-shim-veil-v2").exists());
+    assert!(!host.join("etc/veil/configuration.toml").exists());
+}
+
+/// The node-installer DaemonSet's install and uninstall commands are ones this `veil`
+/// accepts: run with the manifest's flags, the image's paths mapped to this test's files.
+#[test]
+fn the_node_installer_daemonset_runs_commands_veil_accepts() {
+    let manifest = read(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/kubernetes/node-installer.yaml"),
+    );
+    let node = Node::new();
+    fs::create_dir_all(node.path("opt/veil/bin")).expect("mkdir");
+    fs::copy(
+        node.path("shim-build"),
+        node.path("opt/veil/bin/containerd-shim-veil-v2"),
+    )
+    .expect("shim");
+    fs::rename(node.path("image"), node.path("opt/veil/image")).expect("image");
+    for verb in ["install", "uninstall"] {
+        let marker = format!("/opt/veil/bin/veil node {verb} ");
+        let line = manifest
+            .lines()
+            .find_map(|line| line.split_once(marker.as_str()).map(|(_, args)| args))
+            .unwrap_or_else(|| panic!("the manifest runs no `veil node {verb}`"));
+        let args: Vec<String> = line
+            .trim_end_matches(';')
+            .split_whitespace()
+            .take_while(|word| *word != "&&")
+            .map(|word| {
+                word.replacen("/host", node.path("host").to_str().expect("utf-8"), 1)
+                    .replacen(
+                        "/opt/veil",
+                        node.path("opt/veil").to_str().expect("utf-8"),
+                        1,
+                    )
+            })
+            .collect();
+        let output = Command::new(env!("CARGO_BIN_EXE_veil"))
+            .args(["node", verb])
+            .args(&args)
+            .env_remove("VEIL_GUEST_IMAGE_DIR")
+            .env("XDG_CACHE_HOME", node.path("cache"))
+            .output()
+            .expect("run veil");
+        succeed(output);
+    }
+    assert!(!node
+        .path("host/usr/local/bin/containerd-shim-veil-v2")
+        .exists());
+}
