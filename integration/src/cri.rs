@@ -48,18 +48,24 @@ pub fn import_images(containerd: &Containerd) -> Result<()> {
     let pause = containerd.dir().join("cri-pause.tar");
     oci::write_pause_image(&pause, PAUSE_IMAGE)?;
     for tarball in [&busybox, &pause] {
-        let path = tarball.display().to_string();
-        let output = containerd.run_ctr(
-            &["-n", NAMESPACE, "image", "import", &path],
-            None,
-            Duration::from_secs(60),
-        )?;
-        if output.code != 0 {
-            bail!(
-                "ctr -n {NAMESPACE} image import {path} failed: {}",
-                output.stderr
-            );
-        }
+        import_tarball(containerd, tarball)?;
+    }
+    Ok(())
+}
+
+/// `ctr -n k8s.io image import TARBALL`.
+fn import_tarball(containerd: &Containerd, tarball: &Path) -> Result<()> {
+    let path = tarball.display().to_string();
+    let output = containerd.run_ctr(
+        &["-n", NAMESPACE, "image", "import", &path],
+        None,
+        Duration::from_secs(60),
+    )?;
+    if output.code != 0 {
+        bail!(
+            "ctr -n {NAMESPACE} image import {path} failed: {}",
+            output.stderr
+        );
     }
     Ok(())
 }
@@ -79,19 +85,7 @@ pub fn import_model_server(containerd: &Containerd) -> Result<()> {
             data,
         }],
     )?;
-    let path = tarball.display().to_string();
-    let output = containerd.run_ctr(
-        &["-n", NAMESPACE, "image", "import", &path],
-        None,
-        Duration::from_secs(60),
-    )?;
-    if output.code != 0 {
-        bail!(
-            "ctr -n {NAMESPACE} image import {path} failed: {}",
-            output.stderr
-        );
-    }
-    Ok(())
+    import_tarball(containerd, &tarball)
 }
 
 /// The OCI spec containerd wrote for container (or sandbox) `id`, read from its task
