@@ -202,6 +202,7 @@ fn get(args: &GetArgs) -> anyhow::Result<Zeroizing<Vec<u8>>> {
         attester,
         timeout: Duration::from_secs(args.timeout),
         resolver: None,
+        root_certs: None,
     };
     Ok(fetch_resource(&config, &args.resource)?)
 }

@@ -84,6 +84,7 @@ impl Harness {
             attester: sample(measurement),
             timeout: TIMEOUT,
             resolver: None,
+            root_certs: None,
         }
     }
 

@@ -66,6 +66,8 @@ pub struct Plan {
     /// The same digest as bytes: the SNP `host_data` the shim launches this pod's VM with,
     /// which the guest checks in its attestation report before asking for a key.
     pub host_data: [u8; 32],
+    /// PEM certificates to verify https:// URLs against instead of the WebPKI roots.
+    pub trusted_ca_pem: Option<String>,
 }
 
 /// The declaration is unusable.
@@ -192,7 +194,26 @@ pub fn declaration_digest_bytes(delivery: &ModelDelivery) -> [u8; 32] {
         hasher.update((field.len() as u64).to_be_bytes());
         hasher.update(field);
     }
+    // Only when given, so that the digests of declarations without one stay what they were.
+    if !delivery.trusted_ca_pem.is_empty() {
+        hasher.update((delivery.trusted_ca_pem.len() as u64).to_be_bytes());
+        hasher.update(delivery.trusted_ca_pem.as_bytes());
+    }
     hasher.finalize().into()
+}
+
+/// The PEM marker every certificate starts with.
+const PEM_CERTIFICATE: &str = "-----BEGIN CERTIFICATE-----";
+
+/// A trusted CA, when given, is PEM text with at least one certificate (the agent parses it).
+fn check_trusted_ca(pem: &str) -> Result<(), PlanError> {
+    if pem.is_empty() || pem.contains(PEM_CERTIFICATE) {
+        return Ok(());
+    }
+    Err(bad(
+        "ca",
+        format!("not a PEM certificate: give the CA's certificate as PEM text (starting with {PEM_CERTIFICATE})"),
+    ))
 }
 
 impl Plan {
@@ -206,6 +227,7 @@ impl Plan {
         }
         let unpack = parse_unpack(&delivery.unpack)?;
         check_kbs_url(&delivery.kbs_url)?;
+        check_trusted_ca(&delivery.trusted_ca_pem)?;
         check_key_resource(&delivery.key_resource)?;
         Ok(Plan {
             volume: delivery.volume.clone(),
@@ -218,6 +240,8 @@ impl Plan {
             associated_data: delivery.associated_data.clone(),
             declaration_digest: declaration_digest(delivery),
             host_data: declaration_digest_bytes(delivery),
+            trusted_ca_pem: (!delivery.trusted_ca_pem.is_empty())
+                .then(|| delivery.trusted_ca_pem.clone()),
         })
     }
 }
@@ -253,7 +277,7 @@ mod tests {
     #[test]
     fn each_bad_field_is_named() {
         type Breakage = fn(&mut ModelDelivery);
-        let cases: [(Breakage, &str); 7] = [
+        let cases: [(Breakage, &str); 8] = [
             (|d| d.volume.clear(), "volume"),
             (|d| d.source_url = "ftp://x/y".into(), "source"),
             (|d| d.kbs_url = "kbs.example".into(), "kbs"),
@@ -261,6 +285,7 @@ mod tests {
             (|d| d.sha256 = "xyz".into(), "sha256"),
             (|d| d.unpack = "zip".into(), "unpack"),
             (|d| d.path = "../etc/passwd".into(), "path"),
+            (|d| d.trusted_ca_pem = "not a certificate".into(), "ca"),
         ];
         for (break_it, field) in cases {
             let mut delivery = declaration();
@@ -280,6 +305,20 @@ mod tests {
         shifted.volume = "mode".into();
         shifted.path = "l".into();
         assert_ne!(declaration_digest(&shifted), base);
+    }
+
+    #[test]
+    fn a_trusted_ca_is_part_of_the_digest_only_when_given() {
+        let plain = declaration();
+        let mut with_ca = declaration();
+        with_ca.trusted_ca_pem = format!("{PEM_CERTIFICATE}\nMIIB\n-----END CERTIFICATE-----\n");
+        assert_ne!(declaration_digest(&with_ca), declaration_digest(&plain));
+        let plan = Plan::parse(&with_ca).expect("plan");
+        assert_eq!(
+            plan.trusted_ca_pem.as_deref(),
+            Some(with_ca.trusted_ca_pem.as_str())
+        );
+        assert_eq!(Plan::parse(&plain).expect("plan").trusted_ca_pem, None);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 use std::io::Read;
 use std::time::{Duration, Instant};
 
+use ureq::tls::{RootCerts, TlsConfig};
 use veil_protocol::delivery::Source;
 
 use super::resolve::GuestResolver;
@@ -56,8 +57,9 @@ pub struct Fetched {
     pub length: Option<u64>,
 }
 
-fn http_agent() -> ureq::Agent {
+fn http_agent(roots: &RootCerts) -> ureq::Agent {
     let config = ureq::Agent::config_builder()
+        .tls_config(TlsConfig::builder().root_certs(roots.clone()).build())
         .http_status_as_error(false)
         .timeout_connect(Some(Duration::from_secs(10)))
         .timeout_recv_response(Some(Duration::from_secs(60)))
@@ -72,17 +74,25 @@ fn http_agent() -> ureq::Agent {
     )
 }
 
-fn open_http(url: &str) -> Result<Fetched, FetchError> {
+fn open_http(url: &str, roots: &RootCerts) -> Result<Fetched, FetchError> {
     let http = |detail: String, transient: bool| FetchError::Http {
         url: url.to_string(),
         detail,
         transient,
     };
-    let response = http_agent().get(url).call().map_err(|e| {
-        http(
-            format!("{e}; check that the model store is up and reachable from the VM"),
+    let response = http_agent(roots).get(url).call().map_err(|e| match e {
+        // Trying again cannot make an untrusted certificate trusted.
+        e if is_tls_failure(&e) => http(
+            format!(
+                "{e}; the store's TLS certificate is not trusted: for a private CA, give its \
+                 certificate in io.veil.model.ca"
+            ),
+            false,
+        ),
+        other => http(
+            format!("{other}; check that the model store is up and reachable from the VM"),
             true,
-        )
+        ),
     })?;
     let status = response.status();
     if !status.is_success() {
@@ -98,6 +108,18 @@ fn open_http(url: &str) -> Result<Fetched, FetchError> {
     })
 }
 
+/// Whether the call failed in the TLS handshake (ureq reports rustls's verdict wrapped in
+/// an I/O error).
+fn is_tls_failure(error: &ureq::Error) -> bool {
+    match error {
+        ureq::Error::Rustls(_) | ureq::Error::Tls(_) => true,
+        ureq::Error::Io(io) => io
+            .get_ref()
+            .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some()),
+        _ => false,
+    }
+}
+
 fn open_file(path: &std::path::Path) -> Result<Fetched, FetchError> {
     let file = std::fs::File::open(path).map_err(|source| FetchError::File {
         path: path.display().to_string(),
@@ -110,13 +132,14 @@ fn open_file(path: &std::path::Path) -> Result<Fetched, FetchError> {
     })
 }
 
-/// Opens `source`, retrying connection trouble and server errors up to [`ATTEMPTS`] times.
-pub fn open(source: &Source) -> Result<Fetched, FetchError> {
+/// Opens `source` (an https:// one verified against `roots`), retrying connection trouble
+/// and server errors up to [`ATTEMPTS`] times.
+pub fn open(source: &Source, roots: &RootCerts) -> Result<Fetched, FetchError> {
     let mut backoff = FIRST_BACKOFF;
     let mut attempt = 1;
     loop {
         let opened = match source {
-            Source::Http(url) => open_http(url),
+            Source::Http(url) => open_http(url, roots),
             Source::File(path) => open_file(path),
         };
         match opened {
@@ -218,7 +241,7 @@ mod tests {
     #[test]
     fn streams_an_http_body_with_its_length() {
         let (url, server) = serve_once("HTTP/1.1 200 OK", b"ciphertext");
-        let mut fetched = open(&Source::Http(url)).expect("open");
+        let mut fetched = open(&Source::Http(url), &RootCerts::WebPki).expect("open");
         assert_eq!(fetched.length, Some(10));
         let mut body = Vec::new();
         ProgressReader::new(&mut fetched.reader, fetched.length)
@@ -231,7 +254,9 @@ mod tests {
     #[test]
     fn a_client_error_is_not_retried_and_names_the_status() {
         let (url, server) = serve_once("HTTP/1.1 404 Not Found", b"");
-        let error = open(&Source::Http(url.clone())).err().expect("refused");
+        let error = open(&Source::Http(url.clone()), &RootCerts::WebPki)
+            .err()
+            .expect("refused");
         assert!(!error.is_transient());
         let text = error.to_string();
         assert!(text.contains(&url) && text.contains("404"), "{text}");
@@ -247,16 +272,152 @@ mod tests {
             .expect("addr")
             .port();
         let url = format!("http://127.0.0.1:{port}/m");
-        let error = open(&Source::Http(url)).err().expect("unreachable");
+        let error = open(&Source::Http(url), &RootCerts::WebPki)
+            .err()
+            .expect("unreachable");
         assert!(error.is_transient());
         assert!(error.to_string().contains("reachable"), "{error}");
     }
 
+    fn openssl(args: &[&str], dir: &std::path::Path) {
+        let status = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("openssl (apt-get install openssl)");
+        assert!(status.success(), "openssl {args:?} failed");
+    }
+
+    /// A private CA and a certificate it issued for 127.0.0.1 (made by openssl): the CA's
+    /// certificate, the server's certificate and the server's key, as PEM.
+    fn private_ca_and_server_certificate() -> (String, String, String) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        let mut ca = vec!["req", "-x509", "-days", "1", "-subj", "/CN=veil-test-ca"];
+        ca.extend(ec);
+        ca.extend(["-keyout", "ca.key", "-out", "ca.pem"]);
+        openssl(&ca, dir.path());
+        let mut request = vec!["req", "-new", "-subj", "/CN=veil-test-store"];
+        request.extend(ec);
+        request.extend(["-keyout", "server.key", "-out", "server.csr"]);
+        openssl(&request, dir.path());
+        std::fs::write(dir.path().join("san.ext"), "subjectAltName=IP:127.0.0.1\n").expect("ext");
+        openssl(
+            &[
+                "x509",
+                "-req",
+                "-in",
+                "server.csr",
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "1",
+                "-extfile",
+                "san.ext",
+                "-out",
+                "server.pem",
+            ],
+            dir.path(),
+        );
+        let read = |name: &str| std::fs::read_to_string(dir.path().join(name)).expect("read pem");
+        (read("ca.pem"), read("server.pem"), read("server.key"))
+    }
+
+    /// An HTTPS server on 127.0.0.1 that answers one connection with `body`.
+    fn serve_tls_once(
+        cert_pem: &str,
+        key_pem: &str,
+        body: &'static [u8],
+    ) -> (String, std::thread::JoinHandle<()>) {
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+        let mut chain = Vec::new();
+        let mut key = None;
+        for item in ureq::tls::parse_pem(format!("{cert_pem}{key_pem}").as_bytes()) {
+            match item.expect("pem") {
+                ureq::tls::PemItem::Certificate(c) => {
+                    chain.push(CertificateDer::from(c.der().to_vec()))
+                }
+                ureq::tls::PemItem::PrivateKey(k) => {
+                    key = Some(PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
+                        k.der().to_vec(),
+                    )))
+                }
+                _ => {}
+            }
+        }
+        let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("protocols")
+        .with_no_client_auth()
+        .with_single_cert(chain, key.expect("key"))
+        .expect("server config");
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let url = format!(
+            "https://127.0.0.1:{}/model.sealed",
+            listener.local_addr().expect("addr").port()
+        );
+        let handle = std::thread::spawn(move || {
+            let Ok((socket, _)) = listener.accept() else {
+                return;
+            };
+            let connection =
+                rustls::ServerConnection::new(std::sync::Arc::new(config)).expect("tls");
+            let mut stream = rustls::StreamOwned::new(connection, socket);
+            let mut request = [0u8; 1024];
+            if stream.read(&mut request).is_ok() {
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = stream.write_all(body);
+                stream.conn.send_close_notify();
+                let _ = stream.flush();
+            }
+        });
+        (url, handle)
+    }
+
+    #[test]
+    fn an_https_store_is_verified_against_the_declared_ca_and_refused_without_it() {
+        let (ca, cert, key) = private_ca_and_server_certificate();
+        let (url, server) = serve_tls_once(&cert, &key, b"ciphertext");
+        let roots = super::super::tls::root_certs(Some(&ca)).expect("roots");
+        let mut fetched = open(&Source::Http(url), &roots).expect("open over https");
+        let mut body = Vec::new();
+        fetched.reader.read_to_end(&mut body).expect("read");
+        assert_eq!(body, b"ciphertext");
+        server.join().expect("server");
+
+        let (url, server) = serve_tls_once(&cert, &key, b"ciphertext");
+        let error = open(&Source::Http(url), &RootCerts::WebPki)
+            .err()
+            .expect("a self-signed store is not trusted by the public roots");
+        assert!(!error.is_transient(), "{error}");
+        assert!(error.to_string().contains("io.veil.model.ca"), "{error}");
+        server.join().expect("server");
+    }
+
     #[test]
     fn a_missing_shared_file_is_named() {
-        let error = open(&Source::File("/nonexistent/m.sealed".into()))
-            .err()
-            .expect("missing");
+        let error = open(
+            &Source::File("/nonexistent/m.sealed".into()),
+            &RootCerts::WebPki,
+        )
+        .err()
+        .expect("missing");
         assert!(error.to_string().contains("/nonexistent/m.sealed"));
     }
 }

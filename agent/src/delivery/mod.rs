@@ -12,6 +12,7 @@ pub mod fetch;
 pub mod resolve;
 pub mod run;
 pub mod space;
+pub mod tls;
 pub mod unpack;
 
 use std::collections::HashMap;

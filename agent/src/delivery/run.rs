@@ -38,6 +38,9 @@ pub enum DeliveryError {
     /// The sealed model could not be fetched.
     #[error("model delivery failed at step fetch: {0}; check io.veil.model.source and that the store is reachable from the VM")]
     Fetch(#[source] FetchError),
+    /// The declared CA for https:// URLs is unusable.
+    #[error("model delivery failed at step fetch: {0}")]
+    TrustedCa(#[source] super::tls::TrustedCaError),
     /// The model cannot fit in the volume or the VM's memory.
     #[error("model delivery failed at step fetch: {0}")]
     Space(#[source] SpaceError),
@@ -183,9 +186,11 @@ pub async fn deliver(
 fn deliver_blocking(plan: &Plan, volume_dir: &Path) -> Result<DeliveryReport, DeliveryError> {
     let started = Instant::now();
     // Opened before attesting, so an unreachable store fails fast and costs the broker nothing.
-    let fetched = fetch::open(&plan.source).map_err(DeliveryError::Fetch)?;
+    let roots =
+        super::tls::root_certs(plan.trusted_ca_pem.as_deref()).map_err(DeliveryError::TrustedCa)?;
+    let fetched = fetch::open(&plan.source, &roots).map_err(DeliveryError::Fetch)?;
     tracing::info!(length = ?fetched.length, elapsed_ms = started.elapsed().as_millis() as u64, "delivery.fetch.opened");
-    let keyset = release_keyset(plan)?;
+    let keyset = release_keyset(plan, &roots)?;
     tracing::info!(
         elapsed_ms = started.elapsed().as_millis() as u64,
         "delivery.key.released"
@@ -202,7 +207,7 @@ fn deliver_blocking(plan: &Plan, volume_dir: &Path) -> Result<DeliveryReport, De
             source,
         })?;
     }
-    let report = decrypt_with_retries(plan, fetched, &keyset, &plaintext_path)?;
+    let report = decrypt_with_retries(plan, &roots, fetched, &keyset, &plaintext_path)?;
     drop(keyset);
     tracing::info!(
         bytes = report.plaintext_bytes,
@@ -271,10 +276,11 @@ fn unpack_failed(plan: &Plan, error: UnpackError) -> DeliveryError {
     }
 }
 
-fn release_keyset(plan: &Plan) -> Result<Keyset, DeliveryError> {
+fn release_keyset(plan: &Plan, roots: &ureq::tls::RootCerts) -> Result<Keyset, DeliveryError> {
     let config = KbsClientConfig {
         // The broker's host name resolves like the store's: not through glibc's NSS.
         resolver: Some(std::sync::Arc::new(super::resolve::GuestResolver::system())),
+        root_certs: Some(roots.clone()),
         ..KbsClientConfig::new(plan.kbs_url.clone(), choose_attester(plan))
     };
     let mut attempt = 1;
@@ -303,6 +309,7 @@ fn release_keyset(plan: &Plan) -> Result<Keyset, DeliveryError> {
 
 fn decrypt_with_retries(
     plan: &Plan,
+    roots: &ureq::tls::RootCerts,
     mut fetched: fetch::Fetched,
     keyset: &Keyset,
     dest: &Path,
@@ -325,7 +332,7 @@ fn decrypt_with_retries(
             Err(DecryptError::Read { offset, source }) if attempt < fetch::ATTEMPTS => {
                 tracing::warn!(offset, error = %source, attempt, "reading the sealed model failed; fetching again");
                 attempt += 1;
-                fetched = fetch::open(&plan.source).map_err(DeliveryError::Fetch)?;
+                fetched = fetch::open(&plan.source, roots).map_err(DeliveryError::Fetch)?;
             }
             Err(error @ DecryptError::DigestMismatch { .. }) => {
                 return Err(DeliveryError::Verify(error))

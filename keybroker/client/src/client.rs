@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use ureq::tls::{RootCerts, TlsConfig};
 use ureq::unversioned::resolver::{ResolvedSocketAddrs, Resolver};
 use ureq::unversioned::transport::{DefaultConnector, NextTimeout};
 use zeroize::Zeroizing;
@@ -32,6 +33,8 @@ pub struct KbsClientConfig {
     /// How the broker's host name is looked up; `None`: the system's resolver. A guest whose
     /// libc cannot resolve names (veil's static agent) passes its own.
     pub resolver: Option<Arc<dyn Resolver>>,
+    /// What an https:// broker's certificate is verified against; `None`: the WebPKI roots.
+    pub root_certs: Option<RootCerts>,
 }
 
 impl KbsClientConfig {
@@ -42,6 +45,7 @@ impl KbsClientConfig {
             attester,
             timeout: Duration::from_secs(30),
             resolver: None,
+            root_certs: None,
         }
     }
 }
@@ -109,7 +113,12 @@ pub fn fetch_resource(
     resource: &str,
 ) -> Result<Zeroizing<Vec<u8>>, ClientError> {
     let path = ResourcePath::parse(resource)?;
-    let mut conn = Connection::with_resolver(&config.url, config.timeout, config.resolver.clone());
+    let mut conn = Connection::with_transport(
+        &config.url,
+        config.timeout,
+        config.resolver.clone(),
+        config.root_certs.clone(),
+    );
     let key = EphemeralKey::generate();
     let challenge = conn.auth(config.attester.tee())?;
     let attestation = build_attestation(&config.attester, &challenge.nonce, &key)?;
@@ -190,20 +199,25 @@ pub struct Connection {
 impl Connection {
     /// A connection to `base_url` with `timeout` per call.
     pub fn new(base_url: &str, timeout: Duration) -> Self {
-        Self::with_resolver(base_url, timeout, None)
+        Self::with_transport(base_url, timeout, None, None)
     }
 
-    /// Like [`Connection::new`], looking host names up with `resolver` when given.
-    pub fn with_resolver(
+    /// Like [`Connection::new`], looking host names up with `resolver` and verifying an
+    /// https:// broker against `root_certs`, when given.
+    pub fn with_transport(
         base_url: &str,
         timeout: Duration,
         resolver: Option<Arc<dyn Resolver>>,
+        root_certs: Option<RootCerts>,
     ) -> Self {
-        let config = ureq::Agent::config_builder()
+        let mut config = ureq::Agent::config_builder()
             .timeout_global(Some(timeout))
             .http_status_as_error(false)
-            .max_redirects(0)
-            .build();
+            .max_redirects(0);
+        if let Some(roots) = root_certs {
+            config = config.tls_config(TlsConfig::builder().root_certs(roots).build());
+        }
+        let config = config.build();
         let agent = match resolver {
             Some(resolver) => {
                 ureq::Agent::with_parts(config, DefaultConnector::new(), SharedResolver(resolver))
@@ -407,6 +421,7 @@ mod tests {
             attester: Attester::Sample(Default::default()),
             timeout: Duration::from_secs(5),
             resolver: None,
+            root_certs: None,
         };
         let err = fetch_resource(&config, "a/b/c").unwrap_err();
         assert!(matches!(err, ClientError::Transport { .. }), "{err}");

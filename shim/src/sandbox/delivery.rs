@@ -11,6 +11,7 @@
 //! | `io.veil.model.path` | file (unpack none, default `model`) or directory (tar) in the volume |
 //! | `io.veil.model.unpack` | `none` (default), `tar` or `tar.gz` |
 //! | `io.veil.model.aad` | associated data the model was sealed with |
+//! | `io.veil.model.ca` | PEM certificate(s) of a private CA that https:// URLs are verified against |
 //!
 //! URLs naming the node's loopback (`127.0.0.1`, `localhost`) are rewritten to the
 //! address under which the guest's user network reaches it.
@@ -60,7 +61,7 @@ pub fn declaration(annotations: Option<&HashMap<String, String>>) -> Result<Opti
             continue;
         };
         let known = [
-            "source", "kbs", "key", "volume", "sha256", "path", "unpack", "aad",
+            "source", "kbs", "key", "volume", "sha256", "path", "unpack", "aad", "ca",
         ];
         if !known.contains(&field) {
             return Err(invalid(
@@ -96,6 +97,7 @@ pub fn declaration(annotations: Option<&HashMap<String, String>>) -> Result<Opti
         sha256: get("sha256").to_ascii_lowercase(),
         unpack: get("unpack"),
         associated_data: get("aad").into_bytes(),
+        trusted_ca_pem: get("ca"),
         ..Default::default()
     };
     // The plan's field names are the annotations' suffixes.
@@ -289,6 +291,24 @@ mod tests {
             .expect_err("volume")
             .to_string();
         assert!(error.contains("io.veil.model.volume"), "{error}");
+    }
+
+    #[test]
+    fn a_private_ca_is_passed_on_and_a_non_certificate_refused_by_name() {
+        let pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+        let mut pairs = full();
+        pairs.retain(|(k, _)| *k != "sha256");
+        pairs.push(("ca", pem));
+        let delivery = declaration(Some(&annotations(&pairs)))
+            .expect("ok")
+            .expect("declared");
+        assert_eq!(delivery.trusted_ca_pem, pem);
+        pairs.retain(|(k, _)| *k != "ca");
+        pairs.push(("ca", "my-ca.crt"));
+        let error = declaration(Some(&annotations(&pairs)))
+            .expect_err("not PEM")
+            .to_string();
+        assert!(error.contains("io.veil.model.ca"), "{error}");
     }
 
     fn to_hex(bytes: &[u8]) -> String {
