@@ -330,3 +330,90 @@ fn exec_sync_after_the_container_printed() {
     cluster.tear_down(&pod);
     assert_nothing_left(&cluster.containerd);
 }
+
+/// The stdout lines of the CRI log file `log` in `dir`.
+fn stdout_lines(dir: &std::path::Path, log: &str) -> Vec<String> {
+    let text = std::fs::read_to_string(dir.join(log)).unwrap_or_default();
+    text.lines()
+        .filter_map(|line| {
+            line.split_once(" stdout F ")
+                .map(|(_, rest)| rest.to_string())
+        })
+        .collect()
+}
+
+/// What kubelet does for init containers and for a container that exits under
+/// `restartPolicy: Always`: the init container runs to completion first, then the main
+/// container starts; when it exits, kubelet creates the same container again with the
+/// next attempt number, in the same sandbox, so in the same VM.
+#[test]
+fn an_init_container_completes_first_and_a_restarted_container_runs_again_in_the_same_vm() {
+    let mut cluster = cluster();
+    let dir = cluster.pod_dir("init-pod");
+    let config = cri::host_network_pod("init-pod", &dir, HashMap::new());
+    let pod = cluster.run_pod(&config, VEIL_HANDLER);
+    let shared = || vec![cri::bind_mount(&dir.join("volumes/shared"), "/shared")];
+    let exited = |cluster: &mut Cluster, id: &str| {
+        assert!(
+            eventually(TASK_END, || cluster.state(id).0
+                == ContainerState::ContainerExited as i32),
+            "{id} did not exit: {:?}",
+            cluster.cri.container_status(id)
+        );
+        cluster.state(id).1
+    };
+
+    let init = cluster.start(
+        &pod,
+        &config,
+        &cri::busybox_container(
+            "init",
+            &["sh", "-c", "echo prepared-by-init > /shared/ready"],
+            shared(),
+        ),
+    );
+    assert_eq!(exited(&mut cluster, &init), 0, "the init container failed");
+
+    let main_command = [
+        "sh",
+        "-c",
+        "cat /shared/ready; cat /proc/sys/kernel/random/boot_id; exit 3",
+    ];
+    let first = cluster.start(
+        &pod,
+        &config,
+        &cri::busybox_container("main", &main_command, shared()),
+    );
+    assert_eq!(exited(&mut cluster, &first), 3);
+    let mut again = cri::busybox_container("main", &main_command, shared());
+    if let Some(metadata) = again.metadata.as_mut() {
+        metadata.attempt = 1;
+    }
+    again.log_path = "main-1.log".into();
+    let second = cluster.start(&pod, &config, &again);
+    assert_ne!(first, second, "a restart is a new container");
+    assert_eq!(exited(&mut cluster, &second), 3);
+
+    let first_lines = stdout_lines(&dir, "main.log");
+    let second_lines = stdout_lines(&dir, "main-1.log");
+    assert_eq!(
+        first_lines.first().map(String::as_str),
+        Some("prepared-by-init"),
+        "the main container did not see the init container's work: {first_lines:?}"
+    );
+    assert_eq!(
+        first_lines, second_lines,
+        "the restarted container saw another volume or another VM"
+    );
+    assert_ne!(
+        second_lines.get(1).map(String::as_str),
+        Some(host_boot_id().as_str())
+    );
+    assert_eq!(
+        cluster.containerd.qemu_processes().len(),
+        1,
+        "one VM for the pod"
+    );
+    cluster.tear_down(&pod);
+    assert_nothing_left(&cluster.containerd);
+}
