@@ -74,6 +74,11 @@ pub struct NodeOptions {
     /// Print what would change, change nothing.
     #[arg(long)]
     dry_run: bool,
+    /// Configure pods as SEV-SNP guests booted through this AmdSev OVMF build (q35, the
+    /// bzImage kernel, `confidential_guest = "snp"`); the shim refuses them on a host
+    /// `veil doctor` finds without SNP.
+    #[arg(long)]
+    snp_firmware: Option<PathBuf>,
     /// The node's root filesystem is mounted here (the node-installer DaemonSet mounts it at
     /// /host): files are written below it, while the paths inside the configuration files
     /// stay as the node sees them.
@@ -317,12 +322,23 @@ fn copy_image(from: &Path, share: &Path, dry_run: bool, report: &mut Report) -> 
 fn desired_veil_config(options: &NodeOptions) -> Result<String> {
     let share = options.share_dir();
     let (kernel, initrd) = runtime_config::image_paths(&share);
+    if let Some(firmware) = &options.snp_firmware {
+        // SNP boots through OVMF, which measures the bzImage, not the PVH vmlinux.
+        let vmlinuz = share.join(veil_guest_image::VMLINUZ_FILE);
+        let snp = runtime_config::SNP_MACHINE;
+        return Ok(runtime_config::render(
+            &vmlinuz,
+            &initrd,
+            snp,
+            Some(firmware),
+        )?);
+    }
     // The stock-kernel fallback image needs q35; before the image is installed (a dry run)
     // there is no manifest yet, and the default machine is the minimal kernel's.
     let machine = veil_guest_image::manifest::read_manifest(&options.on_host(&share))
         .map(|manifest| veil_guest_image::KernelChoice::of(&manifest).machine())
         .unwrap_or(veil_config::DEFAULT_MACHINE);
-    Ok(runtime_config::render(&kernel, &initrd, machine)?)
+    Ok(runtime_config::render(&kernel, &initrd, machine, None)?)
 }
 
 fn install_veil_config(options: &NodeOptions, report: &mut Report) -> Result<()> {

@@ -521,3 +521,30 @@ fn the_node_installer_daemonset_runs_commands_veil_accepts() {
         .path("host/usr/local/bin/containerd-shim-veil-v2")
         .exists());
 }
+
+#[test]
+fn an_snp_install_writes_an_snp_configuration() {
+    let node = Node::new();
+    let image = node.path("image");
+    let output = node.veil(
+        "install",
+        &[
+            "--image-dir",
+            image.to_str().expect("utf-8"),
+            "--snp-firmware",
+            "/usr/share/ovmf/AmdSev.fd",
+        ],
+    );
+    succeed(output);
+    let config = read(&node.veil_config());
+    assert!(config.contains("confidential_guest = \"snp\""), "{config}");
+    assert!(
+        config.contains("firmware = \"/usr/share/ovmf/AmdSev.fd\""),
+        "{config}"
+    );
+    assert!(config.contains("machine = \"q35\""), "{config}");
+    assert!(
+        config.contains("vmlinuz\""),
+        "SNP measures the bzImage: {config}"
+    );
+}

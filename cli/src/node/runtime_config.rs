@@ -20,11 +20,13 @@ pub enum RenderRuntimeConfigError {
 }
 
 /// The text of the configuration for a guest image installed at `kernel` and `initrd`, to be
-/// booted on the QEMU `machine` its kernel needs.
+/// booted on the QEMU `machine` its kernel needs; with `snp_firmware`, for SEV-SNP guests
+/// booted through that OVMF build.
 pub fn render(
     kernel: &Path,
     initrd: &Path,
     machine: &str,
+    snp_firmware: Option<&Path>,
 ) -> Result<String, RenderRuntimeConfigError> {
     let mut doc: DocumentMut =
         DEFAULT_CONFIG_TOML
@@ -42,6 +44,10 @@ pub fn render(
         ("machine", machine.into()),
     ] {
         set_keeping_comments(hypervisor, key, &value);
+    }
+    if let Some(firmware) = snp_firmware {
+        set_keeping_comments(hypervisor, "confidential_guest", "snp");
+        set_keeping_comments(hypervisor, "firmware", &firmware.to_string_lossy());
     }
     let text = doc.to_string();
     // The shim must be able to load what was installed; check it here, not at first pod.
@@ -66,6 +72,9 @@ fn set_keeping_comments(table: &mut toml_edit::Table, key: &str, wanted: &str) {
     *item = Item::Value(value);
 }
 
+/// The machine an SEV-SNP guest needs: OVMF on PCI.
+pub const SNP_MACHINE: &str = "q35";
+
 /// Where the installed image's kernel and initramfs are.
 pub fn image_paths(share_dir: &Path) -> (PathBuf, PathBuf) {
     (
@@ -81,15 +90,32 @@ mod tests {
     #[test]
     fn default_prefix_gives_the_shipped_file_unchanged() {
         let (kernel, initrd) = image_paths(Path::new("/usr/local/share/veil"));
-        let text = render(&kernel, &initrd, veil_config::DEFAULT_MACHINE).expect("render");
+        let text = render(&kernel, &initrd, veil_config::DEFAULT_MACHINE, None).expect("render");
         assert_eq!(text, DEFAULT_CONFIG_TOML);
+    }
+
+    #[test]
+    fn an_snp_install_configures_snp_guests_the_shim_accepts() {
+        let share = Path::new("/usr/local/share/veil");
+        let kernel = share.join(veil_guest_image::VMLINUZ_FILE);
+        let initrd = share.join(veil_guest_image::INITRAMFS_FILE);
+        let firmware = Path::new("/usr/local/share/veil/OVMF-AmdSev.fd");
+        let text = render(&kernel, &initrd, SNP_MACHINE, Some(firmware)).expect("render");
+        let config = Config::parse(&text, Path::new("c.toml")).expect("the shim loads it");
+        assert_eq!(
+            config.hypervisor.confidential_guest,
+            veil_config::ConfidentialGuest::Snp
+        );
+        assert_eq!(config.hypervisor.machine, "q35");
+        assert_eq!(config.hypervisor.kernel, kernel);
+        assert_eq!(config.hypervisor.firmware.as_deref(), Some(firmware));
     }
 
     #[test]
     fn the_stock_kernel_image_gets_the_machine_it_boots_on() {
         let (kernel, initrd) = image_paths(Path::new("/usr/local/share/veil"));
         let machine = veil_guest_image::KernelChoice::Debian.machine();
-        let text = render(&kernel, &initrd, machine).expect("render");
+        let text = render(&kernel, &initrd, machine, None).expect("render");
         let config = Config::parse(&text, Path::new("c.toml")).expect("loads");
         assert_eq!(config.hypervisor.machine, "q35");
         let minimal = veil_guest_image::KernelChoice::Minimal.machine();
@@ -99,7 +125,7 @@ mod tests {
     #[test]
     fn another_prefix_changes_only_the_two_paths() {
         let (kernel, initrd) = image_paths(Path::new("/opt/veil/share/veil"));
-        let text = render(&kernel, &initrd, veil_config::DEFAULT_MACHINE).expect("render");
+        let text = render(&kernel, &initrd, veil_config::DEFAULT_MACHINE, None).expect("render");
         let config = Config::parse(&text, Path::new("c.toml")).expect("loads");
         assert_eq!(config.hypervisor.kernel, kernel);
         assert_eq!(config.hypervisor.initrd, initrd);
