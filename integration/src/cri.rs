@@ -173,6 +173,29 @@ pub fn bind_mount(host_path: &Path, container_path: &str) -> Mount {
     }
 }
 
+/// The serving container `server`: the demo model server (from [`crate::MODEL_SERVER_IMAGE`],
+/// imported by [`import_model_server`]) serving `/model/model.safetensors` from the memory
+/// volume whose host side is `volume`, listening on `listen`.
+pub fn model_server_container(volume: &Path, listen: &str) -> ContainerConfig {
+    let mut config = busybox_container(
+        "server",
+        &[
+            "veil-model-server",
+            "serve",
+            "--model",
+            "/model/model.safetensors",
+            "--listen",
+            listen,
+        ],
+        vec![bind_mount(volume, "/model")],
+    );
+    config.image = Some(ImageSpec {
+        image: crate::MODEL_SERVER_IMAGE.to_string(),
+        ..Default::default()
+    });
+    config
+}
+
 /// A busybox container running `command`, logging to `<pod log dir>/<name>.log`.
 pub fn busybox_container(name: &str, command: &[&str], mounts: Vec<Mount>) -> ContainerConfig {
     ContainerConfig {

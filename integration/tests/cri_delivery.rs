@@ -12,10 +12,9 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use k8s_cri::v1::{ContainerConfig, ImageSpec};
 use veil_integration::cri::{self, CriClient, VEIL_HANDLER};
 use veil_integration::owner::ModelOwner;
-use veil_integration::{eventually, Containerd, Options, MODEL_SERVER_IMAGE};
+use veil_integration::{eventually, Containerd, Options};
 
 const INPUT: &str = "5.1,3.5,1.4,0.2";
 const QUERY: Duration = Duration::from_secs(120);
@@ -32,26 +31,6 @@ fn memory_empty_dir(pod_dir: &Path, name: &str) -> PathBuf {
         .expect("run mount");
     assert!(status.success(), "mount a tmpfs on {}", dir.display());
     dir
-}
-
-fn model_server_container(volume: &Path) -> ContainerConfig {
-    let mut config = cri::busybox_container(
-        "server",
-        &[
-            "veil-model-server",
-            "serve",
-            "--model",
-            "/model/model.safetensors",
-            "--listen",
-            "127.0.0.1:8080",
-        ],
-        vec![cri::bind_mount(volume, "/model")],
-    );
-    config.image = Some(ImageSpec {
-        image: MODEL_SERVER_IMAGE.to_string(),
-        ..Default::default()
-    });
-    config
 }
 
 #[test]
@@ -90,7 +69,11 @@ fn a_cri_pod_gets_its_sealed_model_in_guest_ram_and_serves_it() {
     );
 
     let server = client
-        .create_container(&pod, &model_server_container(&volume), &sandbox)
+        .create_container(
+            &pod,
+            &cri::model_server_container(&volume, "127.0.0.1:8080"),
+            &sandbox,
+        )
         .unwrap_or_else(|e| panic!("CreateContainer: {e:#}\n{}", containerd.log()));
     client.start_container(&server).unwrap_or_else(|e| {
         panic!(

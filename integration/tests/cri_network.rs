@@ -373,22 +373,10 @@ fn a_delivering_pod_serves_on_its_pod_ip_while_the_pod_network_owns_the_default_
     // The model volume is a guest tmpfs; the host side is only the bind source.
     let volume = dir.join("volumes/model");
     std::fs::create_dir_all(&volume).expect("volume dir");
-    let mut server = cri::in_pod_network(cri::busybox_container(
-        "server",
-        &[
-            "veil-model-server",
-            "serve",
-            "--model",
-            "/model/model.safetensors",
-            "--listen",
-            &format!("0.0.0.0:{PORT}"),
-        ],
-        vec![cri::bind_mount(&volume, "/model")],
+    let server = cri::in_pod_network(cri::model_server_container(
+        &volume,
+        &format!("0.0.0.0:{PORT}"),
     ));
-    server.image = Some(k8s_cri::v1::ImageSpec {
-        image: veil_integration::MODEL_SERVER_IMAGE.to_string(),
-        ..Default::default()
-    });
     let id = cluster
         .cri
         .create_container(&pod, &server, &sandbox)
