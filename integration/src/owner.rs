@@ -536,6 +536,22 @@ fn needles_in_file(path: &Path, finders: &[memchr::memmem::Finder<'_>]) -> Vec<u
         .collect()
 }
 
+/// `annotations` with `key` set to `value` (replacing any value it had): one pod's
+/// declaration changed in one place, as the refusal tests need.
+pub fn with_annotation(
+    annotations: &[(String, String)],
+    key: &str,
+    value: &str,
+) -> Vec<(String, String)> {
+    let mut changed: Vec<(String, String)> = annotations
+        .iter()
+        .filter(|(k, _)| k != key)
+        .cloned()
+        .collect();
+    changed.push((key.to_string(), value.to_string()));
+    changed
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

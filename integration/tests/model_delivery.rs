@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use veil_integration::owner::{ModelOwner, KEY_RESOURCE};
+use veil_integration::owner::{with_annotation, ModelOwner, KEY_RESOURCE};
 use veil_integration::Containerd;
 use veil_model_server::Model;
 
@@ -133,16 +133,6 @@ fn expect_refused(
     );
 }
 
-fn with(annotations: &[(String, String)], key: &str, value: &str) -> Vec<(String, String)> {
-    let mut changed: Vec<(String, String)> = annotations
-        .iter()
-        .filter(|(k, _)| k != key)
-        .cloned()
-        .collect();
-    changed.push((key.to_string(), value.to_string()));
-    changed
-}
-
 #[test]
 fn each_refusal_fails_the_start_with_its_own_step() {
     let owner = ModelOwner::start(11, 0).expect("model owner");
@@ -155,13 +145,13 @@ fn each_refusal_fails_the_start_with_its_own_step() {
     expect_refused(
         &containerd,
         "wrong-digest",
-        &with(&good, "io.veil.model.sha256", &"0".repeat(64)),
+        &with_annotation(&good, "io.veil.model.sha256", &"0".repeat(64)),
         "step verify",
     );
     expect_refused(
         &containerd,
         "no-store",
-        &with(
+        &with_annotation(
             &good,
             "io.veil.model.source",
             "http://127.0.0.1:9/model.sealed",
@@ -171,13 +161,13 @@ fn each_refusal_fails_the_start_with_its_own_step() {
     expect_refused(
         &containerd,
         "no-broker",
-        &with(&good, "io.veil.model.kbs", "http://127.0.0.1:9"),
+        &with_annotation(&good, "io.veil.model.kbs", "http://127.0.0.1:9"),
         "step attest",
     );
     expect_refused(
         &containerd,
         "wrong-aad",
-        &with(&good, "io.veil.model.aad", "another-model"),
+        &with_annotation(&good, "io.veil.model.aad", "another-model"),
         "step decrypt",
     );
 

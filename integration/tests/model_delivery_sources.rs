@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use veil_integration::owner::{ModelOwner, OwnerOptions, Packaging};
+use veil_integration::owner::{with_annotation, ModelOwner, OwnerOptions, Packaging};
 use veil_integration::{oci, Containerd, CtrOutput, VEIL_RUNTIME};
 
 const INPUT: &str = "5.1,3.5,1.4,0.2";
@@ -69,16 +69,6 @@ fn assert_host_blind(containerd: &Containerd, owner: &ModelOwner, when: &str) {
     assert!(hits.is_empty(), "secrets on the host {when}: {hits:?}");
 }
 
-fn with(annotations: &[(String, String)], key: &str, value: &str) -> Vec<(String, String)> {
-    let mut changed: Vec<(String, String)> = annotations
-        .iter()
-        .filter(|(k, _)| k != key)
-        .cloned()
-        .collect();
-    changed.push((key.to_string(), value.to_string()));
-    changed
-}
-
 #[test]
 fn a_sealed_model_file_on_the_node_is_delivered_through_a_read_only_share() {
     let owner = ModelOwner::start(31, 0).expect("model owner");
@@ -139,7 +129,7 @@ fn a_model_bigger_than_its_volume_is_refused_before_decrypting() {
     let owner = ModelOwner::start(33, 4).expect("model owner");
     let containerd = containerd_with_server();
     let id = "too-big";
-    let annotations = with(
+    let annotations = with_annotation(
         &owner.annotations("model"),
         "io.veil.volume.model.size-limit",
         "1Mi",
@@ -203,7 +193,7 @@ fn a_failed_delivery_names_its_step_to_every_container_and_leaves_the_volume_emp
     let annotations = owner.annotations("model");
     let sibling = run_sibling(&containerd, "sibling", pod, &annotations);
     assert_started(&containerd, pod, &sibling);
-    let in_pod = with(&annotations, GROUP, pod);
+    let in_pod = with_annotation(&annotations, GROUP, pod);
     let mut errors = Vec::new();
     for id in ["server", "second-server"] {
         let run = containerd.run_model_server(id, &in_pod).expect("ctr run");
