@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use oci_spec::runtime::Spec;
 
+use crate::cgroups::Cgroup;
 use crate::container::Container;
 use crate::request::{CreateRequest, InitRequest};
 use crate::rootfs::RootSwitch;
@@ -70,6 +71,7 @@ pub struct ContainerBuilder {
     init_binary: PathBuf,
     timeout: Duration,
     root_switch: RootSwitch,
+    cgroup: Option<Cgroup>,
 }
 
 impl ContainerBuilder {
@@ -83,7 +85,16 @@ impl ContainerBuilder {
             init_binary: default_init_binary(),
             timeout: DEFAULT_TIMEOUT,
             root_switch: RootSwitch::PivotRoot,
+            cgroup: None,
         }
+    }
+
+    /// Runs the container (its init and every exec) in `cgroup`, which the caller created
+    /// and configured ([`Cgroup::create`], [`Cgroup::apply`]). The init helper joins it
+    /// before creating namespaces, so nothing of the container runs outside it.
+    pub fn cgroup(mut self, cgroup: Cgroup) -> Self {
+        self.cgroup = Some(cgroup);
+        self
     }
 
     /// Chooses pipes, a terminal or /dev/null for the init process.
@@ -132,6 +143,7 @@ impl ContainerBuilder {
             namespaces,
             terminal: self.stdio == StdioConfig::Terminal,
             root_switch: self.root_switch,
+            cgroup: self.cgroup.as_ref().map(|c| c.path().to_path_buf()),
         })
     }
 
@@ -140,7 +152,11 @@ impl ContainerBuilder {
     /// ready or fails (at most the timeout).
     pub fn build(self) -> Result<Container, CreateError> {
         let request = self.request()?;
-        let ignored = ignored_fields(&self.spec);
+        let mut ignored = ignored_fields(&self.spec);
+        if self.cgroup.is_some() {
+            // Applied by the caller through the cgroup.
+            ignored.retain(|field| *field != "linux.resources");
+        }
         if !ignored.is_empty() {
             tracing::warn!(container = %self.id, fields = ?ignored, "spec fields not applied by veil yet");
         }
@@ -183,13 +199,9 @@ impl ContainerBuilder {
             }
         })?;
         tracing::info!(container = %self.id, pid = launched.pid, "container created");
-        Ok(Container::new(
-            self.id,
-            self.rootfs,
-            launched,
-            io,
-            options,
-            mount_namespace,
-        ))
+        let mut container =
+            Container::new(self.id, self.rootfs, launched, io, options, mount_namespace);
+        container.cgroup = self.cgroup;
+        Ok(container)
     }
 }

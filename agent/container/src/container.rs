@@ -3,6 +3,7 @@
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
+use crate::cgroups::Cgroup;
 use crate::signal::NamespaceId;
 use crate::spawn::{LaunchOptions, Launched};
 use crate::status::ContainerStatus;
@@ -56,6 +57,8 @@ pub struct Container {
     pub(crate) options: LaunchOptions,
     /// The init's mount namespace, recorded while it surely lived (see `signal_all`).
     pub(crate) mount_namespace: NamespaceId,
+    /// The cgroup its processes run in, when the caller gave one.
+    pub(crate) cgroup: Option<Cgroup>,
 }
 
 impl Container {
@@ -77,7 +80,13 @@ impl Container {
             init_io: io,
             options,
             mount_namespace,
+            cgroup: None,
         }
+    }
+
+    /// The container's cgroup (for statistics and resource updates), when it has one.
+    pub fn cgroup(&self) -> Option<&Cgroup> {
+        self.cgroup.as_ref()
     }
 
     /// The container id.

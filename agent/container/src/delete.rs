@@ -2,8 +2,8 @@
 //!
 //! Every mount the crate makes lives in the container's own mount namespace, which the
 //! kernel tears down with its last process; no state is kept on disk. So delete kills
-//! leftovers and closes the caller's descriptors; the rootfs directory (the shim's share)
-//! stays for the caller to unmount.
+//! leftovers, removes the container's cgroup and closes the caller's descriptors; the
+//! rootfs directory (the shim's share) stays for the caller to unmount.
 
 use nix::errno::Errno;
 
@@ -57,6 +57,13 @@ impl Container {
             }
         }
         self.kill_leftovers()?;
+        if let Some(cgroup) = self.cgroup.take() {
+            // A leftover empty directory costs nothing and must not keep the container
+            // from being deleted; the warning says which one.
+            if let Err(error) = cgroup.remove() {
+                tracing::warn!(container = %self.id, %error, "container cgroup left behind");
+            }
+        }
         tracing::info!(container = %self.id, "container deleted");
         Ok(())
     }

@@ -88,6 +88,7 @@ impl Container {
             container_pid: self.init_pid,
             process: process.clone(),
             terminal: stdio == StdioConfig::Terminal,
+            cgroup: self.cgroup.as_ref().map(|c| c.path().to_path_buf()),
         }));
         let launched = launch(&request, child_stdio, false, &self.options).map_err(|source| {
             ExecError::Spawn {

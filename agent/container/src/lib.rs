@@ -74,11 +74,14 @@
 //!
 //! # Not applied yet
 //!
-//! User and time namespaces (refused), seccomp, cgroup resources, hooks, AppArmor/SELinux,
-//! scheduler and I/O priority (accepted, logged as not applied).
+//! User and time namespaces (refused), seccomp, hooks, AppArmor/SELinux, scheduler and I/O
+//! priority (accepted, logged as not applied). Resources apply only through a
+//! [`cgroups::Cgroup`] given to [`ContainerBuilder::cgroup`]; see [`cgroups`] for which
+//! fields.
 
 mod builder;
 mod capabilities;
+pub mod cgroups;
 mod container;
 mod delete;
 mod devices;

@@ -33,6 +33,9 @@ pub(crate) struct CreateRequest {
     pub terminal: bool,
     /// How the root is switched.
     pub root_switch: RootSwitch,
+    /// The cgroup directory the helper joins before anything else.
+    #[serde(default)]
+    pub cgroup: Option<PathBuf>,
 }
 
 /// A process to run in an existing container.
@@ -44,6 +47,9 @@ pub(crate) struct ExecRequest {
     pub process: Process,
     /// stdin is a pty slave.
     pub terminal: bool,
+    /// The container's cgroup directory, joined like at create.
+    #[serde(default)]
+    pub cgroup: Option<PathBuf>,
 }
 
 #[cfg(test)]
@@ -63,6 +69,7 @@ mod tests {
             },
             terminal: true,
             root_switch: RootSwitch::PivotRootOrChroot,
+            cgroup: Some("/sys/fs/cgroup/veil/c1".into()),
         }));
         let json = serde_json::to_vec(&request).unwrap();
         let InitRequest::Create(back) = serde_json::from_slice(&json).unwrap() else {
@@ -72,5 +79,6 @@ mod tests {
         assert_eq!(back.namespaces.create, vec![Kind::Mount, Kind::Pid]);
         assert_eq!(back.root_switch, RootSwitch::PivotRootOrChroot);
         assert!(back.terminal);
+        assert_eq!(back.cgroup, Some("/sys/fs/cgroup/veil/c1".into()));
     }
 }

@@ -5,7 +5,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use nix::errno::Errno;
 
-use super::{close_other_fds_on_exec, exec, fork_and_report_pid, report_failure};
+use super::{close_other_fds_on_exec, exec, fork_and_report_pid, join_cgroup, report_failure};
 use crate::failure::{InitFailure, StepContext};
 use crate::mount_options::rootfs_propagation;
 use crate::process_setup::{prepare_process, ExecTarget, SessionSetup};
@@ -17,6 +17,11 @@ use crate::syscall::{LinuxSyscall, Syscall};
 /// Enters the namespaces, forks the container's init (pid 1 of a new pid namespace),
 /// reports its pid and exits; the init reparents to the caller (PID 1 or a subreaper).
 pub(super) fn create_helper(request: &CreateRequest, sync: OwnedFd, start: Option<OwnedFd>) -> i32 {
+    // Before unshare: a new cgroup namespace is then rooted at the container's cgroup,
+    // and the init forked below starts inside it.
+    if let Err(failure) = join_cgroup(request.cgroup.as_deref()) {
+        return report_failure(sync.as_fd(), failure);
+    }
     if let Err(failure) = request.namespaces.apply(&LinuxSyscall) {
         return report_failure(sync.as_fd(), failure);
     }

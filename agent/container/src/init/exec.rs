@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use nix::fcntl::{open, OFlag};
 use nix::sys::stat::Mode;
 
-use super::{close_other_fds_on_exec, exec, fork_and_report_pid, report_failure};
+use super::{close_other_fds_on_exec, exec, fork_and_report_pid, join_cgroup, report_failure};
 use crate::failure::{InitFailure, StepContext};
 use crate::namespaces::{Kind, NamespacePlan, JOIN_ORDER};
 use crate::process_setup::{prepare_process, ExecTarget, SessionSetup};
@@ -19,16 +19,19 @@ use crate::syscall::LinuxSyscall;
 /// namespace), reports its pid and exits.
 pub(super) fn exec_helper(request: &ExecRequest, sync: OwnedFd) -> i32 {
     let pid = request.container_pid;
-    let prepared = exec_namespaces(pid).and_then(|plan| {
-        let root = open(
-            &PathBuf::from(format!("/proc/{pid}/root")),
-            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-            Mode::empty(),
-        )
-        .step(|| format!("open the root of container process {pid}"))?;
-        plan.apply(&LinuxSyscall)?;
-        Ok(root)
-    });
+    // While the agent's /sys/fs/cgroup is still in view (before joining the mount namespace).
+    let prepared = join_cgroup(request.cgroup.as_deref())
+        .and_then(|()| exec_namespaces(pid))
+        .and_then(|plan| {
+            let root = open(
+                &PathBuf::from(format!("/proc/{pid}/root")),
+                OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )
+            .step(|| format!("open the root of container process {pid}"))?;
+            plan.apply(&LinuxSyscall)?;
+            Ok(root)
+        });
     let root = match prepared {
         Ok(root) => root,
         Err(failure) => return report_failure(sync.as_fd(), failure),

@@ -135,6 +135,14 @@ fn fork_and_report_pid(sync: BorrowedFd<'_>, what: &str, child: impl FnOnce() ->
     }
 }
 
+/// Joins the container's cgroup, when it has one.
+fn join_cgroup(cgroup: Option<&std::path::Path>) -> Result<(), InitFailure> {
+    let Some(path) = cgroup else {
+        return Ok(());
+    };
+    crate::cgroups::join(path).step(|| format!("join cgroup {}", path.display()))
+}
+
 fn report_failure(sync: BorrowedFd<'_>, failure: InitFailure) -> i32 {
     // If the caller is gone there is nobody left to tell.
     let _ = send(sync, &SyncMessage::Failed(failure));
