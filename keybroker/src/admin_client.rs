@@ -4,6 +4,7 @@ use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ed25519_dalek::SigningKey;
+use ureq::tls::{RootCerts, TlsConfig};
 use veil_kbs_client::client::ResourcePath;
 use veil_kbs_client::wire::Problem;
 
@@ -34,6 +35,17 @@ pub enum AdminCallError {
     },
 }
 
+fn admin_agent(roots: Option<RootCerts>) -> ureq::Agent {
+    let mut config = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(30)))
+        .http_status_as_error(false)
+        .max_redirects(0);
+    if let Some(roots) = roots {
+        config = config.tls_config(TlsConfig::builder().root_certs(roots).build());
+    }
+    ureq::Agent::new_with_config(config.build())
+}
+
 /// An authenticated admin connection.
 pub struct AdminClient {
     base: String,
@@ -57,15 +69,19 @@ impl AdminClient {
 
     /// A client for `base_url` signing with `key`.
     pub fn new(base_url: &str, key: SigningKey) -> Self {
-        let config = ureq::Agent::config_builder()
-            .timeout_global(Some(Duration::from_secs(30)))
-            .http_status_as_error(false)
-            .max_redirects(0)
-            .build();
         Self {
             base: base_url.trim_end_matches('/').to_owned(),
             key,
-            agent: ureq::Agent::new_with_config(config),
+            agent: admin_agent(None),
+        }
+    }
+
+    /// This client, verifying an https:// broker against `roots` (e.g. the owner's private
+    /// CA) instead of the WebPKI roots.
+    pub fn trusting(self, roots: RootCerts) -> Self {
+        Self {
+            agent: admin_agent(Some(roots)),
+            ..self
         }
     }
 

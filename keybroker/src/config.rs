@@ -29,6 +29,19 @@ pub struct KbsConfig {
     /// SEV-SNP verification settings.
     #[serde(default)]
     pub snp: SnpConfig,
+    /// Serve HTTPS with this certificate and key; absent: plain HTTP (loopback demos only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsConfig>,
+}
+
+/// The broker's TLS identity, as Trustee KBS's `certificate` / `private_key`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain, the broker's own certificate first.
+    pub certificate: PathBuf,
+    /// PEM private key of that certificate (PKCS#8, PKCS#1 or SEC1).
+    pub private_key: PathBuf,
 }
 
 /// SEV-SNP verification settings.
@@ -94,6 +107,7 @@ impl KbsConfig {
             token_ttl_secs: default_token_ttl(),
             max_sessions: default_max_sessions(),
             snp: SnpConfig::default(),
+            tls: None,
         }
     }
 
@@ -167,5 +181,22 @@ mod tests {
         let json = r#"{"listen":"127.0.0.1:0","state_dir":"/s","admin_public_keys":["a"],"snp":{"min_tcb":{"snp":8}}}"#;
         let c: KbsConfig = serde_json::from_str(json).unwrap();
         assert_eq!(c.snp.min_tcb.snp, 8);
+    }
+
+    #[test]
+    fn tls_is_optional_and_names_its_files() {
+        let json = r#"{"listen":"127.0.0.1:0","state_dir":"/s","admin_public_keys":["a"]}"#;
+        assert_eq!(serde_json::from_str::<KbsConfig>(json).unwrap().tls, None);
+        let json = r#"{"listen":"127.0.0.1:0","state_dir":"/s","admin_public_keys":["a"],
+            "tls":{"certificate":"/c.pem","private_key":"/k.pem"}}"#;
+        let tls = serde_json::from_str::<KbsConfig>(json)
+            .unwrap()
+            .tls
+            .unwrap();
+        assert_eq!(tls.certificate, PathBuf::from("/c.pem"));
+        assert_eq!(tls.private_key, PathBuf::from("/k.pem"));
+        let json = r#"{"listen":"127.0.0.1:0","state_dir":"/s","admin_public_keys":["a"],
+            "tls":{"certificate":"/c.pem","key":"/k.pem"}}"#;
+        assert!(serde_json::from_str::<KbsConfig>(json).is_err());
     }
 }

@@ -59,6 +59,9 @@ pub enum StartError {
     /// The admin replay log is unusable.
     #[error(transparent)]
     ReplayLog(#[from] ReplayLogError),
+    /// The TLS certificate or key is unusable.
+    #[error(transparent)]
+    Tls(#[from] http::tls::TlsSetupError),
     /// Binding the listen address failed.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -76,6 +79,7 @@ pub struct Broker {
     pub local_addr: SocketAddr,
     /// Shared state, e.g. for tests that inspect it.
     pub state: Arc<AppState>,
+    https: bool,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
 }
 
@@ -91,6 +95,12 @@ impl Broker {
         clock: Arc<dyn Clock>,
     ) -> Result<Self, StartError> {
         let state = Arc::new(build_state(config, clock)?);
+        let tls = config
+            .tls
+            .as_ref()
+            .map(http::tls::server_config)
+            .transpose()?;
+        let https = tls.is_some();
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .map_err(|source| StartError::Bind {
@@ -102,18 +112,20 @@ impl Broker {
             source,
         })?;
         let app = http::router(state.clone());
-        let task = tokio::spawn(async move { axum::serve(listener, app).await });
+        let task = tokio::spawn(http::serve(listener, app, tls));
         tracing::info!(%local_addr, tees = ?state.verifiers.keys().collect::<Vec<_>>(), "veil-kbs listening");
         Ok(Self {
             local_addr,
             state,
+            https,
             task,
         })
     }
 
-    /// Base URL of this broker, e.g. `http://127.0.0.1:40123`.
+    /// Base URL of this broker, e.g. `http://127.0.0.1:40123` (`https://` with a certificate).
     pub fn url(&self) -> String {
-        format!("http://{}", self.local_addr)
+        let scheme = if self.https { "https" } else { "http" };
+        format!("{scheme}://{}", self.local_addr)
     }
 
     /// Serves until the server task ends (it only ends on an I/O error).

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use clap::Parser;
-use veil_keybroker::config::KbsConfig;
+use veil_keybroker::config::{KbsConfig, TlsConfig};
 use veil_keybroker::Broker;
 
 /// veil-kbs: attestation-gated key broker (Trustee KBS protocol).
@@ -25,6 +25,13 @@ struct Args {
     /// Offline directory of VCEK certificates for SNP evidence that carries none.
     #[arg(long)]
     vcek_cache: Option<PathBuf>,
+    /// Serve HTTPS with this PEM certificate chain (own certificate first); needs --tls-key.
+    /// Without it the broker serves plain HTTP, for loopback demos only.
+    #[arg(long, requires = "tls_key", conflicts_with = "config")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert (PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, requires = "tls_cert", conflicts_with = "config")]
+    tls_key: Option<PathBuf>,
 }
 
 #[tokio::main]
@@ -53,10 +60,19 @@ async fn run(args: Args) -> Result<(), String> {
                 .ok_or("--state DIR is required (or --config FILE)")?;
             let mut config = KbsConfig::new(args.listen, state, args.admin_pubkey);
             config.snp.vcek_cache_dir = args.vcek_cache;
+            config.tls = args
+                .tls_cert
+                .zip(args.tls_key)
+                .map(|(certificate, private_key)| TlsConfig {
+                    certificate,
+                    private_key,
+                });
             config
         }
     };
     let broker = Broker::start(&config).await.map_err(|e| e.to_string())?;
+    // The address alone, as scripts and the integration harness read it; the scheme follows
+    // from whether a certificate was given (and is in the log).
     println!("listening on {}", broker.local_addr);
     broker.wait().await.map_err(|e| e.to_string())
 }

@@ -7,12 +7,16 @@
 //! | GET | `/kbs/v0/resource/{repo}/{type}/{tag}` | guest: resource as JWE |
 //! | POST | `/kbs/v0/resource/{repo}/{type}/{tag}` | admin: store a resource (raw body) |
 //! | POST | `/kbs/v0/resource-policy/{repo}/{type}/{tag}` | admin: `{"policy": "<CEL>"}` |
+//!
+//! [`serve`] runs the routes over HTTPS when the broker has a certificate ([`tls`]), over
+//! plain HTTP otherwise.
 
 mod admin_policy;
 mod admin_resource;
 mod attest;
 mod auth;
 mod resource;
+pub mod tls;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -75,6 +79,33 @@ pub fn router(state: Arc<AppState>) -> Router {
             MAX_BODY_BYTES.max(MAX_PLAINTEXT_BYTES),
         ))
         .with_state(state)
+}
+
+/// Serves `app` on `listener` until the task is aborted: over TLS with `tls`, else plain HTTP.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) -> std::io::Result<()> {
+    let local_addr = listener.local_addr()?;
+    match tls {
+        Some(config) => {
+            tracing::info!(%local_addr, "serving HTTPS");
+            tls::serve_tls(listener, app, config).await
+        }
+        None => {
+            if local_addr.ip().is_loopback() {
+                tracing::info!(%local_addr, "serving plain HTTP (loopback only)");
+            } else {
+                tracing::warn!(
+                    %local_addr,
+                    "serving plain HTTP beyond loopback: admin tokens and attestation travel in \
+                     clear; pass --tls-cert and --tls-key (or the config's `tls`) to serve HTTPS"
+                );
+            }
+            axum::serve(listener, app).await
+        }
+    }
 }
 
 /// The `kbs-session-id` cookie value, if any.
