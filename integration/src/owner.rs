@@ -2,6 +2,9 @@
 //! fresh keyset, an HTTP model store serving the ciphertext, and a real `veil-kbs` holding
 //! the keyset behind a policy.
 //!
+//! With [`Transport::Https`] both serve HTTPS under a private CA made for the test ([`tls`]),
+//! and the pod trusts that CA through `io.veil.model.ca`.
+//!
 //! On a real deployment all of this lives off the node. Here it shares the machine, so its
 //! files sit in one directory ([`ModelOwner::dir`]) that host-blindness scans leave out.
 
@@ -18,6 +21,10 @@ use base64::Engine;
 use veil_model_server::{write_demo_model, DemoModelOptions, WrittenModel};
 use veil_seal::{KeyTemplate, Keyset};
 
+pub mod tls;
+
+use tls::{OwnerPki, TlsFront};
+
 /// The key broker resource holding the model's keyset.
 pub const KEY_RESOURCE: &str = "models/key/demo";
 /// The policy that admits veil's development guests (the INSECURE sample attester). A
@@ -28,11 +35,13 @@ pub const ASSOCIATED_DATA: &str = "veil-demo-model-v1";
 
 /// A static file server on 127.0.0.1 (the model store).
 pub struct ModelStore {
-    /// `http://127.0.0.1:<port>`.
+    /// `http://127.0.0.1:<port>`, or `https://` behind a TLS front.
     pub url: String,
     server: Arc<tiny_http::Server>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
+    // Dropped after the server has stopped (fields drop after `Drop::drop`).
+    _front: Option<TlsFront>,
 }
 
 impl ModelStore {
@@ -57,7 +66,23 @@ impl ModelStore {
             server,
             stop,
             thread: Some(thread),
+            _front: None,
         })
+    }
+
+    /// Like [`ModelStore::serve`], over HTTPS with `pki`'s certificate: only the TLS port
+    /// is in [`ModelStore::url`].
+    pub fn serve_https(dir: &Path, pki: &OwnerPki) -> Result<ModelStore> {
+        let mut store = ModelStore::serve(dir)?;
+        let backend = store
+            .server
+            .server_addr()
+            .to_ip()
+            .context("model store address")?;
+        let front = TlsFront::start(pki, backend)?;
+        store.url = format!("https://127.0.0.1:{}", front.port);
+        store._front = Some(front);
+        Ok(store)
     }
 }
 
@@ -92,7 +117,7 @@ impl Drop for ModelStore {
 
 /// A running `veil-kbs`.
 pub struct KeyBroker {
-    /// `http://127.0.0.1:<port>`.
+    /// `http://127.0.0.1:<port>`, or `https://` when started with a certificate.
     pub url: String,
     child: Child,
     admin: veil_keybroker::admin_client::AdminClient,
@@ -113,15 +138,30 @@ fn kbs_binary() -> Result<PathBuf> {
 }
 
 impl KeyBroker {
-    /// Starts `veil-kbs` with its state in `dir`, listening on 127.0.0.1.
+    /// Starts `veil-kbs` with its state in `dir`, listening on 127.0.0.1 (plain HTTP).
     pub fn start(dir: &Path) -> Result<KeyBroker> {
+        KeyBroker::start_with(dir, None)
+    }
+
+    /// Like [`KeyBroker::start`]; with `pki`, `veil-kbs` serves HTTPS with its certificate
+    /// (`--tls-cert`, `--tls-key`) and the admin calls trust its CA alone.
+    pub fn start_with(dir: &Path, pki: Option<&OwnerPki>) -> Result<KeyBroker> {
         let key = dir.join("admin.key");
         veil_keybroker::admin::generate_admin_key(&key).context("admin key")?;
-        let mut child = Command::new(kbs_binary()?)
+        let mut command = Command::new(kbs_binary()?);
+        command
             .args(["--listen", "127.0.0.1:0", "--state"])
             .arg(dir.join("kbs-state"))
             .arg("--admin-pubkey")
-            .arg(dir.join("admin.key.pub"))
+            .arg(dir.join("admin.key.pub"));
+        if let Some(pki) = pki {
+            command
+                .arg("--tls-cert")
+                .arg(&pki.identity.certificate)
+                .arg("--tls-key")
+                .arg(&pki.identity.private_key);
+        }
+        let mut child = command
             .stdout(Stdio::piped())
             .stderr(Stdio::from(
                 std::fs::File::create(dir.join("kbs.log")).context("kbs log")?,
@@ -146,9 +186,13 @@ impl KeyBroker {
             let _ = child.kill();
             bail!("veil-kbs said {line:?} instead of its address");
         };
-        let url = format!("http://{addr}");
-        let admin = veil_keybroker::admin_client::AdminClient::from_key_file(&url, &key)
+        let scheme = if pki.is_some() { "https" } else { "http" };
+        let url = format!("{scheme}://{addr}");
+        let mut admin = veil_keybroker::admin_client::AdminClient::from_key_file(&url, &key)
             .context("admin client")?;
+        if let Some(pki) = pki {
+            admin = admin.trusting(pki.roots());
+        }
         Ok(KeyBroker { url, child, admin })
     }
 
@@ -197,6 +241,16 @@ pub const ARCHIVE_EXTRAS: [(&str, &str); 2] = [
     ),
 ];
 
+/// How the store and the broker are reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// Plain HTTP on 127.0.0.1.
+    Http,
+    /// HTTPS on 127.0.0.1 under a private CA, which the pod trusts through
+    /// `io.veil.model.ca`.
+    Https,
+}
+
 /// How [`ModelOwner::start_with`] prepares the model.
 #[derive(Debug, Clone, Copy)]
 pub struct OwnerOptions {
@@ -206,6 +260,8 @@ pub struct OwnerOptions {
     pub pad_mib: u32,
     /// What is sealed.
     pub packaging: Packaging,
+    /// How the store and the broker are reached.
+    pub transport: Transport,
 }
 
 impl OwnerOptions {
@@ -215,6 +271,7 @@ impl OwnerOptions {
             seed,
             pad_mib: 0,
             packaging: Packaging::File,
+            transport: Transport::Http,
         }
     }
 }
@@ -243,6 +300,8 @@ pub struct ModelOwner {
     pub store: ModelStore,
     /// The key broker.
     pub kbs: KeyBroker,
+    /// The private CA and server certificate, with [`Transport::Https`].
+    pub pki: Option<OwnerPki>,
 }
 
 /// The encoded key data and the raw key of a one-key AES-256 keyset: the key value is the
@@ -277,6 +336,7 @@ impl ModelOwner {
             seed,
             pad_mib,
             packaging,
+            transport,
         } = options;
         let dir = tempfile::Builder::new()
             .prefix("veil-owner-")
@@ -314,10 +374,17 @@ impl ModelOwner {
         };
         let plaintext_sha256 = sha256_hex_of(&plaintext)?;
         seal_file(&plaintext, &keyset, &store_dir.join(&sealed_name))?;
-        let kbs = KeyBroker::start(dir.path())?;
+        let pki = match transport {
+            Transport::Http => None,
+            Transport::Https => Some(OwnerPki::create(dir.path())?),
+        };
+        let kbs = KeyBroker::start_with(dir.path(), pki.as_ref())?;
         kbs.put_resource(KEY_RESOURCE, keyset_json.as_bytes())?;
         kbs.set_policy(KEY_RESOURCE, SAMPLE_POLICY)?;
-        let store = ModelStore::serve(&store_dir)?;
+        let store = match &pki {
+            None => ModelStore::serve(&store_dir)?,
+            Some(pki) => ModelStore::serve_https(&store_dir, pki)?,
+        };
         Ok(ModelOwner {
             dir,
             model,
@@ -329,6 +396,7 @@ impl ModelOwner {
             plaintext_sha256,
             store,
             kbs,
+            pki,
         })
     }
 
@@ -363,7 +431,7 @@ impl ModelOwner {
 
     /// The pod annotations that deliver this model from the store into memory volume
     /// `volume`, as `model.safetensors` (or unpacked at the volume's root for
-    /// [`Packaging::TarGz`]).
+    /// [`Packaging::TarGz`]); with [`Transport::Https`], `io.veil.model.ca` names the CA.
     pub fn annotations(&self, volume: &str) -> Vec<(String, String)> {
         self.annotations_from(volume, &self.sealed_url())
     }
@@ -380,6 +448,11 @@ impl ModelOwner {
             Packaging::File => ("model.safetensors", "none"),
             Packaging::TarGz => ("", "tar.gz"),
         };
+        let ca = self
+            .pki
+            .as_ref()
+            .map(|p| p.ca_pem.clone())
+            .unwrap_or_default();
         [
             ("source", source.to_string()),
             ("kbs", self.kbs.url.clone()),
@@ -389,6 +462,7 @@ impl ModelOwner {
             ("path", path.to_string()),
             ("unpack", unpack.to_string()),
             ("aad", ASSOCIATED_DATA.to_string()),
+            ("ca", ca),
         ]
         .into_iter()
         .filter(|(_, v)| !v.is_empty())

@@ -1,12 +1,15 @@
 //! Model delivery end to end beyond the HTTP single-file case: a `file://` source shared
-//! read-only from the node, a sealed tar.gz unpacked in the guest, a model bigger than its
+//! read-only from the node, a sealed tar.gz unpacked in the guest, a store and broker on
+//! HTTPS under a private CA (and refused under another CA), a model bigger than its
 //! volume refused before decrypting, and what a failed delivery leaves in its pod. Real
 //! containerd, real VMs, a real `veil-kbs`; after each run the host holds none of the
 //! plaintext or the key.
 
 use std::time::Duration;
 
-use veil_integration::owner::{with_annotation, ModelOwner, OwnerOptions, Packaging};
+use veil_integration::owner::{
+    tls::unrelated_ca_pem, with_annotation, ModelOwner, OwnerOptions, Packaging, Transport,
+};
 use veil_integration::{oci, Containerd, CtrOutput, VEIL_RUNTIME};
 
 const INPUT: &str = "5.1,3.5,1.4,0.2";
@@ -122,6 +125,78 @@ fn a_sealed_tar_gz_is_unpacked_in_the_guest_with_its_subdirectories() {
     assert_host_blind(&containerd, &owner, "while serving");
     containerd.remove(id);
     assert_host_blind(&containerd, &owner, "after the run");
+}
+
+fn https_owner(seed: u64) -> ModelOwner {
+    let owner = ModelOwner::start_with(OwnerOptions {
+        transport: Transport::Https,
+        ..OwnerOptions::new(seed)
+    })
+    .expect("model owner");
+    assert!(owner.store.url.starts_with("https://") && owner.kbs.url.starts_with("https://"));
+    owner
+}
+
+#[test]
+fn a_store_and_broker_on_https_under_a_private_ca_deliver_the_model() {
+    let owner = https_owner(35);
+    let containerd = containerd_with_server();
+    let id = "over-https";
+    let run = containerd
+        .run_model_server(id, &owner.annotations("model"))
+        .expect("ctr run");
+    assert_started(&containerd, id, &run);
+    assert_served_with_files(&containerd, id, &owner);
+    let console = containerd.console_log(id);
+    let started = console
+        .lines()
+        .find(|l| l.contains("delivery.started"))
+        .unwrap_or_else(|| panic!("no delivery.started line: {console}"));
+    assert!(
+        started.contains("source=https://10.0.2.2:") && started.contains("kbs=https://10.0.2.2:"),
+        "the guest did not use the https:// URLs at the node's guest-side address: {started}"
+    );
+    assert_host_blind(&containerd, &owner, "while serving");
+    containerd.remove(id);
+    assert_host_blind(&containerd, &owner, "after the run");
+}
+
+#[test]
+fn a_pod_trusting_another_ca_refuses_the_https_store_and_leaves_the_volume_empty() {
+    let owner = https_owner(36);
+    let containerd = containerd_with_server();
+    let id = "wrong-ca";
+    let annotations = with_annotation(
+        &owner.annotations("model"),
+        "io.veil.model.ca",
+        &unrelated_ca_pem().expect("another CA"),
+    );
+    let run = containerd
+        .run_model_server(id, &annotations)
+        .expect("ctr run");
+    let console = containerd.console_log(id);
+    containerd.remove(id);
+    assert_ne!(run.code, 0, "the container started: {}", run.stdout);
+    assert!(
+        run.stderr.contains("model delivery failed at step fetch")
+            && run.stderr.contains("TLS certificate is not trusted")
+            && run.stderr.contains("io.veil.model.ca"),
+        "{}\nconsole: {console}",
+        run.stderr
+    );
+    let failed = console
+        .lines()
+        .find(|l| l.contains("delivery.failed"))
+        .unwrap_or_else(|| panic!("no delivery.failed line: {console}"));
+    assert!(
+        failed.contains("left_in_volume=0"),
+        "the guest did not leave the volume empty: {failed}"
+    );
+    assert!(
+        !console.contains("delivery.key.released"),
+        "the key was released to a guest that could not verify the store: {console}"
+    );
+    assert_host_blind(&containerd, &owner, "after the refusal");
 }
 
 #[test]
