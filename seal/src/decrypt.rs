@@ -16,8 +16,9 @@ use crate::reader::{Chunk, SegmentReader};
 pub struct DecryptReport {
     /// Plaintext bytes written.
     pub plaintext_bytes: u64,
-    /// SHA-256 of the plaintext.
-    pub sha256: [u8; 32],
+    /// SHA-256 of the plaintext; `None` when the caller skipped it
+    /// ([`crate::DecryptOptions::skip_sha256`]).
+    pub sha256: Option<[u8; 32]>,
     /// Number of segments in the ciphertext.
     pub segments: u64,
     /// Id of the keyset key that opened the stream.
@@ -25,9 +26,9 @@ pub struct DecryptReport {
 }
 
 impl DecryptReport {
-    /// The plaintext SHA-256 in lowercase hex.
-    pub fn sha256_hex(&self) -> String {
-        crate::hex(&self.sha256)
+    /// The plaintext SHA-256 in lowercase hex, when it was computed.
+    pub fn sha256_hex(&self) -> Option<String> {
+        self.sha256.as_ref().map(|d| crate::hex(d))
     }
 }
 
@@ -211,19 +212,24 @@ pub(crate) fn segment_error(chunk: &Chunk, failure: SegmentFailure) -> DecryptEr
     }
 }
 
-/// Plaintext sink shared by both decryptors: writes, hashes and counts.
+/// Plaintext sink shared by both decryptors: writes, hashes (unless skipped) and counts.
 pub(crate) struct PlaintextSink<'w, W: Write> {
     out: &'w mut W,
-    digest: digest::Context,
+    digest: Option<digest::Context>,
     pub(crate) bytes: u64,
     pub(crate) segments: u64,
 }
 
 impl<'w, W: Write> PlaintextSink<'w, W> {
     pub(crate) fn new(out: &'w mut W) -> Self {
+        PlaintextSink::hashing(out, true)
+    }
+
+    /// A sink that computes the plaintext SHA-256 only when `sha256` is true.
+    pub(crate) fn hashing(out: &'w mut W, sha256: bool) -> Self {
         PlaintextSink {
             out,
-            digest: digest::Context::new(&digest::SHA256),
+            digest: sha256.then(|| digest::Context::new(&digest::SHA256)),
             bytes: 0,
             segments: 0,
         }
@@ -231,7 +237,9 @@ impl<'w, W: Write> PlaintextSink<'w, W> {
 
     pub(crate) fn write_segment(&mut self, plaintext: &[u8]) -> Result<(), DecryptError> {
         self.write_unhashed(plaintext)?;
-        self.digest.update(plaintext);
+        if let Some(digest) = &mut self.digest {
+            digest.update(plaintext);
+        }
         Ok(())
     }
 
@@ -252,11 +260,11 @@ impl<'w, W: Write> PlaintextSink<'w, W> {
     }
 
     /// The running digest, for a hashing thread to continue; give it back with `set_digest`.
-    pub(crate) fn digest(&self) -> digest::Context {
+    pub(crate) fn digest(&self) -> Option<digest::Context> {
         self.digest.clone()
     }
 
-    pub(crate) fn set_digest(&mut self, digest: digest::Context) {
+    pub(crate) fn set_digest(&mut self, digest: Option<digest::Context>) {
         self.digest = digest;
     }
 
@@ -264,8 +272,11 @@ impl<'w, W: Write> PlaintextSink<'w, W> {
         self.out
             .flush()
             .map_err(|source| DecryptError::Write { path: None, source })?;
-        let mut sha256 = [0u8; 32];
-        sha256.copy_from_slice(self.digest.finish().as_ref());
+        let sha256 = self.digest.map(|digest| {
+            let mut sha256 = [0u8; 32];
+            sha256.copy_from_slice(digest.finish().as_ref());
+            sha256
+        });
         Ok(DecryptReport {
             plaintext_bytes: self.bytes,
             sha256,

@@ -54,6 +54,11 @@ pub struct DecryptOptions {
     /// When set, the plaintext's SHA-256 must equal it or decryption fails (and, for a file,
     /// the output is removed).
     pub expected_sha256: Option<[u8; 32]>,
+    /// Skips the plaintext SHA-256 (the report then has none). Every segment is still
+    /// authenticated by the AEAD; only the whole-file digest, whose single stream caps the
+    /// throughput at one core's SHA-256 speed, is left out. Ignored when `expected_sha256` is
+    /// set, so a check asked for is never silently dropped.
+    pub skip_sha256: bool,
     /// Called on the calling thread after each segment is written.
     pub progress: Option<ProgressFn>,
 }
@@ -66,12 +71,18 @@ impl fmt::Debug for DecryptOptions {
                 "expected_sha256",
                 &self.expected_sha256.map(|d| crate::hex(&d)),
             )
+            .field("skip_sha256", &self.skip_sha256)
             .field("progress", &self.progress.is_some())
             .finish()
     }
 }
 
 impl DecryptOptions {
+    /// Whether the plaintext SHA-256 is computed.
+    pub fn computes_sha256(&self) -> bool {
+        !self.skip_sha256 || self.expected_sha256.is_some()
+    }
+
     /// Worker threads to use.
     pub fn worker_count(&self) -> usize {
         self.threads
@@ -99,7 +110,7 @@ impl DecryptOptions {
 ///     std::path::Path::new("/run/model/model.bin"),
 ///     &veil_seal::DecryptOptions::default(),
 /// )?;
-/// println!("{} bytes, sha256 {}", report.plaintext_bytes, report.sha256_hex());
+/// println!("{} bytes, sha256 {:?}", report.plaintext_bytes, report.sha256_hex());
 /// # Ok(()) }
 /// ```
 pub fn decrypt_to_file<R: Read + Send>(
@@ -239,7 +250,7 @@ fn decrypt_opened<R: Read + Send, W: Write>(
     options: &DecryptOptions,
     placement: Placement<'_>,
 ) -> Result<DecryptReport, DecryptError> {
-    let mut sink = PlaintextSink::new(out);
+    let mut sink = PlaintextSink::hashing(out, options.computes_sha256());
     sink.write_segment(&stream.first_plaintext)?;
     report_progress(options, sink.bytes);
     if let Some(rest) = stream.rest {
@@ -277,10 +288,10 @@ fn report_progress(options: &DecryptOptions, bytes: u64) {
 }
 
 fn check_digest(report: &DecryptReport, options: &DecryptOptions) -> Result<(), DecryptError> {
-    match options.expected_sha256 {
-        Some(expected) if expected != report.sha256 => Err(DecryptError::DigestMismatch {
+    match (options.expected_sha256, report.sha256) {
+        (Some(expected), Some(actual)) if expected != actual => Err(DecryptError::DigestMismatch {
             expected: crate::hex(&expected),
-            actual: report.sha256_hex(),
+            actual: crate::hex(&actual),
         }),
         _ => Ok(()),
     }
@@ -372,14 +383,17 @@ fn run_pipeline<R: Read + Send, W: Write>(
     })
 }
 
-/// Hasher thread: continues the plaintext digest in segment order, then recycles the buffers.
+/// Hasher thread: continues the plaintext digest (if any) in segment order, then recycles the
+/// buffers.
 fn hash_segments(
-    mut digest: ring::digest::Context,
+    mut digest: Option<ring::digest::Context>,
     segments: &Receiver<(Vec<u8>, usize)>,
     pool: &Sender<Vec<u8>>,
-) -> ring::digest::Context {
+) -> Option<ring::digest::Context> {
     while let Ok((buf, len)) = segments.recv() {
-        digest.update(&buf[..len]);
+        if let Some(digest) = &mut digest {
+            digest.update(&buf[..len]);
+        }
         // The reader may have stopped; the buffer is then simply dropped.
         let _ = pool.send(buf);
     }
@@ -536,7 +550,7 @@ mod tests {
             decrypt_to_file(&ct[..], &keyset, b"a", &dest, &DecryptOptions::default()).unwrap();
         assert_eq!(fs::read(&dest).unwrap(), vec![9u8; 10_000]);
         let options = DecryptOptions {
-            expected_sha256: Some(report.sha256),
+            expected_sha256: report.sha256,
             ..DecryptOptions::default()
         };
         assert!(decrypt_to_file(&ct[..], &keyset, b"a", &dest, &options).is_ok());
@@ -544,6 +558,48 @@ mod tests {
             fs::read_dir(dir.path()).unwrap().count(),
             1,
             "no partial file left"
+        );
+    }
+
+    #[test]
+    fn skipping_the_digest_gives_the_same_plaintext_and_no_sha256() {
+        let keyset = Keyset::generate(KeyTemplate::Aes128GcmHkdf4Kb).unwrap();
+        let ct = sealed(&keyset, 50_000);
+        let skip = DecryptOptions {
+            skip_sha256: true,
+            threads: NonZeroUsize::new(3),
+            ..DecryptOptions::default()
+        };
+        let (mut hashed, mut unhashed) = (Vec::new(), Vec::new());
+        let full = decrypt_to_writer(
+            &ct[..],
+            &keyset,
+            b"a",
+            &mut hashed,
+            &DecryptOptions::default(),
+        )
+        .unwrap();
+        let report = decrypt_to_writer(&ct[..], &keyset, b"a", &mut unhashed, &skip).unwrap();
+        assert_eq!(hashed, unhashed);
+        assert!(full.sha256.is_some());
+        assert_eq!(report.sha256, None);
+        assert_eq!(report.plaintext_bytes, 50_000);
+    }
+
+    #[test]
+    fn an_expected_digest_is_checked_even_when_asked_to_skip_it() {
+        let keyset = Keyset::generate(KeyTemplate::Aes128GcmHkdf4Kb).unwrap();
+        let ct = sealed(&keyset, 50_000);
+        let options = DecryptOptions {
+            skip_sha256: true,
+            expected_sha256: Some([7; 32]),
+            ..DecryptOptions::default()
+        };
+        let error =
+            decrypt_to_writer(&ct[..], &keyset, b"a", &mut Vec::new(), &options).unwrap_err();
+        assert!(
+            matches!(error, DecryptError::DigestMismatch { .. }),
+            "{error}"
         );
     }
 

@@ -56,6 +56,17 @@ pub enum DeliveryError {
         #[source]
         source: Box<ClientError>,
     },
+    /// The broker's TLS certificate is not trusted (not retried).
+    #[error("model delivery failed at step attest: key {resource} from {kbs}: {source}; for a private CA, give its certificate in io.veil.model.ca")]
+    UntrustedKeyBroker {
+        /// Broker URL.
+        kbs: String,
+        /// Resource path.
+        resource: String,
+        /// The client's error.
+        #[source]
+        source: Box<ClientError>,
+    },
     /// The released secret is not a keyset.
     #[error("model delivery failed at step attest: the broker released {resource}, but it is not a Tink keyset ({detail}); store the model's keyset JSON at that path")]
     Keyset {
@@ -292,6 +303,13 @@ fn release_keyset(plan: &Plan, roots: &ureq::tls::RootCerts) -> Result<Keyset, D
                 std::thread::sleep(std::time::Duration::from_millis(500 << attempt));
                 attempt += 1;
             }
+            Err(source @ ClientError::UntrustedCertificate { .. }) => {
+                return Err(DeliveryError::UntrustedKeyBroker {
+                    kbs: plan.kbs_url.clone(),
+                    resource: plan.key_resource.clone(),
+                    source: Box::new(source),
+                })
+            }
             Err(source) => {
                 return Err(DeliveryError::Key {
                     kbs: plan.kbs_url.clone(),
@@ -325,7 +343,8 @@ fn decrypt_with_retries(
             Ok(report) => {
                 return Ok(DeliveryReport {
                     plaintext_bytes: report.plaintext_bytes,
-                    sha256: report.sha256_hex(),
+                    // The agent never skips the digest: it is always computed.
+                    sha256: report.sha256_hex().unwrap_or_default(),
                 })
             }
             // The download broke off: the partial plaintext is gone, fetch it again.

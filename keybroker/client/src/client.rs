@@ -85,6 +85,15 @@ pub enum ClientError {
         /// The transport error.
         reason: String,
     },
+    /// The broker's TLS certificate is not trusted by the configured roots: trying again
+    /// cannot help, the caller's roots (or the broker's certificate) must change.
+    #[error("key broker step `connection` failed: the TLS certificate of {url} is not trusted: {reason}")]
+    UntrustedCertificate {
+        /// The URL called.
+        url: String,
+        /// rustls's verdict.
+        reason: String,
+    },
     /// The broker answered with something that is not the protocol.
     #[error("key broker step `{step}` failed: unexpected answer: {reason}")]
     Protocol {
@@ -102,6 +111,25 @@ pub enum ClientError {
     /// The resource could not be decrypted (tampered, or not for our key).
     #[error("key broker step `resource` failed: the response does not decrypt: {0}")]
     Decrypt(#[from] JweDecryptError),
+}
+
+/// A failed call as [`ClientError::UntrustedCertificate`] when the TLS handshake refused the
+/// broker's certificate, [`ClientError::Transport`] otherwise.
+fn transport_error(url: &str, error: &ureq::Error) -> ClientError {
+    // ureq reports rustls's verdict directly or wrapped in an I/O error.
+    let tls = match error {
+        ureq::Error::Rustls(_) | ureq::Error::Tls(_) => true,
+        ureq::Error::Io(io) => io
+            .get_ref()
+            .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some()),
+        _ => false,
+    };
+    let (url, reason) = (url.to_owned(), error.to_string());
+    if tls {
+        ClientError::UntrustedCertificate { url, reason }
+    } else {
+        ClientError::Transport { url, reason }
+    }
 }
 
 /// Attests with `config.attester` and returns the resource `repo/type/tag`, decrypted.
@@ -295,10 +323,7 @@ impl Connection {
         url: &str,
         result: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
     ) -> Result<T, ClientError> {
-        let mut response = result.map_err(|e| ClientError::Transport {
-            url: url.to_owned(),
-            reason: e.to_string(),
-        })?;
+        let mut response = result.map_err(|e| transport_error(url, &e))?;
         if let Some(cookie) = session_cookie_from(response.headers()) {
             self.cookie = Some(cookie);
         }

@@ -196,7 +196,7 @@ mod tests {
 
     use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair, SanType};
     use ureq::tls::{Certificate, RootCerts};
-    use veil_kbs_client::{Connection, Tee};
+    use veil_kbs_client::{ClientError, Connection, Tee};
 
     use crate::config::KbsConfig;
     use crate::Broker;
@@ -259,11 +259,10 @@ mod tests {
         RootCerts::new_with_certs(&[Certificate::from_der(ca_der).to_owned()])
     }
 
-    fn auth(url: &str, roots: Option<RootCerts>) -> Result<(), String> {
+    fn auth(url: &str, roots: Option<RootCerts>) -> Result<(), ClientError> {
         Connection::with_transport(url, Duration::from_secs(20), None, roots)
             .auth(Tee::Sample)
             .map(|_| ())
-            .map_err(|error| error.to_string())
     }
 
     #[test]
@@ -317,12 +316,14 @@ mod tests {
         for roots in [None, Some(trusting(other_ca.der()))] {
             let error = auth(&broker.url(), roots).expect_err("an untrusted broker answered");
             assert!(
-                error.to_lowercase().contains("certificate") || error.contains("UnknownIssuer"),
+                matches!(error, ClientError::UntrustedCertificate { .. }),
                 "{error}"
             );
+            assert!(error.to_string().contains("not trusted"), "{error}");
         }
         let plain = broker.url().replacen("https://", "http://", 1);
-        auth(&plain, None).expect_err("plain HTTP got an answer from the HTTPS port");
+        let error = auth(&plain, None).expect_err("plain HTTP got an answer from the HTTPS port");
+        assert!(matches!(error, ClientError::Transport { .. }), "{error}");
         // The broker still serves after refused handshakes.
         auth(&broker.url(), Some(trusting(&pki.ca_der))).unwrap();
         broker.stop();
