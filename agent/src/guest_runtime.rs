@@ -4,6 +4,8 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
+use oci_spec::runtime::LinuxResources;
+use veil_container::cgroups::{Cgroup, CgroupStats, GUEST_CGROUP_ROOT};
 use veil_container::{Container, ContainerBuilder, StdioConfig};
 
 use crate::runtime::{ContainerRuntime, RuntimeError, SpawnedProcess, StdioRequest};
@@ -69,9 +71,20 @@ impl ContainerRuntime for GuestRuntime {
         spec: oci_spec::runtime::Spec,
         stdio: StdioRequest,
     ) -> Result<SpawnedProcess, RuntimeError> {
-        let mut container = ContainerBuilder::new(id, rootfs, spec)
+        let cgroup = container_cgroup(id, &spec)?;
+        let built = ContainerBuilder::new(id, rootfs, spec)
             .stdio(stdio_config(stdio))
-            .build()?;
+            .cgroup(cgroup.clone())
+            .build();
+        let mut container = match built {
+            Ok(container) => container,
+            Err(error) => {
+                if let Err(cleanup) = cgroup.remove() {
+                    tracing::warn!(container = %id, error = %cleanup, "cgroup of a failed create left behind");
+                }
+                return Err(error.into());
+            }
+        };
         let init = container.take_init_process();
         self.containers()
             .insert(id.to_string(), Arc::new(Mutex::new(container)));
@@ -115,6 +128,39 @@ impl ContainerRuntime for GuestRuntime {
         container.mark_stopped();
         Ok(container.delete()?)
     }
+
+    fn stats(&self, id: &str) -> Result<CgroupStats, RuntimeError> {
+        self.with_container(id, |container| Ok(cgroup_of(container)?.stats()?))
+    }
+
+    fn update(&self, id: &str, resources: &LinuxResources) -> Result<(), RuntimeError> {
+        self.with_container(id, |container| Ok(cgroup_of(container)?.apply(resources)?))
+    }
+}
+
+/// Creates the container's cgroup and applies the spec's `linux.resources` to it, before
+/// any of its processes exists.
+fn container_cgroup(id: &str, spec: &oci_spec::runtime::Spec) -> Result<Cgroup, RuntimeError> {
+    let linux = spec.linux().as_ref();
+    if let Some(path) = linux.and_then(|l| l.cgroups_path().as_ref()) {
+        tracing::debug!(container = %id, cgroups_path = %path.display(), "linux.cgroupsPath is a host path; the guest cgroup is named by the container id");
+    }
+    let cgroup = Cgroup::create(std::path::Path::new(GUEST_CGROUP_ROOT), id)?;
+    if let Some(resources) = linux.and_then(|l| l.resources().as_ref()) {
+        if let Err(error) = cgroup.apply(resources) {
+            if let Err(cleanup) = cgroup.remove() {
+                tracing::warn!(container = %id, error = %cleanup, "cgroup of a failed create left behind");
+            }
+            return Err(error.into());
+        }
+    }
+    Ok(cgroup)
+}
+
+fn cgroup_of(container: &Container) -> Result<&Cgroup, RuntimeError> {
+    container
+        .cgroup()
+        .ok_or_else(|| format!("container {} has no cgroup", container.id()).into())
 }
 
 #[cfg(test)]

@@ -4,6 +4,9 @@
 use std::os::fd::OwnedFd;
 use std::path::Path;
 
+use oci_spec::runtime::LinuxResources;
+use veil_container::cgroups::CgroupStats;
+
 /// Which standard streams a new process gets.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StdioRequest {
@@ -72,4 +75,20 @@ pub trait ContainerRuntime: Send + Sync + 'static {
 
     /// Releases what the runtime holds for the container (its processes are gone).
     fn delete(&self, id: &str) -> Result<(), RuntimeError>;
+
+    /// The container's cgroup statistics. Runtimes without cgroups say so.
+    fn stats(&self, id: &str) -> Result<CgroupStats, RuntimeError> {
+        Err(
+            format!("container {id}: this runtime keeps no cgroups, so it has no statistics")
+                .into(),
+        )
+    }
+
+    /// Applies new resources to the container's cgroup. Runtimes without cgroups say so.
+    fn update(&self, id: &str, _resources: &LinuxResources) -> Result<(), RuntimeError> {
+        Err(
+            format!("container {id}: this runtime keeps no cgroups, so resources cannot change")
+                .into(),
+        )
+    }
 }

@@ -112,4 +112,28 @@ mod tests {
             response
         );
     }
+
+    #[test]
+    fn stats_response_round_trips_with_unlimited_maxima() {
+        let response = StatsContainerResponse {
+            cpu: protobuf::MessageField::some(CpuStats {
+                usage_usec: 1500,
+                ..Default::default()
+            }),
+            memory: protobuf::MessageField::some(MemoryStats {
+                current: 4096,
+                max: u64::MAX,
+                stat: [("inactive_file".to_string(), 512u64)]
+                    .into_iter()
+                    .collect(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let bytes = response.write_to_bytes().expect("encode");
+        assert_eq!(
+            StatsContainerResponse::parse_from_bytes(&bytes).expect("decode"),
+            response
+        );
+    }
 }

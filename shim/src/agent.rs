@@ -324,6 +324,46 @@ impl AgentClient {
         Ok(())
     }
 
+    /// The container's cgroup statistics from inside the guest.
+    pub async fn stats_container(&self, container_id: &str) -> Result<api::StatsContainerResponse> {
+        let request = api::StatsContainerRequest {
+            container_id: container_id.to_string(),
+            ..Default::default()
+        };
+        self.client
+            .stats_container(self.short(), &request)
+            .await
+            .map_err(|e| {
+                agent_error(
+                    &format!("read the statistics of container {container_id}"),
+                    e,
+                )
+            })
+    }
+
+    /// Applies new resources (OCI LinuxResources as JSON) to a container's guest cgroup.
+    pub async fn update_container(
+        &self,
+        container_id: &str,
+        linux_resources_json: Vec<u8>,
+    ) -> Result<()> {
+        let request = api::UpdateContainerRequest {
+            container_id: container_id.to_string(),
+            linux_resources_json,
+            ..Default::default()
+        };
+        self.client
+            .update_container(self.short(), &request)
+            .await
+            .map_err(|e| {
+                agent_error(
+                    &format!("update the resources of container {container_id}"),
+                    e,
+                )
+            })?;
+        Ok(())
+    }
+
     /// Asks the agent to stop everything and power the VM off.
     pub async fn shutdown(&self) -> Result<()> {
         self.client

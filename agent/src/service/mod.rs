@@ -2,6 +2,7 @@
 
 mod error;
 mod procfs;
+mod stats;
 mod stream;
 
 use std::collections::HashMap;
@@ -358,6 +359,37 @@ impl AgentService {
         Ok(())
     }
 
+    fn stats(&self, id: &str) -> Result<api::StatsContainerResponse, ServiceError> {
+        self.container(id)?;
+        let stats = self
+            .runtime
+            .stats(id)
+            .map_err(|source| ServiceError::Runtime {
+                what: format!("read the cgroup statistics of container {id}"),
+                source,
+            })?;
+        Ok(stats::stats_response(stats))
+    }
+
+    fn update(&self, request: &api::UpdateContainerRequest) -> Result<(), ServiceError> {
+        let id = &request.container_id;
+        self.container(id)?;
+        let resources: oci_spec::runtime::LinuxResources =
+            serde_json::from_slice(&request.linux_resources_json).map_err(|e| {
+                ServiceError::InvalidArgument(format!(
+                    "resources of container {id} (OCI LinuxResources JSON): {e}"
+                ))
+            })?;
+        self.runtime
+            .update(id, &resources)
+            .map_err(|source| ServiceError::Runtime {
+                what: format!("update the resources of container {id}"),
+                source,
+            })?;
+        tracing::info!(container = %id, "container resources updated");
+        Ok(())
+    }
+
     fn kill_everything(&self) {
         let containers: Vec<_> = locked(&self.containers).values().cloned().collect();
         for container in containers {
@@ -638,6 +670,23 @@ impl api::AgentService for AgentService {
             .apply(&request.interfaces)
             .await
             .map_err(ServiceError::from)?;
+        Ok(api::Empty::default())
+    }
+
+    async fn stats_container(
+        &self,
+        _: &TtrpcContext,
+        request: api::StatsContainerRequest,
+    ) -> ttrpc::Result<api::StatsContainerResponse> {
+        Ok(self.stats(&request.container_id)?)
+    }
+
+    async fn update_container(
+        &self,
+        _: &TtrpcContext,
+        request: api::UpdateContainerRequest,
+    ) -> ttrpc::Result<api::Empty> {
+        self.update(&request)?;
         Ok(api::Empty::default())
     }
 

@@ -378,3 +378,72 @@ async fn malformed_requests_are_refused_with_the_reason() {
         .expect("ping");
     assert_eq!(ping.version, env!("CARGO_PKG_VERSION"));
 }
+
+#[tokio::test]
+async fn stats_and_update_name_the_container_and_the_bad_input() {
+    let _one = ONE_REAPER.lock().unwrap_or_else(|p| p.into_inner());
+    let client = connect().await;
+    let unknown = client
+        .stats_container(
+            ctx(),
+            &api::StatsContainerRequest {
+                container_id: "nobody".into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect_err("unknown container");
+    assert_eq!(status_code(unknown), veil_protocol::ttrpc::Code::NOT_FOUND);
+
+    client
+        .create_container(
+            ctx(),
+            &create_request("limited", &["sleep", "30"], api::Stdio::default()),
+        )
+        .await
+        .expect("create");
+    let malformed = client
+        .update_container(
+            ctx(),
+            &api::UpdateContainerRequest {
+                container_id: "limited".into(),
+                linux_resources_json: b"{\"memory\": 5}".to_vec(),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect_err("malformed resources");
+    let veil_protocol::ttrpc::Error::RpcStatus(status) = malformed else {
+        panic!("not a status: {malformed:?}");
+    };
+    assert_eq!(status.code(), veil_protocol::ttrpc::Code::INVALID_ARGUMENT);
+    assert!(status.message().contains("limited"), "{}", status.message());
+
+    // The host-process fake keeps no cgroups: the error says so instead of inventing zeros.
+    let no_cgroups = client
+        .stats_container(
+            ctx(),
+            &api::StatsContainerRequest {
+                container_id: "limited".into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect_err("fake runtime has no cgroups");
+    let veil_protocol::ttrpc::Error::RpcStatus(status) = no_cgroups else {
+        panic!("not a status: {no_cgroups:?}");
+    };
+    assert!(
+        status.message().contains("no cgroups"),
+        "{}",
+        status.message()
+    );
+
+    let kill = api::SignalProcessRequest {
+        container_id: "limited".into(),
+        signal: 9,
+        ..Default::default()
+    };
+    client.signal_process(ctx(), &kill).await.expect("kill");
+    assert_eq!(wait(&client, "limited", "").await, 137);
+}
