@@ -58,10 +58,11 @@ pub fn run_to_first_line(
         .ctr(&args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .context("start ctr: is containerd's ctr on PATH?")?;
     let stdout = child.stdout.take().context("ctr has no stdout pipe")?;
+    let stderr = collect_stderr(&mut child)?;
     let (sender, receiver) = mpsc::channel();
     std::thread::spawn(move || {
         let mut line = String::new();
@@ -79,7 +80,8 @@ pub fn run_to_first_line(
             bail!("{id}: no output within {timeout:?}; see containerd's log");
         }
     };
-    wait_until(&mut child, deadline, id)?;
+    wait_until(&mut child, deadline, id)
+        .map_err(|error| why_ctr_failed(error, containerd, stderr.join().unwrap_or_default()))?;
     if line.trim() != EXPECTED {
         bail!("{id}: expected {EXPECTED:?} as the first line, got {line:?}");
     }
@@ -89,6 +91,29 @@ pub fn run_to_first_line(
         started,
         read,
     })
+}
+
+/// Reads ctr's stderr on a thread of its own, so a full pipe never stalls ctr.
+fn collect_stderr(child: &mut Child) -> Result<std::thread::JoinHandle<String>> {
+    let mut stderr = child.stderr.take().context("ctr has no stderr pipe")?;
+    Ok(std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut text);
+        text
+    }))
+}
+
+/// A failed `ctr run` with what ctr said and the end of containerd's log (where the shim's
+/// errors land), since a bare exit status says nothing.
+fn why_ctr_failed(error: anyhow::Error, containerd: &Containerd, stderr: String) -> anyhow::Error {
+    let log = containerd.log();
+    let tail: Vec<&str> = log.lines().rev().take(20).collect();
+    let tail: Vec<&str> = tail.into_iter().rev().collect();
+    error.context(format!(
+        "ctr said: {}\ncontainerd log (last 20 lines):\n{}",
+        stderr.trim(),
+        tail.join("\n")
+    ))
 }
 
 fn kill(child: &mut Child) {
