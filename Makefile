@@ -48,10 +48,12 @@ test: setup build image
 demo: setup image
 	$(CARGO) run --quiet -p veil-integration --bin veil-demo
 
-# Cold start, veil vs runc; results in benches/results/.
+# Cold start (veil vs runc) and sealed-model decrypt throughput (veil vs openssl, Tink, gpg);
+# results in benches/results/.
 bench: setup image
 	$(CARGO) build --release --workspace --bins
 	$(CARGO) run --quiet --release -p veil-benches --bin veil-bench-cold-start -- 10
+	VEIL=$(TARGET_DIR)/release/veil benches/seal/throughput.sh
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -11,7 +11,7 @@ APT_PACKAGES=(
   make gcc libc6-dev flex bison bc libelf-dev libssl-dev  # the minimal guest kernel build
   util-linux                 # script(1) for terminal tests, mount/umount
   iproute2 socat             # test helpers
-  openssl gnupg              # seal throughput comparisons
+  openssl gnupg time         # seal throughput comparisons (GNU time for CPU seconds)
   ovmf                       # SNP launch-digest tests (veil measure vs sev-snp-measure)
   protobuf-compiler          # protoc for the CRI API bindings (k8s-cri) the CRI tests use
   containernetworking-plugins  # CNI bridge + host-local for the pod-network tests

@@ -14,7 +14,8 @@
 # `cargo build --release -p veil`), openssl, gpg, python3 with `pip install tink`, and
 # ~5 GiB free in the tmpfs (TMPFS=dir, default /dev/shm).
 # Usage: benches/seal/throughput.sh [SIZE_MIB]   (default 1024)
-# OUT_MD=file writes the report elsewhere (e.g. for a run on another machine).
+# OUT_MD=file writes the report elsewhere (e.g. for a run on another machine); the same figures
+# go to the .json next to it.
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/../.." && pwd)
@@ -23,6 +24,7 @@ tmpfs=${TMPFS:-/dev/shm}
 size_mib=${1:-1024}
 runs=${RUNS:-3}
 out_md=${OUT_MD:-$repo/benches/results/seal-throughput.md}
+out_json=${out_md%.md}.json
 work=$(mktemp -d "$tmpfs/veil-seal-bench.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 
@@ -239,4 +241,27 @@ mkdir -p "$(dirname "$out_md")"
         cat "$repo/benches/seal/analysis.md"
     fi
 } >"$out_md"
+# The same figures for programs: MiB/s of wall-clock time and per CPU-second, per row.
+pair() { echo "{\"wall_mib_s\": ${1% *}, \"cpu_mib_s\": ${1#* }}"; }
+cat >"$out_json" <<JSON
+{
+  "date": "$(date -u +%Y-%m-%dT%H:%M:%SZ)",
+  "git_revision": "$(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo unknown)",
+  "machine": {"cpu": "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)", "cpus": $cpus,
+              "loadavg_before": "$load_before", "loadavg_after": "$(cut -d' ' -f1-3 /proc/loadavg)"},
+  "plaintext_mib": $size_mib,
+  "template": "AES256_GCM_HKDF_1MB",
+  "best_of_runs": $runs,
+  "all_threads_means": $cpus,
+  "veil_into_tmpfs": {"1": $(pair "$veil_1"), "2": $(pair "$veil_2"), "all": $(pair "$veil_all")},
+  "veil_to_null": {"1": $(pair "$veil_stdout_1"), "all": $(pair "$veil_stdout_all")},
+  "veil_to_null_no_sha256": {"1": $(pair "$veil_nodigest_1"), "2": $(pair "$veil_nodigest_2"), "all": $(pair "$veil_nodigest_all")},
+  "openssl_aes_256_gcm_16k": {"one_core_wall_mib_s": $ossl_1_wall, "one_core_cpu_mib_s": $ossl_1_mibs, "all_cores_sum_mib_s": $ossl_all_mibs},
+  "openssl_sha256_16k": {"one_core_wall_mib_s": $sha_wall, "one_core_cpu_mib_s": $sha_cpu},
+  "tink_python": $(pair "$tink"),
+  "gpg": $(pair "$gpg_rate"),
+  "dd_into_tmpfs": $(pair "$dd_rate")
+}
+JSON
+python3 -m json.tool "$out_json" >/dev/null || { echo "bad JSON in $out_json" >&2; exit 1; }
 cat "$out_md"
