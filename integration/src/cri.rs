@@ -583,3 +583,80 @@ impl CriClient {
         }
     }
 }
+
+/// `container` with kubelet's resource fields for it (`resources.limits` of a pod spec
+/// become `linux.resources` in the OCI spec containerd generates).
+pub fn with_resources(
+    mut container: ContainerConfig,
+    resources: k8s_cri::v1::LinuxContainerResources,
+) -> ContainerConfig {
+    container
+        .linux
+        .get_or_insert_with(Default::default)
+        .resources = Some(resources);
+    container
+}
+
+/// Container resources with a memory limit (bytes) and, when `cpu_quota` is given, a CFS
+/// quota per 100 ms period (microseconds), as kubelet derives them from limits.
+pub fn memory_and_cpu_limits(
+    memory_bytes: i64,
+    cpu_quota: Option<i64>,
+) -> k8s_cri::v1::LinuxContainerResources {
+    k8s_cri::v1::LinuxContainerResources {
+        memory_limit_in_bytes: memory_bytes,
+        cpu_period: if cpu_quota.is_some() { 100_000 } else { 0 },
+        cpu_quota: cpu_quota.unwrap_or(0),
+        cpu_shares: 2,
+        ..Default::default()
+    }
+}
+
+impl CriClient {
+    /// ContainerStats (what kubelet's summary API reads).
+    pub fn container_stats(&mut self, id: &str) -> Result<k8s_cri::v1::ContainerStats> {
+        let request = k8s_cri::v1::ContainerStatsRequest {
+            container_id: id.to_string(),
+        };
+        let response = self.call("ContainerStats", CALL, |mut c| async move {
+            c.container_stats(request).await
+        })?;
+        response
+            .stats
+            .context("ContainerStats answered without stats")
+    }
+
+    /// ListContainerStats, of pod `pod_id` when given.
+    pub fn list_container_stats(
+        &mut self,
+        pod_id: Option<&str>,
+    ) -> Result<Vec<k8s_cri::v1::ContainerStats>> {
+        let request = k8s_cri::v1::ListContainerStatsRequest {
+            filter: pod_id.map(|id| k8s_cri::v1::ContainerStatsFilter {
+                pod_sandbox_id: id.to_string(),
+                ..Default::default()
+            }),
+        };
+        let response = self.call("ListContainerStats", CALL, |mut c| async move {
+            c.list_container_stats(request).await
+        })?;
+        Ok(response.stats)
+    }
+
+    /// UpdateContainerResources with new Linux resources.
+    pub fn update_container_resources(
+        &mut self,
+        id: &str,
+        resources: k8s_cri::v1::LinuxContainerResources,
+    ) -> Result<()> {
+        let request = k8s_cri::v1::UpdateContainerResourcesRequest {
+            container_id: id.to_string(),
+            linux: Some(resources),
+            ..Default::default()
+        };
+        self.call("UpdateContainerResources", CALL, |mut c| async move {
+            c.update_container_resources(request).await
+        })?;
+        Ok(())
+    }
+}

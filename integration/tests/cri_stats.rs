@@ -1,0 +1,238 @@
+//! Container resources and statistics of a veil pod through containerd's CRI, as kubelet
+//! uses them: limits from the container config reach the container's cgroup inside the
+//! guest, ContainerStats/ListContainerStats report the guest's figures,
+//! UpdateContainerResources changes the limit in the guest, and a container that exceeds
+//! its memory limit is OOM-killed while the VM and its other containers carry on.
+//! Needs root and the built artifacts, with a guest image whose kernel has
+//! CONFIG_CFS_BANDWIDTH (`make image`).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use k8s_cri::v1::{ContainerConfig, ContainerState, PodSandboxConfig};
+use veil_integration::cri::{self, CriClient, VEIL_HANDLER};
+use veil_integration::{eventually, Containerd, Options};
+
+const EXEC: Duration = Duration::from_secs(60);
+const MIB: i64 = 1024 * 1024;
+
+struct Cluster {
+    containerd: Containerd,
+    cri: CriClient,
+}
+
+impl Cluster {
+    fn launch() -> Cluster {
+        let containerd =
+            Containerd::start_cri(&Options::default()).expect("start containerd with CRI");
+        cri::import_images(&containerd).expect("import the images into k8s.io");
+        let cri = CriClient::connect(&containerd.socket)
+            .unwrap_or_else(|e| panic!("CRI client: {e:#}\n{}", containerd.log()));
+        Cluster { containerd, cri }
+    }
+
+    fn run_pod(&mut self, name: &str) -> (String, PodSandboxConfig) {
+        let dir = self.containerd.dir().join("pods").join(name);
+        std::fs::create_dir_all(&dir).expect("create the pod dir");
+        let config = cri::host_network_pod(name, &dir, HashMap::new());
+        let pod = self
+            .cri
+            .run_pod_sandbox(&config, VEIL_HANDLER)
+            .unwrap_or_else(|e| panic!("RunPodSandbox: {e:#}\n{}", self.containerd.log()));
+        (pod, config)
+    }
+
+    fn start(
+        &mut self,
+        pod: &str,
+        sandbox: &PodSandboxConfig,
+        container: &ContainerConfig,
+    ) -> String {
+        let id = self
+            .cri
+            .create_container(pod, container, sandbox)
+            .unwrap_or_else(|e| panic!("CreateContainer: {e:#}\n{}", self.diagnostics(pod)));
+        self.cri
+            .start_container(&id)
+            .unwrap_or_else(|e| panic!("StartContainer: {e:#}\n{}", self.diagnostics(pod)));
+        id
+    }
+
+    /// Runs `script` with sh in container `id`; its stdout, trimmed, after checking it
+    /// exited 0.
+    fn sh(&mut self, pod: &str, id: &str, script: &str) -> String {
+        let output = self
+            .cri
+            .exec_sync(id, &["sh", "-c", script], EXEC)
+            .unwrap_or_else(|e| panic!("ExecSync {script:?}: {e:#}\n{}", self.diagnostics(pod)));
+        assert_eq!(output.exit_code, 0, "{script:?}: {output:?}");
+        output.stdout.trim().to_string()
+    }
+
+    fn diagnostics(&self, pod: &str) -> String {
+        format!(
+            "{}\nconsole: {}",
+            self.containerd.log(),
+            cri::console_log(&self.containerd, pod)
+        )
+    }
+
+    fn tear_down(&mut self, pod: &str) {
+        self.cri
+            .stop_pod_sandbox(pod)
+            .unwrap_or_else(|e| panic!("StopPodSandbox: {e:#}\n{}", self.diagnostics(pod)));
+        self.cri
+            .remove_pod_sandbox(pod)
+            .unwrap_or_else(|e| panic!("RemovePodSandbox: {e:#}\n{}", self.containerd.log()));
+        assert!(
+            eventually(Duration::from_secs(30), || self
+                .containerd
+                .qemu_processes()
+                .is_empty()),
+            "VM left behind: {:?}",
+            self.containerd.qemu_processes()
+        );
+    }
+}
+
+/// The container's own cgroup file `file` as the container sees it: /proc/self/cgroup
+/// names its cgroup ("/" inside a cgroup namespace, /veil/<id> without one) below the
+/// cgroup2 mount containerd puts at /sys/fs/cgroup.
+fn own_cgroup_file(file: &str) -> String {
+    format!("cat \"/sys/fs/cgroup$(sed -n 's/^0:://p' /proc/self/cgroup)/{file}\"")
+}
+
+fn cpu_nanos(stats: &k8s_cri::v1::ContainerStats) -> u64 {
+    stats
+        .cpu
+        .as_ref()
+        .and_then(|c| c.usage_core_nano_seconds)
+        .map_or(0, |v| v.value)
+}
+
+fn working_set(stats: &k8s_cri::v1::ContainerStats) -> u64 {
+    stats
+        .memory
+        .as_ref()
+        .and_then(|m| m.working_set_bytes)
+        .map_or(0, |v| v.value)
+}
+
+#[test]
+fn a_veil_container_reports_guest_stats_and_its_limits_apply_and_update_in_the_guest() {
+    let mut cluster = Cluster::launch();
+    let (pod, sandbox) = cluster.run_pod("stats-pod");
+    let worker = cri::with_resources(
+        cri::busybox_container(
+            "worker",
+            // Some CPU and memory of its own, then idle.
+            &[
+                "sh",
+                "-c",
+                "head -c 8000000 /dev/urandom > /dev/shm/data; sleep 1000",
+            ],
+            Vec::new(),
+        ),
+        cri::memory_and_cpu_limits(64 * MIB, Some(50_000)),
+    );
+    let id = cluster.start(&pod, &sandbox, &worker);
+
+    assert_eq!(
+        cluster.sh(&pod, &id, &own_cgroup_file("memory.max")),
+        (64 * MIB).to_string()
+    );
+    assert_eq!(
+        cluster.sh(&pod, &id, &own_cgroup_file("cpu.max")),
+        "50000 100000"
+    );
+
+    let mut last = None;
+    let reported = eventually(Duration::from_secs(60), || {
+        let stats = cluster.cri.container_stats(&id).ok();
+        let ready = stats
+            .as_ref()
+            .is_some_and(|s| cpu_nanos(s) > 0 && working_set(s) > 0);
+        last = stats;
+        ready
+    });
+    assert!(
+        reported,
+        "ContainerStats has no CPU usage or working set from the guest: {last:?}\n{}",
+        cluster.diagnostics(&pod)
+    );
+    eprintln!("ContainerStats of {id}: {last:?}");
+    let listed = cluster
+        .cri
+        .list_container_stats(Some(&pod))
+        .unwrap_or_else(|e| panic!("ListContainerStats: {e:#}\n{}", cluster.diagnostics(&pod)));
+    let ours = listed
+        .iter()
+        .find(|s| s.attributes.as_ref().is_some_and(|a| a.id == id))
+        .unwrap_or_else(|| panic!("ListContainerStats lacks {id}: {listed:?}"));
+    assert!(working_set(ours) > 0, "{ours:?}");
+
+    cluster
+        .cri
+        .update_container_resources(&id, cri::memory_and_cpu_limits(128 * MIB, None))
+        .unwrap_or_else(|e| {
+            panic!(
+                "UpdateContainerResources: {e:#}\n{}",
+                cluster.diagnostics(&pod)
+            )
+        });
+    assert_eq!(
+        cluster.sh(&pod, &id, &own_cgroup_file("memory.max")),
+        (128 * MIB).to_string()
+    );
+
+    cluster.tear_down(&pod);
+}
+
+#[test]
+fn a_container_over_its_memory_limit_is_oom_killed_and_the_vm_carries_on() {
+    let mut cluster = Cluster::launch();
+    let (pod, sandbox) = cluster.run_pod("oom-pod");
+    let bystander = cluster.start(
+        &pod,
+        &sandbox,
+        &cri::busybox_container("bystander", &["sleep", "1000"], Vec::new()),
+    );
+    // dd fills a 96 MiB buffer from /dev/zero: three times the limit.
+    let hog = cri::with_resources(
+        cri::busybox_container(
+            "hog",
+            &["dd", "if=/dev/zero", "of=/dev/null", "bs=96M", "count=1"],
+            Vec::new(),
+        ),
+        cri::memory_and_cpu_limits(32 * MIB, None),
+    );
+    let hog = cluster.start(&pod, &sandbox, &hog);
+
+    let mut status = None;
+    let exited = eventually(Duration::from_secs(120), || {
+        status = cluster.cri.container_status(&hog).ok();
+        status
+            .as_ref()
+            .is_some_and(|s| s.state == ContainerState::ContainerExited as i32)
+    });
+    assert!(
+        exited,
+        "the hog did not exit: {status:?}\n{}",
+        cluster.diagnostics(&pod)
+    );
+    let status = status.expect("status");
+    assert!(
+        status.exit_code == 137 || status.reason == "OOMKilled",
+        "the hog was not OOM-killed: exit {} reason {:?}\n{}",
+        status.exit_code,
+        status.reason,
+        cluster.diagnostics(&pod)
+    );
+    assert_eq!(
+        cluster.sh(&pod, &bystander, "echo alive"),
+        "alive",
+        "the VM did not survive the OOM kill"
+    );
+
+    cluster.tear_down(&pod);
+}
