@@ -23,7 +23,7 @@ pub const GUEST_CGROUP_ROOT: &str = "/sys/fs/cgroup";
 /// The directory below the root that holds every container's cgroup.
 pub const CONTAINERS_PARENT: &str = "veil";
 /// Controllers delegated to container cgroups, where the kernel has them.
-const CONTROLLERS: [&str; 4] = ["cpu", "cpuset", "memory", "pids"];
+const CONTROLLERS: [&str; 3] = ["cpu", "memory", "pids"];
 /// How often removal retries while the killed processes finish exiting.
 const REMOVE_ATTEMPTS: u32 = 100;
 const REMOVE_RETRY_DELAY: Duration = Duration::from_millis(20);
@@ -87,8 +87,8 @@ pub struct Cgroup {
 }
 
 impl Cgroup {
-    /// Creates (or reuses) `<root>/veil/<name>`, delegating the cpu, cpuset, memory and
-    /// pids controllers the kernel offers through each level's cgroup.subtree_control.
+    /// Creates (or reuses) `<root>/veil/<name>`, delegating the cpu, memory and pids
+    /// controllers the kernel offers through each level's cgroup.subtree_control.
     pub fn create(root: &Path, name: &str) -> Result<Cgroup, CgroupError> {
         if name.is_empty() || name.starts_with('.') || name.contains('/') {
             return Err(CgroupError::InvalidName(name.to_string()));
@@ -244,15 +244,12 @@ mod tests {
         let root = fake_root();
         std::fs::write(
             root.path().join("cgroup.subtree_control"),
-            "cpu cpuset memory pids",
+            "cpu memory pids",
         )
         .unwrap();
         Cgroup::create(root.path(), "web").unwrap();
         let control = root.path().join("cgroup.subtree_control");
-        assert_eq!(
-            std::fs::read_to_string(control).unwrap(),
-            "cpu cpuset memory pids"
-        );
+        assert_eq!(std::fs::read_to_string(control).unwrap(), "cpu memory pids");
     }
 
     #[test]

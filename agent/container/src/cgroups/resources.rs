@@ -22,8 +22,8 @@ impl ResourcePlan {
 }
 
 /// Maps `resources` onto cgroup v2 files: memory.limit -> memory.max, memory.reservation
-/// -> memory.low, cpu.quota/period -> cpu.max, cpu.shares -> cpu.weight, cpu.cpus/mems ->
-/// cpuset.cpus/mems, pids.limit -> pids.max, and `unified` entries as given. memory.swap,
+/// -> memory.low, cpu.quota/period -> cpu.max, cpu.shares -> cpu.weight, pids.limit ->
+/// pids.max, and `unified` entries as given. memory.swap, cpu.cpus/mems (host numbering),
 /// devices, block I/O, hugepages, network and RDMA are listed in `ignored`.
 pub fn plan_resources(resources: &LinuxResources) -> ResourcePlan {
     let mut plan = ResourcePlan::default();
@@ -95,11 +95,15 @@ fn plan_cpu(cpu: &LinuxCpu, plan: &mut ResourcePlan) {
     if let Some(max) = cpu_max(cpu.quota(), cpu.period()) {
         plan.write("cpu.max", max);
     }
-    if let Some(cpus) = cpu.cpus().as_deref().filter(|c| !c.is_empty()) {
-        plan.write("cpuset.cpus", cpus);
+    // The host's CPU and NUMA numbers (kubelet's CPU manager) name nothing in a VM with
+    // its own few vCPUs: writing them would fail the container, so they are left out.
+    if cpu.cpus().as_deref().is_some_and(|c| !c.is_empty()) {
+        plan.ignored
+            .push("linux.resources.cpu.cpus (host CPU numbers)");
     }
-    if let Some(mems) = cpu.mems().as_deref().filter(|m| !m.is_empty()) {
-        plan.write("cpuset.mems", mems);
+    if cpu.mems().as_deref().is_some_and(|m| !m.is_empty()) {
+        plan.ignored
+            .push("linux.resources.cpu.mems (host NUMA nodes)");
     }
     if cpu.realtime_runtime().is_some() || cpu.realtime_period().is_some() {
         plan.ignored.push("linux.resources.cpu.realtime");
@@ -269,6 +273,23 @@ mod tests {
         let plan = plan_resources(&resources);
         assert_eq!(writes(&plan), vec![("memory.high", "1000000")]);
         assert_eq!(plan.ignored.len(), 3);
+    }
+
+    #[test]
+    fn host_cpu_sets_are_not_written_into_the_guest() {
+        let resources = LinuxResourcesBuilder::default()
+            .cpu(
+                LinuxCpuBuilder::default()
+                    .cpus("4-7")
+                    .mems("1")
+                    .build()
+                    .unwrap(),
+            )
+            .build()
+            .unwrap();
+        let plan = plan_resources(&resources);
+        assert!(plan.writes.is_empty(), "{plan:?}");
+        assert_eq!(plan.ignored.len(), 2);
     }
 
     #[test]
