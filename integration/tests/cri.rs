@@ -171,6 +171,33 @@ fn two_container_pod(
     (pod, config, sleeper, writer)
 }
 
+/// The namespaces two containers of one pod have in common, by comparing their
+/// `/proc/self/ns/*` links: as containerd's specs ask, the pod's containers share the
+/// sandbox's IPC namespace (and, with host networking, the UTS namespace of the node or
+/// VM), while each has its own pid namespace.
+fn assert_pod_namespaces_shared(cluster: &mut Cluster, a: &str, b: &str) {
+    let links = |cluster: &mut Cluster, id: &str| {
+        let out = cluster.exec(
+            id,
+            &[
+                "sh",
+                "-c",
+                "for ns in ipc uts pid; do readlink /proc/self/ns/$ns; done",
+            ],
+        );
+        assert_eq!(out.exit_code, 0, "{out:?}");
+        out.stdout.lines().map(str::to_string).collect::<Vec<_>>()
+    };
+    let (of_a, of_b) = (links(cluster, a), links(cluster, b));
+    assert_eq!(of_a.len(), 3, "{of_a:?}");
+    assert_eq!(of_a[0], of_b[0], "the pod's containers do not share IPC");
+    assert_eq!(of_a[1], of_b[1], "the pod's containers do not share UTS");
+    assert_ne!(
+        of_a[2], of_b[2],
+        "each container should have its own pid namespace"
+    );
+}
+
 #[test]
 fn a_veil_pod_runs_all_its_containers_in_one_vm_and_leaves_nothing_when_removed() {
     let mut cluster = cluster();
@@ -209,6 +236,7 @@ fn a_veil_pod_runs_all_its_containers_in_one_vm_and_leaves_nothing_when_removed(
             .unwrap_or(false)),
         "the sleeper does not see the writer's file in the shared volume"
     );
+    assert_pod_namespaces_shared(&mut cluster, &sleeper, &writer);
 
     let listed = cluster
         .cri
@@ -290,6 +318,7 @@ fn the_same_pod_runs_with_runc_on_the_host_kernel() {
             .unwrap_or(false)),
         "the sleeper does not see the writer's file in the shared volume"
     );
+    assert_pod_namespaces_shared(&mut cluster, &sleeper, &writer);
     assert!(cluster.containerd.qemu_processes().is_empty());
     cluster.tear_down(&pod);
     assert!(

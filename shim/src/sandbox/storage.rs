@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use containerd_shim::protos::types::mount::Mount;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
-use oci_spec::runtime::Spec;
+use oci_spec::runtime::{LinuxNamespaceType, Spec};
 
 use crate::error::{Error, Result};
 
@@ -134,31 +134,72 @@ pub fn share_bind_mounts(shared_dir: &Path, container_id: &str, spec: &mut Spec)
     Ok(())
 }
 
-/// Makes a host-generated spec meaningful inside the guest: namespace paths and hooks
-/// name host objects, so they are dropped (the guest creates fresh namespaces). A
-/// network namespace joined by path is the pod's network: every container of the pod
-/// shares it, and in the guest that is the VM's own network (where the agent put the
-/// pod NICs), so the entry goes and the container stays in the guest's namespace.
-pub fn adapt_spec_for_guest(spec: &mut Spec) {
+/// Namespaces a container shares with its pod by the path containerd gives,
+/// `/proc/<pid>/ns/<kind>` of the pod's sandbox container. The shim reports guest pids to
+/// containerd, so such a path names the sandbox container inside the VM and the agent can
+/// join it there, as runc joins it on the host.
+const SHARED_BY_PATH_IN_GUEST: [LinuxNamespaceType; 2] =
+    [LinuxNamespaceType::Ipc, LinuxNamespaceType::Uts];
+
+/// Makes a host-generated spec meaningful inside the guest. Hooks name host programs, so they
+/// go. A network namespace joined by path is the pod's network: every container of the pod
+/// shares it, and in the guest that is the VM's own network (where the agent put the pod
+/// NICs), so the entry goes and the container stays in the guest's namespace. IPC and UTS
+/// namespaces of another container of the pod (one of `pod_pids`, guest pids) are kept, so
+/// the pod's containers share them as on runc; any other path names a host object, and the
+/// container gets a fresh namespace instead.
+pub fn adapt_spec_for_guest(spec: &mut Spec, pod_pids: &[u32]) {
     if spec.hooks().is_some() {
         tracing::warn!("OCI hooks run on the host with runc; veil does not run them inside the VM");
         spec.set_hooks(None);
     }
     if let Some(linux) = spec.linux_mut() {
         if let Some(namespaces) = linux.namespaces().clone() {
-            let fresh = namespaces
+            let adapted = namespaces
                 .into_iter()
-                .filter(|ns| {
-                    !(ns.typ() == oci_spec::runtime::LinuxNamespaceType::Network
-                        && ns.path().is_some())
-                })
+                .filter(|ns| !(ns.typ() == LinuxNamespaceType::Network && ns.path().is_some()))
                 .map(|mut ns| {
-                    ns.set_path(None);
+                    let kept = ns.path().as_deref().and_then(|path| {
+                        joinable_in_guest(ns.typ(), path, pod_pids).then(|| path.to_path_buf())
+                    });
+                    if let (None, Some(path)) = (&kept, ns.path()) {
+                        tracing::warn!(
+                            namespace = ?ns.typ(),
+                            path = %path.display(),
+                            "a namespace path that names no container of this pod in the VM: the container gets a fresh one"
+                        );
+                    }
+                    ns.set_path(kept);
                     ns
                 })
                 .collect();
-            linux.set_namespaces(Some(fresh));
+            linux.set_namespaces(Some(adapted));
         }
+    }
+}
+
+/// Whether `path` is `/proc/<pid>/ns/<kind>` of a container of this pod, for a kind the
+/// guest shares by path.
+fn joinable_in_guest(kind: LinuxNamespaceType, path: &Path, pod_pids: &[u32]) -> bool {
+    let Some(name) = proc_ns_name(kind) else {
+        return false;
+    };
+    let mut parts = path.strip_prefix("/proc").ok().map(Path::components);
+    let pid = parts
+        .as_mut()
+        .and_then(|p| p.next())
+        .and_then(|c| c.as_os_str().to_str()?.parse::<u32>().ok());
+    let rest: Option<PathBuf> = parts.map(|p| p.collect());
+    SHARED_BY_PATH_IN_GUEST.contains(&kind)
+        && pid.is_some_and(|pid| pid != 0 && pod_pids.contains(&pid))
+        && rest.is_some_and(|rest| rest == Path::new("ns").join(name))
+}
+
+fn proc_ns_name(kind: LinuxNamespaceType) -> Option<&'static str> {
+    match kind {
+        LinuxNamespaceType::Ipc => Some("ipc"),
+        LinuxNamespaceType::Uts => Some("uts"),
+        _ => None,
     }
 }
 
@@ -209,7 +250,7 @@ mod tests {
             r#"{"ociVersion":"1.0.2","hooks":{"prestart":[{"path":"/bin/true"}]},
                 "linux":{"namespaces":[{"type":"network","path":"/var/run/netns/cni-1"},{"type":"pid"},{"type":"ipc","path":"/proc/7/ns/ipc"}]}}"#,
         );
-        adapt_spec_for_guest(&mut spec);
+        adapt_spec_for_guest(&mut spec, &[]);
         assert!(spec.hooks().is_none());
         let namespaces = spec
             .linux()
@@ -229,7 +270,7 @@ mod tests {
         // `ctr run` asks for a fresh network namespace: it keeps it.
         let mut fresh =
             spec_with(r#"{"ociVersion":"1.0.2","linux":{"namespaces":[{"type":"network"}]}}"#);
-        adapt_spec_for_guest(&mut fresh);
+        adapt_spec_for_guest(&mut fresh, &[]);
         assert_eq!(
             fresh
                 .linux()
@@ -238,6 +279,70 @@ mod tests {
                 .map(|n| n.len()),
             Some(1)
         );
+    }
+
+    fn namespace_paths(spec: &Spec) -> Vec<(LinuxNamespaceType, Option<PathBuf>)> {
+        spec.linux()
+            .as_ref()
+            .and_then(|l| l.namespaces().clone())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|ns| (ns.typ(), ns.path().clone()))
+            .collect()
+    }
+
+    #[test]
+    fn ipc_and_uts_of_a_pod_container_are_joined_in_the_guest() {
+        let json = r#"{"ociVersion":"1.0.2","linux":{"namespaces":[
+            {"type":"ipc","path":"/proc/42/ns/ipc"},{"type":"uts","path":"/proc/42/ns/uts"},
+            {"type":"pid","path":"/proc/42/ns/pid"},{"type":"mount"}]}}"#;
+        let mut spec = spec_with(json);
+        adapt_spec_for_guest(&mut spec, &[1, 42]);
+        assert_eq!(
+            namespace_paths(&spec),
+            vec![
+                (
+                    LinuxNamespaceType::Ipc,
+                    Some(PathBuf::from("/proc/42/ns/ipc"))
+                ),
+                (
+                    LinuxNamespaceType::Uts,
+                    Some(PathBuf::from("/proc/42/ns/uts"))
+                ),
+                // Sharing the pod's pid namespace is not supported in the guest yet.
+                (LinuxNamespaceType::Pid, None),
+                (LinuxNamespaceType::Mount, None),
+            ]
+        );
+        // A pid that is no container of this pod names a host process: fresh namespaces.
+        let mut foreign = spec_with(json);
+        adapt_spec_for_guest(&mut foreign, &[7]);
+        assert!(namespace_paths(&foreign).iter().all(|(_, p)| p.is_none()));
+    }
+
+    #[test]
+    fn only_proc_pid_ns_paths_of_the_matching_kind_are_joinable() {
+        let ipc = LinuxNamespaceType::Ipc;
+        let pods = [42];
+        assert!(joinable_in_guest(ipc, Path::new("/proc/42/ns/ipc"), &pods));
+        assert!(!joinable_in_guest(ipc, Path::new("/proc/42/ns/uts"), &pods));
+        assert!(!joinable_in_guest(
+            ipc,
+            Path::new("/proc/42/ns/ipc/x"),
+            &pods
+        ));
+        assert!(!joinable_in_guest(ipc, Path::new("/run/ipc/42"), &pods));
+        assert!(!joinable_in_guest(
+            ipc,
+            Path::new("/proc/self/ns/ipc"),
+            &pods
+        ));
+        assert!(!joinable_in_guest(ipc, Path::new("/proc/0/ns/ipc"), &[0]));
+        assert!(!joinable_in_guest(
+            LinuxNamespaceType::Network,
+            Path::new("/proc/42/ns/net"),
+            &pods
+        ));
     }
 
     #[test]

@@ -84,6 +84,14 @@ impl TaskService {
             .ok_or_else(|| Error::NotFound(format!("container {id}")))
     }
 
+    /// Guest pids of this pod's containers (their init processes).
+    fn container_pids(&self) -> Vec<u32> {
+        locked(&self.containers)
+            .values()
+            .map(|c| c.init.pid())
+            .collect()
+    }
+
     fn process(&self, id: &str, exec_id: &str) -> Result<(Arc<ContainerState>, Arc<ProcessState>)> {
         let container = self.container(id)?;
         if exec_id.is_empty() {
@@ -270,7 +278,7 @@ impl TaskService {
         mut model_delivery: Option<veil_protocol::ModelDelivery>,
     ) -> Result<u32> {
         let guest_rootfs = storage::share_rootfs(&sandbox.shared_dir, id, host_rootfs)?;
-        storage::adapt_spec_for_guest(&mut spec);
+        storage::adapt_spec_for_guest(&mut spec, &self.container_pids());
         let mut memory_volumes = volumes::take_memory_volumes(&mut spec)?;
         if let Some(declaration) = model_delivery.as_mut() {
             if !sandbox.egress && !declaration.source_url.starts_with("file://") {
