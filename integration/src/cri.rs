@@ -388,6 +388,39 @@ impl CriClient {
         })
     }
 
+    /// Attach to container `id` (stdin, stdout and stderr, no TTY); returns the streaming
+    /// URL kubectl would open ([`crate::streaming::RemoteCommand::connect`]).
+    pub fn attach(&mut self, id: &str) -> Result<String> {
+        let request = k8s_cri::v1::AttachRequest {
+            container_id: id.to_string(),
+            stdin: true,
+            tty: false,
+            stdout: true,
+            stderr: true,
+        };
+        let response = self.call(
+            "Attach",
+            CALL,
+            |mut c| async move { c.attach(request).await },
+        )?;
+        Ok(response.url)
+    }
+
+    /// Exec `command` in container `id` with stdin, stdout and stderr (no TTY), as `kubectl
+    /// exec -i` does; returns the streaming URL.
+    pub fn exec_streaming(&mut self, id: &str, command: &[&str]) -> Result<String> {
+        let request = k8s_cri::v1::ExecRequest {
+            container_id: id.to_string(),
+            cmd: command.iter().map(|s| s.to_string()).collect(),
+            tty: false,
+            stdin: true,
+            stdout: true,
+            stderr: true,
+        };
+        let response = self.call("Exec", CALL, |mut c| async move { c.exec(request).await })?;
+        Ok(response.url)
+    }
+
     /// StopContainer: SIGTERM (the image's stop signal), SIGKILL after `grace`.
     pub fn stop_container(&mut self, id: &str, grace: Duration) -> Result<()> {
         let request = StopContainerRequest {

@@ -14,6 +14,7 @@
 pub mod cri;
 pub mod oci;
 pub mod owner;
+pub mod streaming;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use k8s_cri::v1::{ContainerState, PodSandboxConfig};
 use veil_integration::cri::{self, CriClient, RUNC_HANDLER, VEIL_HANDLER};
+use veil_integration::streaming::RemoteCommand;
 use veil_integration::{eventually, Containerd, Options};
 
 const EXEC: Duration = Duration::from_secs(60);
@@ -445,4 +446,57 @@ fn an_init_container_completes_first_and_a_restarted_container_runs_again_in_the
     );
     cluster.tear_down(&pod);
     assert_nothing_left(&cluster.containerd);
+}
+
+/// `kubectl attach -i` and `kubectl exec -i`: what the client writes reaches the process's
+/// stdin through containerd's streaming server, and the answer comes back on its stdout.
+fn attach_round_trip(handler: &str) {
+    let mut cluster = cluster();
+    let name = format!("attach-{handler}");
+    let dir = cluster.pod_dir(&name);
+    let config = cri::host_network_pod(&name, &dir, HashMap::new());
+    let pod = cluster.run_pod(&config, handler);
+    let mut reader = cri::busybox_container(
+        "reader",
+        &["sh", "-c", "read line; echo got:$line; sleep 1000"],
+        Vec::new(),
+    );
+    reader.stdin = true;
+    reader.stdin_once = true;
+    let id = cluster.start(&pod, &config, &reader);
+    let url = cluster
+        .cri
+        .attach(&id)
+        .unwrap_or_else(|e| panic!("Attach: {e:#}\n{}", cluster.containerd.log()));
+    let mut session = RemoteCommand::connect(&url).expect("open the attach stream");
+    session.send_stdin(b"hello-veil\n").expect("send stdin");
+    let stdout = session
+        .read_stdout_until("got:hello-veil", EXEC)
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", cluster.containerd.log()));
+    assert!(stdout.contains("got:hello-veil\n"), "{stdout:?}");
+    session.close();
+
+    // `kubectl exec -i`: a new process in the same container, its own stdin.
+    let url = cluster
+        .cri
+        .exec_streaming(&id, &["sh", "-c", "read line; echo exec:$line"])
+        .unwrap_or_else(|e| panic!("Exec: {e:#}\n{}", cluster.containerd.log()));
+    let mut session = RemoteCommand::connect(&url).expect("open the exec stream");
+    session.send_stdin(b"again\n").expect("send stdin");
+    session
+        .read_stdout_until("exec:again", EXEC)
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", cluster.containerd.log()));
+    session.close();
+    cluster.tear_down(&pod);
+    assert_nothing_left(&cluster.containerd);
+}
+
+#[test]
+fn attach_and_exec_stream_stdin_in_and_stdout_out_of_a_veil_container() {
+    attach_round_trip(VEIL_HANDLER);
+}
+
+#[test]
+fn attach_and_exec_stream_stdin_in_and_stdout_out_of_a_runc_container() {
+    attach_round_trip(RUNC_HANDLER);
 }
