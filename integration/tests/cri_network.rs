@@ -256,6 +256,13 @@ fn the_pod_ip_reaches_the_serving_container_in_the_vm_from_the_host_and_another_
         "the guest lacks CNI's default route: {}",
         routes.stdout
     );
+    // The container joined the sandbox's UTS namespace, where the pod's hostname is set.
+    let hostname = cluster.exec(&web, &["hostname"]);
+    assert_eq!(
+        hostname.stdout.trim(),
+        sandbox.hostname,
+        "the container does not share the pod's UTS namespace"
+    );
 
     // From the host, through the bridge.
     let address = SocketAddr::from((pod_ip, PORT));
