@@ -234,5 +234,23 @@ fn a_container_over_its_memory_limit_is_oom_killed_and_the_vm_carries_on() {
         "the VM did not survive the OOM kill"
     );
 
+    // Without a cgroup namespace (containerd adds one only on cgroup v2 hosts) a
+    // container sees the guest's whole hierarchy: the hog's cgroup went with its task
+    // (containerd deletes the task of an exited container), the bystander's is there.
+    let visible = "[ -d /sys/fs/cgroup/veil ] && echo whole-hierarchy || echo own-only";
+    if cluster.sh(&pod, &bystander, visible) == "whole-hierarchy" {
+        let exists =
+            |id: &str| format!("[ -d /sys/fs/cgroup/veil/{id} ] && echo present || echo gone");
+        assert_eq!(cluster.sh(&pod, &bystander, &exists(&bystander)), "present");
+        let hog_exists = exists(&hog);
+        let removed = eventually(Duration::from_secs(30), || {
+            cluster.sh(&pod, &bystander, &hog_exists) == "gone"
+        });
+        assert!(
+            removed,
+            "the exited container's cgroup is still in the guest"
+        );
+    }
+
     cluster.tear_down(&pod);
 }
