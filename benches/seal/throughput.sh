@@ -53,56 +53,40 @@ head -c "$bytes" /dev/urandom >"$work/plain"
 "$veil" seal encrypt --keyset "$work/keyset.json" --aad bench "$work/plain" "$work/sealed" 2>/dev/null
 want=$(sha256sum "$work/plain" | cut -d' ' -f1)
 
-# Best of $runs (by wall clock) for veil at a given thread count; the plaintext digest is
-# checked every time (--sha256).
-veil_best() {
-    local threads=$1 best="0 0"
+# Best of $runs (by wall clock) of a command, run afresh each time ($work/out removed first).
+best_of() {
+    local best="0 0"
     for _ in $(seq "$runs"); do
         rm -f "$work/out"
         local rate
-        rate=$(timed "$veil" seal decrypt --keyset "$work/keyset.json" --aad bench --threads "$threads" \
-            --sha256 "$want" "$work/sealed" "$work/out")
+        rate=$(timed "$@")
         ((${rate% *} > ${best% *})) && best=$rate
     done
     echo "$best"
 }
 
+# veil at a given thread count into a tmpfs file; the plaintext digest is checked every time.
+veil_best() {
+    best_of "$veil" seal decrypt --keyset "$work/keyset.json" --aad bench --threads "$1" \
+        --sha256 "$want" "$work/sealed" "$work/out"
+}
+
 # The same, decrypting to stdout into /dev/null (no output file, so no page-cache copy).
 veil_stdout_best() {
-    local threads=$1 best="0 0"
-    for _ in $(seq "$runs"); do
-        local rate
-        rate=$(timed "$veil" seal decrypt --keyset "$work/keyset.json" --aad bench --threads "$threads" \
-            --sha256 "$want" "$work/sealed" -)
-        ((${rate% *} > ${best% *})) && best=$rate
-    done
-    echo "$best"
+    best_of "$veil" seal decrypt --keyset "$work/keyset.json" --aad bench --threads "$1" \
+        --sha256 "$want" "$work/sealed" -
 }
 
 # The same to /dev/null with --no-sha256: decryption alone, as Tink and gpg measure it (neither
 # computes a digest of the plaintext).
 veil_nodigest_best() {
-    local threads=$1 best="0 0"
-    for _ in $(seq "$runs"); do
-        local rate
-        rate=$(timed "$veil" seal decrypt --keyset "$work/keyset.json" --aad bench --threads "$threads" \
-            --no-sha256 "$work/sealed" -)
-        ((${rate% *} > ${best% *})) && best=$rate
-    done
-    echo "$best"
+    best_of "$veil" seal decrypt --keyset "$work/keyset.json" --aad bench --threads "$1" \
+        --no-sha256 "$work/sealed" -
 }
 
 # Best of $runs for dd copying the plaintext into a new tmpfs file: the output-side floor.
 dd_best() {
-    local best="0 0"
-    for _ in $(seq "$runs"); do
-        rm -f "$work/out-dd"
-        local rate
-        rate=$(timed dd if="$work/plain" of="$work/out-dd" bs=1M)
-        ((${rate% *} > ${best% *})) && best=$rate
-    done
-    rm -f "$work/out-dd"
-    echo "$best"
+    best_of dd if="$work/plain" of="$work/out" bs=1M
 }
 
 echo "veil decrypt" >&2
