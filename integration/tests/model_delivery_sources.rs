@@ -171,32 +171,81 @@ fn a_pod_trusting_another_ca_refuses_the_https_store_and_leaves_the_volume_empty
         "io.veil.model.ca",
         &unrelated_ca_pem().expect("another CA"),
     );
+    expect_untrusted(
+        &containerd,
+        id,
+        &annotations,
+        &[
+            "model delivery failed at step fetch",
+            "TLS certificate is not trusted",
+        ],
+    );
+    assert_host_blind(&containerd, &owner, "after the refusal");
+}
+
+#[test]
+fn a_pod_trusting_another_ca_refuses_the_https_broker_at_once() {
+    let owner = https_owner(37);
+    let containerd = containerd_with_server();
+    // The store is the node's file, so the broker is the first server the guest verifies.
+    let annotations = with_annotation(
+        &owner.file_annotations("model"),
+        "io.veil.model.ca",
+        &unrelated_ca_pem().expect("another CA"),
+    );
+    let id = "wrong-ca-kbs";
+    let console = expect_untrusted(
+        &containerd,
+        id,
+        &annotations,
+        &[
+            "model delivery failed at step attest",
+            "TLS certificate of https://10.0.2.2:",
+            "not trusted",
+        ],
+    );
+    assert!(
+        !console.contains("key broker unreachable; retrying"),
+        "an untrusted certificate was retried: {console}"
+    );
+    assert_host_blind(&containerd, &owner, "after the refusal");
+}
+
+/// Runs the server with `annotations`, expects its start to fail with each of `expected`
+/// and `io.veil.model.ca` in the error, no key released and the volume left empty;
+/// returns the VM's console log.
+fn expect_untrusted(
+    containerd: &Containerd,
+    id: &str,
+    annotations: &[(String, String)],
+    expected: &[&str],
+) -> String {
     let run = containerd
-        .run_model_server(id, &annotations)
+        .run_model_server(id, annotations)
         .expect("ctr run");
     let console = containerd.console_log(id);
     containerd.remove(id);
-    assert_ne!(run.code, 0, "the container started: {}", run.stdout);
-    assert!(
-        run.stderr.contains("model delivery failed at step fetch")
-            && run.stderr.contains("TLS certificate is not trusted")
-            && run.stderr.contains("io.veil.model.ca"),
-        "{}\nconsole: {console}",
-        run.stderr
-    );
+    assert_ne!(run.code, 0, "{id}: the container started: {}", run.stdout);
+    for needle in expected.iter().chain(&["io.veil.model.ca"]) {
+        assert!(
+            run.stderr.contains(needle),
+            "{id}: expected {needle:?} in the error, got: {}\nconsole: {console}",
+            run.stderr
+        );
+    }
     let failed = console
         .lines()
         .find(|l| l.contains("delivery.failed"))
-        .unwrap_or_else(|| panic!("no delivery.failed line: {console}"));
+        .unwrap_or_else(|| panic!("{id}: no delivery.failed line: {console}"));
     assert!(
         failed.contains("left_in_volume=0"),
-        "the guest did not leave the volume empty: {failed}"
+        "{id}: the guest did not leave the volume empty: {failed}"
     );
     assert!(
         !console.contains("delivery.key.released"),
-        "the key was released to a guest that could not verify the store: {console}"
+        "{id}: a key was released to a guest that could not verify its servers: {console}"
     );
-    assert_host_blind(&containerd, &owner, "after the refusal");
+    console
 }
 
 #[test]
