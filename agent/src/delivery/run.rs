@@ -345,7 +345,7 @@ fn decrypt_with_retries(
                     plaintext_bytes: report.plaintext_bytes,
                     // The agent never skips the digest: it is always computed.
                     sha256: report.sha256_hex().unwrap_or_default(),
-                })
+                });
             }
             // The download broke off: the partial plaintext is gone, fetch it again.
             Err(DecryptError::Read { offset, source }) if attempt < fetch::ATTEMPTS => {

@@ -371,6 +371,18 @@ impl AgentService {
         Ok(stats::stats_response(stats))
     }
 
+    /// Whether the kernel's OOM killer acted in container `id`'s cgroup; a runtime without
+    /// cgroups, or a cgroup that cannot be read, says no.
+    fn oom_killed(&self, id: &str) -> bool {
+        match self.runtime.stats(id) {
+            Ok(stats) => stats.memory.events.oom_kill > 0,
+            Err(error) => {
+                tracing::debug!(container = id, %error, "no cgroup to check for an OOM kill");
+                false
+            }
+        }
+    }
+
     fn update(&self, request: &api::UpdateContainerRequest) -> Result<(), ServiceError> {
         let id = &request.container_id;
         self.container(id)?;
@@ -537,6 +549,7 @@ impl api::AgentService for AgentService {
         Ok(api::WaitProcessResponse {
             exit_status: exit.status,
             exited_at_unix_us: unix_us(exit.at),
+            oom_killed: request.exec_id.is_empty() && self.oom_killed(&request.container_id),
             ..Default::default()
         })
     }

@@ -7,7 +7,7 @@ use containerd_shim::api::CreateTaskRequest;
 use containerd_shim::asynchronous::publisher::RemotePublisher;
 use containerd_shim::event::Event;
 use containerd_shim::protos::events::task::{
-    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskStart,
+    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskOOM, TaskStart,
 };
 use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim::protos::protobuf::MessageField;
@@ -108,6 +108,16 @@ impl EventSink {
         .await;
     }
 
+    /// TaskOOM: the kernel's OOM killer acted in the container (CRI then reports the
+    /// reason OOMKilled).
+    pub async fn oom(&self, container_id: &str) {
+        self.publish(TaskOOM {
+            container_id: container_id.to_string(),
+            ..Default::default()
+        })
+        .await;
+    }
+
     /// TaskExit (`id` is the exec id, or the container id for init).
     pub async fn exit(&self, process: &ProcessState, exit: ExitInfo) {
         let id = if process.exec_id.is_empty() {
@@ -157,5 +167,6 @@ mod tests {
         assert_eq!(TaskCreate::default().topic(), "/tasks/create");
         assert_eq!(TaskExit::default().topic(), "/tasks/exit");
         assert_eq!(TaskExecStarted::default().topic(), "/tasks/exec-started");
+        assert_eq!(TaskOOM::default().topic(), "/tasks/oom");
     }
 }

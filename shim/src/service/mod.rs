@@ -355,6 +355,7 @@ impl TaskService {
                 waited = agent.wait_process(&process.container_id, &process.exec_id) => waited.ok(),
                 _ = sandbox.vm_exited() => None,
             };
+            let oom_killed = waited.as_ref().is_some_and(|w| w.oom_killed);
             let status = waited
                 .map(|w| w.exit_status)
                 .unwrap_or(128 + libc::SIGKILL as u32);
@@ -367,7 +368,10 @@ impl TaskService {
                 at: SystemTime::now(),
             };
             if process.mark_exited(exit) {
-                tracing::info!(container = %process.container_id, exec = %process.exec_id, status, "{}", crate::stages::PROCESS_EXITED);
+                tracing::info!(container = %process.container_id, exec = %process.exec_id, status, oom_killed, "{}", crate::stages::PROCESS_EXITED);
+                if oom_killed {
+                    events.oom(&process.container_id).await;
+                }
                 events.exit(&process, exit).await;
             }
         });
