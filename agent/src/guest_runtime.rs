@@ -133,6 +133,10 @@ impl ContainerRuntime for GuestRuntime {
         self.with_container(id, |container| Ok(cgroup_of(container)?.stats()?))
     }
 
+    fn processes(&self, id: &str) -> Result<Option<Vec<i32>>, RuntimeError> {
+        self.with_container(id, |container| Ok(Some(cgroup_of(container)?.processes()?)))
+    }
+
     fn update(&self, id: &str, resources: &LinuxResources) -> Result<(), RuntimeError> {
         self.with_container(id, |container| Ok(cgroup_of(container)?.apply(resources)?))
     }

@@ -84,6 +84,12 @@ pub trait ContainerRuntime: Send + Sync + 'static {
         )
     }
 
+    /// Every process of the container, found by its cgroup; `None` from a runtime that keeps
+    /// no cgroups (the caller then goes by the init's pid namespace).
+    fn processes(&self, _id: &str) -> Result<Option<Vec<i32>>, RuntimeError> {
+        Ok(None)
+    }
+
     /// Applies new resources to the container's cgroup. Runtimes without cgroups say so.
     fn update(&self, id: &str, _resources: &LinuxResources) -> Result<(), RuntimeError> {
         Err(

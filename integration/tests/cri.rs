@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use k8s_cri::v1::{ContainerState, PodSandboxConfig};
+use k8s_cri::v1::{ContainerConfig, ContainerState, NamespaceMode, PodSandboxConfig};
 use veil_integration::cri::{self, CriClient, RUNC_HANDLER, VEIL_HANDLER};
 use veil_integration::streaming::RemoteCommand;
 use veil_integration::{eventually, Containerd, Options};
@@ -499,4 +499,80 @@ fn attach_and_exec_stream_stdin_in_and_stdout_out_of_a_veil_container() {
 #[test]
 fn attach_and_exec_stream_stdin_in_and_stdout_out_of_a_runc_container() {
     attach_round_trip(RUNC_HANDLER);
+}
+
+/// Sets the pid namespace mode of a pod or container config, as kubelet does for
+/// `shareProcessNamespace: true` (POD on the sandbox and on every container).
+fn share_process_namespace(
+    sandbox: &mut PodSandboxConfig,
+    containers: &mut [&mut ContainerConfig],
+) {
+    let pod_mode = NamespaceMode::Pod as i32;
+    if let Some(options) = sandbox
+        .linux
+        .as_mut()
+        .and_then(|l| l.security_context.as_mut())
+        .and_then(|c| c.namespace_options.as_mut())
+    {
+        options.pid = pod_mode;
+    }
+    for container in containers {
+        if let Some(options) = container
+            .linux
+            .as_mut()
+            .and_then(|l| l.security_context.as_mut())
+            .and_then(|c| c.namespace_options.as_mut())
+        {
+            options.pid = pod_mode;
+        }
+    }
+}
+
+/// `shareProcessNamespace: true`: each container sees the other's processes, and stopping
+/// one container stops only its own processes (found by its cgroup, not by the shared pid
+/// namespace).
+fn shared_process_namespace(handler: &str) {
+    let mut cluster = cluster();
+    let name = format!("sharepid-{handler}");
+    let dir = cluster.pod_dir(&name);
+    let mut config = cri::host_network_pod(&name, &dir, HashMap::new());
+    let mut first = cri::busybox_container("first", &["sleep", "4242"], Vec::new());
+    let mut second = cri::busybox_container("second", &["sleep", "4343"], Vec::new());
+    share_process_namespace(&mut config, &mut [&mut first, &mut second]);
+    let pod = cluster.run_pod(&config, handler);
+    let first = cluster.start(&pod, &config, &first);
+    let second = cluster.start(&pod, &config, &second);
+
+    let seen = cluster.exec(&second, &["ps", "-o", "args"]);
+    assert!(
+        seen.stdout.contains("sleep 4242") && seen.stdout.contains("sleep 4343"),
+        "the second container does not see the first one's process: {seen:?}"
+    );
+    cluster
+        .cri
+        .stop_container(&second, Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("StopContainer: {e:#}\n{}", cluster.containerd.log()));
+    let (state, _) = cluster.state(&first);
+    assert_eq!(
+        state,
+        ContainerState::ContainerRunning as i32,
+        "stopping one container of a shared pid namespace stopped its neighbour"
+    );
+    let still = cluster.exec(&first, &["ps", "-o", "args"]);
+    assert!(
+        still.stdout.contains("sleep 4242") && !still.stdout.contains("sleep 4343"),
+        "after the stop, only the first container's process should be left: {still:?}"
+    );
+    cluster.tear_down(&pod);
+    assert_nothing_left(&cluster.containerd);
+}
+
+#[test]
+fn a_veil_pod_can_share_one_process_namespace() {
+    shared_process_namespace(VEIL_HANDLER);
+}
+
+#[test]
+fn a_runc_pod_can_share_one_process_namespace() {
+    shared_process_namespace(RUNC_HANDLER);
 }

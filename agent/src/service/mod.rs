@@ -322,7 +322,7 @@ impl AgentService {
             })?;
         let process = self.process(&request.container_id, &request.exec_id)?;
         let targets = if request.all {
-            procfs::pids_in_pid_namespace_of(process.pid)
+            self.container_processes(&request.container_id, process.pid)
         } else {
             vec![process.pid]
         };
@@ -371,6 +371,21 @@ impl AgentService {
         Ok(stats::stats_response(stats))
     }
 
+    /// Every process of container `id` (init pid `init`): its cgroup's, so a container that
+    /// shares the pod's pid namespace never reaches its neighbours' processes. Without cgroups
+    /// (the test runtime) the init's own pid namespace stands in; if the cgroup cannot be read,
+    /// only the init, never a guess that could be the pod's shared namespace.
+    fn container_processes(&self, id: &str, init: i32) -> Vec<i32> {
+        match self.runtime.processes(id) {
+            Ok(Some(pids)) => pids,
+            Ok(None) => procfs::pids_in_pid_namespace_of(init),
+            Err(error) => {
+                tracing::warn!(container = id, %error, "cannot list the container's processes; only its init is reached");
+                vec![init]
+            }
+        }
+    }
+
     /// Whether the kernel's OOM killer acted in container `id`'s cgroup; a runtime without
     /// cgroups, or a cgroup that cannot be read, says no.
     fn oom_killed(&self, id: &str) -> bool {
@@ -403,9 +418,12 @@ impl AgentService {
     }
 
     fn kill_everything(&self) {
-        let containers: Vec<_> = locked(&self.containers).values().cloned().collect();
-        for container in containers {
-            for pid in procfs::pids_in_pid_namespace_of(container.init.pid) {
+        let containers: Vec<_> = locked(&self.containers)
+            .iter()
+            .map(|(id, c)| (id.clone(), c.clone()))
+            .collect();
+        for (id, container) in containers {
+            for pid in self.container_processes(&id, container.init.pid) {
                 let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
             }
         }
@@ -563,7 +581,7 @@ impl api::AgentService for AgentService {
         let pids = if container.init.has_exited() {
             Vec::new()
         } else {
-            procfs::pids_in_pid_namespace_of(container.init.pid)
+            self.container_processes(&request.container_id, container.init.pid)
         };
         Ok(api::ListProcessesResponse {
             pids: pids.into_iter().map(|p| p as u32).collect(),

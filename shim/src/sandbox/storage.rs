@@ -134,19 +134,23 @@ pub fn share_bind_mounts(shared_dir: &Path, container_id: &str, spec: &mut Spec)
     Ok(())
 }
 
-/// Namespaces a container shares with its pod by the path containerd gives,
+/// Namespaces a container shares with its pod by the path containerd gives (the pid
+/// namespace only when the pod asks, as `shareProcessNamespace` does),
 /// `/proc/<pid>/ns/<kind>` of the pod's sandbox container. The shim reports guest pids to
 /// containerd, so such a path names the sandbox container inside the VM and the agent can
 /// join it there, as runc joins it on the host.
-const SHARED_BY_PATH_IN_GUEST: [LinuxNamespaceType; 2] =
-    [LinuxNamespaceType::Ipc, LinuxNamespaceType::Uts];
+const SHARED_BY_PATH_IN_GUEST: [LinuxNamespaceType; 3] = [
+    LinuxNamespaceType::Ipc,
+    LinuxNamespaceType::Uts,
+    LinuxNamespaceType::Pid,
+];
 
 /// Makes a host-generated spec meaningful inside the guest. Hooks name host programs, so they
 /// go. A network namespace joined by path is the pod's network: every container of the pod
 /// shares it, and in the guest that is the VM's own network (where the agent put the pod
-/// NICs), so the entry goes and the container stays in the guest's namespace. IPC and UTS
-/// namespaces of another container of the pod (one of `pod_pids`, guest pids) are kept, so
-/// the pod's containers share them as on runc; any other path names a host object, and the
+/// NICs), so the entry goes and the container stays in the guest's namespace. IPC, UTS
+/// and pid namespaces of another container of the pod (one of `pod_pids`, guest pids) are
+/// kept, so the pod's containers share them as on runc; any other path names a host object, and the
 /// container gets a fresh namespace instead.
 pub fn adapt_spec_for_guest(spec: &mut Spec, pod_pids: &[u32]) {
     if spec.hooks().is_some() {
@@ -199,6 +203,7 @@ fn proc_ns_name(kind: LinuxNamespaceType) -> Option<&'static str> {
     match kind {
         LinuxNamespaceType::Ipc => Some("ipc"),
         LinuxNamespaceType::Uts => Some("uts"),
+        LinuxNamespaceType::Pid => Some("pid"),
         _ => None,
     }
 }
@@ -309,8 +314,10 @@ mod tests {
                     LinuxNamespaceType::Uts,
                     Some(PathBuf::from("/proc/42/ns/uts"))
                 ),
-                // Sharing the pod's pid namespace is not supported in the guest yet.
-                (LinuxNamespaceType::Pid, None),
+                (
+                    LinuxNamespaceType::Pid,
+                    Some(PathBuf::from("/proc/42/ns/pid"))
+                ),
                 (LinuxNamespaceType::Mount, None),
             ]
         );

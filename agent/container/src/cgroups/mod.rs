@@ -128,6 +128,20 @@ impl Cgroup {
         stats::read_stats(&self.path)
     }
 
+    /// The pids of every process in the cgroup (cgroup.procs): all of the container's
+    /// processes, whichever pid namespace they are in, as runc finds them for `kill --all`.
+    pub fn processes(&self) -> Result<Vec<i32>, CgroupError> {
+        let path = self.path.join("cgroup.procs");
+        let text = std::fs::read_to_string(&path).map_err(|source| CgroupError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        Ok(text
+            .lines()
+            .filter_map(|line| line.trim().parse().ok())
+            .collect())
+    }
+
     /// Kills whatever still runs in the cgroup (cgroup.kill) and removes the directory,
     /// retrying for about two seconds while the processes finish exiting.
     pub fn remove(self) -> Result<(), CgroupError> {
@@ -314,6 +328,19 @@ mod tests {
         cgroup.clone().remove().unwrap();
         assert!(!path.exists());
         cgroup.remove().unwrap();
+    }
+
+    #[test]
+    fn processes_are_read_from_cgroup_procs() {
+        let root = tempfile::tempdir().unwrap();
+        let cgroup = Cgroup {
+            path: root.path().to_path_buf(),
+        };
+        std::fs::write(root.path().join("cgroup.procs"), "12\n345\n").unwrap();
+        assert_eq!(cgroup.processes().unwrap(), vec![12, 345]);
+        std::fs::remove_file(root.path().join("cgroup.procs")).unwrap();
+        let error = cgroup.processes().unwrap_err();
+        assert!(error.to_string().contains("cgroup.procs"), "{error}");
     }
 
     #[test]
