@@ -280,19 +280,18 @@ mod tests {
         }
     }
 
+    fn memory_limit(bytes: i64) -> LinuxResources {
+        LinuxResourcesBuilder::default()
+            .memory(LinuxMemoryBuilder::default().limit(bytes).build().unwrap())
+            .build()
+            .unwrap()
+    }
+
     #[test]
     fn apply_writes_the_mapped_files() {
         let root = fake_root();
         let cgroup = Cgroup::create(root.path(), "web").unwrap();
-        let resources = LinuxResourcesBuilder::default()
-            .memory(
-                LinuxMemoryBuilder::default()
-                    .limit(1 << 26)
-                    .build()
-                    .unwrap(),
-            )
-            .build()
-            .unwrap();
+        let resources = memory_limit(1 << 26);
         cgroup.apply(&resources).unwrap();
         let max = std::fs::read_to_string(cgroup.path().join("memory.max")).unwrap();
         assert_eq!(max, "67108864");
@@ -304,15 +303,7 @@ mod tests {
         let cgroup = Cgroup {
             path: root.path().join("missing"),
         };
-        let resources = LinuxResourcesBuilder::default()
-            .memory(
-                LinuxMemoryBuilder::default()
-                    .limit(1 << 26)
-                    .build()
-                    .unwrap(),
-            )
-            .build()
-            .unwrap();
+        let resources = memory_limit(1 << 26);
         let error = cgroup.apply(&resources).unwrap_err().to_string();
         assert!(
             error.contains("memory.max") && error.contains("67108864"),
