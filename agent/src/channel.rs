@@ -15,7 +15,6 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use tokio::net::unix::pipe;
 use veil_protocol::ttrpc::r#async::transport::{Listener, Socket};
 
 /// Opening the agent channel failed.
@@ -130,14 +129,95 @@ fn wait_for_host(file: &File) -> std::io::Result<()> {
     }
 }
 
-/// Turns a character device into a full-duplex async stream: one epoll-registered
-/// reader and one writer on two descriptors of the same open port.
+/// Bytes moved per read or write between the port and the in-memory pipe.
+const RELAY_CHUNK: usize = 64 * 1024;
+
+/// Turns the port into a full-duplex async stream for ttrpc: one thread blocks reading the
+/// port and one blocks writing it, joined to ttrpc by an in-memory pipe.
+///
+/// Why not epoll: with the port registered twice (a reader and a writer descriptor of one
+/// open file), a request larger than one virtio buffer (4 KiB) sometimes stayed unread for
+/// good under load: an edge went unseen. A blocking read waits on the port's own wait queue,
+/// whose condition the kernel rechecks, so no wakeup can be lost.
 fn split_into_socket(file: File) -> std::io::Result<Socket> {
-    let writer_file = file.try_clone()?;
+    Ok(Socket::new(relay_port(file)?))
+}
+
+/// The in-memory end of the two relay threads over `file` (see [`split_into_socket`]).
+fn relay_port(file: File) -> std::io::Result<tokio::io::DuplexStream> {
+    set_blocking(&file)?;
+    let reader_file = file.try_clone()?;
     tracing::debug!(fd = file.as_raw_fd(), "serving ttrpc on the serial port");
-    let reader = pipe::Receiver::from_file_unchecked(file)?;
-    let writer = pipe::Sender::from_file_unchecked(writer_file)?;
-    Ok(Socket::new(tokio::io::join(reader, writer)))
+    let (ours, theirs) = tokio::io::duplex(RELAY_CHUNK);
+    let (from_ttrpc, to_ttrpc) = tokio::io::split(theirs);
+    let handle = tokio::runtime::Handle::current();
+    std::thread::Builder::new()
+        .name("agent-port-in".into())
+        .spawn({
+            let handle = handle.clone();
+            move || relay_port_to_ttrpc(reader_file, to_ttrpc, &handle)
+        })?;
+    std::thread::Builder::new()
+        .name("agent-port-out".into())
+        .spawn(move || relay_ttrpc_to_port(from_ttrpc, file, &handle))?;
+    Ok(ours)
+}
+
+/// Clears O_NONBLOCK (set to wait for the host without blocking) on the open port.
+fn set_blocking(file: &File) -> std::io::Result<()> {
+    use nix::fcntl::{fcntl, FcntlArg, OFlag};
+    let flags = fcntl(file, FcntlArg::F_GETFL).map_err(std::io::Error::from)?;
+    let flags = OFlag::from_bits_truncate(flags) & !OFlag::O_NONBLOCK;
+    fcntl(file, FcntlArg::F_SETFL(flags)).map_err(std::io::Error::from)?;
+    Ok(())
+}
+
+/// Host to agent: ends at the host's hang-up (end of file), which ttrpc then sees.
+fn relay_port_to_ttrpc(
+    mut port: File,
+    mut ttrpc: tokio::io::WriteHalf<tokio::io::DuplexStream>,
+    handle: &tokio::runtime::Handle,
+) {
+    use std::io::Read;
+    use tokio::io::AsyncWriteExt;
+    let mut buf = vec![0u8; RELAY_CHUNK];
+    loop {
+        let n = match port.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(error) => {
+                tracing::warn!(%error, "reading the agent port failed; dropping the connection");
+                break;
+            }
+        };
+        if handle.block_on(ttrpc.write_all(&buf[..n])).is_err() {
+            break;
+        }
+    }
+    let _ = handle.block_on(ttrpc.shutdown());
+    tracing::debug!("agent port: host side closed");
+}
+
+/// Agent to host: ends when ttrpc drops the connection, which closes the port.
+fn relay_ttrpc_to_port(
+    mut ttrpc: tokio::io::ReadHalf<tokio::io::DuplexStream>,
+    mut port: File,
+    handle: &tokio::runtime::Handle,
+) {
+    use std::io::Write;
+    use tokio::io::AsyncReadExt;
+    let mut buf = vec![0u8; RELAY_CHUNK];
+    loop {
+        let n = match handle.block_on(ttrpc.read(&mut buf)) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if let Err(error) = port.write_all(&buf[..n]) {
+            tracing::warn!(%error, "writing the agent port failed; dropping the connection");
+            break;
+        }
+    }
 }
 
 /// A vsock listener on [`veil_protocol::VSOCK_PORT`] for any CID.
@@ -159,6 +239,46 @@ mod tests {
         }
         let found = find_serial_port(sys.path(), Path::new("/dev"), "veil.agent").expect("found");
         assert_eq!(found, PathBuf::from("/dev/vport0p1"));
+    }
+
+    /// The relay over a socket pair standing in for the port: a message far larger than one
+    /// virtio buffer crosses both ways whole, and the host's hang-up reaches ttrpc as EOF.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_relay_carries_large_messages_both_ways_and_ends_at_hang_up() {
+        use std::io::{Read, Write};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let (host, guest) = std::os::unix::net::UnixStream::pair().expect("socket pair");
+        let port = File::from(std::os::fd::OwnedFd::from(guest));
+        let mut agent = relay_port(port).expect("relay");
+        let request: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+
+        let mut host_writer = host.try_clone().expect("clone");
+        let sent = request.clone();
+        let writer = std::thread::spawn(move || host_writer.write_all(&sent));
+        let mut received = vec![0u8; request.len()];
+        agent
+            .read_exact(&mut received)
+            .await
+            .expect("read the request");
+        assert_eq!(received, request);
+        writer.join().expect("join").expect("host write");
+
+        agent.write_all(&request).await.expect("answer");
+        let mut host_reader = host.try_clone().expect("clone");
+        let answer = tokio::task::spawn_blocking(move || {
+            let mut answer = vec![0u8; 200_000];
+            host_reader.read_exact(&mut answer).map(|()| answer)
+        })
+        .await
+        .expect("join")
+        .expect("host read");
+        assert_eq!(answer, request);
+
+        drop(host);
+        let mut rest = Vec::new();
+        agent.read_to_end(&mut rest).await.expect("end of file");
+        assert!(rest.is_empty());
     }
 
     #[test]

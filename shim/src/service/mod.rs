@@ -243,6 +243,7 @@ impl TaskService {
         let pid = match created {
             Ok(pid) => pid,
             Err(error) => {
+                let error = with_console_tail(error, &sandbox);
                 storage::unshare(&sandbox.shared_dir, &request.id);
                 if rootfs_mounted {
                     storage::unmount_rootfs(&bundle);
@@ -511,5 +512,20 @@ fn describe(id: &str, exec_id: &str) -> String {
         format!("container {id}")
     } else {
         format!("process {exec_id} of container {id}")
+    }
+}
+
+/// An agent failure with the end of the VM console added: stopping an emptied sandbox
+/// removes the console log the message would otherwise point to.
+fn with_console_tail(error: Error, sandbox: &Sandbox) -> Error {
+    match error {
+        Error::Agent { what, detail } => Error::Agent {
+            detail: format!(
+                "{detail}; console: {}",
+                crate::sandbox::console_tail(&sandbox.console_log)
+            ),
+            what,
+        },
+        other => other,
     }
 }
