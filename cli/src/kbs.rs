@@ -11,7 +11,7 @@ use clap::{Args, Subcommand, ValueEnum};
 use veil_kbs_client::{fetch_resource, Attester, KbsClientConfig, SampleClaims, Zeroizing};
 use veil_keybroker::admin::generate_admin_key;
 use veil_keybroker::admin_client::AdminClient;
-use veil_keybroker::config::KbsConfig;
+use veil_keybroker::config::{KbsConfig, TlsConfig};
 use veil_keybroker::Broker;
 
 /// Key broker commands.
@@ -58,6 +58,12 @@ struct ServeArgs {
     /// Session lifetime in seconds.
     #[arg(long, default_value_t = 300)]
     session_ttl: u64,
+    /// Serve HTTPS with this PEM certificate chain (the broker's own certificate first).
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -169,10 +175,23 @@ pub fn run(args: KbsArgs) -> anyhow::Result<()> {
     }
 }
 
-fn serve(args: ServeArgs) -> anyhow::Result<()> {
+/// The broker configuration `veil kbs serve` runs with.
+fn serve_config(args: ServeArgs) -> KbsConfig {
     let mut config = KbsConfig::new(args.listen, args.state, args.admin_pubkey);
     config.session_ttl_secs = args.session_ttl;
     config.snp.vcek_cache_dir = args.vcek_cache;
+    config.tls = args
+        .tls_cert
+        .zip(args.tls_key)
+        .map(|(certificate, private_key)| TlsConfig {
+            certificate,
+            private_key,
+        });
+    config
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let config = serve_config(args);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -223,6 +242,39 @@ mod tests {
         KbsArgs {
             command: cli.command,
         }
+    }
+
+    fn serve_args(extra: &[&str]) -> ServeArgs {
+        let mut args = vec!["serve", "--state", "/s", "--admin-pubkey", "/a.pub"];
+        args.extend_from_slice(extra);
+        match parse(&args).command {
+            KbsCommand::Serve(serve) => serve,
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn serve_takes_a_tls_certificate_and_key_together() {
+        assert_eq!(serve_config(serve_args(&[])).tls, None);
+        let tls = serve_config(serve_args(&["--tls-cert", "/c.pem", "--tls-key", "/k.pem"])).tls;
+        assert_eq!(
+            tls,
+            Some(TlsConfig {
+                certificate: PathBuf::from("/c.pem"),
+                private_key: PathBuf::from("/k.pem"),
+            })
+        );
+        let alone = TestCli::try_parse_from([
+            "kbs",
+            "serve",
+            "--state",
+            "/s",
+            "--admin-pubkey",
+            "/a.pub",
+            "--tls-cert",
+            "/c.pem",
+        ]);
+        assert!(alone.is_err(), "a certificate without its key was accepted");
     }
 
     #[test]
