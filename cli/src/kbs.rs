@@ -3,7 +3,7 @@
 
 use std::io::Write;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -76,6 +76,9 @@ enum ResourceCommand {
         /// Admin private key (PEM).
         #[arg(long)]
         admin_key: PathBuf,
+        /// PEM CA certificate to verify an https:// broker against (default: WebPKI roots).
+        #[arg(long)]
+        ca: Option<PathBuf>,
         /// REPO/TYPE/TAG.
         resource: String,
         /// File with the resource bytes.
@@ -93,6 +96,9 @@ enum PolicyCommand {
         /// Admin private key (PEM).
         #[arg(long)]
         admin_key: PathBuf,
+        /// PEM CA certificate to verify an https:// broker against (default: WebPKI roots).
+        #[arg(long)]
+        ca: Option<PathBuf>,
         /// REPO/TYPE/TAG.
         resource: String,
         /// CEL condition over `claims`, e.g. "claims.tee == 'snp' && claims.measurement in ['..']".
@@ -113,6 +119,9 @@ struct GetArgs {
     /// Broker URL.
     #[arg(long)]
     url: String,
+    /// PEM CA certificate to verify an https:// broker against (default: WebPKI roots).
+    #[arg(long)]
+    ca: Option<PathBuf>,
     /// How to produce evidence.
     #[arg(long, value_enum)]
     attester: AttesterKind,
@@ -145,23 +154,25 @@ pub fn run(args: KbsArgs) -> anyhow::Result<()> {
         KbsCommand::Resource(ResourceCommand::Put {
             url,
             admin_key,
+            ca,
             resource,
             file,
         }) => {
             let bytes = Zeroizing::new(
                 std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?,
             );
-            AdminClient::from_key_file(&url, &admin_key)?.put_resource(&resource, &bytes)?;
+            admin_client(&url, &admin_key, ca.as_deref())?.put_resource(&resource, &bytes)?;
             eprintln!("stored {resource} ({} bytes)", bytes.len());
             Ok(())
         }
         KbsCommand::Policy(PolicyCommand::Set {
             url,
             admin_key,
+            ca,
             resource,
             cel,
         }) => {
-            AdminClient::from_key_file(&url, &admin_key)?.set_policy(&resource, &cel)?;
+            admin_client(&url, &admin_key, ca.as_deref())?.set_policy(&resource, &cel)?;
             eprintln!("policy of {resource} set");
             Ok(())
         }
@@ -173,6 +184,21 @@ pub fn run(args: KbsArgs) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// The trust anchors in the PEM file given with `--ca`.
+fn read_ca(path: &Path) -> anyhow::Result<veil_kbs_client::roots::RootCerts> {
+    let pem = std::fs::read(path).with_context(|| format!("reading --ca {}", path.display()))?;
+    veil_kbs_client::root_certs_from_pem(&pem).with_context(|| format!("--ca {}", path.display()))
+}
+
+/// An admin client for `url`, trusting the `--ca` file when one is given.
+fn admin_client(url: &str, key: &Path, ca: Option<&Path>) -> anyhow::Result<AdminClient> {
+    let client = AdminClient::from_key_file(url, key)?;
+    Ok(match ca {
+        Some(ca) => client.trusting(read_ca(ca)?),
+        None => client,
+    })
 }
 
 /// The broker configuration `veil kbs serve` runs with.
@@ -221,7 +247,7 @@ fn get(args: &GetArgs) -> anyhow::Result<Zeroizing<Vec<u8>>> {
         attester,
         timeout: Duration::from_secs(args.timeout),
         resolver: None,
-        root_certs: None,
+        root_certs: args.ca.as_deref().map(read_ca).transpose()?,
     };
     Ok(fetch_resource(&config, &args.resource)?)
 }
@@ -275,6 +301,88 @@ mod tests {
             "/c.pem",
         ]);
         assert!(alone.is_err(), "a certificate without its key was accepted");
+    }
+
+    /// A CA and a certificate it issued for 127.0.0.1, written as ca.pem, server.crt and
+    /// server.key in `dir`.
+    fn private_ca(dir: &Path) -> TlsConfig {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair, SanType};
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.subject_alt_names = vec![SanType::IpAddress([127, 0, 0, 1].into())];
+        let certificate = params.signed_by(&key, &ca, &ca_key).unwrap();
+        std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+        std::fs::write(dir.join("server.crt"), certificate.pem()).unwrap();
+        std::fs::write(dir.join("server.key"), key.serialize_pem()).unwrap();
+        TlsConfig {
+            certificate: dir.join("server.crt"),
+            private_key: dir.join("server.key"),
+        }
+    }
+
+    #[test]
+    fn put_policy_and_get_reach_an_https_broker_through_ca() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+        run(parse(&["admin-keygen", "--out", &path("admin.key")])).unwrap();
+        let mut config = KbsConfig::new(
+            "127.0.0.1:0".parse().unwrap(),
+            dir.path().join("state"),
+            vec![dir.path().join("admin.key.pub")],
+        );
+        config.tls = Some(private_ca(dir.path()));
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let broker = runtime.block_on(Broker::start(&config)).unwrap();
+        let url = broker.url();
+        assert!(url.starts_with("https://"), "{url}");
+        std::fs::write(path("model.key"), b"k3y").unwrap();
+        let (key, ca, secret) = (path("admin.key"), path("ca.pem"), path("model.key"));
+        let admin = |command: &[&str], rest: &[&str]| {
+            let mut args = command.to_vec();
+            args.extend(["--url", url.as_str(), "--admin-key", key.as_str()]);
+            args.extend_from_slice(rest);
+            run(parse(&args))
+        };
+
+        let untrusted = admin(&["resource", "put"], &["models/key/m", &secret]);
+        assert!(
+            untrusted.is_err(),
+            "an https broker under a private CA was trusted without --ca"
+        );
+        admin(
+            &["resource", "put"],
+            &["--ca", &ca, "models/key/m", &secret],
+        )
+        .unwrap();
+        let policy = "claims.tee == 'sample'";
+        admin(&["policy", "set"], &["--ca", &ca, "models/key/m", policy]).unwrap();
+        let get_args = match parse(&[
+            "get",
+            "--url",
+            &url,
+            "--ca",
+            &ca,
+            "--attester",
+            "sample",
+            "models/key/m",
+        ])
+        .command
+        {
+            KbsCommand::Get(args) => args,
+            other => panic!("parsed as {other:?}"),
+        };
+        assert_eq!(get(&get_args).unwrap().as_slice(), b"k3y");
+
+        let not_a_ca = admin(
+            &["policy", "set"],
+            &["--ca", &secret, "models/key/m", "true"],
+        )
+        .unwrap_err();
+        assert!(format!("{not_a_ca:#}").contains("--ca"), "{not_a_ca:#}");
     }
 
     #[test]

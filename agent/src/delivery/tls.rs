@@ -3,7 +3,8 @@
 //! the delivery declaration, so on SEV-SNP it is covered by the launch's `host_data`: the
 //! node cannot swap in its own CA without the guest refusing to ask for the key.
 
-use ureq::tls::{PemItem, RootCerts};
+use ureq::tls::RootCerts;
+use veil_kbs_client::CaPemError;
 
 /// The declared CA is unusable.
 #[derive(Debug, thiserror::Error)]
@@ -21,19 +22,10 @@ pub fn root_certs(trusted_ca_pem: Option<&str>) -> Result<RootCerts, TrustedCaEr
     let Some(pem) = trusted_ca_pem else {
         return Ok(RootCerts::WebPki);
     };
-    let mut certificates = Vec::new();
-    for item in ureq::tls::parse_pem(pem.as_bytes()) {
-        // A key pasted along with the certificate is not needed, and not kept.
-        if let PemItem::Certificate(certificate) =
-            item.map_err(|error| TrustedCaError::Parse(error.to_string()))?
-        {
-            certificates.push(certificate);
-        }
-    }
-    if certificates.is_empty() {
-        return Err(TrustedCaError::NoCertificate);
-    }
-    Ok(RootCerts::new_with_certs(&certificates))
+    veil_kbs_client::root_certs_from_pem(pem.as_bytes()).map_err(|error| match error {
+        CaPemError::Parse(detail) => TrustedCaError::Parse(detail),
+        CaPemError::NoCertificate => TrustedCaError::NoCertificate,
+    })
 }
 
 #[cfg(test)]

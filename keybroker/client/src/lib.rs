@@ -23,9 +23,11 @@
 pub mod client;
 pub mod evidence;
 pub mod jwe;
+pub mod roots;
 pub mod wire;
 
 pub use client::{fetch_resource, ClientError, Connection, KbsClientConfig, ResourcePath};
 pub use evidence::{Attester, SampleClaims};
+pub use roots::{root_certs_from_pem, CaPemError};
 pub use wire::{Tee, TeePubKey};
 pub use zeroize::Zeroizing;
