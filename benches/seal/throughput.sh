@@ -154,6 +154,13 @@ gpg_rate=$(timed gpg "${gpg_opts[@]}" --decrypt -o "$work/out-gpg" "$work/plain.
 ratio() { python3 -c "print(f'{$1 / $2:.2f}')"; }
 wall() { echo "${1% *}"; }
 cpu() { echo "${1#* }"; }
+# The issue-3 targets for veil's 1-thread, 2-thread and all-thread rates.
+targets() {
+    echo "- veil 1 thread / openssl 1 core: $(ratio "$(wall "$1")" "$ossl_1_wall") (target >= 0.90)"
+    echo "- veil 2 threads / veil 1 thread: $(ratio "$(wall "$2")" "$(wall "$1")") (target >= 1.8)"
+    echo "- veil all threads / Tink Python: $(ratio "$(wall "$3")" "$(wall "$tink")") (target >= 5)"
+    echo "- veil all threads / gpg: $(ratio "$(wall "$3")" "$(wall "$gpg_rate")") (target >= 5)"
+}
 mkdir -p "$(dirname "$out_md")"
 {
     echo "# Sealed-model decrypt throughput"
@@ -192,18 +199,12 @@ mkdir -p "$(dirname "$out_md")"
     echo
     echo "Targets from issue 3 (wall clock; openssl 1 core by its -elapsed figure):"
     echo
-    echo "- veil 1 thread / openssl 1 core: $(ratio "$(wall "$veil_1")" "$ossl_1_wall") (target >= 0.90)"
-    echo "- veil 2 threads / veil 1 thread: $(ratio "$(wall "$veil_2")" "$(wall "$veil_1")") (target >= 1.8)"
-    echo "- veil all threads / Tink Python: $(ratio "$(wall "$veil_all")" "$(wall "$tink")") (target >= 5)"
-    echo "- veil all threads / gpg: $(ratio "$(wall "$veil_all")" "$(wall "$gpg_rate")") (target >= 5)"
+    targets "$veil_1" "$veil_2" "$veil_all"
     echo
     echo "The same targets for decryption alone (\`--no-sha256\`, to /dev/null; Tink and gpg compute no"
     echo "digest either):"
     echo
-    echo "- veil 1 thread / openssl 1 core: $(ratio "$(wall "$veil_nodigest_1")" "$ossl_1_wall") (target >= 0.90)"
-    echo "- veil 2 threads / veil 1 thread: $(ratio "$(wall "$veil_nodigest_2")" "$(wall "$veil_nodigest_1")") (target >= 1.8)"
-    echo "- veil all threads / Tink Python: $(ratio "$(wall "$veil_nodigest_all")" "$(wall "$tink")") (target >= 5)"
-    echo "- veil all threads / gpg: $(ratio "$(wall "$veil_nodigest_all")" "$(wall "$gpg_rate")") (target >= 5)"
+    targets "$veil_nodigest_1" "$veil_nodigest_2" "$veil_nodigest_all"
     echo
     echo "Against the floors on this machine (wall clock):"
     echo

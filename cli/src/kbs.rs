@@ -206,13 +206,7 @@ fn serve_config(args: ServeArgs) -> KbsConfig {
     let mut config = KbsConfig::new(args.listen, args.state, args.admin_pubkey);
     config.session_ttl_secs = args.session_ttl;
     config.snp.vcek_cache_dir = args.vcek_cache;
-    config.tls = args
-        .tls_cert
-        .zip(args.tls_key)
-        .map(|(certificate, private_key)| TlsConfig {
-            certificate,
-            private_key,
-        });
+    config.tls = TlsConfig::from_flags(args.tls_cert, args.tls_key);
     config
 }
 

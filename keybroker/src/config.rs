@@ -44,6 +44,19 @@ pub struct TlsConfig {
     pub private_key: PathBuf,
 }
 
+impl TlsConfig {
+    /// The identity given as a certificate flag and a key flag, when both are given
+    /// (command lines require them together).
+    pub fn from_flags(certificate: Option<PathBuf>, private_key: Option<PathBuf>) -> Option<Self> {
+        certificate
+            .zip(private_key)
+            .map(|(certificate, private_key)| TlsConfig {
+                certificate,
+                private_key,
+            })
+    }
+}
+
 /// SEV-SNP verification settings.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

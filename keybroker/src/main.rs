@@ -60,13 +60,7 @@ async fn run(args: Args) -> Result<(), String> {
                 .ok_or("--state DIR is required (or --config FILE)")?;
             let mut config = KbsConfig::new(args.listen, state, args.admin_pubkey);
             config.snp.vcek_cache_dir = args.vcek_cache;
-            config.tls = args
-                .tls_cert
-                .zip(args.tls_key)
-                .map(|(certificate, private_key)| TlsConfig {
-                    certificate,
-                    private_key,
-                });
+            config.tls = TlsConfig::from_flags(args.tls_cert, args.tls_key);
             config
         }
     };
