@@ -82,7 +82,7 @@ fn open_http(url: &str, roots: &RootCerts) -> Result<Fetched, FetchError> {
     };
     let response = http_agent(roots).get(url).call().map_err(|e| match e {
         // Trying again cannot make an untrusted certificate trusted.
-        e if is_tls_failure(&e) => http(
+        e if veil_kbs_client::is_tls_failure(&e) => http(
             format!(
                 "{e}; the store's TLS certificate is not trusted: for a private CA, give its \
                  certificate in io.veil.model.ca"
@@ -106,18 +106,6 @@ fn open_http(url: &str, roots: &RootCerts) -> Result<Fetched, FetchError> {
         reader: Box::new(response.into_body().into_reader()),
         length,
     })
-}
-
-/// Whether the call failed in the TLS handshake (ureq reports rustls's verdict wrapped in
-/// an I/O error).
-fn is_tls_failure(error: &ureq::Error) -> bool {
-    match error {
-        ureq::Error::Rustls(_) | ureq::Error::Tls(_) => true,
-        ureq::Error::Io(io) => io
-            .get_ref()
-            .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some()),
-        _ => false,
-    }
 }
 
 fn open_file(path: &std::path::Path) -> Result<Fetched, FetchError> {

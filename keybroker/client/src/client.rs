@@ -116,16 +116,8 @@ pub enum ClientError {
 /// A failed call as [`ClientError::UntrustedCertificate`] when the TLS handshake refused the
 /// broker's certificate, [`ClientError::Transport`] otherwise.
 fn transport_error(url: &str, error: &ureq::Error) -> ClientError {
-    // ureq reports rustls's verdict directly or wrapped in an I/O error.
-    let tls = match error {
-        ureq::Error::Rustls(_) | ureq::Error::Tls(_) => true,
-        ureq::Error::Io(io) => io
-            .get_ref()
-            .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some()),
-        _ => false,
-    };
     let (url, reason) = (url.to_owned(), error.to_string());
-    if tls {
+    if crate::roots::is_tls_failure(error) {
         ClientError::UntrustedCertificate { url, reason }
     } else {
         ClientError::Transport { url, reason }

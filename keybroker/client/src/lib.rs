@@ -28,6 +28,6 @@ pub mod wire;
 
 pub use client::{fetch_resource, ClientError, Connection, KbsClientConfig, ResourcePath};
 pub use evidence::{Attester, SampleClaims};
-pub use roots::{root_certs_from_pem, CaPemError};
+pub use roots::{is_tls_failure, root_certs_from_pem, CaPemError};
 pub use wire::{Tee, TeePubKey};
 pub use zeroize::Zeroizing;

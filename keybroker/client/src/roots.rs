@@ -1,5 +1,6 @@
-//! Trust anchors for an https:// key broker or model store: the public WebPKI roots, or a
-//! private CA given as PEM (the model owner's own, named by the pod or on the command line).
+//! Trust for an https:// key broker or model store: the anchors (the public WebPKI roots, or
+//! a private CA given as PEM, the model owner's own, named by the pod or on the command line),
+//! and telling a refused certificate from connection trouble.
 
 use ureq::tls::PemItem;
 pub use ureq::tls::RootCerts;
@@ -30,6 +31,19 @@ pub fn root_certs_from_pem(pem: &[u8]) -> Result<RootCerts, CaPemError> {
         return Err(CaPemError::NoCertificate);
     }
     Ok(RootCerts::new_with_certs(&certificates))
+}
+
+/// Whether a call failed in the TLS handshake, e.g. on an untrusted certificate: trying again
+/// cannot help, unlike connection trouble. ureq reports rustls's verdict directly or wrapped in
+/// an I/O error.
+pub fn is_tls_failure(error: &ureq::Error) -> bool {
+    match error {
+        ureq::Error::Rustls(_) | ureq::Error::Tls(_) => true,
+        ureq::Error::Io(io) => io
+            .get_ref()
+            .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some()),
+        _ => false,
+    }
 }
 
 #[cfg(test)]
