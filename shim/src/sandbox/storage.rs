@@ -134,24 +134,13 @@ pub fn share_bind_mounts(shared_dir: &Path, container_id: &str, spec: &mut Spec)
     Ok(())
 }
 
-/// Namespaces a container shares with its pod by the path containerd gives (the pid
-/// namespace only when the pod asks, as `shareProcessNamespace` does),
-/// `/proc/<pid>/ns/<kind>` of the pod's sandbox container. The shim reports guest pids to
-/// containerd, so such a path names the sandbox container inside the VM and the agent can
-/// join it there, as runc joins it on the host.
-const SHARED_BY_PATH_IN_GUEST: [LinuxNamespaceType; 3] = [
-    LinuxNamespaceType::Ipc,
-    LinuxNamespaceType::Uts,
-    LinuxNamespaceType::Pid,
-];
-
 /// Makes a host-generated spec meaningful inside the guest. Hooks name host programs, so they
 /// go. A network namespace joined by path is the pod's network: every container of the pod
 /// shares it, and in the guest that is the VM's own network (where the agent put the pod
 /// NICs), so the entry goes and the container stays in the guest's namespace. IPC, UTS
 /// and pid namespaces of another container of the pod (one of `pod_pids`, guest pids) are
-/// kept, so the pod's containers share them as on runc; any other path names a host object, and the
-/// container gets a fresh namespace instead.
+/// kept, so the pod's containers share them as on runc; any other path names a host object,
+/// and the container gets a fresh namespace instead.
 pub fn adapt_spec_for_guest(spec: &mut Spec, pod_pids: &[u32]) {
     if spec.hooks().is_some() {
         tracing::warn!("OCI hooks run on the host with runc; veil does not run them inside the VM");
@@ -185,21 +174,20 @@ pub fn adapt_spec_for_guest(spec: &mut Spec, pod_pids: &[u32]) {
 /// Whether `path` is `/proc/<pid>/ns/<kind>` of a container of this pod, for a kind the
 /// guest shares by path.
 fn joinable_in_guest(kind: LinuxNamespaceType, path: &Path, pod_pids: &[u32]) -> bool {
-    let Some(name) = proc_ns_name(kind) else {
+    let Some(name) = shared_by_path_in_guest(kind) else {
         return false;
     };
-    let mut parts = path.strip_prefix("/proc").ok().map(Path::components);
-    let pid = parts
-        .as_mut()
-        .and_then(|p| p.next())
-        .and_then(|c| c.as_os_str().to_str()?.parse::<u32>().ok());
-    let rest: Option<PathBuf> = parts.map(|p| p.collect());
-    SHARED_BY_PATH_IN_GUEST.contains(&kind)
-        && pid.is_some_and(|pid| pid != 0 && pod_pids.contains(&pid))
-        && rest.is_some_and(|rest| rest == Path::new("ns").join(name))
+    pod_pids
+        .iter()
+        .any(|&pid| pid != 0 && path == Path::new(&format!("/proc/{pid}/ns/{name}")))
 }
 
-fn proc_ns_name(kind: LinuxNamespaceType) -> Option<&'static str> {
+/// The `/proc/<pid>/ns/` name of a namespace a container shares with its pod by the path
+/// containerd gives (the pid namespace only when the pod asks, as `shareProcessNamespace`
+/// does): `/proc/<pid>/ns/<name>` of the pod's sandbox container. The shim reports guest pids
+/// to containerd, so such a path names the sandbox container inside the VM and the agent can
+/// join it there, as runc joins it on the host.
+fn shared_by_path_in_guest(kind: LinuxNamespaceType) -> Option<&'static str> {
     match kind {
         LinuxNamespaceType::Ipc => Some("ipc"),
         LinuxNamespaceType::Uts => Some("uts"),
