@@ -79,9 +79,7 @@ impl ContainerRuntime for GuestRuntime {
         let mut container = match built {
             Ok(container) => container,
             Err(error) => {
-                if let Err(cleanup) = cgroup.remove() {
-                    tracing::warn!(container = %id, error = %cleanup, "cgroup of a failed create left behind");
-                }
+                discard_cgroup(id, cgroup);
                 return Err(error.into());
             }
         };
@@ -152,13 +150,19 @@ fn container_cgroup(id: &str, spec: &oci_spec::runtime::Spec) -> Result<Cgroup, 
     let cgroup = Cgroup::create(std::path::Path::new(GUEST_CGROUP_ROOT), id)?;
     if let Some(resources) = linux.and_then(|l| l.resources().as_ref()) {
         if let Err(error) = cgroup.apply(resources) {
-            if let Err(cleanup) = cgroup.remove() {
-                tracing::warn!(container = %id, error = %cleanup, "cgroup of a failed create left behind");
-            }
+            discard_cgroup(id, cgroup);
             return Err(error.into());
         }
     }
     Ok(cgroup)
+}
+
+/// Removes the cgroup of a create that failed; a failure to do so is logged, since the
+/// create's own error is the one to report.
+fn discard_cgroup(id: &str, cgroup: Cgroup) {
+    if let Err(cleanup) = cgroup.remove() {
+        tracing::warn!(container = %id, error = %cleanup, "cgroup of a failed create left behind");
+    }
 }
 
 fn cgroup_of(container: &Container) -> Result<&Cgroup, RuntimeError> {

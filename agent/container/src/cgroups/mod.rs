@@ -131,11 +131,7 @@ impl Cgroup {
     /// The pids of every process in the cgroup (cgroup.procs): all of the container's
     /// processes, whichever pid namespace they are in, as runc finds them for `kill --all`.
     pub fn processes(&self) -> Result<Vec<i32>, CgroupError> {
-        let path = self.path.join("cgroup.procs");
-        let text = std::fs::read_to_string(&path).map_err(|source| CgroupError::Read {
-            path: path.clone(),
-            source,
-        })?;
+        let text = read_file(&self.path.join("cgroup.procs"))?;
         Ok(text
             .lines()
             .filter_map(|line| line.trim().parse().ok())
@@ -187,6 +183,13 @@ fn make_dir(path: &Path) -> Result<(), CgroupError> {
     }
 }
 
+fn read_file(path: &Path) -> Result<String, CgroupError> {
+    std::fs::read_to_string(path).map_err(|source| CgroupError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
 fn write_file(path: &Path, value: &str) -> Result<(), CgroupError> {
     std::fs::write(path, value).map_err(|source| CgroupError::Write {
         path: path.to_path_buf(),
@@ -197,9 +200,7 @@ fn write_file(path: &Path, value: &str) -> Result<(), CgroupError> {
 
 /// The wanted controllers the root offers (cgroup.controllers).
 fn available_controllers(root: &Path) -> Result<Vec<&'static str>, CgroupError> {
-    let path = root.join("cgroup.controllers");
-    let offered =
-        std::fs::read_to_string(&path).map_err(|source| CgroupError::Read { path, source })?;
+    let offered = read_file(&root.join("cgroup.controllers"))?;
     let offered: Vec<&str> = offered.split_whitespace().collect();
     Ok(CONTROLLERS
         .into_iter()
