@@ -448,6 +448,18 @@ fn an_init_container_completes_first_and_a_restarted_container_runs_again_in_the
     assert_nothing_left(&cluster.containerd);
 }
 
+/// Opens the stream at `url` (from Attach or Exec), writes `input` to the process's stdin and
+/// returns its stdout once it holds `expected`.
+fn stdin_round_trip(cluster: &Cluster, url: &str, input: &[u8], expected: &str) -> String {
+    let mut session = RemoteCommand::connect(url).expect("open the stream");
+    session.send_stdin(input).expect("send stdin");
+    let stdout = session
+        .read_stdout_until(expected, EXEC)
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", cluster.containerd.log()));
+    session.close();
+    stdout
+}
+
 /// `kubectl attach -i` and `kubectl exec -i`: what the client writes reaches the process's
 /// stdin through containerd's streaming server, and the answer comes back on its stdout.
 fn attach_round_trip(handler: &str) {
@@ -468,25 +480,15 @@ fn attach_round_trip(handler: &str) {
         .cri
         .attach(&id)
         .unwrap_or_else(|e| panic!("Attach: {e:#}\n{}", cluster.containerd.log()));
-    let mut session = RemoteCommand::connect(&url).expect("open the attach stream");
-    session.send_stdin(b"hello-veil\n").expect("send stdin");
-    let stdout = session
-        .read_stdout_until("got:hello-veil", EXEC)
-        .unwrap_or_else(|e| panic!("{e:#}\n{}", cluster.containerd.log()));
+    let stdout = stdin_round_trip(&cluster, &url, b"hello-veil\n", "got:hello-veil");
     assert!(stdout.contains("got:hello-veil\n"), "{stdout:?}");
-    session.close();
 
     // `kubectl exec -i`: a new process in the same container, its own stdin.
     let url = cluster
         .cri
         .exec_streaming(&id, &["sh", "-c", "read line; echo exec:$line"])
         .unwrap_or_else(|e| panic!("Exec: {e:#}\n{}", cluster.containerd.log()));
-    let mut session = RemoteCommand::connect(&url).expect("open the exec stream");
-    session.send_stdin(b"again\n").expect("send stdin");
-    session
-        .read_stdout_until("exec:again", EXEC)
-        .unwrap_or_else(|e| panic!("{e:#}\n{}", cluster.containerd.log()));
-    session.close();
+    stdin_round_trip(&cluster, &url, b"again\n", "exec:again");
     cluster.tear_down(&pod);
     assert_nothing_left(&cluster.containerd);
 }
@@ -507,24 +509,19 @@ fn share_process_namespace(
     sandbox: &mut PodSandboxConfig,
     containers: &mut [&mut ContainerConfig],
 ) {
-    let pod_mode = NamespaceMode::Pod as i32;
-    if let Some(options) = sandbox
+    let of_sandbox = sandbox
         .linux
         .as_mut()
         .and_then(|l| l.security_context.as_mut())
-        .and_then(|c| c.namespace_options.as_mut())
-    {
-        options.pid = pod_mode;
-    }
-    for container in containers {
-        if let Some(options) = container
-            .linux
+        .and_then(|c| c.namespace_options.as_mut());
+    let of_containers = containers.iter_mut().filter_map(|c| {
+        c.linux
             .as_mut()
             .and_then(|l| l.security_context.as_mut())
             .and_then(|c| c.namespace_options.as_mut())
-        {
-            options.pid = pod_mode;
-        }
+    });
+    for options in of_sandbox.into_iter().chain(of_containers) {
+        options.pid = NamespaceMode::Pod as i32;
     }
 }
 
