@@ -168,6 +168,16 @@ pub(crate) fn open_stream<R: Read>(
     })
 }
 
+/// Where a segment sits in the stream: what its nonce and the last-segment retry depend on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct SegmentPosition {
+    pub(crate) index: u32,
+    /// The stream ends right after this segment.
+    pub(crate) is_final: bool,
+    /// The next segment is the final one.
+    pub(crate) is_penultimate: bool,
+}
+
 /// Verifies and decrypts one segment in place; returns its plaintext length.
 ///
 /// When the segment is final or just before the final one and fails, it is tried again with the
@@ -178,22 +188,39 @@ pub(crate) fn open_segment(
     chunk: &mut Chunk,
     full_len: usize,
 ) -> Result<usize, SegmentFailure> {
-    if chunk.data.len() < cipher.tag_len() {
+    let position = SegmentPosition {
+        index: chunk.index,
+        is_final: chunk.is_final,
+        is_penultimate: chunk.is_penultimate,
+    };
+    open_segment_in(cipher, position, &mut chunk.data, full_len)
+}
+
+/// [`open_segment`] on a segment held in any buffer: the plaintext is left at its start.
+pub(crate) fn open_segment_in(
+    cipher: &SegmentCipher,
+    position: SegmentPosition,
+    segment: &mut [u8],
+    full_len: usize,
+) -> Result<usize, SegmentFailure> {
+    if segment.len() < cipher.tag_len() {
         return Err(SegmentFailure::Truncated);
     }
-    let full = chunk.data.len() == full_len;
-    let retry = if full && (chunk.is_final || chunk.is_penultimate) {
-        Some(chunk.data.clone())
+    let full = segment.len() == full_len;
+    let retry = if full && (position.is_final || position.is_penultimate) {
+        Some(segment.to_vec())
     } else {
         None
     };
-    match cipher.open(chunk.index, chunk.is_final, &mut chunk.data) {
+    match cipher.open(position.index, position.is_final, segment) {
         Ok(len) => Ok(len),
         Err(_) => {
             let flipped_opens = retry.is_some_and(|mut copy| {
-                cipher.open(chunk.index, !chunk.is_final, &mut copy).is_ok()
+                cipher
+                    .open(position.index, !position.is_final, &mut copy)
+                    .is_ok()
             });
-            Err(match (chunk.is_final, flipped_opens) {
+            Err(match (position.is_final, flipped_opens) {
                 (true, true) => SegmentFailure::MissingLastSegment,
                 (true, false) => SegmentFailure::LastSegmentInvalid,
                 (false, true) => SegmentFailure::TrailingData,

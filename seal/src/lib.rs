@@ -42,6 +42,8 @@
 //!   with a [`KeyTemplate`].
 //! * [`decrypt_to_file`] (parallel, all or nothing, SHA-256 of the plaintext, typed errors),
 //!   [`decrypt_to_writer`], [`decrypt_sequential`].
+//! * [`decrypt_file_to_file`]: the same from a sealed regular file; without the digest, every
+//!   worker reads and writes its own segments at their offsets, so the copies scale too.
 //! * [`EncryptingWriter`] and [`encrypt`].
 //! * [`inspect`] for header facts and sizes without a key.
 
@@ -56,6 +58,7 @@ mod inspect;
 pub mod keyset;
 pub mod params;
 mod pipeline;
+mod positional;
 mod proto;
 mod random;
 mod reader;
@@ -69,6 +72,7 @@ pub use params::{HashType, KeyTemplate, StreamingParams};
 pub use pipeline::{
     decrypt_to_file, decrypt_to_writer, DecryptOptions, ProgressFn, BUFFERS_PER_WORKER,
 };
+pub use positional::decrypt_file_to_file;
 
 /// Lowercase hex of `bytes` (digests, ids; never key material).
 pub(crate) fn hex(bytes: &[u8]) -> String {

@@ -46,7 +46,7 @@ const POSITIONAL_WRITE_MIN_SEGMENT: usize = 64 << 10;
 /// Progress callback: receives the plaintext bytes written so far.
 pub type ProgressFn = Box<dyn Fn(u64) + Send + Sync>;
 
-/// Options of [`decrypt_to_file`] and [`decrypt_to_writer`].
+/// Options of [`decrypt_to_file`], [`decrypt_to_writer`] and [`crate::decrypt_file_to_file`].
 #[derive(Default)]
 pub struct DecryptOptions {
     /// Worker threads; `None` means one per available CPU.
@@ -59,7 +59,9 @@ pub struct DecryptOptions {
     /// throughput at one core's SHA-256 speed, is left out. Ignored when `expected_sha256` is
     /// set, so a check asked for is never silently dropped.
     pub skip_sha256: bool,
-    /// Called on the calling thread after each segment is written.
+    /// Called on the calling thread with the plaintext bytes written so far: after each
+    /// segment, or, when [`crate::decrypt_file_to_file`] lets the workers read and write at
+    /// their own offsets, a few times a second and once at the end.
     pub progress: Option<ProgressFn>,
 }
 
@@ -120,6 +122,17 @@ pub fn decrypt_to_file<R: Read + Send>(
     dest: &Path,
     options: &DecryptOptions,
 ) -> Result<DecryptReport, DecryptError> {
+    write_all_or_nothing(dest, |file| {
+        decrypt_into_file(source, keyset, associated_data, file, options)
+    })
+}
+
+/// Runs `decrypt` on a new hidden file next to `dest` and renames it to `dest` on success; on
+/// any failure removes it. Write errors without a path get `dest`'s.
+pub(crate) fn write_all_or_nothing(
+    dest: &Path,
+    decrypt: impl FnOnce(File) -> Result<DecryptReport, DecryptError>,
+) -> Result<DecryptReport, DecryptError> {
     let temp = temp_path(dest);
     let with_path = |source| DecryptError::Write {
         path: Some(dest.to_path_buf()),
@@ -130,7 +143,7 @@ pub fn decrypt_to_file<R: Read + Send>(
         .create_new(true)
         .open(&temp)
         .map_err(with_path)?;
-    let result = decrypt_into_file(source, keyset, associated_data, file, options)
+    let result = decrypt(file)
         .map_err(|e| match e {
             DecryptError::Write { path: None, source } => with_path(source),
             other => other,
@@ -281,7 +294,7 @@ fn decrypt_opened<R: Read + Send, W: Write>(
     Ok(report)
 }
 
-fn report_progress(options: &DecryptOptions, bytes: u64) {
+pub(crate) fn report_progress(options: &DecryptOptions, bytes: u64) {
     if let Some(progress) = &options.progress {
         progress(bytes);
     }

@@ -6,10 +6,11 @@ use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use common::pseudo_random;
+use common::{positional_keyset, pseudo_random};
 use proptest::prelude::*;
 use veil_seal::{
-    decrypt_sequential, decrypt_to_writer, encrypt, DecryptOptions, KeyTemplate, Keyset,
+    decrypt_file_to_file, decrypt_sequential, decrypt_to_writer, encrypt, DecryptOptions,
+    DecryptReport, KeyTemplate, Keyset,
 };
 
 const TEMPLATES: [KeyTemplate; 2] = [
@@ -25,7 +26,7 @@ proptest! {
     #[test]
     fn parallel_equals_sequential(
         len in prop_oneof![0usize..10_000, 10_000usize..120_000],
-        threads in 1usize..=4,
+        threads in 1usize..=8,
         template in 0usize..2,
         aad in proptest::collection::vec(any::<u8>(), 0..20),
         seed in any::<u64>(),
@@ -42,40 +43,34 @@ proptest! {
         let report = decrypt_to_writer(&ct[..], &keyset, &aad, &mut parallel, &options).unwrap();
         prop_assert!(parallel == sequential);
         prop_assert!(sequential == plaintext);
-        prop_assert_eq!(report, expected);
+        prop_assert_eq!(&report, &expected);
+
+        let (positional, report) = file_to_file_without_digest(&ct, &keyset, &aad, threads);
+        prop_assert!(positional == plaintext);
+        prop_assert_eq!(report, DecryptReport { sha256: None, ..expected });
     }
 }
 
-/// A keyset of one key with 64 KiB segments: the smallest size whose segments the workers
-/// write to the output file themselves.
-fn positional_keyset(gcm: bool) -> Keyset {
-    use veil_seal::params::{CtrHmacParams, GcmHkdfParams};
-    use veil_seal::{HashType, StreamingKey, StreamingParams};
-    let segment_size = 64 << 10;
-    let params = if gcm {
-        StreamingParams::AesGcmHkdf(GcmHkdfParams {
-            segment_size,
-            derived_key_size: 16,
-            hkdf_hash: HashType::Sha256,
-        })
-    } else {
-        StreamingParams::AesCtrHmac(CtrHmacParams {
-            segment_size,
-            derived_key_size: 32,
-            hkdf_hash: HashType::Sha256,
-            hmac_hash: HashType::Sha256,
-            tag_size: 32,
-        })
+/// Decrypts `ct` from a sealed file with [`decrypt_file_to_file`] and the digest skipped (the
+/// positional path: workers read and write their own segments); returns the plaintext file.
+fn file_to_file_without_digest(
+    ct: &[u8],
+    keyset: &Keyset,
+    aad: &[u8],
+    threads: usize,
+) -> (Vec<u8>, DecryptReport) {
+    let dir = tempfile::tempdir().unwrap();
+    let sealed = dir.path().join("model.sealed");
+    std::fs::write(&sealed, ct).unwrap();
+    let dest = dir.path().join("model.bin");
+    let options = DecryptOptions {
+        threads: NonZeroUsize::new(threads),
+        skip_sha256: true,
+        ..DecryptOptions::default()
     };
-    let key = StreamingKey::new(7, params, pseudo_random(32, 7).into()).unwrap();
-    let mut keyset = Keyset::generate(KeyTemplate::Aes128GcmHkdf4Kb).unwrap();
-    let generated = keyset.primary_key_id();
-    keyset.add_key(key).unwrap();
-    keyset.set_primary(7).unwrap();
-    keyset
-        .set_status(generated, veil_seal::KeyStatus::Disabled)
-        .unwrap();
-    keyset
+    let source = std::fs::File::open(&sealed).unwrap();
+    let report = decrypt_file_to_file(&source, keyset, aad, &dest, &options).unwrap();
+    (std::fs::read(&dest).unwrap(), report)
 }
 
 proptest! {
@@ -87,7 +82,7 @@ proptest! {
     fn positional_file_writes_equal_sequential(
         segments in 0usize..6,
         extra in prop_oneof![Just(0usize), 1usize..100, 65_000usize..65_600],
-        threads in 1usize..=4,
+        threads in 1usize..=8,
         gcm in any::<bool>(),
         seed in any::<u64>(),
     ) {
@@ -104,7 +99,11 @@ proptest! {
         let report = veil_seal::decrypt_to_file(&ct[..], &keyset, b"pos", &dest, &options).unwrap();
         prop_assert!(std::fs::read(&dest).unwrap() == plaintext);
         prop_assert!(sequential == plaintext);
-        prop_assert_eq!(report, expected);
+        prop_assert_eq!(&report, &expected);
+
+        let (positional, report) = file_to_file_without_digest(&ct, &keyset, b"pos", threads);
+        prop_assert!(positional == plaintext);
+        prop_assert_eq!(report, DecryptReport { sha256: None, ..expected });
     }
 }
 

@@ -7,8 +7,8 @@ use std::path::Path;
 
 use common::pseudo_random;
 use veil_seal::{
-    decrypt_to_file, encrypt, DecryptError, DecryptOptions, HeaderProblem, KeyTemplate, Keyset,
-    SegmentFailure,
+    decrypt_file_to_file, decrypt_to_file, encrypt, DecryptError, DecryptOptions, HeaderProblem,
+    KeyTemplate, Keyset, SegmentFailure,
 };
 
 const SEG: usize = 4096;
@@ -33,8 +33,22 @@ fn assert_no_output(dir: &Path) {
     assert!(left.is_empty(), "decryption left files behind: {left:?}");
 }
 
-/// Decrypts `ct` to a file and returns the error, checking that nothing was left on disk.
+/// Decrypts `ct` to a file through both paths and returns the error, checking that both give
+/// the same error and that nothing was left on disk: the streaming pipeline
+/// ([`decrypt_to_file`], computing the digest) and the positional one
+/// ([`decrypt_file_to_file`] from a sealed file, digest skipped).
 fn fail(ct: &[u8], keyset: &Keyset, aad: &[u8], threads: usize) -> DecryptError {
+    let streaming = fail_streaming(ct, keyset, aad, threads);
+    let positional = fail_positional(ct, keyset, aad, threads);
+    assert_eq!(
+        positional.to_string(),
+        streaming.to_string(),
+        "the positional path reports a different error"
+    );
+    streaming
+}
+
+fn fail_streaming(ct: &[u8], keyset: &Keyset, aad: &[u8], threads: usize) -> DecryptError {
     let dir = tempfile::tempdir().unwrap();
     let options = DecryptOptions {
         threads: NonZeroUsize::new(threads),
@@ -44,6 +58,31 @@ fn fail(ct: &[u8], keyset: &Keyset, aad: &[u8], threads: usize) -> DecryptError 
     assert_no_output(dir.path());
     match result {
         Ok(report) => panic!("tampered ciphertext decrypted: {report:?}"),
+        Err(e) => e,
+    }
+}
+
+fn fail_positional(ct: &[u8], keyset: &Keyset, aad: &[u8], threads: usize) -> DecryptError {
+    let sealed_dir = tempfile::tempdir().unwrap();
+    let sealed_path = sealed_dir.path().join("model.sealed");
+    std::fs::write(&sealed_path, ct).unwrap();
+    let source = std::fs::File::open(&sealed_path).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let options = DecryptOptions {
+        threads: NonZeroUsize::new(threads),
+        skip_sha256: true,
+        ..DecryptOptions::default()
+    };
+    let result = decrypt_file_to_file(
+        &source,
+        keyset,
+        aad,
+        &dir.path().join("model.bin"),
+        &options,
+    );
+    assert_no_output(dir.path());
+    match result {
+        Ok(report) => panic!("tampered ciphertext decrypted by the positional path: {report:?}"),
         Err(e) => e,
     }
 }
@@ -102,7 +141,7 @@ fn bit_flips_in_tags_and_bodies_of_first_middle_and_last_segments() {
     }
     // Middle segment 2 spans 8192..12288: first body byte, a middle one, tag bytes.
     for byte in [8192, 10000, 12288 - 16, 12287] {
-        for threads in [1, 2, 4] {
+        for threads in 1..=8 {
             let error = fail(&flip(&ct, byte, 0), &keyset, b"", threads);
             assert_eq!(
                 segment(&error),
@@ -291,6 +330,23 @@ fn digest_mismatch_leaves_no_output() {
         "{error}"
     );
     assert_no_output(dir.path());
+
+    // An expected digest is checked by the file-to-file entry point too, even with skip_sha256.
+    let sealed_dir = tempfile::tempdir().unwrap();
+    let sealed_path = sealed_dir.path().join("model.sealed");
+    std::fs::write(&sealed_path, &ct).unwrap();
+    let source = std::fs::File::open(&sealed_path).unwrap();
+    let options = DecryptOptions {
+        skip_sha256: true,
+        ..options
+    };
+    let error =
+        decrypt_file_to_file(&source, &keyset, b"", &dir.path().join("out"), &options).unwrap_err();
+    assert!(
+        matches!(error, DecryptError::DigestMismatch { .. }),
+        "{error}"
+    );
+    assert_no_output(dir.path());
 }
 
 #[test]
@@ -325,4 +381,47 @@ fn aes_ctr_hmac_tampering() {
         fail(&ct, &keyset, b"x", 2),
         DecryptError::NoKeyMatched { .. }
     ));
+}
+
+/// With 64 KiB segments every segment is a claim of its own in the positional path, so its
+/// workers really race: the errors must still be the streaming pipeline's, at any thread count.
+#[test]
+fn large_segments_fail_alike_on_both_paths_at_any_thread_count() {
+    let keyset = common::positional_keyset(true);
+    const BIG: usize = 64 << 10;
+    // Segments 0..=5, the last one short.
+    let ct = sealed(&keyset, 5 * (BIG - 16) - 24 + 3000, b"");
+    let last = ct.len() - 1;
+    for threads in 1..=8 {
+        let (index, failure) = segment(&fail(&flip(&ct, 3 * BIG + 7, 2), &keyset, b"", threads));
+        assert_eq!((index, failure), (3, SegmentFailure::TagMismatch));
+        assert_eq!(
+            segment(&fail(&flip(&ct, last, 0), &keyset, b"", threads)),
+            (5, SegmentFailure::LastSegmentInvalid)
+        );
+        assert_eq!(
+            segment(&fail(&ct[..4 * BIG], &keyset, b"", threads)),
+            (3, SegmentFailure::MissingLastSegment)
+        );
+        assert_eq!(
+            segment(&fail(&ct[..4 * BIG + 10], &keyset, b"", threads)),
+            (4, SegmentFailure::Truncated)
+        );
+        let mut two_flips = flip(&ct, 4 * BIG + 1, 0);
+        two_flips[BIG + 1] ^= 1;
+        assert_eq!(
+            segment(&fail(&two_flips, &keyset, b"", threads)),
+            (1, SegmentFailure::TagMismatch)
+        );
+    }
+    let full = sealed(&keyset, 4 * (BIG - 16) - 24, b"");
+    assert_eq!(full.len(), 4 * BIG);
+    let mut appended = full.clone();
+    appended.extend_from_slice(&[0; 20]);
+    for threads in [1, 3, 8] {
+        assert_eq!(
+            segment(&fail(&appended, &keyset, b"", threads)),
+            (3, SegmentFailure::TrailingData)
+        );
+    }
 }

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use veil_seal::Keyset;
+use veil_seal::{KeyTemplate, Keyset};
 
 /// Deterministic pseudo-random bytes (xorshift), so failures reproduce.
 pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
@@ -93,4 +93,36 @@ pub fn tink_batch(dir: &Path, ops: &[TinkOp]) -> Vec<(bool, String)> {
             )
         })
         .collect()
+}
+
+/// A keyset of one key with 64 KiB segments: the smallest size whose segments the workers
+/// write to the output file themselves.
+pub fn positional_keyset(gcm: bool) -> Keyset {
+    use veil_seal::params::{CtrHmacParams, GcmHkdfParams};
+    use veil_seal::{HashType, StreamingKey, StreamingParams};
+    let segment_size = 64 << 10;
+    let params = if gcm {
+        StreamingParams::AesGcmHkdf(GcmHkdfParams {
+            segment_size,
+            derived_key_size: 16,
+            hkdf_hash: HashType::Sha256,
+        })
+    } else {
+        StreamingParams::AesCtrHmac(CtrHmacParams {
+            segment_size,
+            derived_key_size: 32,
+            hkdf_hash: HashType::Sha256,
+            hmac_hash: HashType::Sha256,
+            tag_size: 32,
+        })
+    };
+    let key = StreamingKey::new(7, params, pseudo_random(32, 7).into()).unwrap();
+    let mut keyset = Keyset::generate(KeyTemplate::Aes128GcmHkdf4Kb).unwrap();
+    let generated = keyset.primary_key_id();
+    keyset.add_key(key).unwrap();
+    keyset.set_primary(7).unwrap();
+    keyset
+        .set_status(generated, veil_seal::KeyStatus::Disabled)
+        .unwrap();
+    keyset
 }
