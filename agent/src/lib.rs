@@ -13,6 +13,7 @@ pub mod delivery;
 pub mod guest_runtime;
 pub mod network;
 pub mod pid1;
+pub mod port_forward;
 pub mod reaper;
 pub mod runtime;
 pub mod service;

@@ -36,6 +36,9 @@ pub enum ServiceError {
     /// Configuring the pod network failed.
     #[error("configure the pod network: {0}")]
     Network(#[from] crate::network::NetworkError),
+    /// A port-forward call failed.
+    #[error(transparent)]
+    Forward(#[from] crate::port_forward::ForwardError),
     /// An I/O error on a process stream or a syscall.
     #[error("{what}: {source}")]
     Io {
@@ -62,10 +65,22 @@ impl ServiceError {
             ServiceError::Network(crate::network::NetworkError::AlreadyConfigured) => {
                 ttrpc::Code::FAILED_PRECONDITION
             }
+            ServiceError::Forward(error) => forward_code(error),
             ServiceError::Runtime { .. } | ServiceError::Io { .. } | ServiceError::Network(_) => {
                 ttrpc::Code::INTERNAL
             }
         }
+    }
+}
+
+fn forward_code(error: &crate::port_forward::ForwardError) -> ttrpc::Code {
+    use crate::port_forward::ForwardError;
+    match error {
+        ForwardError::InvalidPort(_) => ttrpc::Code::INVALID_ARGUMENT,
+        ForwardError::TooMany => ttrpc::Code::RESOURCE_EXHAUSTED,
+        ForwardError::Connect { .. } => ttrpc::Code::UNAVAILABLE,
+        ForwardError::UnknownConnection(_) => ttrpc::Code::NOT_FOUND,
+        ForwardError::Io { .. } => ttrpc::Code::INTERNAL,
     }
 }
 

@@ -22,6 +22,7 @@ use stream::{FdReader, FdWriter};
 
 use crate::delivery::Deliveries;
 use crate::network::PodNetwork;
+use crate::port_forward::ForwardedConnections;
 use crate::reaper::{ExitWatch, Reaper};
 use crate::runtime::{ContainerRuntime, SpawnedProcess, StdioRequest};
 use crate::volumes::MemoryVolumes;
@@ -109,6 +110,7 @@ pub struct AgentService {
     deliveries: Deliveries,
     pod_network: PodNetwork,
     containers: Mutex<HashMap<String, Arc<ContainerEntry>>>,
+    forwarded: ForwardedConnections,
     ready_at: SystemTime,
 }
 
@@ -140,6 +142,7 @@ impl AgentService {
             deliveries,
             pod_network: PodNetwork::new(None),
             containers: Mutex::new(HashMap::new()),
+            forwarded: ForwardedConnections::default(),
             ready_at: SystemTime::now(),
         }
     }
@@ -718,6 +721,62 @@ impl api::AgentService for AgentService {
         request: api::UpdateContainerRequest,
     ) -> ttrpc::Result<api::Empty> {
         self.update(&request)?;
+        Ok(api::Empty::default())
+    }
+
+    async fn connect_port(
+        &self,
+        _: &TtrpcContext,
+        request: api::ConnectPortRequest,
+    ) -> ttrpc::Result<api::ConnectPortResponse> {
+        let connection_id = self
+            .forwarded
+            .connect(request.port)
+            .await
+            .map_err(ServiceError::from)?;
+        Ok(api::ConnectPortResponse {
+            connection_id,
+            ..Default::default()
+        })
+    }
+
+    async fn read_connection(
+        &self,
+        _: &TtrpcContext,
+        request: api::ReadConnectionRequest,
+    ) -> ttrpc::Result<api::ReadConnectionResponse> {
+        let data = self
+            .forwarded
+            .read(request.connection_id, request.max_len)
+            .await
+            .map_err(ServiceError::from)?;
+        Ok(api::ReadConnectionResponse {
+            data,
+            ..Default::default()
+        })
+    }
+
+    async fn write_connection(
+        &self,
+        _: &TtrpcContext,
+        request: api::WriteConnectionRequest,
+    ) -> ttrpc::Result<api::Empty> {
+        self.forwarded
+            .write(request.connection_id, &request.data)
+            .await
+            .map_err(ServiceError::from)?;
+        Ok(api::Empty::default())
+    }
+
+    async fn close_connection(
+        &self,
+        _: &TtrpcContext,
+        request: api::CloseConnectionRequest,
+    ) -> ttrpc::Result<api::Empty> {
+        self.forwarded
+            .close(request.connection_id, request.write_only)
+            .await
+            .map_err(ServiceError::from)?;
         Ok(api::Empty::default())
     }
 
