@@ -15,6 +15,7 @@ pub mod containerd;
 pub mod finding;
 pub mod kvm;
 pub mod memory;
+pub mod nftables;
 pub mod ovmf;
 pub mod qemu;
 pub mod sev;
@@ -65,6 +66,7 @@ pub fn doctor(probe: &Probe<'_>) -> Report {
     findings.extend(qemu::check(probe.runner, probe.qemu));
     findings.extend(ovmf::check(probe.root));
     findings.extend(containerd::check(probe.runner, probe.root));
+    findings.push(nftables::check(probe.runner));
     findings.push(memory::check(probe.root));
     for finding in &findings {
         tracing::debug!(check = finding.check, status = finding.status.as_str(), detail = %finding.detail, "host check");
@@ -225,6 +227,7 @@ mod tests {
                 "ovmf-amdsev",
                 "containerd",
                 "containerd-veil",
+                "nft",
                 "memory"
             ]
         );

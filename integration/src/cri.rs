@@ -421,6 +421,19 @@ impl CriClient {
         Ok(response.url)
     }
 
+    /// PortForward to `ports` of pod `pod_id`, as `kubectl port-forward` asks; returns the
+    /// streaming URL ([`crate::streaming::PortForward::connect`]).
+    pub fn port_forward(&mut self, pod_id: &str, ports: &[u16]) -> Result<String> {
+        let request = k8s_cri::v1::PortForwardRequest {
+            pod_sandbox_id: pod_id.to_string(),
+            port: ports.iter().map(|&p| i32::from(p)).collect(),
+        };
+        let response = self.call("PortForward", CALL, |mut c| async move {
+            c.port_forward(request).await
+        })?;
+        Ok(response.url)
+    }
+
     /// StopContainer: SIGTERM (the image's stop signal), SIGKILL after `grace`.
     pub fn stop_container(&mut self, id: &str, grace: Duration) -> Result<()> {
         let request = StopContainerRequest {

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use k8s_cri::v1::PodSandboxConfig;
 use veil_integration::cri::{self, CniBridge, CriClient, RUNC_HANDLER, VEIL_HANDLER};
+use veil_integration::streaming::PortForward;
 use veil_integration::{eventually, Containerd, Options};
 
 const EXEC: Duration = Duration::from_secs(60);
@@ -422,4 +423,73 @@ fn a_delivering_pod_serves_on_its_pod_ip_while_the_pod_network_owns_the_default_
         cri::console_log(&cluster.containerd, &pod)
     );
     cluster.remove_pod(&pod);
+}
+
+/// One HTTP/1.0 GET of `/` through CRI PortForward, as `kubectl port-forward` relays a client
+/// connection; the data that came back.
+fn forwarded_get(cluster: &mut Cluster, pod: &str) -> anyhow::Result<String> {
+    let url = cluster.cri.port_forward(pod, &[PORT])?;
+    let mut forward = PortForward::connect(&url, PORT)?;
+    forward.send(b"GET / HTTP/1.0\r\n\r\n")?;
+    let answer = forward.read_data_until(GREETING, Duration::from_secs(20));
+    forward.close();
+    answer
+}
+
+/// `kubectl port-forward`: containerd dials `localhost:PORT` in the pod's network namespace
+/// on the host. The server listens on the pod's 127.0.0.1 only, so only that loopback path
+/// reaches it, not the pod IP. Under veil the shim takes the connection in the namespace and
+/// relays it to the guest's loopback; runc runs side by side as the reference. A port nobody
+/// listens on is reported on the error channel by both.
+#[test]
+fn port_forward_reaches_a_server_on_the_pods_loopback_in_the_vm_as_on_runc() {
+    let mut cluster = cluster(network(3));
+    for handler in [VEIL_HANDLER, RUNC_HANDLER] {
+        let (pod, sandbox) = cluster.pod(&format!("forward-{handler}"), handler);
+        let serve = format!(
+            "mkdir -p /srv/www && echo {GREETING} > /srv/www/index.html && exec busybox httpd -f -p 127.0.0.1:{PORT} -h /srv/www"
+        );
+        cluster.start(&pod, &sandbox, "web", &["sh", "-c", &serve]);
+
+        let deadline = Instant::now() + FIRST_ANSWER;
+        let answer = loop {
+            match forwarded_get(&mut cluster, &pod) {
+                Ok(answer) => break answer,
+                Err(error) if Instant::now() >= deadline => panic!(
+                    "{handler}: no greeting through port-forward: {error:#}\n{}\n{}",
+                    cluster.containerd.log(),
+                    cri::console_log(&cluster.containerd, &pod)
+                ),
+                Err(_) => std::thread::sleep(Duration::from_millis(500)),
+            }
+        };
+        assert!(answer.starts_with("HTTP/1.1 200 OK"), "{handler}: {answer}");
+        // A second connection works too: each forward is its own connection in the pod.
+        let again = forwarded_get(&mut cluster, &pod)
+            .unwrap_or_else(|e| panic!("{handler}: second port-forward: {e:#}"));
+        assert!(again.contains(GREETING), "{handler}: {again}");
+
+        let pod_ip = cluster.pod_ip(&pod);
+        let direct = http_get(SocketAddr::from((pod_ip, PORT)));
+        assert!(
+            !matches!(&direct, Ok(answer) if answer.contains(GREETING)),
+            "{handler}: the loopback-only server answered on the pod IP: {direct:?}"
+        );
+
+        let closed_port = PORT + 1;
+        let url = cluster
+            .cri
+            .port_forward(&pod, &[closed_port])
+            .expect("PortForward");
+        let mut forward = PortForward::connect(&url, closed_port).expect("open the forward");
+        let error = forward
+            .read_error(Duration::from_secs(30))
+            .unwrap_or_else(|e| panic!("{handler}: {e:#}"));
+        assert!(
+            error.contains(&format!("port {closed_port}")),
+            "{handler}: the error channel does not name the port: {error:?}"
+        );
+        forward.close();
+        cluster.remove_pod(&pod);
+    }
 }

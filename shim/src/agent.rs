@@ -324,6 +324,63 @@ impl AgentClient {
         Ok(())
     }
 
+    /// Opens a connection to `127.0.0.1:port` in the guest for port forwarding; returns its id.
+    pub async fn connect_port(&self, port: u16) -> Result<u64> {
+        let request = api::ConnectPortRequest {
+            port: u32::from(port),
+            ..Default::default()
+        };
+        self.client
+            .connect_port(self.short(), &request)
+            .await
+            .map(|r| r.connection_id)
+            .map_err(|e| agent_error(&format!("forward port {port} into the VM"), e))
+    }
+
+    /// The next bytes of a forwarded connection from the guest side; empty at its end.
+    /// Waits without a timeout: a forwarded connection may stay quiet for hours.
+    pub async fn read_connection(&self, connection_id: u64) -> Result<Vec<u8>> {
+        let request = api::ReadConnectionRequest {
+            connection_id,
+            max_len: 64 * 1024,
+            ..Default::default()
+        };
+        self.client
+            .read_connection(context::Context::default(), &request)
+            .await
+            .map(|r| r.data)
+            .map_err(|e| agent_error(&format!("read forwarded connection {connection_id}"), e))
+    }
+
+    /// Sends bytes to the guest side of a forwarded connection. Without a timeout: a guest
+    /// server that reads slowly holds the write back, as a TCP peer would.
+    pub async fn write_connection(&self, connection_id: u64, data: Vec<u8>) -> Result<()> {
+        let request = api::WriteConnectionRequest {
+            connection_id,
+            data,
+            ..Default::default()
+        };
+        self.client
+            .write_connection(context::Context::default(), &request)
+            .await
+            .map_err(|e| agent_error(&format!("write forwarded connection {connection_id}"), e))?;
+        Ok(())
+    }
+
+    /// Ends the host-to-guest direction of a forwarded connection (`write_only`), or closes it.
+    pub async fn close_connection(&self, connection_id: u64, write_only: bool) -> Result<()> {
+        let request = api::CloseConnectionRequest {
+            connection_id,
+            write_only,
+            ..Default::default()
+        };
+        self.client
+            .close_connection(self.short(), &request)
+            .await
+            .map_err(|e| agent_error(&format!("close forwarded connection {connection_id}"), e))?;
+        Ok(())
+    }
+
     /// The container's cgroup statistics from inside the guest.
     pub async fn stats_container(&self, container_id: &str) -> Result<api::StatsContainerResponse> {
         let request = api::StatsContainerRequest {

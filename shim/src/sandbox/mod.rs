@@ -36,6 +36,7 @@ pub struct Sandbox {
     vm: Box<dyn Vm>,
     agent: AgentClient,
     pod_network: Option<network::PodNetwork>,
+    port_forward: Option<network::PortForwarder>,
 }
 
 /// The agent channel for a VM: vsock when configured, or on `auto` when the host has
@@ -134,6 +135,10 @@ impl Sandbox {
             }
         };
         agent.set_delivery_timeout(Duration::from_secs(config.agent.delivery_timeout_secs));
+        let port_forward = match &pod_network {
+            Some(pod) => serve_port_forward(pod.netns(), &agent).await,
+            None => None,
+        };
         tracing::info!(
             sandbox = %id,
             vm = %vm.description(),
@@ -151,6 +156,7 @@ impl Sandbox {
             vm,
             agent,
             pod_network,
+            port_forward,
         })
     }
 
@@ -181,11 +187,26 @@ impl Sandbox {
             }
             self.vm.kill().await;
         }
+        if let Some(port_forward) = &self.port_forward {
+            port_forward.stop().await;
+        }
         if let Some(pod_network) = &self.pod_network {
             pod_network.detach().await;
         }
         remove_state_dir(&self.state_dir);
         tracing::info!(sandbox = %self.id, "sandbox.stopped");
+    }
+}
+
+/// Starts port forwarding into the VM for a pod with a network namespace. Without it the pod
+/// still runs, so a failure only costs `kubectl port-forward`, and is logged as such.
+async fn serve_port_forward(netns: &Path, agent: &AgentClient) -> Option<network::PortForwarder> {
+    match network::PortForwarder::start(netns, agent.clone()).await {
+        Ok(forwarder) => Some(forwarder),
+        Err(error) => {
+            tracing::warn!(%error, "kubectl port-forward will not reach this pod");
+            None
+        }
     }
 }
 

@@ -26,6 +26,9 @@
 //! CNI teardown, but a failed start or a shim-only stop leaves them in place).
 //!
 //! Only IPv4 is carried over; IPv6 addresses and routes stay behind in the namespace.
+//!
+//! `kubectl port-forward` needs one more piece in the namespace, a loopback listener and a
+//! redirect to it: see [`port_forward`].
 
 use std::fs::File;
 use std::os::unix::fs::MetadataExt;
@@ -40,9 +43,11 @@ use veil_protocol as api;
 use crate::agent::AgentClient;
 use crate::hypervisor::net::PodNic;
 
+mod port_forward;
 mod scan;
 mod tap;
 
+pub use port_forward::{PortForwardError, PortForwarder};
 pub use scan::{interfaces_from_scan, mac_string, InterfaceConfig, NamespaceScan, RouteConfig};
 use scan::{link_name, scan_namespace};
 use tap::{connect_tap, interface_number, remove_taps, Tap};
@@ -207,6 +212,11 @@ impl PodNetwork {
         })
     }
 
+    /// The pod's network namespace on the host.
+    pub fn netns(&self) -> &Path {
+        &self.netns
+    }
+
     /// The NICs QEMU gives the guest, one per pod interface.
     pub fn nics(&self) -> Vec<PodNic> {
         let taps = self.taps.lock().unwrap_or_else(|p| p.into_inner());
@@ -270,6 +280,29 @@ where
     F: FnOnce(Handle) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = Result<T, PodNetworkError>>,
 {
+    on_thread_in_netns(netns, move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| PodNetworkError::Worker(format!("build its runtime: {e}")))?;
+        runtime.block_on(async move {
+            let (connection, handle, _) =
+                rtnetlink::new_connection().map_err(PodNetworkError::Netlink)?;
+            tokio::spawn(connection);
+            work(handle).await
+        })
+    })
+    .await
+}
+
+/// Runs `work` on a new thread that entered `netns`: sockets it opens and processes it
+/// starts live in that namespace. `setns` changes only the calling thread, so the shim's
+/// other threads stay in its own.
+async fn on_thread_in_netns<T, F>(netns: &Path, work: F) -> Result<T, PodNetworkError>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, PodNetworkError> + Send + 'static,
+{
     let path = netns.to_path_buf();
     let namespace = File::open(&path).map_err(|source| PodNetworkError::OpenNamespace {
         path: path.clone(),
@@ -279,20 +312,9 @@ where
     std::thread::Builder::new()
         .name("veil-netns".into())
         .spawn(move || {
-            let outcome = (|| {
-                setns(&namespace, CloneFlags::CLONE_NEWNET)
-                    .map_err(|source| PodNetworkError::EnterNamespace { path, source })?;
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .map_err(|e| PodNetworkError::Worker(format!("build its runtime: {e}")))?;
-                runtime.block_on(async move {
-                    let (connection, handle, _) =
-                        rtnetlink::new_connection().map_err(PodNetworkError::Netlink)?;
-                    tokio::spawn(connection);
-                    work(handle).await
-                })
-            })();
+            let outcome = setns(&namespace, CloneFlags::CLONE_NEWNET)
+                .map_err(|source| PodNetworkError::EnterNamespace { path, source })
+                .and_then(|()| work());
             let _ = sender.send(outcome);
         })
         .map_err(|e| PodNetworkError::Worker(format!("spawn: {e}")))?;
