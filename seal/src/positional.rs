@@ -7,6 +7,9 @@
 //! positional read, verifies and decrypts it, and writes the plaintext at its own offset. The
 //! copies out of and into the page cache, which bound the streaming pipeline once the digest is
 //! skipped (`benches/seal/analysis.md`), then run on every worker instead of on one thread.
+//! Only the writes themselves take turns: the kernel serializes buffered writes into one file,
+//! so into tmpfs the speed stops growing at about 2 workers, where writing takes half the time
+//! (`benches/results/seal-throughput-xeon16.md`).
 //!
 //! The plaintext SHA-256 needs every byte in order on one thread, so when it is computed the
 //! streaming pipeline runs instead, reading the file from its start.
@@ -312,6 +315,11 @@ struct Work<'a> {
     next: AtomicU64,
     written: AtomicU64,
     failure: FirstFailure,
+    /// Taken around every write. Linux holds the file's inode lock through each buffered
+    /// write (tmpfs, ext4, XFS alike), so writes into one file never overlap anyway; queueing
+    /// them here puts the waiting workers to sleep instead of spinning on that lock in the
+    /// kernel, which cost more CPU than the decryption beyond 2 workers (measured).
+    write_lock: Mutex<()>,
 }
 
 impl<'a> Work<'a> {
@@ -331,6 +339,7 @@ impl<'a> Work<'a> {
             next: AtomicU64::new(1),
             written: AtomicU64::new(0),
             failure: FirstFailure::new(),
+            write_lock: Mutex::new(()),
         }
     }
 
@@ -458,9 +467,15 @@ impl<'a> Work<'a> {
             buf.copy_within(segment_start..segment_start + len, plaintext_end);
             plaintext_end += len;
         }
-        self.out
-            .write_all_at(&buf[..plaintext_end], self.layout.plaintext_start(first))
-            .map_err(|source| (first, DecryptError::Write { path: None, source }))?;
+        let offset = self.layout.plaintext_start(first);
+        let written = {
+            let _turn = self
+                .write_lock
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            self.out.write_all_at(&buf[..plaintext_end], offset)
+        };
+        written.map_err(|source| (first, DecryptError::Write { path: None, source }))?;
         self.written
             .fetch_add(plaintext_end as u64, Ordering::Relaxed);
         Ok(())
