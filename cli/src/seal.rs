@@ -136,6 +136,22 @@ fn open_input(path: &Path) -> Result<(Box<dyn Read + Send>, Option<u64>)> {
     Ok((Box::new(file), len))
 }
 
+/// Where `veil seal decrypt` reads the sealed model from.
+enum DecryptInput {
+    File(File),
+    Stdin,
+}
+
+/// Opens the sealed input; returns its length too when it is a file.
+fn open_decrypt_input(path: &Path) -> Result<(DecryptInput, Option<u64>)> {
+    if is_stdio(path) {
+        return Ok((DecryptInput::Stdin, None));
+    }
+    let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let len = file.metadata().ok().map(|m| m.len());
+    Ok((DecryptInput::File(file), len))
+}
+
 fn keygen(template: KeyTemplate) -> Result<()> {
     let keyset = Keyset::generate(template).context("cannot generate a key")?;
     let mut stdout = io::stdout().lock();
@@ -291,26 +307,38 @@ fn decrypt(
     json: bool,
 ) -> Result<()> {
     let keyset = read_keyset(keyset_path)?;
-    let (source, len) = open_input(input)?;
+    let (source, len) = open_decrypt_input(input)?;
     let progress = Progress::new("opened", len).map(std::sync::Arc::new);
     options.progress = progress
         .clone()
         .map(|p| Box::new(move |done| p.update(done)) as veil_seal::ProgressFn);
     let workers = options.worker_count();
     let started = Instant::now();
-    let report = if is_stdio(output) {
-        let mut stdout = BufWriter::with_capacity(1 << 20, io::stdout().lock());
-        veil_seal::decrypt_to_writer(source, &keyset, aad.as_bytes(), &mut stdout, &options)
-            .context("decryption failed; the verified segments before the failure were already written to stdout: discard them")?
-    } else {
-        veil_seal::decrypt_to_file(source, &keyset, aad.as_bytes(), output, &options).with_context(
-            || {
-                format!(
-                    "decryption of {} failed; no output was written",
-                    input.display()
-                )
-            },
-        )?
+    let failed_to_file = || {
+        format!(
+            "decryption of {} failed; no output was written",
+            input.display()
+        )
+    };
+    let report = match source {
+        _ if is_stdio(output) => {
+            let mut stdout = BufWriter::with_capacity(1 << 20, io::stdout().lock());
+            let source: Box<dyn Read + Send> = match source {
+                DecryptInput::File(file) => Box::new(file),
+                DecryptInput::Stdin => Box::new(io::stdin()),
+            };
+            veil_seal::decrypt_to_writer(source, &keyset, aad.as_bytes(), &mut stdout, &options)
+                .context("decryption failed; the verified segments before the failure were already written to stdout: discard them")?
+        }
+        // From a file into a file the workers can read and write their own segments.
+        DecryptInput::File(file) => {
+            veil_seal::decrypt_file_to_file(&file, &keyset, aad.as_bytes(), output, &options)
+                .with_context(failed_to_file)?
+        }
+        DecryptInput::Stdin => {
+            veil_seal::decrypt_to_file(io::stdin(), &keyset, aad.as_bytes(), output, &options)
+                .with_context(failed_to_file)?
+        }
     };
     if let Some(p) = &progress {
         p.finish();
@@ -514,5 +542,26 @@ mod tests {
             &path("o"),
         ]);
         assert!(both.is_err(), "an expected digest cannot be skipped");
+
+        // From a file into a file without the digest, the workers read and write their own
+        // segments: a modified segment still fails by name and leaves nothing.
+        let mut tampered = fs::read(path("sealed")).unwrap();
+        tampered[2 * 4096 + 9] ^= 1;
+        fs::write(path("tampered"), &tampered).unwrap();
+        let err = veil_seal(&[
+            "decrypt",
+            "--keyset",
+            &ks,
+            "--aad",
+            "m",
+            "--no-sha256",
+            "--threads",
+            "3",
+            &path("tampered"),
+            &path("o4"),
+        ])
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("segment 2 "), "{err:#}");
+        assert!(!dir.path().join("o4").exists());
     }
 }
