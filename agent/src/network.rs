@@ -26,10 +26,11 @@
 //! hosts files on the host and bind-mounts them into every container, and the shim shares
 //! bind mounts with the guest.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
 use futures_util::stream::TryStreamExt;
+use rtnetlink::packet_route::address::AddressHeaderFlags;
 use rtnetlink::packet_route::link::{LinkAttribute, LinkMessage};
 use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteMessage};
 use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
@@ -204,15 +205,15 @@ const EGRESS_WAIT: Duration = Duration::from_secs(30);
 /// The egress configuration's outcome, once known (`None` while it runs).
 pub type EgressReady = watch::Receiver<Option<Result<(), String>>>;
 
-/// One IPv4 route of a pod interface, validated.
+/// One route of a pod interface, validated: destination and gateway of one family.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RoutePlan {
     /// Destination network.
-    pub destination: Ipv4Addr,
+    pub destination: IpAddr,
     /// Its prefix length (0 for the default route).
     pub prefix_len: u8,
     /// Next hop; `None` for a route on the link itself.
-    pub gateway: Option<Ipv4Addr>,
+    pub gateway: Option<IpAddr>,
 }
 
 /// One pod interface as the agent applies it: the shim's message, validated.
@@ -224,8 +225,8 @@ pub struct InterfacePlan {
     pub mac: [u8; 6],
     /// MTU to set, if the shim gave one.
     pub mtu: Option<u32>,
-    /// Addresses with prefix lengths.
-    pub addresses: Vec<(Ipv4Addr, u8)>,
+    /// IPv4 and IPv6 addresses with prefix lengths.
+    pub addresses: Vec<(IpAddr, u8)>,
     /// Routes, links routes first so that every gateway is reachable when its route is added.
     pub routes: Vec<RoutePlan>,
 }
@@ -243,8 +244,10 @@ fn parse_mac(text: &str) -> Option<[u8; 6]> {
     parts.next().is_none().then_some(mac)
 }
 
-fn prefix(value: u32) -> Option<u8> {
-    u8::try_from(value).ok().filter(|p| *p <= 32)
+/// A prefix length valid for `address`'s family.
+fn prefix(address: IpAddr, value: u32) -> Option<u8> {
+    let longest = if address.is_ipv4() { 32 } else { 128 };
+    u8::try_from(value).ok().filter(|p| *p <= longest)
 }
 
 impl InterfacePlan {
@@ -257,28 +260,43 @@ impl InterfacePlan {
         let mac = parse_mac(&interface.mac)
             .ok_or_else(|| invalid(format!("MAC {:?} is not aa:bb:cc:dd:ee:ff", interface.mac)))?;
         let ip = |what: &str, text: &str| {
-            text.parse::<Ipv4Addr>()
-                .map_err(|_| invalid(format!("{what} {text:?} is not an IPv4 address")))
+            text.parse::<IpAddr>()
+                .map_err(|_| invalid(format!("{what} {text:?} is not an IPv4 or IPv6 address")))
         };
-        let length = |what: &str, value: u32| {
-            prefix(value).ok_or_else(|| invalid(format!("{what} prefix length {value} is over 32")))
+        let length = |what: &str, address: IpAddr, value: u32| {
+            prefix(address, value).ok_or_else(|| {
+                invalid(format!(
+                    "{what} prefix length {value} is too long for {address}"
+                ))
+            })
         };
         let addresses = interface
             .addresses
             .iter()
-            .map(|a| Ok((ip("address", &a.address)?, length("address", a.prefix_len)?)))
+            .map(|a| {
+                let address = ip("address", &a.address)?;
+                Ok((address, length("address", address, a.prefix_len)?))
+            })
             .collect::<Result<Vec<_>, NetworkError>>()?;
         let mut routes = interface
             .routes
             .iter()
             .map(|r| {
+                let destination = ip("route destination", &r.destination)?;
+                let gateway = match r.gateway.as_str() {
+                    "" => None,
+                    gateway => Some(ip("gateway", gateway)?),
+                };
+                if gateway.is_some_and(|g| g.is_ipv4() != destination.is_ipv4()) {
+                    return Err(invalid(format!(
+                        "gateway {:?} is not of the same family as route destination {destination}",
+                        r.gateway
+                    )));
+                }
                 Ok(RoutePlan {
-                    destination: ip("route destination", &r.destination)?,
-                    prefix_len: length("route", r.destination_prefix_len)?,
-                    gateway: match r.gateway.as_str() {
-                        "" => None,
-                        gateway => Some(ip("gateway", gateway)?),
-                    },
+                    destination,
+                    prefix_len: length("route", destination, r.destination_prefix_len)?,
+                    gateway,
                 })
             })
             .collect::<Result<Vec<_>, NetworkError>>()?;
@@ -304,15 +322,29 @@ impl InterfacePlan {
 }
 
 /// The netlink request that adds `route` through the link with index `link`.
+/// [`InterfacePlan::from_request`] made sure the gateway is of the destination's family.
 pub fn route_message(route: &RoutePlan, link: u32) -> RouteMessage {
-    let builder = RouteMessageBuilder::<Ipv4Addr>::new()
-        .destination_prefix(route.destination, route.prefix_len)
-        .output_interface(link);
-    match route.gateway {
-        Some(gateway) => builder.gateway(gateway).build(),
-        None => builder
-            .scope(rtnetlink::packet_route::route::RouteScope::Link)
-            .build(),
+    match (route.destination, route.gateway) {
+        (IpAddr::V4(destination), gateway) => {
+            let builder = RouteMessageBuilder::<Ipv4Addr>::new()
+                .destination_prefix(destination, route.prefix_len)
+                .output_interface(link);
+            match gateway {
+                Some(IpAddr::V4(gateway)) => builder.gateway(gateway).build(),
+                _ => builder
+                    .scope(rtnetlink::packet_route::route::RouteScope::Link)
+                    .build(),
+            }
+        }
+        (IpAddr::V6(destination), gateway) => {
+            let builder = RouteMessageBuilder::<Ipv6Addr>::new()
+                .destination_prefix(destination, route.prefix_len)
+                .output_interface(link);
+            match gateway {
+                Some(IpAddr::V6(gateway)) => builder.gateway(gateway).build(),
+                _ => builder.build(),
+            }
+        }
     }
 }
 
@@ -435,11 +467,14 @@ async fn configure_pod_interface(
         .await
         .map_err(request("set the pod NIC's MTU and bring it up"))?;
     for (address, prefix_len) in &plan.addresses {
-        handle
-            .address()
-            .add(index, (*address).into(), *prefix_len)
-            .replace()
-            .execute()
+        let mut add = handle.address().add(index, *address, *prefix_len).replace();
+        if address.is_ipv6() {
+            // The pod's address is the pod's alone (CNI's IPAM said so); duplicate
+            // detection would only hold it unusable ("tentative") for a second or more
+            // while the first container starts.
+            add.message_mut().header.flags |= AddressHeaderFlags::Nodad;
+        }
+        add.execute()
             .await
             .map_err(request("assign a pod address"))?;
     }
@@ -466,24 +501,32 @@ async fn configure_pod_interface(
 mod tests {
     use super::*;
 
+    fn v4(a: u8, b: u8, c: u8, d: u8) -> IpAddr {
+        IpAddr::V4(Ipv4Addr::new(a, b, c, d))
+    }
+
+    fn v6(text: &str) -> IpAddr {
+        text.parse().expect("ipv6")
+    }
+
     fn interface() -> api::PodInterface {
         api::PodInterface {
             name: "eth0".into(),
             mac: "0a:58:0a:58:4d:05".into(),
             mtu: 1500,
-            addresses: vec![api::IPv4Address {
+            addresses: vec![api::IPAddress {
                 address: "10.88.77.5".into(),
                 prefix_len: 24,
                 ..Default::default()
             }],
             routes: vec![
-                api::IPv4Route {
+                api::IPRoute {
                     destination: "0.0.0.0".into(),
                     destination_prefix_len: 0,
                     gateway: "169.254.1.1".into(),
                     ..Default::default()
                 },
-                api::IPv4Route {
+                api::IPRoute {
                     destination: "169.254.1.1".into(),
                     destination_prefix_len: 32,
                     gateway: String::new(),
@@ -500,19 +543,22 @@ mod tests {
         assert_eq!(plan.mac, [0x0a, 0x58, 0x0a, 0x58, 0x4d, 0x05]);
         assert_eq!(plan.mac_string(), "0a:58:0a:58:4d:05");
         assert_eq!(plan.mtu, Some(1500));
-        assert_eq!(plan.addresses, vec![(Ipv4Addr::new(10, 88, 77, 5), 24)]);
+        assert_eq!(
+            plan.addresses,
+            vec![(IpAddr::V4(Ipv4Addr::new(10, 88, 77, 5)), 24)]
+        );
         assert_eq!(
             plan.routes,
             vec![
                 RoutePlan {
-                    destination: Ipv4Addr::new(169, 254, 1, 1),
+                    destination: v4(169, 254, 1, 1),
                     prefix_len: 32,
                     gateway: None,
                 },
                 RoutePlan {
-                    destination: Ipv4Addr::UNSPECIFIED,
+                    destination: v4(0, 0, 0, 0),
                     prefix_len: 0,
-                    gateway: Some(Ipv4Addr::new(169, 254, 1, 1)),
+                    gateway: Some(v4(169, 254, 1, 1)),
                 },
             ]
         );
@@ -552,7 +598,7 @@ mod tests {
             ),
             (
                 api::PodInterface {
-                    addresses: vec![api::IPv4Address {
+                    addresses: vec![api::IPAddress {
                         address: "10.88.77.500".into(),
                         prefix_len: 24,
                         ..Default::default()
@@ -563,7 +609,7 @@ mod tests {
             ),
             (
                 api::PodInterface {
-                    addresses: vec![api::IPv4Address {
+                    addresses: vec![api::IPAddress {
                         address: "10.88.77.5".into(),
                         prefix_len: 33,
                         ..Default::default()
@@ -574,7 +620,18 @@ mod tests {
             ),
             (
                 api::PodInterface {
-                    routes: vec![api::IPv4Route {
+                    addresses: vec![api::IPAddress {
+                        address: "fd00:88:77::5".into(),
+                        prefix_len: 129,
+                        ..Default::default()
+                    }],
+                    ..interface()
+                },
+                "prefix length 129",
+            ),
+            (
+                api::PodInterface {
+                    routes: vec![api::IPRoute {
                         destination: "0.0.0.0".into(),
                         gateway: "fe80::1".into(),
                         ..Default::default()
@@ -596,12 +653,72 @@ mod tests {
     }
 
     #[test]
+    fn ipv6_addresses_and_routes_are_planned_like_ipv4_ones() {
+        let dual_stack = api::PodInterface {
+            addresses: vec![
+                api::IPAddress {
+                    address: "10.88.77.5".into(),
+                    prefix_len: 24,
+                    ..Default::default()
+                },
+                api::IPAddress {
+                    address: "fd00:88:77::5".into(),
+                    prefix_len: 64,
+                    ..Default::default()
+                },
+            ],
+            routes: vec![api::IPRoute {
+                destination: "::".into(),
+                destination_prefix_len: 0,
+                gateway: "fd00:88:77::1".into(),
+                ..Default::default()
+            }],
+            ..interface()
+        };
+        let plan = InterfacePlan::from_request(&dual_stack).expect("valid");
+        assert_eq!(plan.addresses[1], (v6("fd00:88:77::5"), 64));
+        assert_eq!(
+            plan.routes,
+            vec![RoutePlan {
+                destination: v6("::"),
+                prefix_len: 0,
+                gateway: Some(v6("fd00:88:77::1")),
+            }]
+        );
+        let message = route_message(&plan.routes[0], 4);
+        assert_eq!(
+            message.header.address_family,
+            rtnetlink::packet_route::AddressFamily::Inet6
+        );
+        assert!(message
+            .attributes
+            .contains(&RouteAttribute::Gateway(RouteAddress::Inet6(
+                "fd00:88:77::1".parse().expect("ipv6")
+            ))));
+        assert!(message.attributes.contains(&RouteAttribute::Oif(4)));
+    }
+
+    #[test]
+    fn a_gateway_of_the_other_family_is_refused() {
+        let mixed = api::PodInterface {
+            routes: vec![api::IPRoute {
+                destination: "::".into(),
+                gateway: "10.88.77.1".into(),
+                ..Default::default()
+            }],
+            ..interface()
+        };
+        let error = InterfacePlan::from_request(&mixed).unwrap_err().to_string();
+        assert!(error.contains("same family"), "{error}");
+    }
+
+    #[test]
     fn routes_become_netlink_requests_on_the_pod_link() {
         let via = route_message(
             &RoutePlan {
-                destination: Ipv4Addr::UNSPECIFIED,
+                destination: v4(0, 0, 0, 0),
                 prefix_len: 0,
-                gateway: Some(Ipv4Addr::new(10, 88, 77, 1)),
+                gateway: Some(v4(10, 88, 77, 1)),
             },
             3,
         );
@@ -615,7 +732,7 @@ mod tests {
         assert!(!is_egress_default_route(&via));
         let link = route_message(
             &RoutePlan {
-                destination: Ipv4Addr::new(169, 254, 1, 1),
+                destination: v4(169, 254, 1, 1),
                 prefix_len: 32,
                 gateway: None,
             },

@@ -512,6 +512,9 @@ pub struct CniBridge {
     pub subnet: String,
     /// The gateway (the bridge's address on the host).
     pub gateway: String,
+    /// For a dual-stack network: the pods' IPv6 subnet (a /64) and its gateway, also the
+    /// bridge's address on the host.
+    pub ipv6: Option<(String, String)>,
 }
 
 /// Links Debian's CNI plugins into the harness's CNI bin dir and writes a bridge +
@@ -537,6 +540,13 @@ pub fn install_cni_bridge(containerd: &Containerd, network: &CniBridge) -> Resul
         }
     }
     let leases = containerd.dir().join("cni/leases");
+    let mut ranges =
+        vec![serde_json::json!([{"subnet": network.subnet, "gateway": network.gateway}])];
+    let mut routes = vec![serde_json::json!({"dst": "0.0.0.0/0"})];
+    if let Some((subnet, gateway)) = &network.ipv6 {
+        ranges.push(serde_json::json!([{"subnet": subnet, "gateway": gateway}]));
+        routes.push(serde_json::json!({"dst": "::/0"}));
+    }
     let conflist = serde_json::json!({
         "cniVersion": "0.4.0",
         "name": network.name,
@@ -548,8 +558,8 @@ pub fn install_cni_bridge(containerd: &Containerd, network: &CniBridge) -> Resul
             "ipam": {
                 "type": "host-local",
                 "dataDir": leases.display().to_string(),
-                "ranges": [[{"subnet": network.subnet, "gateway": network.gateway}]],
-                "routes": [{"dst": "0.0.0.0/0"}]
+                "ranges": ranges,
+                "routes": routes
             }
         }]
     });

@@ -249,6 +249,17 @@ impl PortForward {
         Ok(String::from_utf8_lossy(&self.channels.data).into_owned())
     }
 
+    /// Reads until the server closes the stream (after the pod's side of the connection
+    /// ended); returns all the data. The error channel must stay empty.
+    pub fn read_data_to_end(&mut self, timeout: Duration) -> Result<Vec<u8>> {
+        self.read_until(timeout, |f| f.closed.is_some())
+            .with_context(|| format!("port {} did not end", self.port))?;
+        if !self.channels.error.is_empty() {
+            bail!("the forward failed: {}", self.transcript());
+        }
+        Ok(std::mem::take(&mut self.channels.data))
+    }
+
     /// Reads until the error channel carries a message or the stream closes; returns the
     /// message (empty when the stream closed without one).
     pub fn read_error(&mut self, timeout: Duration) -> Result<String> {

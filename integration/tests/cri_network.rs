@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -31,6 +31,18 @@ fn network(index: u8) -> CniBridge {
         bridge: format!("veilit{index}"),
         subnet: format!("10.88.{}.0/24", 77 + index),
         gateway: format!("10.88.{}.1", 77 + index),
+        ipv6: None,
+    }
+}
+
+/// [`network`] with an IPv6 subnet too (dual stack).
+fn dual_stack_network(index: u8) -> CniBridge {
+    CniBridge {
+        ipv6: Some((
+            format!("fd00:88:{}::/64", 77 + index),
+            format!("fd00:88:{}::1", 77 + index),
+        )),
+        ..network(index)
     }
 }
 
@@ -436,6 +448,9 @@ fn forwarded_get(cluster: &mut Cluster, pod: &str) -> anyhow::Result<String> {
     answer
 }
 
+/// The size of the larger file served through port-forward.
+const BIG: usize = 4 << 20;
+
 /// `kubectl port-forward`: containerd dials `localhost:PORT` in the pod's network namespace
 /// on the host. The server listens on the pod's 127.0.0.1 only, so only that loopback path
 /// reaches it, not the pod IP. Under veil the shim takes the connection in the namespace and
@@ -447,7 +462,7 @@ fn port_forward_reaches_a_server_on_the_pods_loopback_in_the_vm_as_on_runc() {
     for handler in [VEIL_HANDLER, RUNC_HANDLER] {
         let (pod, sandbox) = cluster.pod(&format!("forward-{handler}"), handler);
         let serve = format!(
-            "mkdir -p /srv/www && echo {GREETING} > /srv/www/index.html && exec busybox httpd -f -p 127.0.0.1:{PORT} -h /srv/www"
+            "mkdir -p /srv/www && echo {GREETING} > /srv/www/index.html && head -c {BIG} /dev/urandom > /srv/www/big && exec busybox httpd -f -p 127.0.0.1:{PORT} -h /srv/www"
         );
         cluster.start(&pod, &sandbox, "web", &["sh", "-c", &serve]);
 
@@ -468,6 +483,24 @@ fn port_forward_reaches_a_server_on_the_pods_loopback_in_the_vm_as_on_runc() {
         let again = forwarded_get(&mut cluster, &pod)
             .unwrap_or_else(|e| panic!("{handler}: second port-forward: {e:#}"));
         assert!(again.contains(GREETING), "{handler}: {again}");
+
+        // A larger answer crosses in many chunks, each way through the agent under veil.
+        let url = cluster
+            .cri
+            .port_forward(&pod, &[PORT])
+            .expect("PortForward");
+        let mut forward = PortForward::connect(&url, PORT).expect("open the forward");
+        forward
+            .send(b"GET /big HTTP/1.0\r\n\r\n")
+            .expect("send the request");
+        let big = forward
+            .read_data_to_end(Duration::from_secs(60))
+            .unwrap_or_else(|e| panic!("{handler}: GET /big: {e:#}"));
+        let body = big
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .map(|end| big.len() - end - 4);
+        assert_eq!(body, Some(BIG), "{handler}: {} bytes in all", big.len());
 
         let pod_ip = cluster.pod_ip(&pod);
         let direct = http_get(SocketAddr::from((pod_ip, PORT)));
@@ -492,4 +525,52 @@ fn port_forward_reaches_a_server_on_the_pods_loopback_in_the_vm_as_on_runc() {
         forward.close();
         cluster.remove_pod(&pod);
     }
+}
+
+/// A dual-stack pod (IPv4 and IPv6 from CNI's host-local): the guest NIC takes over the pod's
+/// IPv6 address and default route too, and the serving container in the VM answers on the
+/// pod's IPv6 address from the host.
+#[test]
+fn a_dual_stack_pod_answers_on_its_ipv6_address_in_the_vm() {
+    let network = dual_stack_network(4);
+    let (_, gateway6) = network.ipv6.clone().expect("dual stack");
+    let mut cluster = cluster(network);
+    let (pod, sandbox) = cluster.pod("dual", VEIL_HANDLER);
+    let status = cluster
+        .cri
+        .pod_sandbox_status(&pod)
+        .expect("PodSandboxStatus");
+    let ipv6: Ipv6Addr = status
+        .network
+        .iter()
+        .flat_map(|n| n.additional_ips.iter())
+        .find_map(|ip| ip.ip.parse().ok())
+        .unwrap_or_else(|| panic!("no IPv6 pod IP in the sandbox status: {status:?}"));
+
+    let serve = format!(
+        "mkdir -p /srv/www && echo {GREETING} > /srv/www/index.html && exec busybox httpd -f -p {PORT} -h /srv/www"
+    );
+    let web = cluster.start(&pod, &sandbox, "web", &["sh", "-c", &serve]);
+    let addresses = cluster.exec(&web, &["busybox", "ip", "-6", "addr"]);
+    assert!(
+        addresses.stdout.contains(&format!("inet6 {ipv6}/64")),
+        "the guest lacks the pod's IPv6 address {ipv6}: {}",
+        addresses.stdout
+    );
+    let routes = cluster.exec(&web, &["busybox", "ip", "-6", "route"]);
+    assert!(
+        routes.stdout.contains(&format!("default via {gateway6}")),
+        "the guest lacks CNI's IPv6 default route: {}",
+        routes.stdout
+    );
+
+    let address = SocketAddr::from((IpAddr::V6(ipv6), PORT));
+    let answer = http_get_until_greeted(address, FIRST_ANSWER).unwrap_or_else(|last| {
+        panic!(
+            "no greeting from {address} on the host: {last}\n{}",
+            cri::console_log(&cluster.containerd, &pod)
+        )
+    });
+    assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
+    cluster.remove_pod(&pod);
 }

@@ -4,8 +4,8 @@
 //! Under CRI, containerd creates a network namespace per pod, CNI puts a veth (`eth0`)
 //! with the pod IP in it, and the sandbox container's OCI spec names that namespace by
 //! path. Before QEMU starts, the shim enters the namespace (on a thread of its own:
-//! `setns` changes only the calling thread) and, for every interface with an IPv4
-//! address:
+//! `setns` changes only the calling thread) and, for every interface with an IPv4 or a
+//! global IPv6 address:
 //!
 //! 1. reads the interface's MAC, MTU, addresses and routes (what the guest will get);
 //! 2. creates a tap (`tap<N>_veil`, opened with `IFF_TAP | IFF_NO_PI | IFF_VNET_HDR`);
@@ -25,7 +25,8 @@
 //! both when the namespace outlives the VM (containerd stops the sandbox task after the
 //! CNI teardown, but a failed start or a shim-only stop leaves them in place).
 //!
-//! Only IPv4 is carried over; IPv6 addresses and routes stay behind in the namespace.
+//! IPv4 and IPv6 are carried over alike (dual-stack and IPv6-only pods); IPv6 link-local
+//! addresses are not, since the guest NIC derives the same one from the veth's MAC.
 //!
 //! `kubectl port-forward` needs one more piece in the namespace, a loopback listener and a
 //! redirect to it: see [`port_forward`].
@@ -102,8 +103,8 @@ pub enum PodNetworkError {
         #[source]
         source: std::io::Error,
     },
-    /// CNI left no interface with an IPv4 address in the namespace.
-    #[error("the pod network namespace {path} has no interface with an IPv4 address (links: {links:?}); check the CNI configuration (IPv6-only pods are not supported yet)")]
+    /// CNI left no interface with an address in the namespace.
+    #[error("the pod network namespace {path} has no interface with an IPv4 or global IPv6 address (links: {links:?}); check the CNI configuration")]
     NoInterface {
         /// The namespace path.
         path: PathBuf,

@@ -1,7 +1,7 @@
 //! Reading the pod network namespace: which interfaces CNI configured there, with the
-//! MAC, MTU, IPv4 addresses and routes the guest NIC takes over.
+//! MAC, MTU, addresses and routes (IPv4 and IPv6) the guest NIC takes over.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use futures_util::stream::TryStreamExt;
 use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
@@ -9,20 +9,21 @@ use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
 use rtnetlink::packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteType,
 };
+use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::{Handle, RouteMessageBuilder};
 use veil_protocol as api;
 
 use super::{request, PodNetworkError, TAP_SUFFIX};
 
-/// One IPv4 route through a pod interface.
+/// One route through a pod interface (destination and gateway of one family).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RouteConfig {
     /// Destination network.
-    pub destination: Ipv4Addr,
+    pub destination: IpAddr,
     /// Its prefix length.
     pub prefix_len: u8,
     /// Next hop; `None` on the link itself.
-    pub gateway: Option<Ipv4Addr>,
+    pub gateway: Option<IpAddr>,
 }
 
 /// One interface CNI configured in the pod namespace: what the guest NIC takes over.
@@ -36,10 +37,11 @@ pub struct InterfaceConfig {
     pub mac: [u8; 6],
     /// The veth's MTU (0 if the kernel did not say).
     pub mtu: u32,
-    /// IPv4 addresses with prefix lengths.
-    pub addresses: Vec<(Ipv4Addr, u8)>,
-    /// IPv4 routes through it (not the kernel's own subnet routes, which the guest
-    /// kernel adds itself with the addresses).
+    /// IPv4 and global IPv6 addresses with prefix lengths (not IPv6 link-local ones: the
+    /// guest kernel derives the same one from the MAC).
+    pub addresses: Vec<(IpAddr, u8)>,
+    /// Routes through it (not the kernel's own subnet routes, which the guest kernel adds
+    /// itself with the addresses).
     pub routes: Vec<RouteConfig>,
 }
 
@@ -61,7 +63,7 @@ impl InterfaceConfig {
             addresses: self
                 .addresses
                 .iter()
-                .map(|(address, prefix_len)| api::IPv4Address {
+                .map(|(address, prefix_len)| api::IPAddress {
                     address: address.to_string(),
                     prefix_len: u32::from(*prefix_len),
                     ..Default::default()
@@ -70,7 +72,7 @@ impl InterfaceConfig {
             routes: self
                 .routes
                 .iter()
-                .map(|route| api::IPv4Route {
+                .map(|route| api::IPRoute {
                     destination: route.destination.to_string(),
                     destination_prefix_len: u32::from(route.prefix_len),
                     gateway: route.gateway.map(|g| g.to_string()).unwrap_or_default(),
@@ -87,9 +89,9 @@ impl InterfaceConfig {
 pub struct NamespaceScan {
     /// Every link.
     pub links: Vec<LinkMessage>,
-    /// Every IPv4 address.
+    /// Every address.
     pub addresses: Vec<AddressMessage>,
-    /// Every IPv4 route.
+    /// Every IPv4 and IPv6 route.
     pub routes: Vec<RouteMessage>,
 }
 
@@ -120,17 +122,31 @@ fn link_mtu(link: &LinkMessage) -> u32 {
         .unwrap_or(0)
 }
 
-fn ipv4_addresses_of(scan: &NamespaceScan, index: u32) -> Vec<(Ipv4Addr, u8)> {
+/// fe80::/10: every IPv6 link has one, made from its MAC.
+fn is_ipv6_link_local(ip: &Ipv6Addr) -> bool {
+    ip.segments()[0] & 0xffc0 == 0xfe80
+}
+
+fn addresses_of(scan: &NamespaceScan, index: u32) -> Vec<(IpAddr, u8)> {
     scan.addresses
         .iter()
         .filter(|a| a.header.index == index)
         .filter_map(|a| {
             a.attributes.iter().find_map(|attr| match attr {
-                AddressAttribute::Address(IpAddr::V4(ip)) => Some((*ip, a.header.prefix_len)),
+                AddressAttribute::Address(IpAddr::V6(ip)) if is_ipv6_link_local(ip) => None,
+                AddressAttribute::Address(ip) => Some((*ip, a.header.prefix_len)),
                 _ => None,
             })
         })
         .collect()
+}
+
+fn route_ip(address: &RouteAddress) -> Option<IpAddr> {
+    match address {
+        RouteAddress::Inet(ip) => Some(IpAddr::V4(*ip)),
+        RouteAddress::Inet6(ip) => Some(IpAddr::V6(*ip)),
+        _ => None,
+    }
 }
 
 fn route_table(route: &RouteMessage) -> u32 {
@@ -154,24 +170,33 @@ fn route_through(route: &RouteMessage, index: u32) -> Option<RouteConfig> {
     if !wanted {
         return None;
     }
-    let inet = |a: &RouteAttribute, gateway: bool| match (a, gateway) {
-        (RouteAttribute::Destination(RouteAddress::Inet(ip)), false)
-        | (RouteAttribute::Gateway(RouteAddress::Inet(ip)), true) => Some(*ip),
-        _ => None,
+    let unspecified = match route.header.address_family {
+        AddressFamily::Inet6 => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+        _ => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
     };
+    let destination = route
+        .attributes
+        .iter()
+        .find_map(|a| match a {
+            RouteAttribute::Destination(address) => route_ip(address),
+            _ => None,
+        })
+        .unwrap_or(unspecified);
+    if matches!(destination, IpAddr::V6(ip) if is_ipv6_link_local(&ip)) {
+        return None;
+    }
     Some(RouteConfig {
-        destination: route
-            .attributes
-            .iter()
-            .find_map(|a| inet(a, false))
-            .unwrap_or(Ipv4Addr::UNSPECIFIED),
+        destination,
         prefix_len: route.header.destination_prefix_length,
-        gateway: route.attributes.iter().find_map(|a| inet(a, true)),
+        gateway: route.attributes.iter().find_map(|a| match a {
+            RouteAttribute::Gateway(address) => route_ip(address),
+            _ => None,
+        }),
     })
 }
 
-/// The interfaces the guest takes over: every non-loopback link with a MAC and an IPv4
-/// address, except the shim's own taps, in link-index order.
+/// The interfaces the guest takes over: every non-loopback link with a MAC and an IPv4 or
+/// global IPv6 address, except the shim's own taps, in link-index order.
 pub fn interfaces_from_scan(scan: &NamespaceScan) -> Vec<InterfaceConfig> {
     let mut links: Vec<&LinkMessage> = scan.links.iter().collect();
     links.sort_by_key(|l| l.header.index);
@@ -181,7 +206,7 @@ pub fn interfaces_from_scan(scan: &NamespaceScan) -> Vec<InterfaceConfig> {
         .filter(|l| !link_name(l).ends_with(TAP_SUFFIX))
         .filter_map(|link| {
             let index = link.header.index;
-            let addresses = ipv4_addresses_of(scan, index);
+            let addresses = addresses_of(scan, index);
             if addresses.is_empty() {
                 return None;
             }
@@ -215,13 +240,24 @@ pub(super) async fn scan_namespace(handle: &Handle) -> Result<NamespaceScan, Pod
         .try_collect()
         .await
         .map_err(request("list addresses"))?;
-    let routes = handle
+    let mut routes: Vec<RouteMessage> = handle
         .route()
         .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
         .execute()
         .try_collect()
         .await
         .map_err(request("list IPv4 routes"))?;
+    // A host kernel without IPv6 (or with it switched off) has no IPv6 routes to carry over.
+    match handle
+        .route()
+        .get(RouteMessageBuilder::<Ipv6Addr>::new().build())
+        .execute()
+        .try_collect::<Vec<RouteMessage>>()
+        .await
+    {
+        Ok(ipv6_routes) => routes.extend(ipv6_routes),
+        Err(error) => tracing::debug!(%error, "no IPv6 routes in the pod network namespace"),
+    }
     Ok(NamespaceScan {
         links,
         addresses,
@@ -232,7 +268,6 @@ pub(super) async fn scan_namespace(handle: &Handle) -> Result<NamespaceScan, Pod
 mod tests {
     use super::*;
     use rtnetlink::packet_route::address::AddressHeader;
-    use rtnetlink::packet_route::AddressFamily;
 
     fn link(index: u32, name: &str, mac: Option<[u8; 6]>, loopback: bool) -> LinkMessage {
         let mut message = LinkMessage::default();
@@ -281,10 +316,34 @@ mod tests {
         if let Some(gateway) = gateway {
             builder = builder.gateway(gateway);
         }
-        let mut message = builder.build();
+        in_main_table(builder.build(), protocol)
+    }
+
+    fn route6(
+        oif: u32,
+        destination: Option<(&str, u8)>,
+        gateway: Option<&str>,
+        protocol: RouteProtocol,
+    ) -> RouteMessage {
+        let ip = |text: &str| text.parse::<Ipv6Addr>().expect("ipv6");
+        let mut builder = RouteMessageBuilder::<Ipv6Addr>::new().output_interface(oif);
+        if let Some((text, len)) = destination {
+            builder = builder.destination_prefix(ip(text), len);
+        }
+        if let Some(gateway) = gateway {
+            builder = builder.gateway(ip(gateway));
+        }
+        in_main_table(builder.build(), protocol)
+    }
+
+    fn in_main_table(mut message: RouteMessage, protocol: RouteProtocol) -> RouteMessage {
         message.header.protocol = protocol;
         message.header.table = RouteHeader::RT_TABLE_MAIN;
         message
+    }
+
+    fn v6(text: &str) -> IpAddr {
+        text.parse().expect("ipv6")
     }
 
     const VETH_MAC: [u8; 6] = [0x0a, 0x58, 0x0a, 0x58, 0x4d, 0x05];
@@ -299,7 +358,8 @@ mod tests {
             addresses: vec![
                 address(1, IpAddr::V4(Ipv4Addr::LOCALHOST), 8),
                 address(3, IpAddr::V4(Ipv4Addr::new(10, 88, 77, 5)), 24),
-                address(3, "fe80::858:aff:fe58:4d05".parse().expect("ipv6"), 64),
+                address(3, v6("fe80::858:aff:fe58:4d05"), 64),
+                address(3, v6("fd00:88:77::5"), 64),
                 address(7, IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)), 24),
             ],
             routes: vec![
@@ -327,12 +387,15 @@ mod tests {
                     None,
                     RouteProtocol::Boot,
                 ),
+                route6(3, None, Some("fd00:88:77::1"), RouteProtocol::Boot),
+                route6(3, Some(("fd00:88:77::", 64)), None, RouteProtocol::Kernel),
+                route6(3, Some(("fe80::", 64)), None, RouteProtocol::Boot),
             ],
         }
     }
 
     #[test]
-    fn a_cni_bridge_namespace_yields_eth0_with_its_ipv4_addresses_and_routes() {
+    fn a_dual_stack_cni_namespace_yields_eth0_with_its_addresses_and_routes_of_both_families() {
         let interfaces = interfaces_from_scan(&cni_bridge_scan());
         assert_eq!(
             interfaces,
@@ -341,17 +404,25 @@ mod tests {
                 index: 3,
                 mac: VETH_MAC,
                 mtu: 1450,
-                addresses: vec![(Ipv4Addr::new(10, 88, 77, 5), 24)],
+                addresses: vec![
+                    (IpAddr::V4(Ipv4Addr::new(10, 88, 77, 5)), 24),
+                    (v6("fd00:88:77::5"), 64),
+                ],
                 routes: vec![
                     RouteConfig {
-                        destination: Ipv4Addr::UNSPECIFIED,
+                        destination: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
                         prefix_len: 0,
-                        gateway: Some(Ipv4Addr::new(10, 88, 77, 1)),
+                        gateway: Some(IpAddr::V4(Ipv4Addr::new(10, 88, 77, 1))),
                     },
                     RouteConfig {
-                        destination: Ipv4Addr::new(192, 168, 0, 0),
+                        destination: IpAddr::V4(Ipv4Addr::new(192, 168, 0, 0)),
                         prefix_len: 16,
-                        gateway: Some(Ipv4Addr::new(10, 88, 77, 254)),
+                        gateway: Some(IpAddr::V4(Ipv4Addr::new(10, 88, 77, 254))),
+                    },
+                    RouteConfig {
+                        destination: IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+                        prefix_len: 0,
+                        gateway: Some(v6("fd00:88:77::1")),
                     },
                 ],
             }]
@@ -359,9 +430,19 @@ mod tests {
     }
 
     #[test]
-    fn links_without_ipv4_or_in_other_tables_are_left_out() {
+    fn links_with_only_a_link_local_address_or_routes_in_other_tables_are_left_out() {
         let mut scan = cni_bridge_scan();
-        scan.addresses.retain(|a| a.header.index != 3);
+        scan.addresses
+            .retain(|a| a.header.index != 3 || a.header.family == AddressFamily::Inet6);
+        assert_eq!(
+            interfaces_from_scan(&scan)[0].addresses,
+            vec![(v6("fd00:88:77::5"), 64)],
+            "an IPv6-only pod keeps its global address"
+        );
+        scan.addresses.retain(|a| {
+            !a.attributes
+                .contains(&AddressAttribute::Address(v6("fd00:88:77::5")))
+        });
         assert!(interfaces_from_scan(&scan).is_empty());
         let mut other_table = cni_bridge_scan();
         for route in &mut other_table.routes {
@@ -381,5 +462,8 @@ mod tests {
         assert_eq!(request.routes[0].destination, "0.0.0.0");
         assert_eq!(request.routes[0].destination_prefix_len, 0);
         assert_eq!(request.routes[0].gateway, "10.88.77.1");
+        assert_eq!(request.addresses[1].address, "fd00:88:77::5");
+        assert_eq!(request.routes[2].destination, "::");
+        assert_eq!(request.routes[2].gateway, "fd00:88:77::1");
     }
 }
