@@ -22,10 +22,15 @@
 //! so the two never race for the same destination. A model store or key broker beyond
 //! the node is then reached through the pod network, like any other pod traffic.
 //!
+//! Names: the guest kernel names NICs by probe order, so the agent names the egress NIC
+//! `veil-egress` and gives each pod NIC its name in the pod (CNI's `eth0`), as software in
+//! a pod expects to find it.
+//!
 //! DNS for containers needs nothing here: containerd writes the pod's resolv.conf and
 //! hosts files on the host and bind-mounts them into every container, and the shim shares
 //! bind mounts with the guest.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
@@ -164,6 +169,9 @@ pub async fn configure_egress() -> Result<(), NetworkError> {
             links: links.iter().map(link_name).collect(),
         })?;
     let index = nic.header.index;
+    // Named before it comes up (a link is renamed only while down), so the ethN names stay
+    // free for the pod's own interfaces.
+    rename_link(&handle, index, EGRESS_LINK_NAME).await?;
     let address = Ipv4Addr::from(egress::GUEST_ADDRESS);
     handle
         .address()
@@ -188,12 +196,35 @@ pub async fn configure_egress() -> Result<(), NetworkError> {
     )
     .map_err(NetworkError::Resolver)?;
     tracing::info!(
-        nic = %link_name(nic),
+        nic = EGRESS_LINK_NAME,
         %address,
         gateway = %Ipv4Addr::from(egress::HOST_ADDRESS),
         "egress network configured"
     );
     Ok(())
+}
+
+/// The egress NIC's name in the guest.
+pub const EGRESS_LINK_NAME: &str = "veil-egress";
+
+async fn rename_link(handle: &Handle, index: u32, name: &str) -> Result<(), NetworkError> {
+    handle
+        .link()
+        .set(LinkUnspec::new_with_index(index).name(name).build())
+        .execute()
+        .await
+        .map_err(request("rename a network interface"))
+}
+
+/// Whether Linux accepts `name` for a network interface: 1 to 15 bytes, not `.` or `..`, no
+/// `/`, `:` or whitespace.
+pub fn is_valid_link_name(name: &str) -> bool {
+    (1..=15).contains(&name.len())
+        && name != "."
+        && name != ".."
+        && !name
+            .chars()
+            .any(|c| c == '/' || c == ':' || c.is_whitespace())
 }
 
 /// How long the agent waits for a pod NIC to appear (virtio-net probes at boot, well
@@ -391,8 +422,13 @@ impl PodNetwork {
             wait_for_egress(egress.clone()).await?;
             remove_egress_default_route(&handle).await?;
         }
+        let mut indices = Vec::with_capacity(plans.len());
         for plan in &plans {
-            configure_pod_interface(&handle, plan).await?;
+            indices.push(find_link_by_mac(&handle, plan).await?);
+        }
+        name_pod_links(&handle, &plans, &indices).await?;
+        for (plan, index) in plans.iter().zip(indices) {
+            configure_pod_interface(&handle, plan, index).await?;
         }
         *configured = true;
         Ok(())
@@ -451,11 +487,60 @@ async fn find_link_by_mac(handle: &Handle, plan: &InterfacePlan) -> Result<u32, 
     }
 }
 
+/// Gives each pod NIC its pod-side name (CNI's `eth0`), as software in a pod expects; the
+/// guest kernel named them by probe order. NICs whose name changes first move to temporary
+/// names, so two of them can swap. A name Linux refuses, or one another guest link holds,
+/// leaves the NIC as the guest named it, with a warning.
+async fn name_pod_links(
+    handle: &Handle,
+    plans: &[InterfacePlan],
+    indices: &[u32],
+) -> Result<(), NetworkError> {
+    let names: HashMap<u32, String> = links(handle)
+        .await?
+        .iter()
+        .map(|l| (l.header.index, link_name(l)))
+        .collect();
+    let renamed: Vec<(&InterfacePlan, u32)> = plans
+        .iter()
+        .zip(indices.iter().copied())
+        .filter(|(plan, index)| names.get(index) != Some(&plan.name))
+        .collect();
+    for (plan, _) in renamed
+        .iter()
+        .filter(|(plan, _)| !is_valid_link_name(&plan.name))
+    {
+        tracing::warn!(interface = %plan.name, "not a valid Linux interface name: the pod NIC keeps the guest's name");
+    }
+    let renamed: Vec<_> = renamed
+        .into_iter()
+        .filter(|(plan, _)| is_valid_link_name(&plan.name))
+        .collect();
+    for (number, (_, index)) in renamed.iter().enumerate() {
+        rename_link(handle, *index, &format!("veilpod{number}")).await?;
+    }
+    let ours: Vec<u32> = renamed.iter().map(|(_, index)| *index).collect();
+    for (plan, index) in renamed {
+        let holder = names
+            .iter()
+            .find(|(i, name)| **name == plan.name && !ours.contains(i));
+        let name = match holder {
+            None => plan.name.as_str(),
+            Some(_) => {
+                tracing::warn!(interface = %plan.name, "another guest link has this name: the pod NIC keeps the guest's name");
+                names.get(&index).map(String::as_str).unwrap_or(&plan.name)
+            }
+        };
+        rename_link(handle, index, name).await?;
+    }
+    Ok(())
+}
+
 async fn configure_pod_interface(
     handle: &Handle,
     plan: &InterfacePlan,
+    index: u32,
 ) -> Result<(), NetworkError> {
-    let index = find_link_by_mac(handle, plan).await?;
     let mut link = LinkUnspec::new_with_index(index).up();
     if let Some(mtu) = plan.mtu {
         link = link.mtu(mtu);
@@ -746,6 +831,25 @@ mod tests {
             .attributes
             .iter()
             .any(|a| matches!(a, RouteAttribute::Gateway(_))));
+    }
+
+    #[test]
+    fn interface_names_follow_linux_rules() {
+        for good in ["eth0", "net1", "veil-egress", "a", "fifteen-chars-x"] {
+            assert!(is_valid_link_name(good), "{good}");
+        }
+        for bad in [
+            "",
+            ".",
+            "..",
+            "sixteen-chars-xx",
+            "a/b",
+            "a:1",
+            "a b",
+            "tab\t",
+        ] {
+            assert!(!is_valid_link_name(bad), "{bad:?}");
+        }
     }
 
     #[test]

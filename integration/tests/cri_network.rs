@@ -422,6 +422,17 @@ fn a_delivering_pod_serves_on_its_pod_ip_while_the_pod_network_owns_the_default_
         "the egress NIC keeps its subnet: {}",
         routes.stdout
     );
+    // The pod NIC has CNI's name, even though the egress NIC was probed first.
+    let eth0 = cluster.exec(&id, &["busybox", "ip", "-4", "addr", "show", "dev", "eth0"]);
+    assert!(
+        eth0.stdout.contains(&format!("inet {pod_ip}/")),
+        "the pod IP is not on eth0 in the guest: {}",
+        eth0.stdout
+    );
+    cluster.exec(
+        &id,
+        &["busybox", "ip", "link", "show", "dev", "veil-egress"],
+    );
 
     let binary = veil_integration::model_server_binary().expect("the static model server");
     let query = std::process::Command::new(binary)
