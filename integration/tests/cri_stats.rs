@@ -255,3 +255,93 @@ fn a_container_over_its_memory_limit_is_oom_killed_and_the_vm_carries_on() {
 
     cluster.tear_down(&pod);
 }
+
+/// Where the memory controller's hierarchy is mounted and its usage file: the unified one on
+/// a cgroup v2 host, the v1 memory hierarchy on a v1 or hybrid host (such as this project's
+/// development machine).
+fn memory_hierarchy() -> (std::path::PathBuf, &'static str) {
+    let root = std::path::Path::new("/sys/fs/cgroup");
+    if root.join("cgroup.controllers").exists() {
+        (root.to_path_buf(), "memory.current")
+    } else {
+        (root.join("memory"), "memory.usage_in_bytes")
+    }
+}
+
+/// The pids in a cgroup directory, each with its command name.
+fn processes_in(cgroup: &std::path::Path) -> Vec<(u32, String)> {
+    let procs = std::fs::read_to_string(cgroup.join("cgroup.procs"))
+        .unwrap_or_else(|e| panic!("read {}/cgroup.procs: {e}", cgroup.display()));
+    procs
+        .lines()
+        .filter_map(|line| line.trim().parse::<u32>().ok())
+        .map(|pid| {
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            (pid, comm.trim().to_string())
+        })
+        .collect()
+}
+
+/// kubelet sizes each pod's cgroup (its limits plus the RuntimeClass overhead) and gives it as
+/// the sandbox's cgroup parent. The VM is what spends a veil pod's CPU and memory, so QEMU and
+/// the shim run in the sandbox's cgroup below that parent (checked in the memory controller's
+/// hierarchy, v2 or v1), and the cgroup goes with the pod.
+#[test]
+fn the_vm_runs_in_the_pods_cgroup_on_the_host() {
+    let mut cluster = Cluster::launch();
+    let parent = format!("/veil-it-pods-{}", std::process::id());
+    let dir = cluster.containerd.dir().join("pods/placed");
+    std::fs::create_dir_all(&dir).expect("create the pod dir");
+    let mut sandbox = cri::host_network_pod("placed", &dir, HashMap::new());
+    if let Some(linux) = sandbox.linux.as_mut() {
+        linux.cgroup_parent = parent.clone();
+    }
+    let pod = cluster
+        .cri
+        .run_pod_sandbox(&sandbox, VEIL_HANDLER)
+        .unwrap_or_else(|e| panic!("RunPodSandbox: {e:#}\n{}", cluster.containerd.log()));
+    let (memory_root, usage_file) = memory_hierarchy();
+    let parent_dir = memory_root.join(parent.trim_start_matches('/'));
+    let cgroup = parent_dir.join(&pod);
+    assert!(
+        cgroup.is_dir(),
+        "no cgroup {} for the pod; its spec's cgroupsPath: {}\n{}",
+        cgroup.display(),
+        cri::bundle_spec(&cluster.containerd, &pod)
+            .map(|spec| spec["linux"]["cgroupsPath"].to_string())
+            .unwrap_or_else(|e| format!("{e:#}")),
+        cluster.containerd.log()
+    );
+
+    let processes = processes_in(&cgroup);
+    assert!(
+        processes
+            .iter()
+            .any(|(_, comm)| comm.starts_with("qemu-system")),
+        "QEMU is not in the pod's cgroup {}: {processes:?}",
+        cgroup.display()
+    );
+    assert!(
+        processes
+            .iter()
+            .any(|(_, comm)| comm.starts_with("containerd-shim")),
+        "the shim is not in the pod's cgroup: {processes:?}"
+    );
+    let charged: u64 = std::fs::read_to_string(cgroup.join(usage_file))
+        .unwrap_or_else(|e| panic!("{usage_file}: {e}"))
+        .trim()
+        .parse()
+        .expect("a number");
+    assert!(
+        charged > 64 << 20,
+        "the VM's memory is not charged to the pod: {usage_file} {charged}"
+    );
+
+    cluster.tear_down(&pod);
+    assert!(
+        eventually(Duration::from_secs(30), || !cgroup.exists()),
+        "the pod's cgroup {} outlived the pod",
+        cgroup.display()
+    );
+    let _ = std::fs::remove_dir(&parent_dir);
+}

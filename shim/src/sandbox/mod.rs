@@ -2,6 +2,7 @@
 //! process and the connected agent. A plain `ctr run` container is its own sandbox;
 //! under CRI every container with the same sandbox id shares one.
 
+pub mod cgroup;
 pub mod delivery;
 pub mod network;
 pub mod storage;
@@ -37,6 +38,16 @@ pub struct Sandbox {
     agent: AgentClient,
     pod_network: Option<network::PodNetwork>,
     port_forward: Option<network::PortForwarder>,
+    pod_cgroup: Option<cgroup::PodCgroup>,
+}
+
+/// Where on the host a pod's VM goes, from its sandbox spec.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HostPlacement<'a> {
+    /// The pod's network namespace ([`network::pod_netns`]).
+    pub netns: Option<&'a Path>,
+    /// The spec's `linux.cgroupsPath` ([`cgroup::PodCgroup`]).
+    pub cgroups_path: Option<&'a str>,
 }
 
 /// The agent channel for a VM: vsock when configured, or on `auto` when the host has
@@ -76,13 +87,14 @@ pub fn remove_state_dir(state_dir: &Path) {
 impl Sandbox {
     /// Starts the VM for sandbox `id` and waits for its agent. A pod with a model
     /// `delivery` gets a user-network NIC for egress and, on SEV-SNP, its declaration's
-    /// digest as the VM's `host_data`.
+    /// digest as the VM's `host_data`. The VM joins the pod's network namespace and cgroup
+    /// (`placement`).
     pub async fn start(
         config: &Config,
         namespace: &str,
         id: &str,
         delivery: Option<&veil_protocol::ModelDelivery>,
-        netns: Option<&Path>,
+        placement: HostPlacement<'_>,
     ) -> Result<Sandbox> {
         let egress = delivery.is_some();
         let host_data = self::delivery::host_data(delivery)?;
@@ -101,13 +113,27 @@ impl Sandbox {
             egress,
             host_data,
         };
-        let pod_network = network::attach(netns).await?;
+        let pod_cgroup = match placement.cgroups_path {
+            Some(path) => Some(
+                cgroup::PodCgroup::join(path)
+                    .map_err(|e| Error::Vm(format!("place the VM in the pod's cgroup: {e}")))?,
+            ),
+            None => None,
+        };
+        let pod_network = match network::attach(placement.netns).await {
+            Ok(pod_network) => pod_network,
+            Err(error) => {
+                leave_cgroup(pod_cgroup.as_ref());
+                return Err(error);
+            }
+        };
         let hypervisor = Qemu::new(config.hypervisor.clone(), config.agent.log_level.clone())
             .with_pod_nics(pod_network.as_ref().map(|n| n.nics()).unwrap_or_default());
         let vm = match hypervisor.launch(&spec).await {
             Ok(vm) => vm,
             Err(error) => {
                 network::release(pod_network.as_ref()).await;
+                leave_cgroup(pod_cgroup.as_ref());
                 return Err(error);
             }
         };
@@ -129,6 +155,7 @@ impl Sandbox {
             Err(error) => {
                 vm.kill().await;
                 network::release(pod_network.as_ref()).await;
+                leave_cgroup(pod_cgroup.as_ref());
                 let console = console_tail(&spec.console_log);
                 remove_state_dir(&state_dir);
                 return Err(Error::Vm(format!("{error}; console: {console}")));
@@ -157,6 +184,7 @@ impl Sandbox {
             agent,
             pod_network,
             port_forward,
+            pod_cgroup,
         })
     }
 
@@ -193,8 +221,15 @@ impl Sandbox {
         if let Some(pod_network) = &self.pod_network {
             pod_network.detach().await;
         }
+        leave_cgroup(self.pod_cgroup.as_ref());
         remove_state_dir(&self.state_dir);
         tracing::info!(sandbox = %self.id, "sandbox.stopped");
+    }
+}
+
+fn leave_cgroup(pod_cgroup: Option<&cgroup::PodCgroup>) {
+    if let Some(pod_cgroup) = pod_cgroup {
+        pod_cgroup.leave();
     }
 }
 

@@ -121,14 +121,21 @@ impl TaskService {
         config: &Config,
         sandbox_id: &str,
         delivery: Option<&veil_protocol::ModelDelivery>,
-        netns: Option<&std::path::Path>,
+        placement: crate::sandbox::HostPlacement<'_>,
     ) -> Result<Arc<Sandbox>> {
         let mut slot = self.sandbox.lock().await;
         if let Some(sandbox) = slot.as_ref() {
             return Ok(sandbox.clone());
         }
         let sandbox = Arc::new(
-            Sandbox::start(config, self.events.namespace(), sandbox_id, delivery, netns).await?,
+            Sandbox::start(
+                config,
+                self.events.namespace(),
+                sandbox_id,
+                delivery,
+                placement,
+            )
+            .await?,
         );
         self.watch_vm(sandbox.clone());
         *slot = Some(sandbox.clone());
@@ -194,14 +201,18 @@ impl TaskService {
         let sandbox_id = options::sandbox_id(spec.annotations().as_ref(), &request.id);
 
         let pod_netns = crate::sandbox::network::pod_netns(&spec);
+        let cgroups_path = spec
+            .linux()
+            .as_ref()
+            .and_then(|linux| linux.cgroups_path().as_ref())
+            .map(|path| path.to_string_lossy().into_owned());
+        let placement = crate::sandbox::HostPlacement {
+            netns: pod_netns.as_deref(),
+            cgroups_path: cgroups_path.as_deref(),
+        };
         // Boot the VM while containerd's snapshot is mounted: both take time.
         let (sandbox, rootfs) = tokio::join!(
-            self.ensure_sandbox(
-                &config,
-                &sandbox_id,
-                model_delivery.as_ref(),
-                pod_netns.as_deref()
-            ),
+            self.ensure_sandbox(&config, &sandbox_id, model_delivery.as_ref(), placement),
             storage::mount_rootfs(&bundle, &request.rootfs, &spec)
         );
         let (host_rootfs, rootfs_mounted) = match rootfs {
