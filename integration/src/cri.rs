@@ -421,6 +421,19 @@ impl CriClient {
         Ok(response.url)
     }
 
+    /// PodSandboxStats: the pod's CPU and memory as kubelet's summary API reads them.
+    pub fn pod_sandbox_stats(&mut self, pod_id: &str) -> Result<k8s_cri::v1::PodSandboxStats> {
+        let request = k8s_cri::v1::PodSandboxStatsRequest {
+            pod_sandbox_id: pod_id.to_string(),
+        };
+        let response = self.call("PodSandboxStats", CALL, |mut c| async move {
+            c.pod_sandbox_stats(request).await
+        })?;
+        response
+            .stats
+            .with_context(|| format!("PodSandboxStats of {pod_id} returned no stats"))
+    }
+
     /// PortForward to `ports` of pod `pod_id`, as `kubectl port-forward` asks; returns the
     /// streaming URL ([`crate::streaming::PortForward::connect`]).
     pub fn port_forward(&mut self, pod_id: &str, ports: &[u16]) -> Result<String> {

@@ -285,7 +285,8 @@ fn processes_in(cgroup: &std::path::Path) -> Vec<(u32, String)> {
 /// kubelet sizes each pod's cgroup (its limits plus the RuntimeClass overhead) and gives it as
 /// the sandbox's cgroup parent. The VM is what spends a veil pod's CPU and memory, so QEMU and
 /// the shim run in the sandbox's cgroup below that parent (checked in the memory controller's
-/// hierarchy, v2 or v1), and the cgroup goes with the pod.
+/// hierarchy, v2 or v1), PodSandboxStats reports the VM's memory and CPU, and the cgroup goes
+/// with the pod.
 #[test]
 fn the_vm_runs_in_the_pods_cgroup_on_the_host() {
     let mut cluster = Cluster::launch();
@@ -335,6 +336,26 @@ fn the_vm_runs_in_the_pods_cgroup_on_the_host() {
     assert!(
         charged > 64 << 20,
         "the VM's memory is not charged to the pod: {usage_file} {charged}"
+    );
+
+    // kubelet's pod-level figures (the summary API, `kubectl top pod`) come from that cgroup,
+    // so they now show what the VM spends.
+    let stats = cluster
+        .cri
+        .pod_sandbox_stats(&pod)
+        .unwrap_or_else(|e| panic!("PodSandboxStats: {e:#}\n{}", cluster.containerd.log()));
+    let linux = stats.linux.expect("Linux pod stats");
+    let working_set = linux
+        .memory
+        .and_then(|m| m.working_set_bytes)
+        .map_or(0, |v| v.value);
+    let cpu = linux
+        .cpu
+        .and_then(|c| c.usage_core_nano_seconds)
+        .map_or(0, |v| v.value);
+    assert!(
+        working_set > 64 << 20 && cpu > 0,
+        "the pod's stats do not show the VM: working set {working_set} bytes, CPU {cpu} ns"
     );
 
     cluster.tear_down(&pod);
