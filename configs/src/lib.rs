@@ -97,6 +97,10 @@ pub struct HypervisorConfig {
     pub kernel_params: String,
     /// Show kernel messages on the console.
     pub debug_console: bool,
+    /// Pod NICs use the host kernel's vhost-net data path when QEMU runs under KVM and
+    /// /dev/vhost-net exists (QEMU cannot use vhost under TCG); `false` keeps QEMU's own
+    /// virtio-net emulation everywhere.
+    pub vhost_net: bool,
     /// Seconds to wait for the agent after QEMU starts.
     pub boot_timeout_secs: u64,
     /// Confidential guest technology.
@@ -133,6 +137,7 @@ impl Default for HypervisorConfig {
             vcpus: 1,
             kernel_params: String::new(),
             debug_console: false,
+            vhost_net: true,
             boot_timeout_secs: 90,
             confidential_guest: ConfidentialGuest::None,
             firmware: None,

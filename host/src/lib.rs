@@ -63,6 +63,7 @@ pub fn doctor(probe: &Probe<'_>) -> Report {
     findings.extend(sev::check_generations(probe.root));
     findings.push(sev::check_firmware(probe.root));
     findings.push(check_vhost_vsock(probe.root));
+    findings.push(check_vhost_net(probe.root));
     findings.extend(qemu::check(probe.runner, probe.qemu));
     findings.extend(ovmf::check(probe.root));
     findings.extend(containerd::check(probe.runner, probe.root));
@@ -138,14 +139,32 @@ fn refusal(findings: &[Finding]) -> Result<(), String> {
 
 /// The `vhost-vsock` finding: the host kernel's vsock device for guests.
 pub fn check_vhost_vsock(root: &Path) -> Finding {
-    let device = root.join("dev/vhost-vsock");
-    if device.exists() {
-        Finding::ok("vhost-vsock", format!("{} exists", device.display()))
+    check_device(
+        root,
+        "vhost-vsock",
+        "dev/vhost-vsock",
+        "(modprobe vhost_vsock): veil uses virtio-serial for the agent channel instead",
+    )
+}
+
+/// The finding `vhost-net`: whether pod NICs can use the kernel's vhost-net data path (under
+/// KVM; QEMU cannot use vhost under TCG).
+pub fn check_vhost_net(root: &Path) -> Finding {
+    check_device(
+        root,
+        "vhost-net",
+        "dev/vhost-net",
+        "(modprobe vhost_net): pod NICs use QEMU's own virtio-net emulation instead",
+    )
+}
+
+/// Ok when the device node `device` (below `root`) exists; missing with `advice` otherwise.
+fn check_device(root: &Path, check: &'static str, device: &str, advice: &str) -> Finding {
+    let path = root.join(device);
+    if path.exists() {
+        Finding::ok(check, format!("{} exists", path.display()))
     } else {
-        Finding::missing(
-            "vhost-vsock",
-            "/dev/vhost-vsock is absent (modprobe vhost_vsock): veil uses virtio-serial for the agent channel instead",
-        )
+        Finding::missing(check, format!("/{device} is absent {advice}"))
     }
 }
 
@@ -203,6 +222,19 @@ mod tests {
     }
 
     #[test]
+    fn vhost_net_is_found_by_its_device_node() {
+        let with = FakeTree::new().file("dev/vhost-net", "");
+        assert!(check_vhost_net(with.root()).is_ok());
+        let without = check_vhost_net(FakeTree::new().root());
+        assert!(!without.is_ok());
+        assert!(
+            without.detail.contains("modprobe vhost_net"),
+            "{}",
+            without.detail
+        );
+    }
+
+    #[test]
     fn the_report_has_every_check_once_and_serializes() {
         let tree = snp_host();
         let runner = snp_qemu();
@@ -221,6 +253,7 @@ mod tests {
                 "sev-snp",
                 "sev-firmware",
                 "vhost-vsock",
+                "vhost-net",
                 "qemu",
                 "qemu-sev-snp",
                 "ovmf",

@@ -27,16 +27,27 @@ impl PodNic {
     }
 }
 
-/// QEMU arguments for the pod NICs: `-netdev tap,fd=N` and a virtio-net device on the
+/// Where the host kernel's vhost-net device is.
+pub const VHOST_NET_DEVICE: &str = "/dev/vhost-net";
+
+/// Whether pod NICs get vhost-net: configured, under KVM (QEMU cannot use vhost under TCG)
+/// and with the host's device present.
+pub fn use_vhost_net(config: &HypervisorConfig, kvm: bool, device_present: bool) -> bool {
+    config.vhost_net && kvm && device_present
+}
+
+/// QEMU arguments for the pod NICs: `-netdev tap,fd=N` (with `vhost=on` when `vhost`: the
+/// host kernel then moves the packets, not QEMU's main loop) and a virtio-net device on the
 /// machine's transport (PCI on q35, MMIO on microvm). PCI NICs get no option ROM: the
 /// guest boots without network firmware.
-pub fn pod_nic_devices(config: &HypervisorConfig, nics: &[PodNic]) -> Vec<String> {
+pub fn pod_nic_devices(config: &HypervisorConfig, nics: &[PodNic], vhost: bool) -> Vec<String> {
     let rom = if is_microvm(config) { "" } else { ",romfile=" };
+    let vhost = if vhost { ",vhost=on" } else { "" };
     nics.iter()
         .flat_map(|nic| {
             [
                 "-netdev".to_string(),
-                format!("tap,id={},fd={}", nic.id, nic.fd()),
+                format!("tap,id={},fd={}{vhost}", nic.id, nic.fd()),
                 "-device".to_string(),
                 format!(
                     "{},netdev={},mac={}{rom}",
@@ -90,7 +101,7 @@ mod tests {
             ..HypervisorConfig::default()
         };
         let pod0 = nic(5);
-        let args = pod_nic_devices(&config, std::slice::from_ref(&pod0)).join(" ");
+        let args = pod_nic_devices(&config, std::slice::from_ref(&pod0), false).join(" ");
         assert_eq!(
             args,
             format!(
@@ -107,7 +118,7 @@ mod tests {
             ..HypervisorConfig::default()
         };
         let nics = [nic(0), nic(1)];
-        let args = pod_nic_devices(&config, &nics);
+        let args = pod_nic_devices(&config, &nics, false);
         assert_eq!(
             args,
             vec![
@@ -121,7 +132,26 @@ mod tests {
                 "virtio-net-device,netdev=pod1,mac=0a:58:0a:58:4d:01".to_string(),
             ]
         );
-        assert!(pod_nic_devices(&config, &[]).is_empty());
+        assert!(pod_nic_devices(&config, &[], true).is_empty());
+    }
+
+    #[test]
+    fn vhost_net_is_asked_for_only_under_kvm_with_the_device_and_the_setting() {
+        let config = HypervisorConfig::default();
+        assert!(use_vhost_net(&config, true, true));
+        assert!(!use_vhost_net(&config, false, true), "never under TCG");
+        assert!(
+            !use_vhost_net(&config, true, false),
+            "not without /dev/vhost-net"
+        );
+        let off = HypervisorConfig {
+            vhost_net: false,
+            ..HypervisorConfig::default()
+        };
+        assert!(!use_vhost_net(&off, true, true));
+        let pod0 = nic(2);
+        let args = pod_nic_devices(&config, std::slice::from_ref(&pod0), true);
+        assert_eq!(args[1], format!("tap,id=pod2,fd={},vhost=on", pod0.fd()));
     }
 
     #[tokio::test]

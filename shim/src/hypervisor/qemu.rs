@@ -263,7 +263,15 @@ impl Hypervisor for Qemu {
         let config = snp::prepare(&self.config, (accel.kvm, &accel.reason))?;
         let cmdline = kernel_cmdline(&config, &self.agent_log_level, spec);
         let mut args = command_line(&config, &accel, spec, &cmdline);
-        args.extend(super::net::pod_nic_devices(&config, &self.pod_nics));
+        let vhost = super::net::use_vhost_net(
+            &config,
+            accel.kvm,
+            std::path::Path::new(super::net::VHOST_NET_DEVICE).exists(),
+        );
+        if vhost && !self.pod_nics.is_empty() {
+            tracing::info!("pod NICs use vhost-net");
+        }
+        args.extend(super::net::pod_nic_devices(&config, &self.pod_nics, vhost));
         let stderr_log = spec.state_dir.join("qemu.log");
         let stderr = std::fs::File::create(&stderr_log)
             .map_err(Error::io(format!("create {}", stderr_log.display())))?;
