@@ -131,6 +131,10 @@ impl ContainerRuntime for GuestRuntime {
         self.with_container(id, |container| Ok(cgroup_of(container)?.stats()?))
     }
 
+    fn oom_kills(&self, id: &str) -> Result<u64, RuntimeError> {
+        self.with_container(id, |container| Ok(cgroup_of(container)?.oom_kills()?))
+    }
+
     fn processes(&self, id: &str) -> Result<Option<Vec<i32>>, RuntimeError> {
         self.with_container(id, |container| Ok(Some(cgroup_of(container)?.processes()?)))
     }

@@ -84,6 +84,12 @@ pub trait ContainerRuntime: Send + Sync + 'static {
         )
     }
 
+    /// How many times the kernel's OOM killer acted in the container's cgroup. Runtimes
+    /// without cgroups say so.
+    fn oom_kills(&self, id: &str) -> Result<u64, RuntimeError> {
+        Err(format!("container {id}: this runtime keeps no cgroups").into())
+    }
+
     /// Every process of the container, found by its cgroup; `None` from a runtime that keeps
     /// no cgroups (the caller then goes by the init's pid namespace).
     fn processes(&self, _id: &str) -> Result<Option<Vec<i32>>, RuntimeError> {

@@ -392,8 +392,8 @@ impl AgentService {
     /// Whether the kernel's OOM killer acted in container `id`'s cgroup; a runtime without
     /// cgroups, or a cgroup that cannot be read, says no.
     fn oom_killed(&self, id: &str) -> bool {
-        match self.runtime.stats(id) {
-            Ok(stats) => stats.memory.events.oom_kill > 0,
+        match self.runtime.oom_kills(id) {
+            Ok(kills) => kills > 0,
             Err(error) => {
                 tracing::debug!(container = id, %error, "no cgroup to check for an OOM kill");
                 false

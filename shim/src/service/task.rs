@@ -324,9 +324,15 @@ impl Task for TaskService {
         self.container(&request.id)?;
         let sandbox = self.current_sandbox().await?;
         let stats = sandbox.agent().stats_container(&request.id).await?;
-        let metrics = cgroups_v2_metrics(&stats).write_to_bytes().map_err(|e| {
-            Error::InvalidArgument(format!("encode the metrics of {}: {e}", request.id))
-        })?;
+        let metrics = cgroups_v2_metrics(&stats)
+            .write_to_bytes()
+            .map_err(|e| Error::Io {
+                what: format!(
+                    "encode the cgroup metrics of {} (a bug in veil)",
+                    request.id
+                ),
+                source: std::io::Error::other(e),
+            })?;
         Ok(api::StatsResponse {
             stats: MessageField::some(Any {
                 type_url: CGROUPS_V2_METRICS_TYPE_URL.to_string(),

@@ -128,6 +128,12 @@ impl Cgroup {
         stats::read_stats(&self.path)
     }
 
+    /// How many times the kernel's OOM killer acted in the cgroup (one small read, for every
+    /// container exit).
+    pub fn oom_kills(&self) -> Result<u64, CgroupError> {
+        stats::read_oom_kills(&self.path)
+    }
+
     /// The pids of every process in the cgroup (cgroup.procs): all of the container's
     /// processes, whichever pid namespace they are in, as runc finds them for `kill --all`.
     pub fn processes(&self) -> Result<Vec<i32>, CgroupError> {

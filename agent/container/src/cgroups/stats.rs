@@ -73,6 +73,15 @@ pub struct CgroupStats {
     pub pids: PidsStats,
 }
 
+/// How many times the kernel's OOM killer acted in the cgroup directory `dir`
+/// (`memory.events` `oom_kill`; 0 when the memory controller is off).
+pub(super) fn read_oom_kills(dir: &Path) -> Result<u64, CgroupError> {
+    Ok(read_flat_keyed(dir, "memory.events")?
+        .get("oom_kill")
+        .copied()
+        .unwrap_or(0))
+}
+
 /// Reads the statistics of the cgroup directory `dir`.
 pub(super) fn read_stats(dir: &Path) -> Result<CgroupStats, CgroupError> {
     let cpu = read_flat_keyed(dir, "cpu.stat")?;
@@ -191,6 +200,7 @@ mod tests {
         assert_eq!(stats.memory.max, Some(67_108_864));
         assert_eq!(stats.memory.stat.get("inactive_file"), Some(&500));
         assert_eq!(stats.memory.events.oom_kill, 1);
+        assert_eq!(read_oom_kills(dir.path()).expect("oom kills"), 1);
         assert_eq!(stats.pids.current, 3);
         assert_eq!(stats.pids.max, None);
     }
