@@ -51,6 +51,34 @@ pub trait CommandRunner {
     fn run(&self, program: &str, args: &[&str]) -> Result<CommandOutput, RunCommandError>;
 }
 
+/// The first line of `text`, trimmed.
+pub fn first_line(text: &str) -> String {
+    text.lines().next().unwrap_or("").trim().to_owned()
+}
+
+/// The first line of what `program --version` printed; otherwise the finding `check` gets:
+/// missing (with `install`, what to install) when the program cannot run, unusable when it
+/// fails.
+pub fn version_line(
+    runner: &dyn CommandRunner,
+    check: &'static str,
+    program: &str,
+    install: &str,
+) -> Result<String, crate::finding::Finding> {
+    use crate::finding::Finding;
+    match runner.run(program, &["--version"]) {
+        Ok(output) if output.success => Ok(first_line(&output.stdout)),
+        Ok(output) => Err(Finding::unusable(
+            check,
+            format!(
+                "`{program} --version` failed: {}",
+                first_line(&output.stderr)
+            ),
+        )),
+        Err(error) => Err(Finding::missing(check, format!("{error}: {install}"))),
+    }
+}
+
 /// Runs real processes, killing any that take longer than `timeout`.
 #[derive(Debug, Clone, Copy)]
 pub struct SystemRunner {

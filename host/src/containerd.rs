@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use crate::command::CommandRunner;
+use crate::command::{version_line, CommandRunner};
 use crate::finding::Finding;
 
 /// The runtime type veil's shim serves.
@@ -13,22 +13,14 @@ pub const CONTAINERD_CONFIG: &str = "etc/containerd/config.toml";
 /// The findings `containerd` (installed, version) and `containerd-veil` (the configuration
 /// names veil's runtime type).
 pub fn check(runner: &dyn CommandRunner, root: &Path) -> Vec<Finding> {
-    let version = match runner.run("containerd", &["--version"]) {
-        Ok(output) if output.success => Finding::ok(
-            "containerd",
-            output.stdout.lines().next().unwrap_or("").trim().to_owned(),
-        ),
-        Ok(output) => Finding::unusable(
-            "containerd",
-            format!(
-                "`containerd --version` failed: {}",
-                output.stderr.lines().next().unwrap_or("").trim()
-            ),
-        ),
-        Err(error) => Finding::missing(
-            "containerd",
-            format!("{error}: install Debian's containerd package (1.6 or later)"),
-        ),
+    let version = match version_line(
+        runner,
+        "containerd",
+        "containerd",
+        "install Debian's containerd package (1.6 or later)",
+    ) {
+        Ok(version) => Finding::ok("containerd", version),
+        Err(finding) => finding,
     };
     vec![version, check_config(root)]
 }

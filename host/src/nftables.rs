@@ -1,30 +1,22 @@
 //! nftables: the shim redirects `kubectl port-forward` connections in a pod's network
 //! namespace with one `nft` rule, so a node without `nft` runs pods but cannot forward ports.
 
-use crate::command::CommandRunner;
+use crate::command::{version_line, CommandRunner};
 use crate::finding::Finding;
 
 /// The finding `nft` (installed, version).
 pub fn check(runner: &dyn CommandRunner) -> Finding {
-    match runner.run("nft", &["--version"]) {
-        Ok(output) if output.success => Finding::ok(
+    match version_line(
+        runner,
+        "nft",
+        "nft",
+        "install nftables (apt install nftables); pods run without it, but kubectl port-forward will not reach them",
+    ) {
+        Ok(version) => Finding::ok(
             "nft",
-            format!(
-                "{} (kubectl port-forward into veil pods)",
-                output.stdout.lines().next().unwrap_or("").trim()
-            ),
+            format!("{version} (kubectl port-forward into veil pods)"),
         ),
-        Ok(output) => Finding::unusable(
-            "nft",
-            format!(
-                "`nft --version` failed: {}; kubectl port-forward will not reach veil pods",
-                output.stderr.lines().next().unwrap_or("").trim()
-            ),
-        ),
-        Err(error) => Finding::missing(
-            "nft",
-            format!("{error}: install nftables (apt install nftables); pods run without it, but kubectl port-forward will not reach them"),
-        ),
+        Err(finding) => finding,
     }
 }
 

@@ -1,32 +1,27 @@
 //! QEMU: its version, and whether it can launch SEV-SNP guests (the `sev-snp-guest` object,
 //! QEMU 9.1 and later; Debian 12's QEMU 7.2 has only `sev-guest`, i.e. SEV and SEV-ES).
 
-use crate::command::CommandRunner;
-use crate::finding::Finding;
+use crate::command::{first_line, version_line, CommandRunner};
+use crate::finding::{Finding, Status};
 
 /// The QEMU binary veil runs unless configured otherwise.
 pub const DEFAULT_QEMU: &str = "qemu-system-x86_64";
 
 /// The findings `qemu` (present, version) and `qemu-sev-snp` (has `sev-snp-guest`).
 pub fn check(runner: &dyn CommandRunner, qemu: &str) -> Vec<Finding> {
-    let version = match runner.run(qemu, &["--version"]) {
-        Ok(output) if output.success => first_line(&output.stdout),
-        Ok(output) => {
-            return both_unusable(
-                qemu,
-                format!("`{qemu} --version` failed: {}", first_line(&output.stderr)),
-            )
-        }
-        Err(error) => {
-            return vec![
-                Finding::missing(
-                    "qemu",
-                    format!(
-                        "{error}: install Debian's qemu-system-x86 package or set hypervisor.path"
-                    ),
-                ),
-                Finding::missing("qemu-sev-snp", format!("no QEMU at `{qemu}`")),
-            ]
+    let version = match version_line(
+        runner,
+        "qemu",
+        qemu,
+        "install Debian's qemu-system-x86 package or set hypervisor.path",
+    ) {
+        Ok(version) => version,
+        Err(finding) => {
+            let snp = match finding.status {
+                Status::Missing => Finding::missing("qemu-sev-snp", format!("no QEMU at `{qemu}`")),
+                _ => Finding::unusable("qemu-sev-snp", format!("`{qemu}` does not run")),
+            };
+            return vec![finding, snp];
         }
     };
     vec![
@@ -64,20 +59,9 @@ fn check_snp_object(runner: &dyn CommandRunner, qemu: &str, version: &str) -> Fi
     }
 }
 
-fn both_unusable(qemu: &str, reason: String) -> Vec<Finding> {
-    vec![
-        Finding::unusable("qemu", reason),
-        Finding::unusable("qemu-sev-snp", format!("`{qemu}` does not run")),
-    ]
-}
-
 /// `-object help` lists one type per indented line.
 fn has_object(listing: &str, name: &str) -> bool {
     listing.lines().any(|line| line.trim() == name)
-}
-
-fn first_line(text: &str) -> String {
-    text.lines().next().unwrap_or("").trim().to_owned()
 }
 
 #[cfg(test)]
