@@ -69,14 +69,15 @@ fn expand_slice(slice: &str) -> Result<PathBuf, PodCgroupError> {
     Ok(path)
 }
 
-/// The directory below `root` that `cgroups_path` (a spec's `linux.cgroupsPath`) names.
-pub fn cgroup_dir(root: &Path, cgroups_path: &str) -> Result<PathBuf, PodCgroupError> {
+/// The directory, relative to a hierarchy's mount, that `cgroups_path` (a spec's
+/// `linux.cgroupsPath`) names.
+pub fn relative_cgroup_dir(cgroups_path: &str) -> Result<PathBuf, PodCgroupError> {
     let invalid = || PodCgroupError::InvalidPath(cgroups_path.to_string());
     if cgroups_path.contains("..") {
         return Err(invalid());
     }
     if let Some(relative) = cgroups_path.strip_prefix('/') {
-        return Ok(root.join(relative));
+        return Ok(PathBuf::from(relative));
     }
     match cgroups_path.split(':').collect::<Vec<_>>().as_slice() {
         [slice, prefix, name] if !name.is_empty() && !name.contains('/') => {
@@ -85,11 +86,11 @@ pub fn cgroup_dir(root: &Path, cgroups_path: &str) -> Result<PathBuf, PodCgroupE
             } else {
                 format!("{prefix}-{name}.scope")
             };
-            Ok(root.join(expand_slice(slice)?).join(leaf))
+            Ok(expand_slice(slice)?.join(leaf))
         }
         // runc reads a relative path below its own cgroup; the shim's is containerd's, which
         // is not where kubelet put the pod, so the root is the only sensible base.
-        [relative] if !relative.is_empty() => Ok(root.join(relative)),
+        [relative] if !relative.is_empty() => Ok(PathBuf::from(relative)),
         _ => Err(invalid()),
     }
 }
@@ -202,11 +203,10 @@ impl PodCgroup {
         cgroups_path: &str,
         pid: u32,
     ) -> Result<PodCgroup, PodCgroupError> {
-        let relative = cgroup_dir(Path::new("/"), cgroups_path)?;
-        let relative = relative.strip_prefix("/").unwrap_or(&relative);
+        let relative = relative_cgroup_dir(cgroups_path)?;
         let mut pod = PodCgroup { joined: Vec::new() };
         for hierarchy in found {
-            let dir = hierarchy.mount.join(relative);
+            let dir = hierarchy.mount.join(&relative);
             let previous = hierarchy
                 .mount
                 .join(hierarchy.current.trim_start_matches('/'));
@@ -265,7 +265,7 @@ mod tests {
     const ROOT: &str = "/sys/fs/cgroup";
 
     fn dir(path: &str) -> Result<PathBuf, PodCgroupError> {
-        cgroup_dir(Path::new(ROOT), path)
+        relative_cgroup_dir(path).map(|relative| Path::new(ROOT).join(relative))
     }
 
     #[test]

@@ -115,7 +115,6 @@ fn run_nft(script: &str) -> Result<(), String> {
 #[derive(Debug)]
 pub struct PortForwarder {
     netns: PathBuf,
-    listen_port: u16,
     accepting: JoinHandle<()>,
 }
 
@@ -126,24 +125,15 @@ impl PortForwarder {
         agent: AgentClient,
     ) -> Result<PortForwarder, PortForwardError> {
         let path = netns.to_path_buf();
-        let listener = on_thread_in_netns(netns, move || Ok(listen_and_redirect(&path))).await??;
-        let listen_port = listener
-            .local_addr()
-            .map(|a| a.port())
-            .map_err(|source| listen_error(netns, source))?;
+        let (listener, listen_port) =
+            on_thread_in_netns(netns, move || Ok(listen_and_redirect(&path))).await??;
         let listener =
             TcpListener::from_std(listener).map_err(|source| listen_error(netns, source))?;
         tracing::info!(netns = %netns.display(), listen_port, "port forwarding ready");
         Ok(PortForwarder {
             netns: netns.to_path_buf(),
-            listen_port,
             accepting: tokio::spawn(accept_connections(listener, agent)),
         })
-    }
-
-    /// The listener's port in the pod's namespace.
-    pub fn listen_port(&self) -> u16 {
-        self.listen_port
     }
 
     /// Stops accepting, ends every relay and, if the namespace outlives the pod, removes the
@@ -180,8 +170,8 @@ fn listen_error(netns: &Path, source: std::io::Error) -> PortForwardError {
 }
 
 /// Runs on a thread inside the pod's namespace: binds the listener, then installs the rule
-/// naming its port.
-fn listen_and_redirect(netns: &Path) -> Result<std::net::TcpListener, PortForwardError> {
+/// naming its port; returns both.
+fn listen_and_redirect(netns: &Path) -> Result<(std::net::TcpListener, u16), PortForwardError> {
     let listener = std::net::TcpListener::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0))
         .map_err(|source| listen_error(netns, source))?;
     listener
@@ -195,7 +185,7 @@ fn listen_and_redirect(netns: &Path) -> Result<std::net::TcpListener, PortForwar
         netns: netns.to_path_buf(),
         detail,
     })?;
-    Ok(listener)
+    Ok((listener, port))
 }
 
 async fn accept_connections(listener: TcpListener, agent: AgentClient) {

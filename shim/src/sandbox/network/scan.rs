@@ -122,18 +122,14 @@ fn link_mtu(link: &LinkMessage) -> u32 {
         .unwrap_or(0)
 }
 
-/// fe80::/10: every IPv6 link has one, made from its MAC.
-fn is_ipv6_link_local(ip: &Ipv6Addr) -> bool {
-    ip.segments()[0] & 0xffc0 == 0xfe80
-}
-
 fn addresses_of(scan: &NamespaceScan, index: u32) -> Vec<(IpAddr, u8)> {
     scan.addresses
         .iter()
         .filter(|a| a.header.index == index)
         .filter_map(|a| {
             a.attributes.iter().find_map(|attr| match attr {
-                AddressAttribute::Address(IpAddr::V6(ip)) if is_ipv6_link_local(ip) => None,
+                // fe80::/10: every IPv6 link has one, made from its MAC.
+                AddressAttribute::Address(IpAddr::V6(ip)) if ip.is_unicast_link_local() => None,
                 AddressAttribute::Address(ip) => Some((*ip, a.header.prefix_len)),
                 _ => None,
             })
@@ -182,7 +178,7 @@ fn route_through(route: &RouteMessage, index: u32) -> Option<RouteConfig> {
             _ => None,
         })
         .unwrap_or(unspecified);
-    if matches!(destination, IpAddr::V6(ip) if is_ipv6_link_local(&ip)) {
+    if matches!(destination, IpAddr::V6(ip) if ip.is_unicast_link_local()) {
         return None;
     }
     Some(RouteConfig {
