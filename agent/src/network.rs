@@ -501,21 +501,14 @@ async fn name_pod_links(
         .iter()
         .map(|l| (l.header.index, link_name(l)))
         .collect();
-    let renamed: Vec<(&InterfacePlan, u32)> = plans
+    let (renamed, invalid): (Vec<(&InterfacePlan, u32)>, Vec<_>) = plans
         .iter()
         .zip(indices.iter().copied())
         .filter(|(plan, index)| names.get(index) != Some(&plan.name))
-        .collect();
-    for (plan, _) in renamed
-        .iter()
-        .filter(|(plan, _)| !is_valid_link_name(&plan.name))
-    {
+        .partition(|(plan, _)| is_valid_link_name(&plan.name));
+    for (plan, _) in invalid {
         tracing::warn!(interface = %plan.name, "not a valid Linux interface name: the pod NIC keeps the guest's name");
     }
-    let renamed: Vec<_> = renamed
-        .into_iter()
-        .filter(|(plan, _)| is_valid_link_name(&plan.name))
-        .collect();
     for (number, (_, index)) in renamed.iter().enumerate() {
         rename_link(handle, *index, &format!("veilpod{number}")).await?;
     }
