@@ -75,6 +75,20 @@ fn open(url: &str) -> Result<Socket> {
     Ok(socket)
 }
 
+/// Sends `data` as one message on `channel`.
+fn send_on(socket: &mut Socket, channel: u8, data: &[u8]) -> tungstenite::Result<()> {
+    let mut message = Vec::with_capacity(data.len() + 1);
+    message.push(channel);
+    message.extend_from_slice(data);
+    socket.send(Message::Binary(message.into()))
+}
+
+/// Closes the stream; a server that already went away is not an error.
+fn close(socket: &mut Socket) {
+    let _ = socket.close(None);
+    let _ = socket.flush();
+}
+
 /// What one read of the socket gave.
 enum Received {
     /// A binary message: channel byte and data.
@@ -118,12 +132,7 @@ impl RemoteCommand {
 
     /// Writes `data` to the process's stdin.
     pub fn send_stdin(&mut self, data: &[u8]) -> Result<()> {
-        let mut message = Vec::with_capacity(data.len() + 1);
-        message.push(STDIN);
-        message.extend_from_slice(data);
-        self.socket
-            .send(Message::Binary(message.into()))
-            .context("send stdin")
+        send_on(&mut self.socket, STDIN, data).context("send stdin")
     }
 
     /// Reads until the process's stdout contains `needle`, the stream ends, or `timeout`
@@ -171,8 +180,7 @@ impl RemoteCommand {
 
     /// Closes the session.
     pub fn close(mut self) {
-        let _ = self.socket.close(None);
-        let _ = self.socket.flush();
+        close(&mut self.socket);
     }
 }
 
@@ -231,12 +239,7 @@ impl PortForward {
 
     /// Sends `data` to the pod's port.
     pub fn send(&mut self, data: &[u8]) -> Result<()> {
-        let mut message = Vec::with_capacity(data.len() + 1);
-        message.push(DATA);
-        message.extend_from_slice(data);
-        self.socket
-            .send(Message::Binary(message.into()))
-            .context("send on the data channel")
+        send_on(&mut self.socket, DATA, data).context("send on the data channel")
     }
 
     /// Reads until the data from the pod contains `needle`; returns all of it. An error
@@ -298,8 +301,7 @@ impl PortForward {
 
     /// Closes the forward.
     pub fn close(mut self) {
-        let _ = self.socket.close(None);
-        let _ = self.socket.flush();
+        close(&mut self.socket);
     }
 }
 

@@ -161,6 +161,15 @@ impl Cluster {
     }
 }
 
+/// The shell command of a container serving [`GREETING`] over HTTP on `listen` (busybox
+/// httpd's `[IP:]PORT`), after running `setup` (empty, or commands ending in `&& `) in the
+/// created /srv/www.
+fn serve_greeting(listen: &str, setup: &str) -> String {
+    format!(
+        "mkdir -p /srv/www && echo {GREETING} > /srv/www/index.html && {setup}exec busybox httpd -f -p {listen} -h /srv/www"
+    )
+}
+
 /// One HTTP/1.0 GET of `/` from `address`; the whole answer.
 fn http_get(address: SocketAddr) -> std::io::Result<String> {
     let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(5))?;
@@ -243,9 +252,7 @@ fn the_pod_ip_reaches_the_serving_container_in_the_vm_from_the_host_and_another_
         links_in(&pod_namespace)
     );
 
-    let serve = format!(
-        "mkdir -p /srv/www && echo {GREETING} > /srv/www/index.html && exec busybox httpd -f -p {PORT} -h /srv/www"
-    );
+    let serve = serve_greeting(&PORT.to_string(), "");
     let web = cluster.start(&pod, &sandbox, "web", &["sh", "-c", &serve]);
 
     // The container runs in the VM, and the VM holds the pod IP and CNI's default route.
@@ -472,9 +479,8 @@ fn port_forward_reaches_a_server_on_the_pods_loopback_in_the_vm_as_on_runc() {
     let mut cluster = cluster(network(3));
     for handler in [VEIL_HANDLER, RUNC_HANDLER] {
         let (pod, sandbox) = cluster.pod(&format!("forward-{handler}"), handler);
-        let serve = format!(
-            "mkdir -p /srv/www && echo {GREETING} > /srv/www/index.html && head -c {BIG} /dev/urandom > /srv/www/big && exec busybox httpd -f -p 127.0.0.1:{PORT} -h /srv/www"
-        );
+        let big_file = format!("head -c {BIG} /dev/urandom > /srv/www/big && ");
+        let serve = serve_greeting(&format!("127.0.0.1:{PORT}"), &big_file);
         cluster.start(&pod, &sandbox, "web", &["sh", "-c", &serve]);
 
         let deadline = Instant::now() + FIRST_ANSWER;
@@ -558,9 +564,7 @@ fn a_dual_stack_pod_answers_on_its_ipv6_address_in_the_vm() {
         .find_map(|ip| ip.ip.parse().ok())
         .unwrap_or_else(|| panic!("no IPv6 pod IP in the sandbox status: {status:?}"));
 
-    let serve = format!(
-        "mkdir -p /srv/www && echo {GREETING} > /srv/www/index.html && exec busybox httpd -f -p {PORT} -h /srv/www"
-    );
+    let serve = serve_greeting(&PORT.to_string(), "");
     let web = cluster.start(&pod, &sandbox, "web", &["sh", "-c", &serve]);
     let addresses = cluster.exec(&web, &["busybox", "ip", "-6", "addr"]);
     assert!(
