@@ -20,7 +20,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
-use tokio::sync::watch;
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 /// Connections open at once. A kubectl session opens one per client connection; the bound
 /// only stops a runaway host from exhausting the guest's descriptors.
@@ -40,8 +40,8 @@ pub enum ForwardError {
     #[error("port {0} is not a TCP port (1-65535)")]
     InvalidPort(u32),
     /// Too many connections are open.
-    #[error("{MAX_CONNECTIONS} forwarded connections are already open in the VM; close some (end idle kubectl port-forward sessions) and retry")]
-    TooMany,
+    #[error("{0} forwarded connections are already open in the VM; close some (end idle kubectl port-forward sessions) and retry")]
+    TooMany(usize),
     /// Nothing accepted the connection.
     #[error("connect to 127.0.0.1:{port} in the pod: {source}; is a container of the pod listening on port {port} (on 127.0.0.1 or 0.0.0.0)?")]
     Connect {
@@ -77,13 +77,24 @@ struct Connection {
     writer: tokio::sync::Mutex<Option<OwnedWriteHalf>>,
     /// Becomes true when the connection is closed, so a read waiting for data returns.
     closed: watch::Sender<bool>,
+    /// This connection's place under the cap, given back when the last reference goes.
+    _slot: OwnedSemaphorePermit,
 }
 
 /// The open forwarded connections of this VM.
-#[derive(Default)]
 pub struct ForwardedConnections {
     next_id: AtomicU64,
     open: Mutex<HashMap<u64, Arc<Connection>>>,
+    /// One permit per connection that may still open. Taken before the connect, so that
+    /// connects arriving together cannot pass the cap between a count and an insert.
+    slots: Arc<Semaphore>,
+    limit: usize,
+}
+
+impl Default for ForwardedConnections {
+    fn default() -> Self {
+        Self::with_limit(MAX_CONNECTIONS)
+    }
 }
 
 fn tcp_port(port: u32) -> Result<u16, ForwardError> {
@@ -94,6 +105,16 @@ fn tcp_port(port: u32) -> Result<u16, ForwardError> {
 }
 
 impl ForwardedConnections {
+    /// At most `limit` connections open at once.
+    pub fn with_limit(limit: usize) -> Self {
+        ForwardedConnections {
+            next_id: AtomicU64::new(0),
+            open: Mutex::new(HashMap::new()),
+            slots: Arc::new(Semaphore::new(limit)),
+            limit,
+        }
+    }
+
     fn table(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<Connection>>> {
         self.open
             .lock()
@@ -110,9 +131,11 @@ impl ForwardedConnections {
     /// Opens a connection to `127.0.0.1:port` and returns its id.
     pub async fn connect(&self, port: u32) -> Result<u64, ForwardError> {
         let port = tcp_port(port)?;
-        if self.table().len() >= MAX_CONNECTIONS {
-            return Err(ForwardError::TooMany);
-        }
+        let slot = self
+            .slots
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| ForwardError::TooMany(self.limit))?;
         let address = SocketAddrV4::new(Ipv4Addr::LOCALHOST, port);
         let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(address)).await
         {
@@ -136,6 +159,7 @@ impl ForwardedConnections {
             reader: tokio::sync::Mutex::new(reader),
             writer: tokio::sync::Mutex::new(Some(writer)),
             closed: watch::channel(false).0,
+            _slot: slot,
         };
         self.table().insert(id, Arc::new(connection));
         tracing::info!(id, port, "forwarded connection opened");
@@ -297,6 +321,50 @@ mod tests {
             .expect("the read returned")
             .expect("join");
         assert_eq!(read.expect("read"), Vec::<u8>::new());
+    }
+
+    #[tokio::test]
+    async fn connects_arriving_together_never_pass_the_cap() {
+        let (_listener, port) = listener().await;
+        let connections = Arc::new(ForwardedConnections::with_limit(2));
+        let attempts: Vec<_> = (0..8)
+            .map(|_| {
+                let connections = connections.clone();
+                tokio::spawn(async move { connections.connect(port).await })
+            })
+            .collect();
+        let mut opened = Vec::new();
+        for attempt in attempts {
+            match attempt.await.expect("join") {
+                Ok(id) => opened.push(id),
+                Err(error) => {
+                    assert!(matches!(error, ForwardError::TooMany(2)), "{error}");
+                    assert!(
+                        error
+                            .to_string()
+                            .starts_with("2 forwarded connections are already open"),
+                        "{error}"
+                    );
+                }
+            }
+        }
+        assert_eq!(opened.len(), 2, "only the cap's worth may open");
+        connections.close(opened[0], false).await.expect("close");
+        connections
+            .connect(port)
+            .await
+            .expect("a closed connection gives its place back");
+    }
+
+    #[tokio::test]
+    async fn a_refused_connect_gives_its_place_back() {
+        let (listener, port) = listener().await;
+        drop(listener);
+        let connections = ForwardedConnections::with_limit(1);
+        for _ in 0..3 {
+            let error = connections.connect(port).await.expect_err("refused");
+            assert!(matches!(error, ForwardError::Connect { .. }), "{error}");
+        }
     }
 
     #[tokio::test]

@@ -77,7 +77,7 @@ fn forward_code(error: &crate::port_forward::ForwardError) -> ttrpc::Code {
     use crate::port_forward::ForwardError;
     match error {
         ForwardError::InvalidPort(_) => ttrpc::Code::INVALID_ARGUMENT,
-        ForwardError::TooMany => ttrpc::Code::RESOURCE_EXHAUSTED,
+        ForwardError::TooMany(_) => ttrpc::Code::RESOURCE_EXHAUSTED,
         ForwardError::Connect { .. } => ttrpc::Code::UNAVAILABLE,
         ForwardError::UnknownConnection(_) => ttrpc::Code::NOT_FOUND,
         ForwardError::Io { .. } => ttrpc::Code::INTERNAL,
