@@ -113,54 +113,24 @@ impl Sandbox {
             egress,
             host_data,
         };
-        let pod_cgroup = match placement.cgroups_path {
-            Some(path) => Some(
-                cgroup::PodCgroup::join(path)
-                    .map_err(|e| Error::Vm(format!("place the VM in the pod's cgroup: {e}")))?,
-            ),
-            None => None,
-        };
-        let pod_network = match network::attach(placement.netns).await {
-            Ok(pod_network) => pod_network,
-            Err(error) => {
-                leave_cgroup(pod_cgroup.as_ref());
-                return Err(error);
-            }
-        };
-        let hypervisor = Qemu::new(config.hypervisor.clone(), config.agent.log_level.clone())
-            .with_pod_nics(pod_network.as_ref().map(|n| n.nics()).unwrap_or_default());
-        let vm = match hypervisor.launch(&spec).await {
-            Ok(vm) => vm,
-            Err(error) => {
-                network::release(pod_network.as_ref()).await;
-                leave_cgroup(pod_cgroup.as_ref());
-                return Err(error);
-            }
-        };
-        let connected = AgentClient::connect(
-            &spec.channel,
-            vm.as_ref(),
-            Duration::from_secs(config.hypervisor.boot_timeout_secs),
-            Duration::from_secs(config.agent.request_timeout_secs),
-        )
-        .await;
-        let connected = match (connected, &pod_network) {
-            (Ok((agent, guest)), Some(pod)) => {
-                pod.configure_guest(&agent).await.map(|()| (agent, guest))
-            }
-            (connected, _) => connected,
-        };
-        let (mut agent, guest) = match connected {
+        let mut partial = PartialStart::new(&state_dir);
+        let started = start_vm(config, &spec, placement, &mut partial).await;
+        let (mut agent, guest) = match started {
             Ok(connected) => connected,
             Err(error) => {
-                vm.kill().await;
-                network::release(pod_network.as_ref()).await;
-                leave_cgroup(pod_cgroup.as_ref());
-                let console = console_tail(&spec.console_log);
-                remove_state_dir(&state_dir);
-                return Err(Error::Vm(format!("{error}; console: {console}")));
+                partial.undo().await;
+                return Err(error);
             }
         };
+        let vm = partial
+            .vm
+            .take()
+            .expect("start_vm launches the VM before it connects to the agent");
+        let PartialStart {
+            pod_cgroup,
+            pod_network,
+            ..
+        } = partial;
         agent.set_delivery_timeout(Duration::from_secs(config.agent.delivery_timeout_secs));
         let port_forward = match &pod_network {
             Some(pod) => serve_port_forward(pod.netns(), &agent).await,
@@ -227,6 +197,79 @@ impl Sandbox {
     }
 }
 
+/// What a sandbox start has set up so far, so that a failed step can undo all of it:
+/// a failed start leaves no QEMU, no taps, no cgroup and no state behind.
+struct PartialStart {
+    state_dir: PathBuf,
+    pod_cgroup: Option<cgroup::PodCgroup>,
+    pod_network: Option<network::PodNetwork>,
+    vm: Option<Box<dyn Vm>>,
+}
+
+impl PartialStart {
+    fn new(state_dir: &Path) -> Self {
+        PartialStart {
+            state_dir: state_dir.to_path_buf(),
+            pod_cgroup: None,
+            pod_network: None,
+            vm: None,
+        }
+    }
+
+    /// Undoes the steps in reverse order.
+    async fn undo(self) {
+        if let Some(vm) = &self.vm {
+            vm.kill().await;
+        }
+        network::release(self.pod_network.as_ref()).await;
+        leave_cgroup(self.pod_cgroup.as_ref());
+        remove_state_dir(&self.state_dir);
+    }
+}
+
+/// Joins the pod's cgroup, attaches its network, launches QEMU and waits for the agent,
+/// recording each step in `partial` as it succeeds.
+async fn start_vm(
+    config: &Config,
+    spec: &VmSpec,
+    placement: HostPlacement<'_>,
+    partial: &mut PartialStart,
+) -> Result<(AgentClient, veil_protocol::PingResponse)> {
+    if let Some(path) = placement.cgroups_path {
+        partial.pod_cgroup = Some(
+            cgroup::PodCgroup::join(path)
+                .map_err(|e| Error::Vm(format!("place the VM in the pod's cgroup: {e}")))?,
+        );
+    }
+    partial.pod_network = network::attach(placement.netns).await?;
+    let hypervisor = Qemu::new(config.hypervisor.clone(), config.agent.log_level.clone())
+        .with_pod_nics(
+            partial
+                .pod_network
+                .as_ref()
+                .map(|n| n.nics())
+                .unwrap_or_default(),
+        );
+    let vm = partial.vm.insert(hypervisor.launch(spec).await?);
+    let connected = AgentClient::connect(
+        &spec.channel,
+        vm.as_ref(),
+        Duration::from_secs(config.hypervisor.boot_timeout_secs),
+        Duration::from_secs(config.agent.request_timeout_secs),
+    )
+    .await;
+    let connected = match (connected, &partial.pod_network) {
+        (Ok((agent, guest)), Some(pod)) => {
+            pod.configure_guest(&agent).await.map(|()| (agent, guest))
+        }
+        (connected, _) => connected,
+    };
+    connected.map_err(|error| {
+        let console = console_tail(&spec.console_log);
+        Error::Vm(format!("{error}; console: {console}"))
+    })
+}
+
 fn leave_cgroup(pod_cgroup: Option<&cgroup::PodCgroup>) {
     if let Some(pod_cgroup) = pod_cgroup {
         pod_cgroup.leave();
@@ -253,4 +296,61 @@ pub fn console_tail(path: &Path) -> String {
         return format!("(empty: {})", path.display());
     }
     lines.into_iter().rev().collect::<Vec<_>>().join(" | ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A configuration whose state lives in `dir`, with a kernel and initrd that exist.
+    fn config_in(dir: &Path) -> Config {
+        let mut config = Config::default();
+        config.runtime.state_dir = dir.join("state");
+        for (name, path) in [
+            ("vmlinux", &mut config.hypervisor.kernel),
+            ("initrd", &mut config.hypervisor.initrd),
+        ] {
+            *path = dir.join(name);
+            std::fs::write(&*path, b"not really").expect("write");
+        }
+        config.hypervisor.accel = veil_config::Accel::Tcg;
+        config.hypervisor.boot_timeout_secs = 30;
+        config
+    }
+
+    #[tokio::test]
+    async fn a_start_that_cannot_launch_leaves_no_state() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut config = config_in(dir.path());
+        config.hypervisor.path = dir.path().join("no-such-qemu");
+        let error = Sandbox::start(&config, "default", "pod1", None, HostPlacement::default())
+            .await
+            .err()
+            .expect("no QEMU, no sandbox");
+        assert!(error.to_string().contains("no-such-qemu"), "{error}");
+        let state_dir = state_dir_for(&config, "default", "pod1");
+        assert!(
+            !state_dir.exists(),
+            "{} was left behind",
+            state_dir.display()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_vm_that_exits_before_its_agent_answers_leaves_no_state() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut config = config_in(dir.path());
+        config.hypervisor.path = PathBuf::from("/bin/false");
+        let error = Sandbox::start(&config, "default", "pod2", None, HostPlacement::default())
+            .await
+            .err()
+            .expect("a VM that exits has no agent");
+        assert!(error.to_string().contains("console"), "{error}");
+        let state_dir = state_dir_for(&config, "default", "pod2");
+        assert!(
+            !state_dir.exists(),
+            "{} was left behind",
+            state_dir.display()
+        );
+    }
 }
