@@ -21,6 +21,8 @@ pub struct AgentOptions {
     pub log_filter: String,
     /// The VM has a user-network NIC for egress to the model store and key broker.
     pub egress: bool,
+    /// The VM runs under QEMU's TCG (emulation), not KVM.
+    pub emulated: bool,
 }
 
 impl Default for AgentOptions {
@@ -29,11 +31,13 @@ impl Default for AgentOptions {
             channel: ChannelKind::Serial,
             log_filter: "info".to_string(),
             egress: false,
+            emulated: false,
         }
     }
 }
 
-/// Parses `veil.channel=serial|vsock`, `veil.log=<filter>` and `veil.egress=user`; unknown words are left
+/// Parses `veil.channel=serial|vsock`, `veil.log=<filter>`, `veil.egress=user` and
+/// `veil.accel=tcg`; unknown words are left
 /// to the kernel and unknown values fall back to the default with a warning recorded
 /// in the returned list, because PID 1 must come up even when the command line is odd.
 pub fn parse(cmdline: &str) -> (AgentOptions, Vec<String>) {
@@ -56,6 +60,11 @@ pub fn parse(cmdline: &str) -> (AgentOptions, Vec<String>) {
             "veil.egress" => warnings.push(format!(
                 "{word} is not {}; no egress network",
                 veil_protocol::egress::CMDLINE_WORD
+            )),
+            "veil.accel" if word == veil_protocol::EMULATED_CMDLINE_WORD => options.emulated = true,
+            "veil.accel" => warnings.push(format!(
+                "{word} is not {}; treating the VM as hardware-accelerated",
+                veil_protocol::EMULATED_CMDLINE_WORD
             )),
             _ => {}
         }
@@ -80,6 +89,16 @@ mod tests {
         assert_eq!(options.channel, ChannelKind::Vsock);
         assert_eq!(options.log_filter, "debug");
         assert!(options.egress);
+    }
+
+    #[test]
+    fn reads_that_the_vm_is_emulated() {
+        let (options, warnings) = parse("quiet veil.accel=tcg");
+        assert!(options.emulated);
+        assert!(warnings.is_empty());
+        let (options, warnings) = parse("quiet veil.accel=warp");
+        assert!(!options.emulated);
+        assert!(warnings[0].contains("veil.accel=warp"), "{warnings:?}");
     }
 
     #[test]

@@ -94,6 +94,15 @@ fn boot() -> cmdline::AgentOptions {
     options
 }
 
+/// Under TCG, container helpers load at one address so that QEMU reuses their translated
+/// code; before the tokio threads start, which copy the setting.
+fn fix_helper_addresses() {
+    match veil_container::address_layout::fix_helper_addresses() {
+        Ok(()) => tracing::info!("emulated VM: container helpers load without address randomization (container programs keep it)"),
+        Err(errno) => tracing::warn!(%errno, "emulated VM: helper addresses stay randomized; container creates are slower"),
+    }
+}
+
 fn open_listener(
     options: &cmdline::AgentOptions,
 ) -> Result<veil_protocol::ttrpc::r#async::transport::Listener, AgentError> {
@@ -158,6 +167,9 @@ async fn serve(
 /// fatal error (after which PID 1 powers the VM off so the shim sees it end).
 pub fn run(runtime: Arc<dyn runtime::ContainerRuntime>) -> Result<(), AgentError> {
     let options = boot();
+    if options.emulated {
+        fix_helper_addresses();
+    }
     let tokio = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

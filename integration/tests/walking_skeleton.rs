@@ -217,6 +217,49 @@ fn exec_runs_a_second_process_in_the_same_container() {
     assert_nothing_left(&containerd);
 }
 
+/// Under TCG the agent loads its container helpers at one address (so QEMU reuses their
+/// translated code); the container's own processes must still be randomized.
+#[test]
+fn container_processes_keep_address_randomization() {
+    let containerd = containerd();
+    run_detached(
+        &containerd,
+        "aslr",
+        &[
+            "sh",
+            "-c",
+            "cat /proc/self/personality > /tmp/init; sleep 1000",
+        ],
+    );
+    let emulated = containerd.log().contains("accel=\"tcg\"");
+    let exec = containerd
+        .exec(
+            "aslr",
+            "e1",
+            &["sh", "-c", "cat /tmp/init /proc/self/personality"],
+        )
+        .expect("exec");
+    assert_eq!(
+        (exec.code, exec.stdout.as_str()),
+        (0, "00000000\n00000000\n"),
+        "the container's init and an exec'd process: personality without ADDR_NO_RANDOMIZE (0x0040000); {}",
+        exec.stderr
+    );
+    let console = containerd.console_log("aslr");
+    assert_eq!(
+        console.contains("container helpers load without address randomization"),
+        emulated,
+        "an emulated VM fixes its helpers' addresses, a KVM one does not: {console}"
+    );
+    let kill = containerd
+        .run_ctr(&["task", "kill", "-s", "SIGKILL", "aslr"], None, TASK_END)
+        .expect("kill");
+    assert_eq!(kill.code, 0);
+    assert!(eventually(TASK_END, || task_status(&containerd, "aslr") == "STOPPED"));
+    remove(&containerd, "aslr");
+    assert_nothing_left(&containerd);
+}
+
 #[test]
 fn stdin_and_terminal_work() {
     let containerd = containerd();

@@ -43,6 +43,11 @@ pub fn is_valid_volume_name(name: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
 }
 
+/// Kernel command-line word that tells the agent its VM runs under QEMU's TCG (emulation,
+/// no KVM), where translated code is cached by address (see veil-container's
+/// `address_layout`). Never set under KVM, so never in an SEV-SNP measurement.
+pub const EMULATED_CMDLINE_WORD: &str = "veil.accel=tcg";
+
 /// The guest's egress to the model store and the key broker: QEMU user networking
 /// (slirp), whose fixed addresses both sides rely on. The agent gives its NIC
 /// [`EGRESS_GUEST_ADDRESS`]; slirp answers for the node's loopback at [`EGRESS_HOST_ADDRESS`]

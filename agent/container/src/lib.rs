@@ -79,6 +79,7 @@
 //! [`cgroups::Cgroup`] given to [`ContainerBuilder::cgroup`]; see [`cgroups`] for which
 //! fields.
 
+pub mod address_layout;
 mod builder;
 mod capabilities;
 pub mod cgroups;

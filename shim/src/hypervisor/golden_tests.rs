@@ -97,7 +97,7 @@ fn base_config(machine: &str) -> HypervisorConfig {
 }
 
 fn render(config: &HypervisorConfig, accel: &AccelChoice, spec: &VmSpec) -> Vec<String> {
-    let cmdline = kernel_cmdline(config, "info", spec);
+    let cmdline = kernel_cmdline(config, "info", spec, accel);
     command_line(config, accel, spec, &cmdline)
 }
 

@@ -20,17 +20,30 @@ use crate::error::{Error, Result};
 const BASE_KERNEL_PARAMS: &str = "console=ttyS0 panic=-1 reboot=k pci=lastbus=0 i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd cryptomgr.notests net.ifnames=0";
 
 /// Builds the guest kernel command line.
-pub fn kernel_cmdline(config: &HypervisorConfig, agent_log_level: &str, spec: &VmSpec) -> String {
-    kernel_cmdline_for(config, agent_log_level, &spec.channel, spec.egress)
+pub fn kernel_cmdline(
+    config: &HypervisorConfig,
+    agent_log_level: &str,
+    spec: &VmSpec,
+    accel: &AccelChoice,
+) -> String {
+    kernel_cmdline_for(
+        config,
+        agent_log_level,
+        &spec.channel,
+        spec.egress,
+        !accel.kvm,
+    )
 }
 
-/// The guest kernel command line for a VM with this agent channel and egress: what
-/// [`kernel_cmdline`] gives its VM, and what `veil measure --config` measures.
+/// The guest kernel command line for a VM with this agent channel and egress, `emulated`
+/// under TCG: what [`kernel_cmdline`] gives its VM, and what `veil measure --config`
+/// measures (SEV-SNP runs under KVM: not emulated).
 pub fn kernel_cmdline_for(
     config: &HypervisorConfig,
     agent_log_level: &str,
     channel: &Channel,
     egress: bool,
+    emulated: bool,
 ) -> String {
     let mut words = vec![BASE_KERNEL_PARAMS.to_string()];
     if is_microvm(config) {
@@ -46,6 +59,9 @@ pub fn kernel_cmdline_for(
     words.push(format!("veil.channel={}", channel.kernel_word()));
     if egress {
         words.push(veil_protocol::egress::CMDLINE_WORD.to_string());
+    }
+    if emulated {
+        words.push(veil_protocol::EMULATED_CMDLINE_WORD.to_string());
     }
     if !config.kernel_params.trim().is_empty() {
         words.push(config.kernel_params.trim().to_string());
@@ -261,7 +277,7 @@ impl Hypervisor for Qemu {
         check_confidential_guest(&self.config)?;
         let accel = accel::choose(self.config.accel, &HostFacts::probe()).map_err(Error::Vm)?;
         let config = snp::prepare(&self.config, (accel.kvm, &accel.reason))?;
-        let cmdline = kernel_cmdline(&config, &self.agent_log_level, spec);
+        let cmdline = kernel_cmdline(&config, &self.agent_log_level, spec, &accel);
         let mut args = command_line(&config, &accel, spec, &cmdline);
         let vhost = super::net::use_vhost_net(
             &config,
@@ -392,6 +408,13 @@ mod tests {
         }
     }
 
+    fn emulated() -> AccelChoice {
+        AccelChoice {
+            kvm: false,
+            reason: "test".into(),
+        }
+    }
+
     fn config() -> HypervisorConfig {
         HypervisorConfig {
             kernel: "/k/vmlinuz".into(),
@@ -403,15 +426,12 @@ mod tests {
 
     #[test]
     fn tcg_command_line_matches_golden() {
-        let tcg = AccelChoice {
-            kvm: false,
-            reason: "test".into(),
-        };
-        let cmdline = kernel_cmdline(&config(), "info", &spec());
+        let tcg = emulated();
+        let cmdline = kernel_cmdline(&config(), "info", &spec(), &emulated());
         let args = command_line(&config(), &tcg, &spec(), &cmdline).join(" ");
         let golden = "-name veil-sb1,debug-threads=on -machine q35,accel=tcg -cpu max -smp 1 -m 512M \
 -nodefaults -no-user-config -nographic -no-reboot -kernel /k/vmlinuz -initrd /k/initramfs.img \
--append console=ttyS0 panic=-1 reboot=k pci=lastbus=0 i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd cryptomgr.notests net.ifnames=0 quiet veil.log=info veil.channel=serial \
+-append console=ttyS0 panic=-1 reboot=k pci=lastbus=0 i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd cryptomgr.notests net.ifnames=0 quiet veil.log=info veil.channel=serial veil.accel=tcg \
 -chardev file,id=console,path=/run/veil/default/sb1/console.log -serial chardev:console \
 -fsdev local,id=shared,path=/run/veil/default/sb1/shared,security_model=none,multidevs=remap \
 -device virtio-9p-pci,fsdev=shared,mount_tag=veilshare -device virtio-rng-pci \
@@ -424,15 +444,12 @@ mod tests {
 
     #[test]
     fn microvm_uses_mmio_devices_and_a_calibrated_tsc() {
-        let tcg = AccelChoice {
-            kvm: false,
-            reason: "test".into(),
-        };
+        let tcg = emulated();
         let microvm = HypervisorConfig {
             machine: "microvm,acpi=on".into(),
             ..config()
         };
-        let cmdline = kernel_cmdline(&microvm, "info", &spec());
+        let cmdline = kernel_cmdline(&microvm, "info", &spec(), &emulated());
         assert!(cmdline.contains("reboot=t tsc_early_khz="), "{cmdline}");
         let args = command_line(&microvm, &tcg, &spec(), &cmdline).join(" ");
         for device in [
@@ -444,22 +461,19 @@ mod tests {
         }
         assert!(!args.contains("-pci"), "{args}");
         assert!(args.contains("-machine microvm,acpi=on,accel=tcg"));
-        assert!(!kernel_cmdline(&config(), "info", &spec()).contains("tsc_early_khz"));
+        assert!(!kernel_cmdline(&config(), "info", &spec(), &emulated()).contains("tsc_early_khz"));
     }
 
     #[test]
     fn egress_adds_a_user_network_nic_without_option_rom_and_tells_the_agent() {
-        let tcg = AccelChoice {
-            kvm: false,
-            reason: "test".into(),
-        };
+        let tcg = emulated();
         let with_egress = VmSpec {
             egress: true,
             ..spec()
         };
-        let cmdline = kernel_cmdline(&config(), "info", &with_egress);
+        let cmdline = kernel_cmdline(&config(), "info", &with_egress, &emulated());
         assert!(
-            cmdline.ends_with("veil.channel=serial veil.egress=user"),
+            cmdline.ends_with("veil.channel=serial veil.egress=user veil.accel=tcg"),
             "{cmdline}"
         );
         let args = command_line(&config(), &tcg, &with_egress, &cmdline).join(" ");
@@ -473,13 +487,30 @@ mod tests {
             &config(),
             &tcg,
             &spec(),
-            &kernel_cmdline(&config(), "info", &spec()),
+            &kernel_cmdline(&config(), "info", &spec(), &emulated()),
         )
         .join(" ");
         assert!(
             !plain.contains("netdev") && !plain.contains("egress"),
             "{plain}"
         );
+    }
+
+    #[test]
+    fn only_an_emulated_vm_is_told_so() {
+        let kvm = AccelChoice {
+            kvm: true,
+            reason: "test".into(),
+        };
+        let words = |accel: &AccelChoice| {
+            kernel_cmdline(&config(), "info", &spec(), accel)
+                .split_whitespace()
+                .filter(|w| w.starts_with("veil.accel"))
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(words(&emulated()), ["veil.accel=tcg"]);
+        assert!(words(&kvm).is_empty());
     }
 
     #[test]
@@ -493,15 +524,12 @@ mod tests {
 
     #[test]
     fn vsock_channel_uses_vhost_vsock_and_tells_the_agent() {
-        let tcg = AccelChoice {
-            kvm: false,
-            reason: "test".into(),
-        };
+        let tcg = emulated();
         let vsock = VmSpec {
             channel: Channel::Vsock { cid: 1234 },
             ..spec()
         };
-        let cmdline = kernel_cmdline(&config(), "info", &vsock);
+        let cmdline = kernel_cmdline(&config(), "info", &vsock, &emulated());
         assert!(cmdline.contains("veil.channel=vsock"));
         let args = command_line(&config(), &tcg, &vsock, &cmdline).join(" ");
         assert!(
@@ -519,10 +547,7 @@ mod tests {
         };
         let args = command_line(&config(), &kvm, &spec(), "x");
         assert!(args.contains(&"q35,accel=kvm".to_string()) && args.contains(&"host".to_string()));
-        let tcg = AccelChoice {
-            kvm: false,
-            reason: "test".into(),
-        };
+        let tcg = emulated();
         let four = HypervisorConfig {
             vcpus: 4,
             ..config()
@@ -537,9 +562,10 @@ mod tests {
             kernel_params: "tsc_early_khz=2000000".into(),
             ..config()
         };
-        let cmdline = kernel_cmdline(&loud, "debug", &spec());
+        let cmdline = kernel_cmdline(&loud, "debug", &spec(), &emulated());
         assert!(!cmdline.contains("quiet"));
-        assert!(cmdline.ends_with("veil.log=debug veil.channel=serial tsc_early_khz=2000000"));
+        assert!(cmdline
+            .ends_with("veil.log=debug veil.channel=serial veil.accel=tcg tsc_early_khz=2000000"));
     }
 
     #[test]

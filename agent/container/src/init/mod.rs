@@ -151,6 +151,10 @@ fn report_failure(sync: BorrowedFd<'_>, failure: InitFailure) -> i32 {
 
 /// execve; returns only on failure, after reporting it.
 fn exec(sync: BorrowedFd<'_>, target: &ExecTarget) -> i32 {
+    if let Err(errno) = crate::address_layout::restore_for_program() {
+        let failure = InitFailure::from_errno("restore address-space randomization", errno);
+        return report_failure(sync, failure);
+    }
     let Err(errno) = nix::unistd::execve(&target.path, &target.args, &target.env);
     let failure = InitFailure::from_errno(format!("exec {}", target.path.to_string_lossy()), errno);
     report_failure(sync, failure);
