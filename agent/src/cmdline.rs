@@ -23,6 +23,8 @@ pub struct AgentOptions {
     pub egress: bool,
     /// The VM runs under QEMU's TCG (emulation), not KVM.
     pub emulated: bool,
+    /// The shared directory is a virtio-fs device (else virtio-9p).
+    pub virtio_fs: bool,
 }
 
 impl Default for AgentOptions {
@@ -32,12 +34,13 @@ impl Default for AgentOptions {
             log_filter: "info".to_string(),
             egress: false,
             emulated: false,
+            virtio_fs: false,
         }
     }
 }
 
-/// Parses `veil.channel=serial|vsock`, `veil.log=<filter>`, `veil.egress=user` and
-/// `veil.accel=tcg`; unknown words are left
+/// Parses `veil.channel=serial|vsock`, `veil.log=<filter>`, `veil.egress=user`,
+/// `veil.accel=tcg` and `veil.share=virtiofs`; unknown words are left
 /// to the kernel and unknown values fall back to the default with a warning recorded
 /// in the returned list, because PID 1 must come up even when the command line is odd.
 pub fn parse(cmdline: &str) -> (AgentOptions, Vec<String>) {
@@ -60,6 +63,13 @@ pub fn parse(cmdline: &str) -> (AgentOptions, Vec<String>) {
             "veil.egress" => warnings.push(format!(
                 "{word} is not {}; no egress network",
                 veil_protocol::egress::CMDLINE_WORD
+            )),
+            "veil.share" if word == veil_protocol::VIRTIOFS_CMDLINE_WORD => {
+                options.virtio_fs = true
+            }
+            "veil.share" => warnings.push(format!(
+                "{word} is not {}; mounting the shared directory as virtio-9p",
+                veil_protocol::VIRTIOFS_CMDLINE_WORD
             )),
             "veil.accel" if word == veil_protocol::EMULATED_CMDLINE_WORD => options.emulated = true,
             "veil.accel" => warnings.push(format!(
@@ -89,6 +99,16 @@ mod tests {
         assert_eq!(options.channel, ChannelKind::Vsock);
         assert_eq!(options.log_filter, "debug");
         assert!(options.egress);
+    }
+
+    #[test]
+    fn reads_the_shared_directory_transport() {
+        assert!(!parse("quiet").0.virtio_fs);
+        let (options, warnings) = parse("quiet veil.share=virtiofs");
+        assert!(options.virtio_fs && warnings.is_empty());
+        let (options, warnings) = parse("veil.share=nfs");
+        assert!(!options.virtio_fs);
+        assert!(warnings[0].contains("veil.share=nfs"), "{warnings:?}");
     }
 
     #[test]

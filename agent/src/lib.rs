@@ -87,7 +87,7 @@ fn boot() -> cmdline::AgentOptions {
             Ok(count) => tracing::info!(count, "kernel modules loaded"),
             Err(error) => tracing::error!(%error, "kernel modules not loaded"),
         }
-        if let Err(error) = pid1::mount_shared_directory() {
+        if let Err(error) = pid1::mount_shared_directory(options.virtio_fs) {
             tracing::error!(%error, "host share not mounted: containers cannot find their rootfs");
         }
     }

@@ -48,6 +48,10 @@ pub fn is_valid_volume_name(name: &str) -> bool {
 /// `address_layout`). Never set under KVM, so never in an SEV-SNP measurement.
 pub const EMULATED_CMDLINE_WORD: &str = "veil.accel=tcg";
 
+/// Kernel command-line word that tells the agent the shared directory (tag
+/// [`SHARED_FS_TAG`]) is a virtio-fs device; without it, it is virtio-9p.
+pub const VIRTIOFS_CMDLINE_WORD: &str = "veil.share=virtiofs";
+
 /// The guest's egress to the model store and the key broker: QEMU user networking
 /// (slirp), whose fixed addresses both sides rely on. The agent gives its NIC
 /// [`EGRESS_GUEST_ADDRESS`]; slirp answers for the node's loopback at [`EGRESS_HOST_ADDRESS`]

@@ -102,15 +102,25 @@ pub fn mount_early_filesystems() -> Result<(), MountError> {
     Ok(())
 }
 
-/// Mounts the host's per-sandbox share (virtio-9p, tag [`veil_protocol::SHARED_FS_TAG`])
-/// at [`veil_protocol::GUEST_SHARED_DIR`], where the shim places container rootfs.
-pub fn mount_shared_directory() -> Result<(), MountError> {
+/// Mounts the host's per-sandbox share (tag [`veil_protocol::SHARED_FS_TAG`]; virtio-fs
+/// when the shim says so, else virtio-9p) at [`veil_protocol::GUEST_SHARED_DIR`], where
+/// the shim places container rootfs.
+pub fn mount_shared_directory(virtio_fs: bool) -> Result<(), MountError> {
+    let (fstype, data) = if virtio_fs {
+        // Each rootfs bind mount on the host arrives as a submount (virtiofsd announces them).
+        ("virtiofs", None)
+    } else {
+        (
+            "9p",
+            Some("trans=virtio,version=9p2000.L,cache=mmap,msize=262144"),
+        )
+    };
     mount_one(
         veil_protocol::SHARED_FS_TAG,
         veil_protocol::GUEST_SHARED_DIR,
-        "9p",
+        fstype,
         MsFlags::MS_NODEV,
-        Some("trans=virtio,version=9p2000.L,cache=mmap,msize=262144"),
+        data,
     )
 }
 
