@@ -112,7 +112,14 @@ fn inputs_from_config(
         .with_context(|| format!("{} sets no hypervisor.firmware", path.display()))?;
     let channel = measured_channel(config.agent.channel, channel, path)?;
     // Only pods with a model delivery ask a broker for a key: they have egress.
-    let append = kernel_cmdline_for(hypervisor, &config.agent.log_level, &channel, true, false);
+    let append = kernel_cmdline_for(
+        hypervisor,
+        &config.agent.log_level,
+        &channel,
+        true,
+        &veil_shim::hypervisor::Share::Virtio9p,
+        false,
+    );
     Ok(MeasureInputs {
         firmware,
         direct_boot: Some(DirectBoot {

@@ -64,6 +64,20 @@ pub enum Accel {
     Tcg,
 }
 
+/// How the containers' files (rootfs, bind mounts) cross into the VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum SharedFs {
+    /// virtio-fs where a virtiofsd is installed (and the guest is not SEV-SNP), else virtio-9p.
+    #[default]
+    Auto,
+    /// virtio-fs: a virtiofsd per VM serves the share (fails without one).
+    VirtioFs,
+    /// virtio-9p, served by QEMU itself: needs nothing else, slower on metadata.
+    #[serde(rename = "virtio-9p")]
+    Virtio9p,
+}
+
 /// Confidential-computing technology for the guest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -97,6 +111,10 @@ pub struct HypervisorConfig {
     pub kernel_params: String,
     /// Show kernel messages on the console.
     pub debug_console: bool,
+    /// How the containers' files cross into the VM.
+    pub shared_fs: SharedFs,
+    /// The virtiofsd binary; unset: the first of veil-host's `virtiofsd::KNOWN_PATHS` that exists.
+    pub virtiofsd: Option<PathBuf>,
     /// Pod NICs use the host kernel's vhost-net data path when QEMU runs under KVM and
     /// /dev/vhost-net exists (QEMU cannot use vhost under TCG); `false` keeps QEMU's own
     /// virtio-net emulation everywhere.
@@ -137,6 +155,8 @@ impl Default for HypervisorConfig {
             vcpus: 1,
             kernel_params: String::new(),
             debug_console: false,
+            shared_fs: SharedFs::Auto,
+            virtiofsd: None,
             vhost_net: true,
             boot_timeout_secs: 90,
             confidential_guest: ConfidentialGuest::None,
@@ -352,6 +372,20 @@ mod tests {
         let parsed =
             Config::parse(DEFAULT_CONFIG_TOML, Path::new("configuration.toml")).expect("parse");
         assert_eq!(parsed, Config::default());
+    }
+
+    #[test]
+    fn each_shared_fs_value_is_spelled_as_documented() {
+        for (word, expected) in [
+            ("auto", SharedFs::Auto),
+            ("virtio-fs", SharedFs::VirtioFs),
+            ("virtio-9p", SharedFs::Virtio9p),
+        ] {
+            let text = format!("[hypervisor]\nshared_fs = \"{word}\"\nvirtiofsd = \"/opt/v\"\n");
+            let parsed = Config::parse(&text, Path::new("x")).expect(word);
+            assert_eq!(parsed.hypervisor.shared_fs, expected);
+            assert_eq!(parsed.hypervisor.virtiofsd, Some(PathBuf::from("/opt/v")));
+        }
     }
 
     #[test]

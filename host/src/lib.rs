@@ -21,6 +21,7 @@ pub mod qemu;
 pub mod sev;
 #[cfg(test)]
 mod testing;
+pub mod virtiofsd;
 
 use std::path::Path;
 
@@ -64,6 +65,7 @@ pub fn doctor(probe: &Probe<'_>) -> Report {
     findings.push(sev::check_firmware(probe.root));
     findings.push(check_vhost_vsock(probe.root));
     findings.push(check_vhost_net(probe.root));
+    findings.push(virtiofsd::check(probe.root, probe.runner));
     findings.extend(qemu::check(probe.runner, probe.qemu));
     findings.extend(ovmf::check(probe.root));
     findings.extend(containerd::check(probe.runner, probe.root));
@@ -254,6 +256,7 @@ mod tests {
                 "sev-firmware",
                 "vhost-vsock",
                 "vhost-net",
+                "virtiofsd",
                 "qemu",
                 "qemu-sev-snp",
                 "ovmf",

@@ -129,4 +129,10 @@ fn device_firmware_and_memory_verdicts_match_the_machine() {
             .is_ok_and(|output| output.status.success())
     );
     assert_ne!(status(&report, "memory"), Status::Missing);
+    assert_eq!(
+        status(&report, "virtiofsd") == Status::Ok,
+        veil_host::virtiofsd::KNOWN_PATHS
+            .iter()
+            .any(|path| Path::new(path).exists())
+    );
 }

@@ -210,10 +210,15 @@ impl Containerd {
         std::fs::write(
             &veil_config,
             format!(
-                "[hypervisor]\nkernel = \"{}\"\ninitrd = \"{}\"\nmachine = \"{}\"\nboot_timeout_secs = 180\n\n[agent]\nlog_level = \"{}\"\n\n[runtime]\nstate_dir = \"{}\"\n",
+                "[hypervisor]\nkernel = \"{}\"\ninitrd = \"{}\"\nmachine = \"{}\"\nboot_timeout_secs = 180\n{}\n[agent]\nlog_level = \"{}\"\n\n[runtime]\nstate_dir = \"{}\"\n",
                 artifacts.kernel.display(),
                 artifacts.initrd.display(),
                 artifacts.machine,
+                options
+                    .shared_fs
+                    .as_ref()
+                    .map(|fs| format!("shared_fs = \"{fs}\"\n"))
+                    .unwrap_or_default(),
                 // VEIL_TEST_AGENT_LOG=debug makes the guest console log (console_log) verbose.
                 std::env::var("VEIL_TEST_AGENT_LOG").unwrap_or_else(|_| "info".into()),
                 veil_state.display()
@@ -463,6 +468,11 @@ impl Containerd {
         processes_mentioning(self.dir.path(), "qemu-system")
     }
 
+    /// Pids of virtiofsd processes serving a VM of this instance.
+    pub fn virtiofsd_processes(&self) -> Vec<u32> {
+        processes_mentioning(self.dir.path(), "virtiofsd")
+    }
+
     /// Pids of veil shims serving this containerd.
     pub fn shim_processes(&self) -> Vec<u32> {
         processes_mentioning(&self.socket, "containerd-shim-veil-v2")
@@ -502,6 +512,8 @@ impl Containerd {
 pub struct Options {
     /// Use this guest kernel instead of the built one.
     pub kernel: Option<PathBuf>,
+    /// `hypervisor.shared_fs` ("virtio-fs", "virtio-9p"); unset: the default, auto.
+    pub shared_fs: Option<String>,
 }
 
 /// The CRI plugin section: handler `veil` (veil's annotations passed through, the

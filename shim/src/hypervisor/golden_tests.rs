@@ -15,7 +15,7 @@ use veil_protocol::ModelDelivery;
 
 use super::accel::AccelChoice;
 use super::qemu::{command_line, kernel_cmdline};
-use super::{Channel, VmSpec};
+use super::{Channel, Share, VmSpec};
 
 /// Set to regenerate the golden files instead of comparing with them.
 const UPDATE_ENV: &str = "VEIL_UPDATE_GOLDEN";
@@ -71,6 +71,13 @@ fn spec(channel: Channel, egress: bool, host_data: [u8; 32]) -> VmSpec {
         console_log: "/run/veil/default/sb1/console.log".into(),
         egress,
         host_data,
+        share: Share::Virtio9p,
+    }
+}
+
+fn virtio_fs() -> Share {
+    Share::VirtioFs {
+        daemon: "/usr/libexec/virtiofsd".into(),
     }
 }
 
@@ -130,6 +137,26 @@ fn golden_tcg_microvm() {
         "qemu-tcg-microvm",
         &render(&config, &tcg(), &spec(serial(), true, [0; 32])),
     );
+}
+
+#[test]
+fn golden_tcg_microvm_virtio_fs() {
+    let config = base_config("microvm,acpi=on");
+    let spec = VmSpec {
+        share: virtio_fs(),
+        ..spec(serial(), false, [0; 32])
+    };
+    assert_matches_golden("qemu-tcg-microvm-virtiofs", &render(&config, &tcg(), &spec));
+}
+
+#[test]
+fn golden_tcg_q35_virtio_fs() {
+    let config = base_config("q35");
+    let spec = VmSpec {
+        share: virtio_fs(),
+        ..spec(serial(), false, [0; 32])
+    };
+    assert_matches_golden("qemu-tcg-q35-virtiofs", &render(&config, &tcg(), &spec));
 }
 
 #[test]

@@ -7,6 +7,7 @@ mod golden_tests;
 pub mod net;
 pub mod qemu;
 pub mod snp;
+pub mod virtiofs;
 
 use std::path::PathBuf;
 
@@ -33,6 +34,31 @@ pub struct VmSpec {
     /// SEV-SNP `host_data`: the digest of the pod's model delivery declaration
     /// ([`snp::NO_DELIVERY_HOST_DATA`] without one); ignored by ordinary VMs.
     pub host_data: [u8; 32],
+    /// How `shared_dir` reaches the guest ([`virtiofs::choose`]).
+    pub share: Share,
+}
+
+/// The transport of the shared directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Share {
+    /// virtio-9p, served by QEMU.
+    Virtio9p,
+    /// virtio-fs, served by this virtiofsd.
+    VirtioFs {
+        /// The daemon binary.
+        daemon: PathBuf,
+    },
+}
+
+impl Share {
+    /// The kernel command-line word telling the agent how to mount the share, if it is
+    /// not the default 9p.
+    pub fn kernel_word(&self) -> Option<&'static str> {
+        match self {
+            Share::Virtio9p => None,
+            Share::VirtioFs { .. } => Some(veil_protocol::VIRTIOFS_CMDLINE_WORD),
+        }
+    }
 }
 
 /// The agent channel of one VM.
@@ -71,6 +97,23 @@ pub fn vsock_cid_for(state_dir: &std::path::Path) -> u32 {
         hash = hash.wrapping_mul(0x0100_0193);
     }
     3 + (hash & 0x7fff_ffff)
+}
+
+/// Lets `command`'s child inherit `fds` under their own numbers. They are close-on-exec
+/// in the shim, so no other child gets them.
+pub fn inherit_fds(command: &mut tokio::process::Command, fds: Vec<std::os::fd::RawFd>) {
+    // SAFETY: the closure runs in the forked child before exec and calls only fcntl,
+    // which is async-signal-safe; it allocates nothing (the Vec was built before fork).
+    unsafe {
+        command.pre_exec(move || {
+            for fd in &fds {
+                if libc::fcntl(*fd, libc::F_SETFD, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
 }
 
 /// A started VM.

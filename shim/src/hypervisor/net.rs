@@ -66,19 +66,7 @@ pub fn inherit_taps(command: &mut tokio::process::Command, nics: &[PodNic]) {
     if nics.is_empty() {
         return;
     }
-    let fds: Vec<RawFd> = nics.iter().map(PodNic::fd).collect();
-    // SAFETY: the closure runs in the forked child before exec and calls only fcntl,
-    // which is async-signal-safe; it allocates nothing (the Vec was built before fork).
-    unsafe {
-        command.pre_exec(move || {
-            for fd in &fds {
-                if libc::fcntl(*fd, libc::F_SETFD, 0) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            Ok(())
-        });
-    }
+    super::inherit_fds(command, nics.iter().map(PodNic::fd).collect());
 }
 
 #[cfg(test)]

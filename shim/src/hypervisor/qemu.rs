@@ -11,7 +11,8 @@ use tokio::sync::watch;
 use veil_config::{ConfidentialGuest, HypervisorConfig};
 
 use super::accel::{self, AccelChoice, HostFacts};
-use super::{snp, Channel, Hypervisor, Vm, VmSpec};
+use super::virtiofs::{self, Virtiofsd};
+use super::{snp, Channel, Hypervisor, Share, Vm, VmSpec};
 use crate::error::{Error, Result};
 
 /// Kernel command-line words for every veil guest. `panic=-1` with `-no-reboot` turns a
@@ -31,18 +32,20 @@ pub fn kernel_cmdline(
         agent_log_level,
         &spec.channel,
         spec.egress,
+        &spec.share,
         !accel.kvm,
     )
 }
 
-/// The guest kernel command line for a VM with this agent channel and egress, `emulated`
-/// under TCG: what [`kernel_cmdline`] gives its VM, and what `veil measure --config`
-/// measures (SEV-SNP runs under KVM: not emulated).
+/// The guest kernel command line for a VM with this agent channel, egress and share,
+/// `emulated` under TCG: what [`kernel_cmdline`] gives its VM, and what `veil measure
+/// --config` measures (SEV-SNP runs under KVM, not emulated, and on virtio-9p).
 pub fn kernel_cmdline_for(
     config: &HypervisorConfig,
     agent_log_level: &str,
     channel: &Channel,
     egress: bool,
+    share: &Share,
     emulated: bool,
 ) -> String {
     let mut words = vec![BASE_KERNEL_PARAMS.to_string()];
@@ -59,6 +62,9 @@ pub fn kernel_cmdline_for(
     words.push(format!("veil.channel={}", channel.kernel_word()));
     if egress {
         words.push(veil_protocol::egress::CMDLINE_WORD.to_string());
+    }
+    if let Some(word) = share.kernel_word() {
+        words.push(word.to_string());
     }
     if emulated {
         words.push(veil_protocol::EMULATED_CMDLINE_WORD.to_string());
@@ -113,10 +119,14 @@ pub fn command_line(
         format!("veil-{},debug-threads=on", spec.id),
         "-machine".into(),
         format!(
-            "{},accel={}{}",
+            "{},accel={}{}{}",
             config.machine,
             if accel.kvm { "kvm" } else { "tcg" },
-            snp::machine_options(config)
+            snp::machine_options(config),
+            match spec.share {
+                Share::Virtio9p => String::new(),
+                Share::VirtioFs { .. } => virtiofs::machine_option(),
+            }
         ),
         "-cpu".into(),
         snp::vcpu_model(config)
@@ -143,17 +153,14 @@ pub fn command_line(
         format!("file,id=console,path={}", path(&spec.console_log)),
         "-serial".into(),
         "chardev:console".into(),
-        "-fsdev".into(),
-        format!(
-            "local,id=shared,path={},security_model=none,multidevs=remap",
-            path(&spec.shared_dir)
-        ),
-        "-device".into(),
-        format!(
-            "{},fsdev=shared,mount_tag={}",
-            virtio(config, "virtio-9p"),
-            veil_protocol::SHARED_FS_TAG
-        ),
+    ]);
+    args.extend(match spec.share {
+        Share::Virtio9p => nine_p_devices(config, &spec.shared_dir),
+        Share::VirtioFs { .. } => {
+            virtiofs::qemu_devices(config, &spec.state_dir, |name| virtio(config, name))
+        }
+    });
+    args.extend([
         "-device".into(),
         virtio(config, "virtio-rng"),
         "-pidfile".into(),
@@ -167,6 +174,24 @@ pub fn command_line(
         args.extend(["-accel".into(), "tcg,thread=multi".into()]);
     }
     args
+}
+
+/// virtio-9p: QEMU serves `shared_dir` itself. `multidevs=remap` keeps inode numbers of
+/// the bind-mounted rootfs apart from the directory's own.
+fn nine_p_devices(config: &HypervisorConfig, shared_dir: &Path) -> Vec<String> {
+    vec![
+        "-fsdev".into(),
+        format!(
+            "local,id=shared,path={},security_model=none,multidevs=remap",
+            shared_dir.display()
+        ),
+        "-device".into(),
+        format!(
+            "{},fsdev=shared,mount_tag={}",
+            virtio(config, "virtio-9p"),
+            veil_protocol::SHARED_FS_TAG
+        ),
+    ]
 }
 
 /// QEMU user networking (slirp): outbound connections only, made by QEMU on the host
@@ -288,6 +313,12 @@ impl Hypervisor for Qemu {
             tracing::info!("pod NICs use vhost-net");
         }
         args.extend(super::net::pod_nic_devices(&config, &self.pod_nics, vhost));
+        let virtiofsd = match &spec.share {
+            Share::Virtio9p => None,
+            Share::VirtioFs { daemon } => {
+                Some(Virtiofsd::start(daemon, &spec.state_dir, &spec.shared_dir).await?)
+            }
+        };
         let stderr_log = spec.state_dir.join("qemu.log");
         let stderr = std::fs::File::create(&stderr_log)
             .map_err(Error::io(format!("create {}", stderr_log.display())))?;
@@ -310,7 +341,9 @@ impl Hypervisor for Qemu {
             "{}", crate::stages::VM_SPAWNED
         );
         tracing::debug!(args = ?args, "qemu command line");
-        Ok(Box::new(QemuVm::watch(child, pid, accel, stderr_log)))
+        Ok(Box::new(QemuVm::watch(
+            child, pid, accel, stderr_log, virtiofsd,
+        )))
     }
 }
 
@@ -328,6 +361,7 @@ impl QemuVm {
         pid: u32,
         accel: AccelChoice,
         stderr_log: PathBuf,
+        virtiofsd: Option<Virtiofsd>,
     ) -> Self {
         let (sender, exited) = watch::channel(None);
         let kill = Arc::new(tokio::sync::Notify::new());
@@ -340,7 +374,14 @@ impl QemuVm {
                     child.wait().await
                 }
             };
-            let stderr = std::fs::read_to_string(&stderr_log).unwrap_or_default();
+            let mut stderr = std::fs::read_to_string(&stderr_log).unwrap_or_default();
+            if let Some(virtiofsd) = virtiofsd {
+                let said = virtiofsd.said();
+                if !said.is_empty() && status.as_ref().map_or(true, |s| !s.success()) {
+                    stderr.push_str(&format!("; virtiofsd: {said}"));
+                }
+                virtiofsd.stop().await;
+            }
             let description = match status {
                 Ok(status) if stderr.trim().is_empty() => format!("QEMU exited ({status})"),
                 Ok(status) => format!("QEMU exited ({status}): {}", stderr.trim()),
@@ -404,6 +445,7 @@ mod tests {
             },
             console_log: "/run/veil/default/sb1/console.log".into(),
             egress: false,
+            share: Share::Virtio9p,
             host_data: [0; 32],
         }
     }

@@ -15,7 +15,7 @@ use veil_config::{AgentChannel, Config};
 
 use crate::agent::AgentClient;
 use crate::error::{Error, Result};
-use crate::hypervisor::{qemu::Qemu, vsock_cid_for, Channel, Hypervisor, Vm, VmSpec};
+use crate::hypervisor::{qemu::Qemu, virtiofs, vsock_cid_for, Channel, Hypervisor, Vm, VmSpec};
 
 /// How long a guest gets to power off by itself before QEMU is killed.
 const POWER_OFF_GRACE: Duration = Duration::from_secs(5);
@@ -98,6 +98,7 @@ impl Sandbox {
     ) -> Result<Sandbox> {
         let egress = delivery.is_some();
         let host_data = self::delivery::host_data(delivery)?;
+        let share = virtiofs::choose(&config.hypervisor)?;
         let state_dir = state_dir_for(config, namespace, id);
         // A previous shim of this id may have crashed: start from a clean directory.
         remove_state_dir(&state_dir);
@@ -112,6 +113,7 @@ impl Sandbox {
             console_log: state_dir.join("console.log"),
             egress,
             host_data,
+            share,
         };
         let mut partial = PartialStart::new(&state_dir);
         let started = start_vm(config, &spec, placement, &mut partial).await;
