@@ -31,9 +31,8 @@ impl PodStart {
 }
 
 /// Starts `runs` pods of each runtime (runc, veil, runc, ...), each removed before the next.
-pub fn measure(runs: usize) -> Result<Vec<PodStart>> {
-    let containerd =
-        Containerd::start_cri(&Options::default()).context("start containerd with CRI")?;
+pub fn measure(runs: usize, options: &Options) -> Result<Vec<PodStart>> {
+    let containerd = Containerd::start_cri(options).context("start containerd with CRI")?;
     cri::import_images(&containerd).context("import the pause and busybox images")?;
     let mut client = CriClient::connect(&containerd.socket)?;
     let mut starts = Vec::with_capacity(runs * 2);

@@ -19,7 +19,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::{Parser, ValueEnum};
 use veil_benches::machine_facts;
-use veil_integration::Containerd;
+use veil_integration::{Containerd, Options};
 
 /// A part of the benchmark.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -67,6 +67,10 @@ struct Args {
     /// guest tmpfs, which holds at most half of it: 256 MiB needs `--memory-mib 1024`.
     #[arg(long)]
     memory_mib: Option<u32>,
+    /// `hypervisor.shared_fs` of every VM ("virtio-fs", "virtio-9p"; default: veil's
+    /// default, auto), to compare the two.
+    #[arg(long)]
+    shared_fs: Option<String>,
     /// Stem of the results files: benches/results/<NAME>.{md,json}.
     #[arg(long, default_value = "cold-start")]
     name: String,
@@ -115,15 +119,25 @@ fn main() -> Result<()> {
     let timeout = Duration::from_secs(args.timeout_secs);
     let facts_before = machine_facts();
     eprintln!("machine before: load {}", facts_before["loadavg"]);
-    let containerd = Containerd::start()?;
+    let options = Options {
+        shared_fs: args.shared_fs.clone(),
+        ..Options::default()
+    };
+    let containerd = Containerd::start_with(&options)?;
     containerd.import_busybox()?;
     if let Some(memory_mib) = args.memory_mib {
         set_memory_mib(&containerd.veil_config, memory_mib)?;
     }
-    let memory_mib = veil_config::Config::load(&containerd.veil_config)
+    let hypervisor = veil_config::Config::load(&containerd.veil_config)
         .context("read the harness's veil configuration")?
-        .hypervisor
-        .memory_mib;
+        .hypervisor;
+    let memory_mib = hypervisor.memory_mib;
+    let share = match veil_shim::hypervisor::virtiofs::choose(&hypervisor)? {
+        veil_shim::hypervisor::Share::Virtio9p => "virtio-9p".to_string(),
+        veil_shim::hypervisor::Share::VirtioFs { daemon } => {
+            format!("virtio-fs ({})", daemon.display())
+        }
+    };
     let mut markdown = String::new();
     let mut json = serde_json::Map::new();
 
@@ -144,7 +158,7 @@ fn main() -> Result<()> {
         json.insert("memory".into(), memory::json(&pods, memory_mib));
     }
     if args.wants(Part::Cri) {
-        let starts = cri::measure(args.runs)?;
+        let starts = cri::measure(args.runs, &options)?;
         markdown.push_str(&cri::markdown(&starts));
         json.insert("cri".into(), cri::json(&starts));
     }
@@ -168,7 +182,8 @@ fn main() -> Result<()> {
          large model padded {} MiB (default 64; the issue asks 256 MiB: pass `--model-mib 256 \
          --memory-mib 1024`, as the guest tmpfs of the default 512 MiB VM cannot hold it; about \
          40 s per delivery under TCG).\n\n\
-         Acceleration: {}. Guest kernel `{}`, initramfs `{}`, QEMU machine `{}`.\n\n\
+         Acceleration: {}. Guest kernel `{}`, initramfs `{}`, QEMU machine `{}`, containers' \
+         files over {}.\n\n\
          Conditions: {}\n\n\
          Machine before: `{facts_before}`\n\n\
          Machine after (load average shows what else ran): `{facts_after}`\n\n",
@@ -179,6 +194,7 @@ fn main() -> Result<()> {
         containerd.artifacts.kernel.display(),
         containerd.artifacts.initrd.display(),
         containerd.artifacts.machine,
+        share,
         args.note.as_deref().unwrap_or(
             "not described (pass --note); the load averages below are the only record of what \
              else ran"
@@ -188,6 +204,7 @@ fn main() -> Result<()> {
     json.insert("benchmark".into(), "veil-end-to-end".into());
     json.insert("runs".into(), args.runs.into());
     json.insert("acceleration".into(), acceleration(&facts_before).into());
+    json.insert("shared_fs".into(), share.clone().into());
     json.insert(
         "qemu_machine".into(),
         containerd.artifacts.machine.clone().into(),
