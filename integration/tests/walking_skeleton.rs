@@ -62,6 +62,19 @@ fn remove(containerd: &Containerd, id: &str) {
     assert_eq!(rm.code, 0, "container rm {id}: {}", rm.stderr);
 }
 
+/// SIGKILLs a detached container's task, waits for it to stop, and removes it.
+fn kill_and_remove(containerd: &Containerd, id: &str) {
+    let kill = containerd
+        .run_ctr(&["task", "kill", "-s", "SIGKILL", id], None, TASK_END)
+        .expect("kill");
+    assert_eq!(kill.code, 0, "kill {id}: {}", kill.stderr);
+    assert!(
+        eventually(TASK_END, || task_status(containerd, id) == "STOPPED"),
+        "{id} did not stop"
+    );
+    remove(containerd, id);
+}
+
 fn assert_nothing_left(containerd: &Containerd) {
     assert!(
         eventually(Duration::from_secs(20), || containerd
@@ -210,12 +223,7 @@ fn exec_runs_a_second_process_in_the_same_container() {
         "{}",
         exec.stderr
     );
-    let kill = containerd
-        .run_ctr(&["task", "kill", "-s", "SIGKILL", "execd"], None, TASK_END)
-        .expect("kill");
-    assert_eq!(kill.code, 0);
-    assert!(eventually(TASK_END, || task_status(&containerd, "execd") == "STOPPED"));
-    remove(&containerd, "execd");
+    kill_and_remove(&containerd, "execd");
     assert_nothing_left(&containerd);
 }
 
@@ -253,12 +261,7 @@ fn container_processes_keep_address_randomization() {
         emulated,
         "an emulated VM fixes its helpers' addresses, a KVM one does not: {console}"
     );
-    let kill = containerd
-        .run_ctr(&["task", "kill", "-s", "SIGKILL", "aslr"], None, TASK_END)
-        .expect("kill");
-    assert_eq!(kill.code, 0);
-    assert!(eventually(TASK_END, || task_status(&containerd, "aslr") == "STOPPED"));
-    remove(&containerd, "aslr");
+    kill_and_remove(&containerd, "aslr");
     assert_nothing_left(&containerd);
 }
 
@@ -311,11 +314,7 @@ fn two_containers_run_in_two_vms_at_once() {
     let (a, b) = (boot("vm-a"), boot("vm-b"));
     assert!(!a.trim().is_empty() && a != b, "boot ids {a:?} {b:?}");
     for id in ["vm-a", "vm-b"] {
-        containerd
-            .run_ctr(&["task", "kill", "-s", "SIGKILL", id], None, TASK_END)
-            .expect("kill");
-        assert!(eventually(TASK_END, || task_status(&containerd, id) == "STOPPED"));
-        remove(&containerd, id);
+        kill_and_remove(&containerd, id);
     }
     assert_nothing_left(&containerd);
 }

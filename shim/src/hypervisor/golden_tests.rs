@@ -140,23 +140,17 @@ fn golden_tcg_microvm() {
 }
 
 #[test]
-fn golden_tcg_microvm_virtio_fs() {
-    let config = base_config("microvm,acpi=on");
-    let spec = VmSpec {
-        share: virtio_fs(),
-        ..spec(serial(), false, [0; 32])
-    };
-    assert_matches_golden("qemu-tcg-microvm-virtiofs", &render(&config, &tcg(), &spec));
-}
-
-#[test]
-fn golden_tcg_q35_virtio_fs() {
-    let config = base_config("q35");
-    let spec = VmSpec {
-        share: virtio_fs(),
-        ..spec(serial(), false, [0; 32])
-    };
-    assert_matches_golden("qemu-tcg-q35-virtiofs", &render(&config, &tcg(), &spec));
+fn golden_tcg_virtio_fs_on_microvm_and_q35() {
+    for (machine, name) in [
+        ("microvm,acpi=on", "qemu-tcg-microvm-virtiofs"),
+        ("q35", "qemu-tcg-q35-virtiofs"),
+    ] {
+        let spec = VmSpec {
+            share: virtio_fs(),
+            ..spec(serial(), false, [0; 32])
+        };
+        assert_matches_golden(name, &render(&base_config(machine), &tcg(), &spec));
+    }
 }
 
 #[test]

@@ -320,17 +320,18 @@ mod tests {
         config
     }
 
-    #[tokio::test]
-    async fn a_start_that_cannot_launch_leaves_no_state() {
+    /// Starts sandbox `id` with QEMU at `qemu`, expects it to fail with an error
+    /// containing `named`, and checks that nothing of it is left in the state directory.
+    async fn failed_start_leaves_no_state(qemu: PathBuf, id: &str, named: &str) {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut config = config_in(dir.path());
-        config.hypervisor.path = dir.path().join("no-such-qemu");
-        let error = Sandbox::start(&config, "default", "pod1", None, HostPlacement::default())
+        config.hypervisor.path = qemu;
+        let error = Sandbox::start(&config, "default", id, None, HostPlacement::default())
             .await
             .err()
-            .expect("no QEMU, no sandbox");
-        assert!(error.to_string().contains("no-such-qemu"), "{error}");
-        let state_dir = state_dir_for(&config, "default", "pod1");
+            .expect("the start fails");
+        assert!(error.to_string().contains(named), "{error}");
+        let state_dir = state_dir_for(&config, "default", id);
         assert!(
             !state_dir.exists(),
             "{} was left behind",
@@ -339,20 +340,12 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_start_that_cannot_launch_leaves_no_state() {
+        failed_start_leaves_no_state("/no/such-qemu".into(), "pod1", "/no/such-qemu").await;
+    }
+
+    #[tokio::test]
     async fn a_vm_that_exits_before_its_agent_answers_leaves_no_state() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut config = config_in(dir.path());
-        config.hypervisor.path = PathBuf::from("/bin/false");
-        let error = Sandbox::start(&config, "default", "pod2", None, HostPlacement::default())
-            .await
-            .err()
-            .expect("a VM that exits has no agent");
-        assert!(error.to_string().contains("console"), "{error}");
-        let state_dir = state_dir_for(&config, "default", "pod2");
-        assert!(
-            !state_dir.exists(),
-            "{} was left behind",
-            state_dir.display()
-        );
+        failed_start_leaves_no_state("/bin/false".into(), "pod2", "console").await;
     }
 }
