@@ -24,7 +24,8 @@ use std::process::Stdio;
 
 use tokio::process::{Child, Command};
 use veil_config::{ConfidentialGuest, HypervisorConfig, SharedFs};
-use veil_host::virtiofsd::KNOWN_PATHS;
+use veil_host::command::first_line;
+use veil_host::virtiofsd::{self as installed, KNOWN_PATHS};
 
 use super::Share;
 use crate::error::{Error, Result};
@@ -37,32 +38,34 @@ pub const MEMORY_BACKEND_ID: &str = "veil-mem";
 
 /// Which transport `config` gives a new VM, and the daemon for virtio-fs.
 pub fn choose(config: &HypervisorConfig) -> Result<Share> {
-    choose_with(config, Path::exists)
+    choose_below(config, Path::new("/"))
 }
 
-fn choose_with(config: &HypervisorConfig, exists: impl Fn(&Path) -> bool) -> Result<Share> {
+/// [`choose`] for the host whose `/` is `root` (a fake tree in tests).
+fn choose_below(config: &HypervisorConfig, root: &Path) -> Result<Share> {
     let snp = config.confidential_guest == ConfidentialGuest::Snp;
     match config.shared_fs {
         SharedFs::Virtio9p => Ok(Share::Virtio9p),
         SharedFs::Auto if snp => Ok(Share::Virtio9p),
-        SharedFs::Auto => Ok(find_daemon(config, &exists)
+        SharedFs::Auto => Ok(find_daemon(config, root)
             .map_or(Share::Virtio9p, |daemon| Share::VirtioFs { daemon })),
         SharedFs::VirtioFs if snp => Err(Error::Vm(
             "hypervisor.shared_fs = \"virtio-fs\" cannot serve an SEV-SNP guest (its memory is private to it); use shared_fs = \"virtio-9p\" or \"auto\"".into(),
         )),
-        SharedFs::VirtioFs => find_daemon(config, &exists)
+        SharedFs::VirtioFs => find_daemon(config, root)
             .map(|daemon| Share::VirtioFs { daemon })
             .ok_or_else(|| Error::Vm(missing_daemon(config))),
     }
 }
 
-fn find_daemon(config: &HypervisorConfig, exists: &impl Fn(&Path) -> bool) -> Option<PathBuf> {
+/// The configured daemon if it exists, else the one `veil doctor` finds.
+fn find_daemon(config: &HypervisorConfig, root: &Path) -> Option<PathBuf> {
     match &config.virtiofsd {
-        Some(path) => exists(path).then(|| path.clone()),
-        None => KNOWN_PATHS
-            .iter()
-            .map(PathBuf::from)
-            .find(|path| exists(path)),
+        Some(path) => root
+            .join(path.strip_prefix("/").unwrap_or(path))
+            .exists()
+            .then(|| path.clone()),
+        None => installed::find(root).map(PathBuf::from),
     }
 }
 
@@ -221,11 +224,7 @@ async fn version_of(daemon: &Path) -> Result<String> {
     } else {
         output.stdout
     };
-    Ok(String::from_utf8_lossy(&text)
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .to_string())
+    Ok(first_line(&String::from_utf8_lossy(&text)))
 }
 
 #[cfg(test)]
@@ -239,27 +238,38 @@ mod tests {
         }
     }
 
-    fn only(path: &'static str) -> impl Fn(&Path) -> bool {
-        move |p: &Path| p == Path::new(path)
+    /// A fake `/` holding these files.
+    fn tree(paths: &[&str]) -> tempfile::TempDir {
+        let root = tempfile::tempdir().expect("tempdir");
+        for path in paths {
+            let file = root.path().join(path.trim_start_matches('/'));
+            std::fs::create_dir_all(file.parent().expect("parent")).expect("mkdir");
+            std::fs::write(file, "").expect("write");
+        }
+        root
+    }
+
+    fn all_daemons() -> tempfile::TempDir {
+        tree(&KNOWN_PATHS)
     }
 
     #[test]
     fn auto_takes_the_first_installed_daemon_and_falls_back_to_9p() {
         let legacy = "/usr/lib/qemu/virtiofsd";
         assert_eq!(
-            choose_with(&config(SharedFs::Auto), only(legacy)).expect("auto"),
+            choose_below(&config(SharedFs::Auto), tree(&[legacy]).path()).expect("auto"),
             Share::VirtioFs {
                 daemon: legacy.into()
             }
         );
         assert_eq!(
-            choose_with(&config(SharedFs::Auto), |_| true).expect("auto"),
+            choose_below(&config(SharedFs::Auto), all_daemons().path()).expect("auto"),
             Share::VirtioFs {
                 daemon: "/usr/libexec/virtiofsd".into()
             }
         );
         assert_eq!(
-            choose_with(&config(SharedFs::Auto), |_| false).expect("auto"),
+            choose_below(&config(SharedFs::Auto), tree(&[]).path()).expect("auto"),
             Share::Virtio9p
         );
     }
@@ -271,16 +281,18 @@ mod tests {
             ..config(shared_fs)
         };
         assert_eq!(
-            choose_with(&snp(SharedFs::Auto), |_| true).expect("auto"),
+            choose_below(&snp(SharedFs::Auto), all_daemons().path()).expect("auto"),
             Share::Virtio9p
         );
-        let error = choose_with(&snp(SharedFs::VirtioFs), |_| true).expect_err("refused");
+        let error =
+            choose_below(&snp(SharedFs::VirtioFs), all_daemons().path()).expect_err("refused");
         assert!(error.to_string().contains("SEV-SNP"), "{error}");
     }
 
     #[test]
     fn virtio_fs_without_a_daemon_says_where_it_looked_and_what_to_do() {
-        let error = choose_with(&config(SharedFs::VirtioFs), |_| false).expect_err("missing");
+        let error =
+            choose_below(&config(SharedFs::VirtioFs), tree(&[]).path()).expect_err("missing");
         let text = error.to_string();
         assert!(text.contains("/usr/lib/qemu/virtiofsd"), "{text}");
         assert!(text.contains("install the virtiofsd package"), "{text}");
@@ -288,12 +300,12 @@ mod tests {
             virtiofsd: Some("/opt/vfsd".into()),
             ..config(SharedFs::VirtioFs)
         };
-        let text = choose_with(&named, |_| false)
+        let text = choose_below(&named, tree(&[]).path())
             .expect_err("missing")
             .to_string();
         assert!(text.contains("no virtiofsd at /opt/vfsd;"), "{text}");
         assert_eq!(
-            choose_with(&named, only("/opt/vfsd")).expect("named"),
+            choose_below(&named, tree(&["/opt/vfsd"]).path()).expect("named"),
             Share::VirtioFs {
                 daemon: "/opt/vfsd".into()
             }
@@ -303,7 +315,7 @@ mod tests {
     #[test]
     fn nine_p_is_chosen_when_asked_even_with_a_daemon() {
         assert_eq!(
-            choose_with(&config(SharedFs::Virtio9p), |_| true).expect("9p"),
+            choose_below(&config(SharedFs::Virtio9p), all_daemons().path()).expect("9p"),
             Share::Virtio9p
         );
     }
