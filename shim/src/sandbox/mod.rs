@@ -190,11 +190,12 @@ impl Sandbox {
         if let Some(port_forward) = &self.port_forward {
             port_forward.stop().await;
         }
-        if let Some(pod_network) = &self.pod_network {
-            pod_network.detach().await;
-        }
-        leave_cgroup(self.pod_cgroup.as_ref());
-        remove_state_dir(&self.state_dir);
+        release_host_side(
+            self.pod_network.as_ref(),
+            self.pod_cgroup.as_ref(),
+            &self.state_dir,
+        )
+        .await;
         tracing::info!(sandbox = %self.id, "sandbox.stopped");
     }
 }
@@ -223,9 +224,12 @@ impl PartialStart {
         if let Some(vm) = &self.vm {
             vm.kill().await;
         }
-        network::release(self.pod_network.as_ref()).await;
-        leave_cgroup(self.pod_cgroup.as_ref());
-        remove_state_dir(&self.state_dir);
+        release_host_side(
+            self.pod_network.as_ref(),
+            self.pod_cgroup.as_ref(),
+            &self.state_dir,
+        )
+        .await;
     }
 }
 
@@ -272,10 +276,18 @@ async fn start_vm(
     })
 }
 
-fn leave_cgroup(pod_cgroup: Option<&cgroup::PodCgroup>) {
+/// What a stopped VM (or a failed start) leaves to undo on the host, in reverse order of
+/// setting it up: the pod's taps and filters, the pod cgroup, the state directory.
+async fn release_host_side(
+    pod_network: Option<&network::PodNetwork>,
+    pod_cgroup: Option<&cgroup::PodCgroup>,
+    state_dir: &Path,
+) {
+    network::release(pod_network).await;
     if let Some(pod_cgroup) = pod_cgroup {
         pod_cgroup.leave();
     }
+    remove_state_dir(state_dir);
 }
 
 /// Starts port forwarding into the VM for a pod with a network namespace. Without it the pod
