@@ -9,7 +9,8 @@ APT_PACKAGES=(
   busybox-static             # test and demo container image contents
   cpio xz-utils zstd kmod    # guest image build (initramfs, kernel and module handling)
   make gcc libc6-dev flex bison bc libelf-dev libssl-dev  # the minimal guest kernel build
-  util-linux                 # script(1) for terminal tests, mount/umount
+  util-linux                 # script(1) for terminal tests, mount/umount, unshare/nsenter
+  systemd dbus               # a real systemd (in namespaces) for the systemd cgroup driver test
   iproute2 socat             # test helpers
   openssl gnupg time         # seal throughput comparisons (GNU time for CPU seconds)
   ovmf                       # SNP launch-digest tests (veil measure vs sev-snp-measure)

@@ -15,6 +15,7 @@ pub mod cri;
 pub mod oci;
 pub mod owner;
 pub mod streaming;
+pub mod systemd;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -247,7 +248,15 @@ impl Containerd {
             bin.display(),
             std::env::var("PATH").unwrap_or_default()
         );
-        let child = Command::new("containerd")
+        let mut command = match options.launcher.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg("containerd");
+                command
+            }
+            None => Command::new("containerd"),
+        };
+        let child = command
             .arg("--config")
             .arg(&config)
             .env("PATH", path)
@@ -514,6 +523,9 @@ pub struct Options {
     pub kernel: Option<PathBuf>,
     /// `hypervisor.shared_fs` ("virtio-fs", "virtio-9p"); unset: the default, auto.
     pub shared_fs: Option<String>,
+    /// A command prefix containerd runs under, such as [`systemd::SystemdManager::launcher`]
+    /// (empty: containerd runs directly).
+    pub launcher: Vec<String>,
 }
 
 /// The CRI plugin section: handler `veil` (veil's annotations passed through, the

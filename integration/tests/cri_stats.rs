@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use k8s_cri::v1::{ContainerConfig, ContainerState, PodSandboxConfig};
 use veil_integration::cri::{self, CriClient, VEIL_HANDLER};
+use veil_integration::systemd::SystemdManager;
 use veil_integration::{eventually, Containerd, Options};
 
 const EXEC: Duration = Duration::from_secs(60);
@@ -23,8 +24,11 @@ struct Cluster {
 
 impl Cluster {
     fn launch() -> Cluster {
-        let containerd =
-            Containerd::start_cri(&Options::default()).expect("start containerd with CRI");
+        Cluster::launch_with(&Options::default())
+    }
+
+    fn launch_with(options: &Options) -> Cluster {
+        let containerd = Containerd::start_cri(options).expect("start containerd with CRI");
         cri::import_images(&containerd).expect("import the images into k8s.io");
         let cri = CriClient::connect(&containerd.socket)
             .unwrap_or_else(|e| panic!("CRI client: {e:#}\n{}", containerd.log()));
@@ -364,5 +368,71 @@ fn the_vm_runs_in_the_pods_cgroup_on_the_host() {
         "the pod's cgroup {} outlived the pod",
         cgroup.display()
     );
-    let _ = std::fs::remove_dir(&parent_dir);
+    // The parent is kubelet's to remove; the shim created it in every hierarchy.
+    let root = std::path::Path::new("/sys/fs/cgroup");
+    let mounts = std::fs::read_dir(root).into_iter().flatten().flatten();
+    for mount in mounts.map(|m| m.path()).chain([root.to_path_buf()]) {
+        let _ = std::fs::remove_dir(mount.join(parent.trim_start_matches('/')));
+    }
+    assert!(
+        !parent_dir.exists(),
+        "could not remove {}",
+        parent_dir.display()
+    );
+}
+
+/// With kubelet's and containerd's systemd cgroup driver, a cgroup parent is a slice and the
+/// sandbox's cgroupsPath is `slice:cri-containerd:<id>`. On a node that systemd runs, the
+/// shim asks systemd for that scope, as runc does: systemd then knows the VM's processes as
+/// the unit `cri-containerd-<id>.scope` in the pod's slice, and the unit goes with the pod.
+/// Run against the real systemd and D-Bus, booted in namespaces of their own
+/// ([`SystemdManager`]), with containerd beside them.
+#[test]
+fn with_the_systemd_driver_the_vm_runs_in_a_systemd_scope() {
+    let systemd = SystemdManager::boot().expect("boot systemd");
+    let mut cluster = Cluster::launch_with(&Options {
+        launcher: systemd.launcher(),
+        ..Options::default()
+    });
+    let slice = format!("kubepods-besteffort-pod{}.slice", std::process::id());
+    let dir = cluster.containerd.dir().join("pods/scoped");
+    std::fs::create_dir_all(&dir).expect("create the pod dir");
+    let mut sandbox = cri::host_network_pod("scoped", &dir, HashMap::new());
+    if let Some(linux) = sandbox.linux.as_mut() {
+        linux.cgroup_parent = slice.clone();
+    }
+    let pod = cluster
+        .cri
+        .run_pod_sandbox(&sandbox, VEIL_HANDLER)
+        .unwrap_or_else(|e| panic!("RunPodSandbox: {e:#}\n{}", cluster.containerd.log()));
+    let unit = format!("cri-containerd-{pod}.scope");
+    let show = |property: &str| {
+        systemd
+            .systemctl(&["show", "--value", "-p", property, &unit])
+            .expect("systemctl show")
+            .trim()
+            .to_string()
+    };
+    assert_eq!(
+        (show("ActiveState"), show("Slice")),
+        ("active".to_string(), slice.clone()),
+        "systemd has no running scope for the pod; shim log:\n{}",
+        cluster.containerd.log()
+    );
+    let control_group = show("ControlGroup");
+    let processes = processes_in(&systemd.host_cgroup(&control_group));
+    for program in ["qemu-system", "containerd-shim"] {
+        assert!(
+            processes.iter().any(|(_, comm)| comm.starts_with(program)),
+            "{program} is not in the scope's cgroup {control_group}: {processes:?}"
+        );
+    }
+
+    cluster.tear_down(&pod);
+    assert!(
+        eventually(Duration::from_secs(30), || show("LoadState") == "not-found"),
+        "the pod's scope outlived the pod: {} {}",
+        show("LoadState"),
+        show("ActiveState")
+    );
 }

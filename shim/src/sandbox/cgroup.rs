@@ -10,13 +10,17 @@
 //! Both forms of `cgroupsPath` are understood: a path (containerd's cgroupfs driver,
 //! `/kubepods/besteffort/pod<uid>/<id>`) and systemd's `slice:prefix:name`
 //! (`kubepods-besteffort-pod<uid>.slice:cri-containerd:<id>`), whose slice names expand to
-//! nested directories the way systemd lays them out. The leaf is created as a plain
-//! directory; systemd is not asked for a scope. The shim joins that path in every mounted
-//! hierarchy, as runc's cgroupfs driver does: the unified one (cgroup v2) and, on a v1 or
-//! hybrid host, each v1 controller's (a new cpuset first inherits its parent's CPUs and
-//! memory nodes, without which the kernel refuses members).
+//! nested directories the way systemd lays them out. Where systemd is init, it is asked for
+//! that scope first ([`systemd`]); elsewhere the leaf is a plain directory. The shim joins
+//! that path in every mounted hierarchy, as runc's cgroupfs driver does: the unified one
+//! (cgroup v2) and, on a v1 or hybrid host, each v1 controller's (a new cpuset first inherits
+//! its parent's CPUs and memory nodes, without which the kernel refuses members).
 
 use std::path::{Path, PathBuf};
+
+use cgroups_rs::systemd::utils::expand_slice;
+
+mod systemd;
 
 /// Placing the VM in the pod's cgroup failed.
 #[derive(Debug, thiserror::Error)]
@@ -24,6 +28,16 @@ pub enum PodCgroupError {
     /// The spec's `cgroupsPath` is neither a path nor `slice:prefix:name`.
     #[error("linux.cgroupsPath {0:?} is neither a cgroup path nor systemd's slice:prefix:name; check the kubelet and containerd cgroup driver settings")]
     InvalidPath(String),
+    /// systemd refused the pod's scope, or did not answer on the system bus.
+    #[error("ask systemd for the pod's scope {scope} in {slice}: {reason}; the cgroupsPath is systemd's slice:prefix:name (kubelet's and containerd's systemd cgroup driver) and systemd runs this host, so its manager must answer on the system bus (/run/dbus/system_bus_socket)")]
+    Systemd {
+        /// The scope unit.
+        scope: String,
+        /// Its slice.
+        slice: String,
+        /// What failed.
+        reason: String,
+    },
     /// The cgroup could not be created or joined.
     #[error("{what} {path}: {source}; the shim runs as root and needs the cgroup hierarchies mounted writable (as runc does)")]
     Io {
@@ -42,57 +56,70 @@ fn io_error(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> P
     move |source| PodCgroupError::Io { what, path, source }
 }
 
-/// `kubepods-besteffort-pod1.slice` → `kubepods.slice/kubepods-besteffort.slice/
-/// kubepods-besteffort-pod1.slice`: systemd nests a slice in the slice named by each prefix
-/// up to a dash. `-.slice` is the root.
-fn expand_slice(slice: &str) -> Result<PathBuf, PodCgroupError> {
-    let invalid = || PodCgroupError::InvalidPath(slice.to_string());
-    let name = slice.strip_suffix(".slice").ok_or_else(invalid)?;
-    if name == "-" {
-        return Ok(PathBuf::new());
-    }
-    if name.is_empty() || name.contains('/') || name.starts_with('-') || name.ends_with('-') {
-        return Err(invalid());
-    }
-    let mut path = PathBuf::new();
-    let mut prefix = String::new();
-    for part in name.split('-') {
-        if part.is_empty() {
+/// What a spec's `linux.cgroupsPath` names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CgroupsPath {
+    /// A directory below each hierarchy's root (containerd's cgroupfs driver).
+    Directory(PathBuf),
+    /// systemd's `slice:prefix:name`: the scope unit `prefix-name.scope` in `slice`.
+    Systemd {
+        /// `kubepods-besteffort-pod<uid>.slice`.
+        slice: String,
+        /// `cri-containerd-<id>.scope`.
+        scope: String,
+    },
+}
+
+impl CgroupsPath {
+    /// Parses `cgroups_path`, refusing what neither driver writes.
+    pub fn parse(cgroups_path: &str) -> Result<CgroupsPath, PodCgroupError> {
+        let invalid = || PodCgroupError::InvalidPath(cgroups_path.to_string());
+        if cgroups_path.contains("..") {
             return Err(invalid());
         }
-        if !prefix.is_empty() {
-            prefix.push('-');
+        if let Some(relative) = cgroups_path.strip_prefix('/') {
+            return Ok(CgroupsPath::Directory(PathBuf::from(relative)));
         }
-        prefix.push_str(part);
-        path.push(format!("{prefix}.slice"));
+        match cgroups_path.split(':').collect::<Vec<_>>().as_slice() {
+            [slice, prefix, name] if !name.is_empty() && !name.contains('/') => {
+                let scope = if prefix.is_empty() {
+                    format!("{name}.scope")
+                } else {
+                    format!("{prefix}-{name}.scope")
+                };
+                expand_slice(slice).map_err(|_| invalid())?;
+                Ok(CgroupsPath::Systemd {
+                    slice: slice.to_string(),
+                    scope,
+                })
+            }
+            // runc reads a relative path below its own cgroup; the shim's is containerd's, which
+            // is not where kubelet put the pod, so the root is the only sensible base.
+            [relative] if !relative.is_empty() => {
+                Ok(CgroupsPath::Directory(PathBuf::from(relative)))
+            }
+            _ => Err(invalid()),
+        }
     }
-    Ok(path)
+
+    /// The directory, relative to a hierarchy's mount: systemd nests a slice in the slice
+    /// named by each prefix up to a dash (`kubepods-besteffort-pod1.slice` →
+    /// `kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod1.slice`).
+    pub fn relative_dir(&self) -> PathBuf {
+        match self {
+            CgroupsPath::Directory(relative) => relative.clone(),
+            CgroupsPath::Systemd { slice, scope } => {
+                // parse() checked the slice.
+                PathBuf::from(expand_slice(slice).unwrap_or_default()).join(scope)
+            }
+        }
+    }
 }
 
 /// The directory, relative to a hierarchy's mount, that `cgroups_path` (a spec's
 /// `linux.cgroupsPath`) names.
 pub fn relative_cgroup_dir(cgroups_path: &str) -> Result<PathBuf, PodCgroupError> {
-    let invalid = || PodCgroupError::InvalidPath(cgroups_path.to_string());
-    if cgroups_path.contains("..") {
-        return Err(invalid());
-    }
-    if let Some(relative) = cgroups_path.strip_prefix('/') {
-        return Ok(PathBuf::from(relative));
-    }
-    match cgroups_path.split(':').collect::<Vec<_>>().as_slice() {
-        [slice, prefix, name] if !name.is_empty() && !name.contains('/') => {
-            let leaf = if prefix.is_empty() {
-                format!("{name}.scope")
-            } else {
-                format!("{prefix}-{name}.scope")
-            };
-            Ok(expand_slice(slice)?.join(leaf))
-        }
-        // runc reads a relative path below its own cgroup; the shim's is containerd's, which
-        // is not where kubelet put the pod, so the root is the only sensible base.
-        [relative] if !relative.is_empty() => Ok(PathBuf::from(relative)),
-        _ => Err(invalid()),
-    }
+    CgroupsPath::parse(cgroups_path).map(|path| path.relative_dir())
 }
 
 /// One mounted cgroup hierarchy this process is in.
@@ -187,31 +214,62 @@ pub struct PodCgroup {
     /// Per hierarchy joined: the pod's directory, and where the shim was before (to go back
     /// to, so the directory can be removed).
     joined: Vec<(PathBuf, PathBuf)>,
+    /// systemd's unit for the pod, where systemd made it.
+    scope: Option<systemd::Scope>,
 }
 
 impl PodCgroup {
     /// Moves the shim into the cgroup `cgroups_path` names in every hierarchy, creating it.
+    /// With systemd's form on a host that systemd runs, systemd is first asked for the
+    /// pod's scope, as runc's and Kata's systemd drivers do: a directory made behind
+    /// systemd's back is unknown to it, so nothing would stop or account the unit.
     pub fn join(cgroups_path: &str) -> Result<PodCgroup, PodCgroupError> {
+        let path = CgroupsPath::parse(cgroups_path)?;
         let read =
             |path: &str| std::fs::read_to_string(path).map_err(io_error("read", Path::new(path)));
+        // Read before systemd moves the shim: this is where it goes back to.
         let found = hierarchies(&read("/proc/self/mountinfo")?, &read("/proc/self/cgroup")?);
-        Self::join_hierarchies(&found, cgroups_path, std::process::id())
+        let pid = std::process::id();
+        let scope = match &path {
+            CgroupsPath::Systemd { slice, scope } if systemd::is_running() => {
+                Some(systemd::Scope::start(slice, scope, pid)?)
+            }
+            CgroupsPath::Systemd { scope, .. } => {
+                tracing::info!(%scope, "systemd does not run this host: the pod's scope is a plain directory");
+                None
+            }
+            CgroupsPath::Directory(_) => None,
+        };
+        match Self::join_hierarchies(&found, &path.relative_dir(), pid) {
+            Ok(mut pod) => {
+                pod.scope = scope;
+                Ok(pod)
+            }
+            Err(error) => {
+                if let Some(scope) = scope {
+                    scope.stop();
+                }
+                Err(error)
+            }
+        }
     }
 
     fn join_hierarchies(
         found: &[Hierarchy],
-        cgroups_path: &str,
+        relative: &Path,
         pid: u32,
     ) -> Result<PodCgroup, PodCgroupError> {
-        let relative = relative_cgroup_dir(cgroups_path)?;
-        let mut pod = PodCgroup { joined: Vec::new() };
+        let mut pod = PodCgroup {
+            joined: Vec::new(),
+            scope: None,
+        };
         for hierarchy in found {
-            let dir = hierarchy.mount.join(&relative);
+            let dir = hierarchy.mount.join(relative);
             let previous = hierarchy
                 .mount
                 .join(hierarchy.current.trim_start_matches('/'));
             if let Err(error) = join_one(hierarchy, &dir, pid) {
-                pod.leave();
+                pod.leave_directories();
                 return Err(error);
             }
             pod.joined.push((dir, previous));
@@ -230,8 +288,16 @@ impl PodCgroup {
     }
 
     /// Moves the shim back where it was and removes the pod's directories (after QEMU
-    /// exited; a directory with processes in it cannot be removed).
+    /// exited; a directory with processes in it cannot be removed), then stops systemd's
+    /// scope, which is empty by then, so stopping it kills nothing.
     pub fn leave(&self) {
+        self.leave_directories();
+        if let Some(scope) = &self.scope {
+            scope.stop();
+        }
+    }
+
+    fn leave_directories(&self) {
         let pid = std::process::id().to_string();
         for (dir, previous) in self.joined.iter().rev() {
             let procs = previous.join("cgroup.procs");
@@ -392,7 +458,8 @@ mod tests {
                 current: "/".into(),
             },
         ];
-        let pod = PodCgroup::join_hierarchies(&found, "/kubepods/pod1/abcd", 4242).expect("joined");
+        let pod = PodCgroup::join_hierarchies(&found, Path::new("kubepods/pod1/abcd"), 4242)
+            .expect("joined");
         assert_eq!(
             pod.dirs(),
             vec![

@@ -242,10 +242,13 @@ async fn start_vm(
     partial: &mut PartialStart,
 ) -> Result<(AgentClient, veil_protocol::PingResponse)> {
     if let Some(path) = placement.cgroups_path {
-        partial.pod_cgroup = Some(
-            cgroup::PodCgroup::join(path)
-                .map_err(|e| Error::Vm(format!("place the VM in the pod's cgroup: {e}")))?,
-        );
+        // Blocking: systemd's D-Bus client and the wait for its job.
+        let path = path.to_string();
+        let joined = tokio::task::spawn_blocking(move || cgroup::PodCgroup::join(&path))
+            .await
+            .map_err(|e| Error::Vm(format!("place the VM in the pod's cgroup: {e}")))?;
+        partial.pod_cgroup =
+            Some(joined.map_err(|e| Error::Vm(format!("place the VM in the pod's cgroup: {e}")))?);
     }
     partial.pod_network = network::attach(placement.netns).await?;
     let hypervisor = Qemu::new(config.hypervisor.clone(), config.agent.log_level.clone())
