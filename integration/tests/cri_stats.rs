@@ -35,6 +35,19 @@ impl Cluster {
         Cluster { containerd, cri }
     }
 
+    /// Runs a pod whose cgroup parent (kubelet's pod cgroup) is `parent`.
+    fn run_pod_in_cgroup(&mut self, name: &str, parent: &str) -> String {
+        let dir = self.containerd.dir().join("pods").join(name);
+        std::fs::create_dir_all(&dir).expect("create the pod dir");
+        let mut sandbox = cri::host_network_pod(name, &dir, HashMap::new());
+        if let Some(linux) = sandbox.linux.as_mut() {
+            linux.cgroup_parent = parent.to_string();
+        }
+        self.cri
+            .run_pod_sandbox(&sandbox, VEIL_HANDLER)
+            .unwrap_or_else(|e| panic!("RunPodSandbox: {e:#}\n{}", self.containerd.log()))
+    }
+
     fn run_pod(&mut self, name: &str) -> (String, PodSandboxConfig) {
         let dir = self.containerd.dir().join("pods").join(name);
         std::fs::create_dir_all(&dir).expect("create the pod dir");
@@ -295,16 +308,7 @@ fn processes_in(cgroup: &std::path::Path) -> Vec<(u32, String)> {
 fn the_vm_runs_in_the_pods_cgroup_on_the_host() {
     let mut cluster = Cluster::launch();
     let parent = format!("/veil-it-pods-{}", std::process::id());
-    let dir = cluster.containerd.dir().join("pods/placed");
-    std::fs::create_dir_all(&dir).expect("create the pod dir");
-    let mut sandbox = cri::host_network_pod("placed", &dir, HashMap::new());
-    if let Some(linux) = sandbox.linux.as_mut() {
-        linux.cgroup_parent = parent.clone();
-    }
-    let pod = cluster
-        .cri
-        .run_pod_sandbox(&sandbox, VEIL_HANDLER)
-        .unwrap_or_else(|e| panic!("RunPodSandbox: {e:#}\n{}", cluster.containerd.log()));
+    let pod = cluster.run_pod_in_cgroup("placed", &parent);
     let (memory_root, usage_file) = memory_hierarchy();
     let parent_dir = memory_root.join(parent.trim_start_matches('/'));
     let cgroup = parent_dir.join(&pod);
@@ -368,16 +372,23 @@ fn the_vm_runs_in_the_pods_cgroup_on_the_host() {
         "the pod's cgroup {} outlived the pod",
         cgroup.display()
     );
-    // The parent is kubelet's to remove; the shim created it in every hierarchy.
+    // The parent is kubelet's to remove; the shim created it in every hierarchy, and leaves
+    // the pod's cgroup in one hierarchy after another.
     let root = std::path::Path::new("/sys/fs/cgroup");
-    let mounts = std::fs::read_dir(root).into_iter().flatten().flatten();
-    for mount in mounts.map(|m| m.path()).chain([root.to_path_buf()]) {
-        let _ = std::fs::remove_dir(mount.join(parent.trim_start_matches('/')));
-    }
+    let parents: Vec<std::path::PathBuf> = std::fs::read_dir(root)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|mount| mount.path())
+        .chain([root.to_path_buf()])
+        .map(|mount| mount.join(parent.trim_start_matches('/')))
+        .collect();
     assert!(
-        !parent_dir.exists(),
-        "could not remove {}",
-        parent_dir.display()
+        eventually(Duration::from_secs(10), || parents.iter().all(|dir| {
+            let _ = std::fs::remove_dir(dir);
+            !dir.exists()
+        })),
+        "the pod's cgroup is still below {parent} in some hierarchy"
     );
 }
 
@@ -395,16 +406,7 @@ fn with_the_systemd_driver_the_vm_runs_in_a_systemd_scope() {
         ..Options::default()
     });
     let slice = format!("kubepods-besteffort-pod{}.slice", std::process::id());
-    let dir = cluster.containerd.dir().join("pods/scoped");
-    std::fs::create_dir_all(&dir).expect("create the pod dir");
-    let mut sandbox = cri::host_network_pod("scoped", &dir, HashMap::new());
-    if let Some(linux) = sandbox.linux.as_mut() {
-        linux.cgroup_parent = slice.clone();
-    }
-    let pod = cluster
-        .cri
-        .run_pod_sandbox(&sandbox, VEIL_HANDLER)
-        .unwrap_or_else(|e| panic!("RunPodSandbox: {e:#}\n{}", cluster.containerd.log()));
+    let pod = cluster.run_pod_in_cgroup("scoped", &slice);
     let unit = format!("cri-containerd-{pod}.scope");
     let show = |property: &str| {
         systemd
