@@ -19,6 +19,7 @@ pub mod nftables;
 pub mod ovmf;
 pub mod qemu;
 pub mod sev;
+pub mod systemd;
 #[cfg(test)]
 mod testing;
 pub mod virtiofsd;
@@ -70,6 +71,7 @@ pub fn doctor(probe: &Probe<'_>) -> Report {
     findings.extend(ovmf::check(probe.root));
     findings.extend(containerd::check(probe.runner, probe.root));
     findings.push(nftables::check(probe.runner));
+    findings.push(systemd::check(probe.root));
     findings.push(memory::check(probe.root));
     for finding in &findings {
         tracing::debug!(check = finding.check, status = finding.status.as_str(), detail = %finding.detail, "host check");
@@ -264,6 +266,7 @@ mod tests {
                 "containerd",
                 "containerd-veil",
                 "nft",
+                "systemd-cgroup",
                 "memory"
             ]
         );

@@ -135,4 +135,9 @@ fn device_firmware_and_memory_verdicts_match_the_machine() {
             .iter()
             .any(|path| Path::new(path).exists())
     );
+    assert_eq!(
+        status(&report, "systemd-cgroup") == Status::Ok,
+        !Path::new("/run/systemd/system").is_dir()
+            || Path::new("/run/dbus/system_bus_socket").exists()
+    );
 }

@@ -16,14 +16,12 @@ use cgroups_rs::CgroupPid;
 
 use super::PodCgroupError;
 
-/// sd_booted(3): this directory exists only when systemd is the host's init.
-const BOOTED_MARKER: &str = "/run/systemd/system";
 /// StartTransientUnit only queues a job: how long systemd may take to move the shim.
 const PLACEMENT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Whether systemd runs this host (and so owns the cgroup tree).
 pub fn is_running() -> bool {
-    Path::new(BOOTED_MARKER).is_dir()
+    veil_host::systemd::is_init(Path::new("/"))
 }
 
 /// A transient scope unit systemd made for the pod.
