@@ -142,6 +142,10 @@ impl ContainerRuntime for GuestRuntime {
     fn update(&self, id: &str, resources: &LinuxResources) -> Result<(), RuntimeError> {
         self.with_container(id, |container| Ok(cgroup_of(container)?.apply(resources)?))
     }
+
+    fn freeze(&self, id: &str, frozen: bool) -> Result<(), RuntimeError> {
+        self.with_container(id, |container| Ok(cgroup_of(container)?.freeze(frozen)?))
+    }
 }
 
 /// Creates the container's cgroup and applies the spec's `linux.resources` to it, before

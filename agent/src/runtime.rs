@@ -96,6 +96,12 @@ pub trait ContainerRuntime: Send + Sync + 'static {
         Ok(None)
     }
 
+    /// Freezes (`frozen`) or thaws every process of the container. Runtimes without cgroups
+    /// say so.
+    fn freeze(&self, id: &str, _frozen: bool) -> Result<(), RuntimeError> {
+        Err(format!("container {id}: this runtime keeps no cgroups, so it cannot pause").into())
+    }
+
     /// Applies new resources to the container's cgroup. Runtimes without cgroups say so.
     fn update(&self, id: &str, _resources: &LinuxResources) -> Result<(), RuntimeError> {
         Err(

@@ -206,8 +206,11 @@ fn two_pods_with_different_models_see_only_their_own() {
             .expect("exec");
         assert!(
             listing.stdout.contains(&owner.model.sha256),
-            "{id} must see its own model: {}",
-            listing.stdout
+            "{id} must see its own model: exit {}, stdout {:?}, stderr {:?}\n{}",
+            listing.code,
+            listing.stdout,
+            listing.stderr,
+            containerd.log()
         );
         assert!(
             !listing.stdout.contains(&other.model.sha256),

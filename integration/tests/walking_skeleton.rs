@@ -227,6 +227,91 @@ fn exec_runs_a_second_process_in_the_same_container() {
     assert_nothing_left(&containerd);
 }
 
+/// `ctr task pause` freezes every process of the container in the guest (its cgroup's
+/// cgroup.freeze): a counter the container writes to a host directory stops, the task shows
+/// PAUSED, an exec is refused naming the pause; `ctr task resume` lets the counter go on.
+#[test]
+fn pause_freezes_the_container_and_resume_lets_it_go_on() {
+    let containerd = containerd();
+    let out = containerd.dir().join("pause-out");
+    std::fs::create_dir_all(&out).expect("create the output dir");
+    let mount = format!("type=bind,src={},dst=/out,options=rbind:rw", out.display());
+    let counter = "i=0; while true; do i=$((i+1)); echo $i > /out/count; sleep 0.05; done";
+    let run = containerd
+        .run_ctr(
+            &[
+                "run",
+                "-d",
+                "--runtime",
+                VEIL_RUNTIME,
+                "--mount",
+                &mount,
+                IMAGE,
+                "frozen",
+                "sh",
+                "-c",
+                counter,
+            ],
+            None,
+            Duration::from_secs(300),
+        )
+        .expect("ctr run -d");
+    assert_eq!(
+        run.code,
+        0,
+        "ctr run -d: {}\n{}",
+        run.stderr,
+        containerd.log()
+    );
+    let count = || {
+        std::fs::read_to_string(out.join("count"))
+            .ok()
+            .and_then(|text| text.trim().parse::<u64>().ok())
+    };
+    let counting = |from: Option<u64>| {
+        eventually(Duration::from_secs(30), || {
+            count().is_some_and(|now| from.is_none_or(|before| now > before))
+        })
+    };
+    assert!(counting(None), "the container never counted");
+
+    let ctr = |args: &[&str]| {
+        containerd
+            .run_ctr(args, None, TASK_END)
+            .unwrap_or_else(|e| panic!("ctr {args:?}: {e:#}"))
+    };
+    let pause = ctr(&["task", "pause", "frozen"]);
+    assert_eq!(
+        pause.code,
+        0,
+        "pause: {}\n{}",
+        pause.stderr,
+        containerd.log()
+    );
+    assert_eq!(task_status(&containerd, "frozen"), "PAUSED");
+    let at_pause = count();
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(count(), at_pause, "the counter went on while paused");
+    let exec = ctr(&["task", "exec", "--exec-id", "late", "frozen", "true"]);
+    assert_ne!(exec.code, 0, "an exec started in a paused container");
+    assert!(exec.stderr.contains("is paused"), "{}", exec.stderr);
+
+    let resume = ctr(&["task", "resume", "frozen"]);
+    assert_eq!(resume.code, 0, "resume: {}", resume.stderr);
+    assert_eq!(task_status(&containerd, "frozen"), "RUNNING");
+    assert!(counting(at_pause), "the counter did not go on after resume");
+    let again = ctr(&["task", "resume", "frozen"]);
+    assert!(
+        again.code != 0 && again.stderr.contains("cannot be resumed"),
+        "resuming a running container: {} {}",
+        again.code,
+        again.stderr
+    );
+
+    kill_and_remove(&containerd, "frozen");
+    assert_nothing_left(&containerd);
+}
+
 /// Under TCG the agent loads its container helpers at one address (so QEMU reuses their
 /// translated code); the container's own processes must still be randomized.
 #[test]

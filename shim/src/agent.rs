@@ -398,6 +398,22 @@ impl AgentClient {
             })
     }
 
+    /// Freezes (`frozen`) or thaws every process of a container; returns once the guest
+    /// kernel reports it done.
+    pub async fn freeze_container(&self, container_id: &str, frozen: bool) -> Result<()> {
+        let request = api::FreezeContainerRequest {
+            container_id: container_id.to_string(),
+            frozen,
+            ..Default::default()
+        };
+        let what = if frozen { "pause" } else { "resume" };
+        self.client
+            .freeze_container(self.short(), &request)
+            .await
+            .map_err(|e| agent_error(&format!("{what} container {container_id}"), e))?;
+        Ok(())
+    }
+
     /// Applies new resources (OCI LinuxResources as JSON) to a container's guest cgroup.
     pub async fn update_container(
         &self,

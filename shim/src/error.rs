@@ -117,9 +117,9 @@ mod tests {
 
     #[test]
     fn unimplemented_calls_say_so() {
-        let status = status(Error::Unimplemented("Pause"));
+        let status = status(Error::Unimplemented("Checkpoint"));
         assert_eq!(status.code(), ttrpc::Code::UNIMPLEMENTED);
-        assert!(status.message().contains("Pause"));
+        assert!(status.message().contains("Checkpoint"));
     }
 
     #[test]

@@ -420,6 +420,30 @@ impl AgentService {
         Ok(())
     }
 
+    /// cgroup.freeze is waited on by polling: on a blocking thread, off the async workers.
+    async fn freeze(&self, request: &api::FreezeContainerRequest) -> Result<(), ServiceError> {
+        let id = request.container_id.clone();
+        self.container(&id)?;
+        let what = format!(
+            "{} container {id}",
+            if request.frozen { "pause" } else { "resume" }
+        );
+        let runtime = self.runtime.clone();
+        let (runtime_id, frozen) = (id.clone(), request.frozen);
+        tokio::task::spawn_blocking(move || runtime.freeze(&runtime_id, frozen))
+            .await
+            .map_err(|join| ServiceError::Io {
+                what: what.clone(),
+                source: std::io::Error::other(join.to_string()),
+            })?
+            .map_err(|source| ServiceError::Runtime {
+                what: what.clone(),
+                source,
+            })?;
+        tracing::info!(container = %id, frozen, "{what}: done");
+        Ok(())
+    }
+
     fn kill_everything(&self) {
         let containers: Vec<_> = locked(&self.containers)
             .iter()
@@ -721,6 +745,15 @@ impl api::AgentService for AgentService {
         request: api::UpdateContainerRequest,
     ) -> ttrpc::Result<api::Empty> {
         self.update(&request)?;
+        Ok(api::Empty::default())
+    }
+
+    async fn freeze_container(
+        &self,
+        _: &TtrpcContext,
+        request: api::FreezeContainerRequest,
+    ) -> ttrpc::Result<api::Empty> {
+        self.freeze(&request).await?;
         Ok(api::Empty::default())
     }
 

@@ -7,7 +7,8 @@ use containerd_shim::api::CreateTaskRequest;
 use containerd_shim::asynchronous::publisher::RemotePublisher;
 use containerd_shim::event::Event;
 use containerd_shim::protos::events::task::{
-    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskOOM, TaskStart,
+    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskOOM, TaskPaused,
+    TaskResumed, TaskStart,
 };
 use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim::protos::protobuf::MessageField;
@@ -82,6 +83,24 @@ impl EventSink {
         self.publish(TaskStart {
             container_id: container_id.to_string(),
             pid,
+            ..Default::default()
+        })
+        .await;
+    }
+
+    /// TaskPaused.
+    pub async fn paused(&self, container_id: &str) {
+        self.publish(TaskPaused {
+            container_id: container_id.to_string(),
+            ..Default::default()
+        })
+        .await;
+    }
+
+    /// TaskResumed.
+    pub async fn resumed(&self, container_id: &str) {
+        self.publish(TaskResumed {
+            container_id: container_id.to_string(),
             ..Default::default()
         })
         .await;

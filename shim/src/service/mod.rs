@@ -389,8 +389,41 @@ impl TaskService {
         });
     }
 
+    /// Pauses (`frozen`) or resumes a container: the agent freezes or thaws its guest cgroup,
+    /// then its status and containerd's event follow.
+    async fn freeze(&self, id: &str, frozen: bool) -> Result<()> {
+        let container = self.container(id)?;
+        let (from, to, verb) = if frozen {
+            (Status::Running, Status::Paused, "paused")
+        } else {
+            (Status::Paused, Status::Running, "resumed")
+        };
+        let status = container.init.status();
+        if status != from {
+            return Err(Error::FailedPrecondition(format!(
+                "container {id} cannot be {verb}: it is {status:?}, not {from:?}"
+            )));
+        }
+        let sandbox = self.current_sandbox().await?;
+        sandbox.agent().freeze_container(id, frozen).await?;
+        if container.init.mark_transition(from, to) {
+            if frozen {
+                self.events.paused(id).await;
+            } else {
+                self.events.resumed(id).await;
+            }
+            tracing::info!(container = %id, "container {verb}");
+        }
+        Ok(())
+    }
+
     async fn start(&self, id: &str, exec_id: &str) -> Result<u32> {
-        let (_, process) = self.process(id, exec_id)?;
+        let (container, process) = self.process(id, exec_id)?;
+        if !exec_id.is_empty() && container.init.status() == Status::Paused {
+            return Err(Error::FailedPrecondition(format!(
+                "container {id} is paused: resume it (ctr task resume {id}) before starting exec {exec_id}"
+            )));
+        }
         let sandbox = self.current_sandbox().await?;
         let _starting = process.start_lock.lock().await;
         if !process.status().can_start() {
@@ -463,7 +496,7 @@ impl TaskService {
             return Ok((process.pid(), exit));
         }
         match process.status() {
-            Status::Running => {
+            Status::Running | Status::Paused => {
                 return Err(Error::FailedPrecondition(format!(
                     "container {id} is still running; kill it before deleting it"
                 )))

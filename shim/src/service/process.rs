@@ -15,6 +15,8 @@ pub enum Status {
     Created,
     /// Running.
     Running,
+    /// Running, with every process of the container frozen (`ctr task pause`).
+    Paused,
     /// Exited (or never started and killed).
     Stopped,
 }
@@ -30,6 +32,7 @@ impl Status {
         match self {
             Status::Created => containerd_shim::api::Status::CREATED,
             Status::Running => containerd_shim::api::Status::RUNNING,
+            Status::Paused => containerd_shim::api::Status::PAUSED,
             Status::Stopped => containerd_shim::api::Status::STOPPED,
         }
     }
@@ -120,6 +123,17 @@ impl ProcessState {
         let mut inner = self.inner();
         if inner.status.can_start() {
             inner.status = Status::Running;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Moves `from` -> `to` (Running <-> Paused); false if it was not `from`.
+    pub fn mark_transition(&self, from: Status, to: Status) -> bool {
+        let mut inner = self.inner();
+        if inner.status == from {
+            inner.status = to;
             true
         } else {
             false

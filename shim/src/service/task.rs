@@ -195,12 +195,18 @@ impl Task for TaskService {
         })
     }
 
-    async fn pause(&self, _: &TtrpcContext, _: api::PauseRequest) -> TtrpcResult<api::Empty> {
-        Err(Error::Unimplemented("Pause").into())
+    async fn pause(&self, _: &TtrpcContext, request: api::PauseRequest) -> TtrpcResult<api::Empty> {
+        self.freeze(&request.id, true).await?;
+        Ok(api::Empty::default())
     }
 
-    async fn resume(&self, _: &TtrpcContext, _: api::ResumeRequest) -> TtrpcResult<api::Empty> {
-        Err(Error::Unimplemented("Resume").into())
+    async fn resume(
+        &self,
+        _: &TtrpcContext,
+        request: api::ResumeRequest,
+    ) -> TtrpcResult<api::Empty> {
+        self.freeze(&request.id, false).await?;
+        Ok(api::Empty::default())
     }
 
     async fn checkpoint(

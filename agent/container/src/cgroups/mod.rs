@@ -27,6 +27,10 @@ const CONTROLLERS: [&str; 3] = ["cpu", "memory", "pids"];
 /// How often removal retries while the killed processes finish exiting.
 const REMOVE_ATTEMPTS: u32 = 100;
 const REMOVE_RETRY_DELAY: Duration = Duration::from_millis(20);
+/// How long the kernel may take to report a freeze or thaw complete (it waits for each
+/// task to reach a safe point).
+const FREEZE_TIMEOUT: Duration = Duration::from_secs(5);
+const FREEZE_POLL: Duration = Duration::from_millis(5);
 
 /// A cgroup operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +74,18 @@ pub enum CgroupError {
         /// What was wrong.
         detail: String,
     },
+    /// The kernel did not report the freeze or thaw complete in time.
+    #[error("{path}: the kernel did not report frozen {wanted} within {seconds}s (cgroup.events: {events}); a task may be stuck in the kernel, try again")]
+    FreezeTimeout {
+        /// The cgroup.
+        path: PathBuf,
+        /// How long it waited.
+        seconds: f32,
+        /// 1 (freezing) or 0 (thawing).
+        wanted: u8,
+        /// What cgroup.events last said.
+        events: String,
+    },
     /// rmdir failed (processes still in it, usually).
     #[error("remove cgroup {path}: {source}; a process of the container may still be exiting")]
     Remove {
@@ -78,6 +94,14 @@ pub enum CgroupError {
         /// Why.
         source: std::io::Error,
     },
+}
+
+/// The `frozen` line of cgroup.events.
+fn frozen_flag(events: &str) -> Option<u8> {
+    events
+        .lines()
+        .find_map(|line| line.strip_prefix("frozen "))
+        .and_then(|value| value.trim().parse().ok())
 }
 
 /// A container's cgroup directory.
@@ -132,6 +156,35 @@ impl Cgroup {
     /// container exit).
     pub fn oom_kills(&self) -> Result<u64, CgroupError> {
         stats::read_oom_kills(&self.path)
+    }
+
+    /// Freezes (`frozen`) or thaws every process in the cgroup, and waits until the kernel
+    /// reports it done (`frozen 1` or `frozen 0` in cgroup.events): a write alone only
+    /// starts it.
+    pub fn freeze(&self, frozen: bool) -> Result<(), CgroupError> {
+        self.freeze_within(frozen, FREEZE_TIMEOUT)
+    }
+
+    fn freeze_within(&self, frozen: bool, timeout: Duration) -> Result<(), CgroupError> {
+        let wanted = u8::from(frozen);
+        write_file(&self.path.join("cgroup.freeze"), &wanted.to_string())?;
+        let events_file = self.path.join("cgroup.events");
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let events = read_file(&events_file)?;
+            if frozen_flag(&events) == Some(wanted) {
+                return Ok(());
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(CgroupError::FreezeTimeout {
+                    path: self.path.clone(),
+                    seconds: timeout.as_secs_f32(),
+                    wanted,
+                    events: events.trim().replace('\n', ", "),
+                });
+            }
+            std::thread::sleep(FREEZE_POLL);
+        }
     }
 
     /// The pids of every process in the cgroup (cgroup.procs): all of the container's
@@ -247,6 +300,28 @@ mod tests {
         )
         .unwrap();
         root
+    }
+
+    #[test]
+    fn freezing_writes_the_flag_and_waits_for_the_kernel_to_report_it() {
+        let root = fake_root();
+        let cgroup = Cgroup::create(root.path(), "web").unwrap();
+        let events = cgroup.path().join("cgroup.events");
+        std::fs::write(&events, "populated 1\nfrozen 1\n").unwrap();
+        cgroup.freeze(true).unwrap();
+        let flag = || std::fs::read_to_string(cgroup.path().join("cgroup.freeze")).unwrap();
+        assert_eq!(flag(), "1");
+
+        // Thawing is not done while the kernel still says frozen 1.
+        let error = cgroup
+            .freeze_within(false, Duration::from_millis(30))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(flag(), "0");
+        assert!(error.contains("did not report frozen 0"), "{error}");
+        assert!(error.contains("populated 1, frozen 1"), "{error}");
+        std::fs::write(&events, "populated 1\nfrozen 0\n").unwrap();
+        cgroup.freeze(false).unwrap();
     }
 
     #[test]
