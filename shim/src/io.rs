@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::unix::pipe;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
@@ -44,24 +45,72 @@ fn strip_scheme(path: &str) -> PathBuf {
     PathBuf::from(path.strip_prefix("file://").unwrap_or(path))
 }
 
-async fn open_output(path: &str) -> std::io::Result<Box<dyn tokio::io::AsyncWrite + Unpin + Send>> {
+/// How long an output relay waits for containerd's reader to open a FIFO before it
+/// discards the output.
+const READER_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+const READER_POLL: std::time::Duration = std::time::Duration::from_millis(5);
+
+/// Where a relay writes: the FIFO or file, and for a FIFO a read handle of the relay's own.
+struct Output {
+    writer: Box<dyn tokio::io::AsyncWrite + Unpin + Send>,
+    /// Keeps the FIFO open for reading, so that a reader that goes away (containerd
+    /// restarting) leaves the writes blocked rather than failing with EPIPE.
+    _keep_open: Option<std::fs::File>,
+}
+
+async fn open_output(path: &str) -> std::io::Result<Output> {
     let path = strip_scheme(path);
     let is_fifo = std::fs::metadata(&path)
         .map(|m| m.file_type().is_fifo())
         .unwrap_or(false);
     if is_fifo {
-        // Read-write so the open never blocks and a vanished reader never gives EPIPE.
-        let sender = tokio::net::unix::pipe::OpenOptions::new()
-            .read_write(true)
-            .open_sender(&path)?;
-        Ok(Box::new(sender))
+        let writer = open_fifo_writer(&path).await?;
+        let keep_open = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&path)?;
+        Ok(Output {
+            writer: Box::new(writer),
+            _keep_open: Some(keep_open),
+        })
     } else {
         let file = tokio::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&path)
             .await?;
-        Ok(Box::new(file))
+        Ok(Output {
+            writer: Box::new(file),
+            _keep_open: None,
+        })
+    }
+}
+
+/// Opens the FIFO for writing once its reader (containerd, or ctr) has it open, as runc's
+/// shim does with a blocking open: a FIFO written and closed before its reader arrives
+/// drops what it held, and a short-lived process's whole output with it. A non-blocking
+/// open fails with ENXIO until there is a reader, so it is retried until READER_WAIT.
+async fn open_fifo_writer(path: &std::path::Path) -> std::io::Result<pipe::Sender> {
+    let deadline = std::time::Instant::now() + READER_WAIT;
+    loop {
+        match pipe::OpenOptions::new().open_sender(path) {
+            Err(error)
+                if error.raw_os_error() == Some(libc::ENXIO)
+                    && std::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(READER_POLL).await;
+            }
+            Err(error) if error.raw_os_error() == Some(libc::ENXIO) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!(
+                        "no reader opened the FIFO within {}s",
+                        READER_WAIT.as_secs()
+                    ),
+                ))
+            }
+            opened => return opened,
+        }
     }
 }
 
@@ -74,8 +123,8 @@ pub fn relay_output(
     stderr: bool,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
-        let mut sink = match open_output(&path).await {
-            Ok(sink) => Some(sink),
+        let mut output = match open_output(&path).await {
+            Ok(output) => Some(output),
             Err(error) => {
                 tracing::warn!(%path, %error, "cannot open output; discarding it");
                 None
@@ -95,15 +144,15 @@ pub fn relay_output(
                 first = false;
                 tracing::info!(container = %container_id, exec = %exec_id, stderr, "{}", crate::stages::OUTPUT_FIRST);
             }
-            if let Some(writer) = sink.as_mut() {
-                if let Err(error) = writer.write_all(&chunk).await {
+            if let Some(open) = output.as_mut() {
+                if let Err(error) = open.writer.write_all(&chunk).await {
                     tracing::warn!(%path, %error, "output write failed; discarding the rest");
-                    sink = None;
+                    output = None;
                 }
             }
         }
-        if let Some(mut writer) = sink {
-            let _ = writer.flush().await;
+        if let Some(mut open) = output {
+            let _ = open.writer.flush().await;
         }
     })
 }
@@ -221,11 +270,41 @@ mod tests {
     async fn output_to_a_plain_file_appends() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("out.log");
-        let mut writer = open_output(path.to_str().expect("utf-8"))
+        let mut output = open_output(path.to_str().expect("utf-8"))
             .await
             .expect("open");
-        writer.write_all(b"hello\n").await.expect("write");
-        writer.flush().await.expect("flush");
+        output.writer.write_all(b"hello\n").await.expect("write");
+        output.writer.flush().await.expect("flush");
         assert_eq!(std::fs::read(&path).expect("read"), b"hello\n");
+    }
+
+    /// A process can print and exit before ctr's reader has opened its FIFO (seen under
+    /// load as an exec whose output never arrived). What it printed must still reach the
+    /// reader that comes late.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn output_written_before_the_fifo_reader_opens_reaches_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let fifo = dir.path().join("stdout");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600))
+            .expect("mkfifo");
+        let path = fifo.to_str().expect("utf-8").to_string();
+        let relay = tokio::spawn(async move {
+            let mut output = open_output(&path).await.expect("open");
+            output.writer.write_all(b"hello\n").await.expect("write");
+            output.writer.flush().await.expect("flush");
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        // A thread of its own: with the output dropped, its open never returns.
+        let (sender, received) = std::sync::mpsc::channel();
+        std::thread::spawn(move || sender.send(std::fs::read(&fifo)));
+        let read = tokio::task::spawn_blocking(move || {
+            received.recv_timeout(std::time::Duration::from_secs(10))
+        })
+        .await
+        .expect("join")
+        .expect("the late reader found no writer: the output was dropped")
+        .expect("read");
+        assert_eq!(read, b"hello\n");
+        relay.await.expect("relay");
     }
 }
