@@ -189,17 +189,7 @@ impl AgentService {
             + 'static,
     {
         let guard = self.reaper.spawn_guard().await;
-        let runtime = self.runtime.clone();
-        let spawned = tokio::task::spawn_blocking(move || create(runtime.as_ref()))
-            .await
-            .map_err(|join| ServiceError::Io {
-                what: what.clone(),
-                source: std::io::Error::other(join.to_string()),
-            })?
-            .map_err(|source| ServiceError::Runtime {
-                what: what.clone(),
-                source,
-            })?;
+        let spawned = self.on_runtime(&what, create).await?;
         let exit = guard.register(spawned.pid);
         drop(guard);
         ProcessEntry::new(spawned, wanted, exit)
@@ -263,18 +253,11 @@ impl AgentService {
                 "container {id} not started: {failed}"
             )));
         }
-        let runtime = self.runtime.clone();
         let runtime_id = id.to_string();
-        tokio::task::spawn_blocking(move || runtime.start(&runtime_id))
-            .await
-            .map_err(|join| ServiceError::Io {
-                what: format!("start container {id}"),
-                source: std::io::Error::other(join.to_string()),
-            })?
-            .map_err(|source| ServiceError::Runtime {
-                what: format!("start container {id}"),
-                source,
-            })?;
+        self.on_runtime(&format!("start container {id}"), move |runtime| {
+            runtime.start(&runtime_id)
+        })
+        .await?;
         tracing::info!(container = %id, pid = container.init.pid, "container started");
         Ok(container.init.pid as u32)
     }
@@ -420,7 +403,8 @@ impl AgentService {
         Ok(())
     }
 
-    /// cgroup.freeze is waited on by polling: on a blocking thread, off the async workers.
+    /// Pauses or resumes a container (the runtime polls cgroup.events until the kernel is
+    /// done).
     async fn freeze(&self, request: &api::FreezeContainerRequest) -> Result<(), ServiceError> {
         let id = request.container_id.clone();
         self.container(&id)?;
@@ -428,20 +412,33 @@ impl AgentService {
             "{} container {id}",
             if request.frozen { "pause" } else { "resume" }
         );
-        let runtime = self.runtime.clone();
         let (runtime_id, frozen) = (id.clone(), request.frozen);
-        tokio::task::spawn_blocking(move || runtime.freeze(&runtime_id, frozen))
+        self.on_runtime(&what, move |runtime| runtime.freeze(&runtime_id, frozen))
+            .await?;
+        tracing::info!(container = %id, frozen, "{what}: done");
+        Ok(())
+    }
+
+    /// Runs `call` on a blocking thread, off the async workers (the guest may have one vCPU,
+    /// and runtime calls wait on the kernel), naming `what` in its errors.
+    async fn on_runtime<T, F>(&self, what: &str, call: F) -> Result<T, ServiceError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&dyn ContainerRuntime) -> Result<T, crate::runtime::RuntimeError>
+            + Send
+            + 'static,
+    {
+        let runtime = self.runtime.clone();
+        tokio::task::spawn_blocking(move || call(runtime.as_ref()))
             .await
             .map_err(|join| ServiceError::Io {
-                what: what.clone(),
+                what: what.to_string(),
                 source: std::io::Error::other(join.to_string()),
             })?
             .map_err(|source| ServiceError::Runtime {
-                what: what.clone(),
+                what: what.to_string(),
                 source,
-            })?;
-        tracing::info!(container = %id, frozen, "{what}: done");
-        Ok(())
+            })
     }
 
     fn kill_everything(&self) {
