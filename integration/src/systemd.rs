@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
-use veil_shim::sandbox::cgroup::Hierarchy;
+use veil_shim::sandbox::cgroup::{self, Hierarchy};
 
 use crate::eventually;
 
@@ -77,8 +77,8 @@ impl SystemdManager {
             .iter()
             .map(|h| (h.clone(), h.mount.join(&name)))
             .collect();
-        for (hierarchy, cgroup) in &cgroups {
-            create_cgroup(hierarchy, cgroup)?;
+        for (hierarchy, dir) in &cgroups {
+            cgroup::create_in(hierarchy, dir)?;
         }
         let script = dir.path().join("boot.sh");
         std::fs::write(&script, boot_script(&hierarchies, &units))?;
@@ -229,27 +229,11 @@ impl Drop for SystemdManager {
 }
 
 fn host_hierarchies() -> Result<Vec<Hierarchy>> {
-    let read = |path: &str| std::fs::read_to_string(path).with_context(|| format!("read {path}"));
-    let found = veil_shim::sandbox::cgroup::hierarchies(
-        &read("/proc/self/mountinfo")?,
-        &read("/proc/self/cgroup")?,
-    );
+    let found = cgroup::own_hierarchies()?;
     if found.is_empty() {
         bail!("no cgroup hierarchy is mounted");
     }
     Ok(found)
-}
-
-fn create_cgroup(hierarchy: &Hierarchy, cgroup: &Path) -> Result<()> {
-    std::fs::create_dir(cgroup).with_context(|| format!("create {}", cgroup.display()))?;
-    if hierarchy.controllers.split(',').any(|c| c == "cpuset") {
-        // A new v1 cpuset is empty and takes no members until given its parent's.
-        for file in ["cpuset.cpus", "cpuset.mems"] {
-            let inherited = std::fs::read_to_string(hierarchy.mount.join(file))?;
-            std::fs::write(cgroup.join(file), inherited.trim())?;
-        }
-    }
-    Ok(())
 }
 
 /// Mounts what systemd needs in its mount namespace (a private `/run`; each cgroup

@@ -116,12 +116,6 @@ impl CgroupsPath {
     }
 }
 
-/// The directory, relative to a hierarchy's mount, that `cgroups_path` (a spec's
-/// `linux.cgroupsPath`) names.
-pub fn relative_cgroup_dir(cgroups_path: &str) -> Result<PathBuf, PodCgroupError> {
-    CgroupsPath::parse(cgroups_path).map(|path| path.relative_dir())
-}
-
 /// One mounted cgroup hierarchy this process is in.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Hierarchy {
@@ -185,6 +179,16 @@ pub fn hierarchies(mountinfo: &str, own: &str) -> Vec<Hierarchy> {
     found
 }
 
+/// The hierarchies this process is in, read from `/proc/self`.
+pub fn own_hierarchies() -> Result<Vec<Hierarchy>, PodCgroupError> {
+    let read =
+        |path: &str| std::fs::read_to_string(path).map_err(io_error("read", Path::new(path)));
+    Ok(hierarchies(
+        &read("/proc/self/mountinfo")?,
+        &read("/proc/self/cgroup")?,
+    ))
+}
+
 /// Gives every cpuset from below `mount` down to `dir` its parent's CPUs and memory nodes
 /// where it has none: a v1 cpuset starts empty, and an empty one takes no members.
 fn inherit_cpusets(mount: &Path, dir: &Path) -> Result<(), PodCgroupError> {
@@ -225,10 +229,8 @@ impl PodCgroup {
     /// systemd's back is unknown to it, so nothing would stop or account the unit.
     pub fn join(cgroups_path: &str) -> Result<PodCgroup, PodCgroupError> {
         let path = CgroupsPath::parse(cgroups_path)?;
-        let read =
-            |path: &str| std::fs::read_to_string(path).map_err(io_error("read", Path::new(path)));
         // Read before systemd moves the shim: this is where it goes back to.
-        let found = hierarchies(&read("/proc/self/mountinfo")?, &read("/proc/self/cgroup")?);
+        let found = own_hierarchies()?;
         let pid = std::process::id();
         let scope = match &path {
             CgroupsPath::Systemd { slice, scope } if systemd::is_running() => {
@@ -314,11 +316,17 @@ impl PodCgroup {
     }
 }
 
-fn join_one(hierarchy: &Hierarchy, dir: &Path, pid: u32) -> Result<(), PodCgroupError> {
+/// Creates `dir` (and its parents) in `hierarchy`, ready to take members.
+pub fn create_in(hierarchy: &Hierarchy, dir: &Path) -> Result<(), PodCgroupError> {
     std::fs::create_dir_all(dir).map_err(io_error("create the pod cgroup", dir))?;
     if hierarchy.controllers.split(',').any(|c| c == "cpuset") {
         inherit_cpusets(&hierarchy.mount, dir)?;
     }
+    Ok(())
+}
+
+fn join_one(hierarchy: &Hierarchy, dir: &Path, pid: u32) -> Result<(), PodCgroupError> {
+    create_in(hierarchy, dir)?;
     let procs = dir.join("cgroup.procs");
     std::fs::write(&procs, pid.to_string())
         .map_err(io_error("move the shim into the pod cgroup", &procs))
@@ -331,7 +339,7 @@ mod tests {
     const ROOT: &str = "/sys/fs/cgroup";
 
     fn dir(path: &str) -> Result<PathBuf, PodCgroupError> {
-        relative_cgroup_dir(path).map(|relative| Path::new(ROOT).join(relative))
+        CgroupsPath::parse(path).map(|parsed| Path::new(ROOT).join(parsed.relative_dir()))
     }
 
     #[test]
