@@ -94,20 +94,17 @@ async fn open_fifo_writer(path: &std::path::Path) -> std::io::Result<pipe::Sende
     let deadline = std::time::Instant::now() + READER_WAIT;
     loop {
         match pipe::OpenOptions::new().open_sender(path) {
-            Err(error)
-                if error.raw_os_error() == Some(libc::ENXIO)
-                    && std::time::Instant::now() < deadline =>
-            {
-                tokio::time::sleep(READER_POLL).await;
-            }
             Err(error) if error.raw_os_error() == Some(libc::ENXIO) => {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    format!(
-                        "no reader opened the FIFO within {}s",
-                        READER_WAIT.as_secs()
-                    ),
-                ))
+                if std::time::Instant::now() >= deadline {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!(
+                            "no reader opened the FIFO within {}s",
+                            READER_WAIT.as_secs()
+                        ),
+                    ));
+                }
+                tokio::time::sleep(READER_POLL).await;
             }
             opened => return opened,
         }

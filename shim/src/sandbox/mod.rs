@@ -244,9 +244,11 @@ async fn start_vm(
     if let Some(path) = placement.cgroups_path {
         // Blocking: systemd's D-Bus client and the wait for its job.
         let path = path.to_string();
-        let joined = tokio::task::spawn_blocking(move || cgroup::PodCgroup::join(&path))
-            .await
-            .map_err(|e| Error::Vm(format!("place the VM in the pod's cgroup: {e}")))?;
+        let joined = match tokio::task::spawn_blocking(move || cgroup::PodCgroup::join(&path)).await
+        {
+            Ok(joined) => joined.map_err(|e| e.to_string()),
+            Err(join) => Err(join.to_string()),
+        };
         partial.pod_cgroup =
             Some(joined.map_err(|e| Error::Vm(format!("place the VM in the pod's cgroup: {e}")))?);
     }
