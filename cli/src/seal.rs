@@ -109,6 +109,8 @@ pub fn run(args: SealArgs) -> Result<()> {
                 expected_sha256,
                 skip_sha256: no_sha256,
                 progress: None,
+                // A sealed file's own length sizes the output (decrypt_file_to_file); stdin has none.
+                sealed_len: None,
             };
             decrypt(&keyset, &aad, options, &input, &output, args.json)
         }

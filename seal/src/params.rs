@@ -241,6 +241,21 @@ impl StreamingParams {
         plaintext_len.checked_add(overhead)
     }
 
+    /// Plaintext length of a `ciphertext_len` long stream made with these parameters, or `None`
+    /// when no such stream has that length (shorter than a header and a tag, or a last segment
+    /// too short for its tag): the inverse of [`StreamingParams::ciphertext_len`].
+    pub fn plaintext_len_of(&self, ciphertext_len: u64) -> Option<u64> {
+        if ciphertext_len < self.header_len() as u64 {
+            return None;
+        }
+        let info = crate::inspect::StreamInfo {
+            header_len: self.header_len(),
+            derived_key_size: self.derived_key_size(),
+            ciphertext_bytes: ciphertext_len,
+        };
+        info.layout(self).map(|layout| layout.plaintext_bytes)
+    }
+
     /// Checks these parameters and a key value of `key_len` bytes against Tink's rules and
     /// veil's size limits.
     pub fn validate(&self, key_len: usize) -> Result<(), ParamsError> {
@@ -434,6 +449,24 @@ mod tests {
             p.ciphertext_len(p.first_plaintext_len() as u64 + 1),
             Some((1 << 20) + 17)
         );
+    }
+
+    #[test]
+    fn plaintext_len_of_inverts_ciphertext_len_and_refuses_impossible_lengths() {
+        for template in KeyTemplate::ALL {
+            let p = template.params();
+            let first = p.first_plaintext_len() as u64;
+            let full = p.plaintext_len() as u64;
+            for plaintext in [0, 1, first, first + 1, first + full, first + 3 * full + 7] {
+                let sealed = p.ciphertext_len(plaintext).unwrap();
+                assert_eq!(p.plaintext_len_of(sealed), Some(plaintext), "{template:?}");
+            }
+            // Shorter than a header, or a last segment shorter than its tag.
+            assert_eq!(p.plaintext_len_of(3), None);
+            assert_eq!(p.plaintext_len_of(p.header_len() as u64), None);
+            let one_segment_over = p.ciphertext_len(first).unwrap() + 1;
+            assert_eq!(p.plaintext_len_of(one_segment_over), None);
+        }
     }
 
     #[test]

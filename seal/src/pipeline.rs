@@ -63,6 +63,13 @@ pub struct DecryptOptions {
     /// segment, or, when [`crate::decrypt_file_to_file`] lets the workers read and write at
     /// their own offsets, a few times a second and once at the end.
     pub progress: Option<ProgressFn>,
+    /// The sealed stream's length in bytes, when the caller knows it before decrypting (an
+    /// HTTP Content-Length; [`crate::decrypt_file_to_file`] takes a file's own). A file
+    /// destination is then sized to the plaintext before the first write, and cut to what was
+    /// written if the length was wrong. On a tmpfs mounted `huge=within_size`, as veil-agent
+    /// mounts memory volumes, Linux 6.1 (the guest's kernel) gives a file huge pages only
+    /// inside its size, so a file written front to back would get none without it.
+    pub sealed_len: Option<u64>,
 }
 
 impl fmt::Debug for DecryptOptions {
@@ -75,6 +82,7 @@ impl fmt::Debug for DecryptOptions {
             )
             .field("skip_sha256", &self.skip_sha256)
             .field("progress", &self.progress.is_some())
+            .field("sealed_len", &self.sealed_len)
             .finish()
     }
 }
@@ -123,7 +131,14 @@ pub fn decrypt_to_file<R: Read + Send>(
     options: &DecryptOptions,
 ) -> Result<DecryptReport, DecryptError> {
     write_all_or_nothing(dest, |file| {
-        decrypt_into_file(source, keyset, associated_data, file, options)
+        decrypt_into_file(
+            source,
+            keyset,
+            associated_data,
+            file,
+            options,
+            options.sealed_len,
+        )
     })
 }
 
@@ -157,25 +172,55 @@ pub(crate) fn write_all_or_nothing(
     result
 }
 
-fn decrypt_into_file<R: Read + Send>(
+/// Decrypts into `file`, sized in advance from `sealed_len` (see [`DecryptOptions::sealed_len`]).
+pub(crate) fn decrypt_into_file<R: Read + Send>(
     source: R,
     keyset: &Keyset,
     associated_data: &[u8],
     file: File,
     options: &DecryptOptions,
+    sealed_len: Option<u64>,
 ) -> Result<DecryptReport, DecryptError> {
     let stream = open_stream(source, keyset, associated_data)?;
-    if stream.params.segment_size() >= POSITIONAL_WRITE_MIN_SEGMENT {
+    let presized = presize(&file, &stream.params, sealed_len);
+    let report = if stream.params.segment_size() >= POSITIONAL_WRITE_MIN_SEGMENT {
         let placement = Placement::positional(&file, &stream.params);
         // Segment 0 goes through the file cursor at offset 0; workers write the rest at their
         // offsets without moving it.
         let mut out = &file;
-        decrypt_opened(stream, &mut out, options, placement)
+        decrypt_opened(stream, &mut out, options, placement)?
     } else {
         // Small segments (4 KiB) are batched into larger writes.
         let mut out = BufWriter::with_capacity(256 << 10, &file);
-        decrypt_opened(stream, &mut out, options, Placement::InOrder)
+        decrypt_opened(stream, &mut out, options, Placement::InOrder)?
+    };
+    if presized {
+        cut_to_plaintext(&file, &report)?;
     }
+    Ok(report)
+}
+
+/// Sizes `file` to the plaintext of a `sealed_len` long stream under `params` (see
+/// [`DecryptOptions::sealed_len`]); returns whether it did. Only an optimisation: a length
+/// no stream can have, or a file that cannot be sized, leaves the file as it is.
+pub(crate) fn presize(file: &File, params: &StreamingParams, sealed_len: Option<u64>) -> bool {
+    let Some(plaintext) = sealed_len.and_then(|len| params.plaintext_len_of(len)) else {
+        return false;
+    };
+    match file.set_len(plaintext) {
+        Ok(()) => true,
+        Err(error) => {
+            tracing::debug!(plaintext, %error, "could not size the plaintext file in advance");
+            false
+        }
+    }
+}
+
+/// Cuts a presized file to the plaintext actually written, in case the announced length was
+/// longer.
+pub(crate) fn cut_to_plaintext(file: &File, report: &DecryptReport) -> Result<(), DecryptError> {
+    file.set_len(report.plaintext_bytes)
+        .map_err(|source| DecryptError::Write { path: None, source })
 }
 
 /// Where the plaintext of segments 1, 2, ... goes.
@@ -539,6 +584,92 @@ mod tests {
         let mut ct = Vec::new();
         crate::encrypt(&vec![9u8; len][..], keyset, b"a", &mut ct).unwrap();
         ct
+    }
+
+    /// Options whose progress callback records the size of `dir`'s partial plaintext file
+    /// each time it is called.
+    fn recording_partial_sizes(
+        dir: &Path,
+    ) -> (DecryptOptions, std::sync::Arc<std::sync::Mutex<Vec<u64>>>) {
+        let sizes = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (dir, seen) = (dir.to_path_buf(), sizes.clone());
+        let progress: ProgressFn = Box::new(move |_| {
+            let partial = fs::read_dir(&dir)
+                .unwrap()
+                .map(|entry| entry.unwrap())
+                .find(|entry| {
+                    entry
+                        .file_name()
+                        .to_string_lossy()
+                        .contains(".veil-partial-")
+                });
+            if let Some(partial) = partial {
+                seen.lock().unwrap().push(partial.metadata().unwrap().len());
+            }
+        });
+        let options = DecryptOptions {
+            progress: Some(progress),
+            threads: NonZeroUsize::new(2),
+            ..DecryptOptions::default()
+        };
+        (options, sizes)
+    }
+
+    #[test]
+    fn a_file_destination_is_sized_to_the_plaintext_before_the_first_write() {
+        let len = 3 << 20;
+        for template in [KeyTemplate::Aes256GcmHkdf1Mb, KeyTemplate::Aes128GcmHkdf4Kb] {
+            let keyset = Keyset::generate(template).unwrap();
+            let ct = sealed(&keyset, len);
+            let dir = tempfile::tempdir().unwrap();
+            let dest = dir.path().join("model.bin");
+            let sealed_file = dir.path().join("sealed");
+            fs::write(&sealed_file, &ct).unwrap();
+
+            // Told the sealed length, a stream's file is sized first.
+            let (mut options, sizes) = recording_partial_sizes(dir.path());
+            options.sealed_len = Some(ct.len() as u64);
+            decrypt_to_file(&ct[..], &keyset, b"a", &dest, &options).unwrap();
+            assert_eq!(sizes.lock().unwrap()[0], len as u64, "{template:?}");
+            assert_eq!(fs::read(&dest).unwrap(), vec![9u8; len]);
+
+            // Not told, it grows as written.
+            let (options, sizes) = recording_partial_sizes(dir.path());
+            decrypt_to_file(&ct[..], &keyset, b"a", &dest, &options).unwrap();
+            assert!(sizes.lock().unwrap()[0] < len as u64, "{template:?}");
+
+            // From a sealed file, with and without the digest, the file's length says it.
+            for skip_sha256 in [false, true] {
+                let (mut options, sizes) = recording_partial_sizes(dir.path());
+                options.skip_sha256 = skip_sha256;
+                let source = File::open(&sealed_file).unwrap();
+                crate::decrypt_file_to_file(&source, &keyset, b"a", &dest, &options).unwrap();
+                assert_eq!(
+                    sizes.lock().unwrap()[0],
+                    len as u64,
+                    "{template:?} {skip_sha256}"
+                );
+                assert_eq!(fs::read(&dest).unwrap(), vec![9u8; len]);
+            }
+        }
+    }
+
+    #[test]
+    fn a_wrong_sealed_length_changes_nothing_in_the_plaintext() {
+        let keyset = Keyset::generate(KeyTemplate::Aes128GcmHkdf4Kb).unwrap();
+        let ct = sealed(&keyset, 50_000);
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("model.bin");
+        // Longer than the stream, a length no stream has, and shorter than the stream.
+        for sealed_len in [ct.len() as u64 + 8192, 3, ct.len() as u64 - 4096] {
+            let options = DecryptOptions {
+                sealed_len: Some(sealed_len),
+                ..DecryptOptions::default()
+            };
+            let report = decrypt_to_file(&ct[..], &keyset, b"a", &dest, &options).unwrap();
+            assert_eq!(report.plaintext_bytes, 50_000);
+            assert_eq!(fs::read(&dest).unwrap(), vec![9u8; 50_000], "{sealed_len}");
+        }
     }
 
     #[test]

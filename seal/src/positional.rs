@@ -35,7 +35,10 @@ use crate::decrypt::{open_segment_in, open_stream, DecryptReport, SegmentPositio
 use crate::error::DecryptError;
 use crate::keyset::Keyset;
 use crate::params::StreamingParams;
-use crate::pipeline::{decrypt_to_file, report_progress, write_all_or_nothing, DecryptOptions};
+use crate::pipeline::{
+    decrypt_into_file, decrypt_to_file, presize, report_progress, write_all_or_nothing,
+    DecryptOptions,
+};
 
 /// Ciphertext bytes a worker claims at once, rounded down to whole segments (at least one).
 /// Small (4 KiB) segments are read and written in runs, because a system call per segment
@@ -92,7 +95,16 @@ pub fn decrypt_file_to_file(
     }
     if options.computes_sha256() {
         let from_start = FileReader::new(source, u64::MAX);
-        return decrypt_to_file(from_start, keyset, associated_data, dest, options);
+        return write_all_or_nothing(dest, |out| {
+            decrypt_into_file(
+                from_start,
+                keyset,
+                associated_data,
+                out,
+                options,
+                Some(metadata.len()),
+            )
+        });
     }
     let stream = Ciphertext {
         file: source,
@@ -177,6 +189,8 @@ fn decrypt_positionally(
         keyset,
         associated_data,
     )?;
+    // The length is the file's own, so the plaintext fills the presized file exactly.
+    presize(out, &stream.params, Some(source.len));
     out.write_all_at(&stream.first_plaintext, 0)
         .map_err(|source| DecryptError::Write { path: None, source })?;
     let mut report = DecryptReport {

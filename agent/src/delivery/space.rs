@@ -2,8 +2,8 @@
 //! (or the guest running out of memory) minutes into the decryption.
 //!
 //! The plaintext size follows exactly from the ciphertext size and the key's segment
-//! layout ([`veil_seal::StreamInfo::layout`]), so it is known once the store said how long
-//! the sealed model is and the key was released. It must fit twice over:
+//! layout ([`veil_seal::StreamingParams::plaintext_len_of`]), so it is known once the store
+//! said how long the sealed model is and the key was released. It must fit twice over:
 //!
 //! * in the volume's free space (`statvfs`): the tmpfs size limit
 //!   (`io.veil.volume.<name>.size-limit`, Kubernetes' emptyDir `sizeLimit`);
@@ -20,7 +20,7 @@
 use std::path::Path;
 
 use veil_protocol::delivery::Unpack;
-use veil_seal::{Keyset, StreamInfo};
+use veil_seal::Keyset;
 
 /// Memory the guest keeps for everything but the plaintext: the agent's decrypting
 /// pipeline (a few segments per worker), the serving container's process, page tables.
@@ -79,20 +79,7 @@ pub enum SpaceError {
 pub fn plaintext_bytes(ciphertext_bytes: u64, keyset: &Keyset) -> Option<u64> {
     keyset
         .enabled_keys()
-        .filter_map(|key| {
-            let params = key.params();
-            // `layout` expects at least a header, as `inspect` guarantees.
-            if ciphertext_bytes < params.header_len() as u64 {
-                return None;
-            }
-            StreamInfo {
-                header_len: params.header_len(),
-                derived_key_size: params.derived_key_size(),
-                ciphertext_bytes,
-            }
-            .layout(params)
-            .map(|layout| layout.plaintext_bytes)
-        })
+        .filter_map(|key| key.params().plaintext_len_of(ciphertext_bytes))
         .min()
 }
 
