@@ -372,6 +372,8 @@ mod tests {
             "CONFIG_HW_RANDOM_VIRTIO=y",
             "CONFIG_OVERLAY_FS=y",
             "CONFIG_DEVTMPFS=y",
+            "CONFIG_TRANSPARENT_HUGEPAGE=y",
+            "CONFIG_BASE_FULL=y",
         ] {
             assert!(
                 FRAGMENT.lines().any(|line| line == option),

@@ -429,8 +429,25 @@ impl Containerd {
 
     /// Asks the model server in container `id` (see [`Self::run_model_server`]) for a
     /// prediction on `input` (comma-separated numbers), from inside its VM; the server gets
-    /// up to 60 s to come up.
+    /// up to 60 s to come up (it loads the model before it listens, which takes seconds for a
+    /// padded model under TCG). A server that never came up gives the health check's answer.
     pub fn query_model_server(&self, id: &str, input: &str) -> Result<CtrOutput> {
+        let health = self.exec(
+            id,
+            "health",
+            &[
+                "veil-model-server",
+                "query",
+                "--url",
+                "http://127.0.0.1:8080",
+                "--health",
+                "--wait-secs",
+                "60",
+            ],
+        )?;
+        if health.code != 0 {
+            return Ok(health);
+        }
         self.exec(
             id,
             "query",

@@ -14,7 +14,8 @@ const INPUT: &str = "5.1,3.5,1.4,0.2";
 
 #[test]
 fn a_sealed_model_is_delivered_into_guest_ram_and_served_and_the_host_sees_none_of_it() {
-    let owner = ModelOwner::start(7, 0).expect("model owner");
+    // Padded past a few huge pages, to see the model volume's.
+    let owner = ModelOwner::start(7, 6).expect("model owner");
     let containerd = Containerd::start().expect("start containerd");
     containerd
         .import_model_server()
@@ -60,7 +61,7 @@ fn a_sealed_model_is_delivered_into_guest_ram_and_served_and_the_host_sees_none_
             &[
                 "sh",
                 "-c",
-                "grep ' /model ' /proc/mounts; ls /model; touch /model/x 2>&1; true",
+                "grep ' /model ' /proc/mounts; ls /model; touch /model/x 2>&1; grep ShmemHugePages /proc/meminfo; true",
             ],
         )
         .expect("exec");
@@ -81,6 +82,19 @@ fn a_sealed_model_is_delivered_into_guest_ram_and_served_and_the_host_sees_none_
         "{}",
         mounts.stdout
     );
+    // The model's file, sized before it was written, sits in the volume's huge pages.
+    assert!(
+        mounts.stdout.contains("huge=within_size"),
+        "{}",
+        mounts.stdout
+    );
+    let huge_kib: u64 = mounts
+        .stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("ShmemHugePages:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no ShmemHugePages in the guest: {}", mounts.stdout));
+    assert!(huge_kib >= 2048, "{}", mounts.stdout);
 
     let during = owner.secrets_on_host(&containerd);
     assert!(

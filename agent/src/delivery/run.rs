@@ -336,6 +336,8 @@ fn decrypt_with_retries(
     loop {
         let options = DecryptOptions {
             expected_sha256: plan.sha256,
+            // Sized in advance, the model's file gets the volume's huge pages.
+            sealed_len: fetched.length,
             ..Default::default()
         };
         let source = ProgressReader::new(fetched.reader, fetched.length);
