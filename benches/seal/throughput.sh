@@ -212,6 +212,8 @@ gpg_rate=$(gpg_into "$work")
 ratio() { python3 -c "print(f'{$1 / $2:.2f}')"; }
 wall() { echo "${1% *}"; }
 cpu() { echo "${1#* }"; }
+# A table row: what was measured, and its "WALL_MIBS CPU_MIBS" pair.
+row() { echo "| $1 | $(wall "$2") | $(cpu "$2") |"; }
 # The issue-3 targets for veil's 1-thread, 2-thread and all-thread rates (against Tink's and
 # gpg's rates $4 and $5 when given, into the same destination).
 targets() {
@@ -243,23 +245,23 @@ mkdir -p "$(dirname "$out_md")"
     echo
     echo "| what | MiB/s (wall) | MiB/CPU-s |"
     echo "| --- | ---: | ---: |"
-    echo "| veil seal decrypt, 1 worker thread | $(wall "$veil_1") | $(cpu "$veil_1") |"
-    echo "| veil seal decrypt, 2 worker threads | $(wall "$veil_2") | $(cpu "$veil_2") |"
-    echo "| veil seal decrypt, $cpus worker threads (all CPUs) | $(wall "$veil_all") | $(cpu "$veil_all") |"
+    row "veil seal decrypt, 1 worker thread" "$veil_1"
+    row "veil seal decrypt, 2 worker threads" "$veil_2"
+    row "veil seal decrypt, $cpus worker threads (all CPUs)" "$veil_all"
     echo "| openssl speed -evp aes-256-gcm, 16 KiB blocks, 1 core | $ossl_1_wall | $ossl_1_mibs |"
     echo "| openssl speed -evp aes-256-gcm, 16 KiB blocks, -multi $cpus | | $ossl_all_mibs (sum) |"
     echo "| openssl speed -evp sha256, 16 KiB blocks, 1 core (hashing alone) | $sha_wall | $sha_cpu |"
-    echo "| Tink Python streaming decrypt (same sealed file) | $(wall "$tink") | $(cpu "$tink") |"
-    echo "| gpg --decrypt (symmetric AES256, no compression) | $(wall "$gpg_rate") | $(cpu "$gpg_rate") |"
-    echo "| veil seal decrypt to stdout (> /dev/null), 1 worker thread | $(wall "$veil_stdout_1") | $(cpu "$veil_stdout_1") |"
-    echo "| veil seal decrypt to stdout (> /dev/null), $cpus worker threads | $(wall "$veil_stdout_all") | $(cpu "$veil_stdout_all") |"
-    echo "| dd bs=1M of the plaintext into a new tmpfs file (no crypto, no hash) | $(wall "$dd_rate") | $(cpu "$dd_rate") |"
-    echo "| veil seal decrypt --no-sha256 to stdout (> /dev/null), 1 worker thread | $(wall "$veil_nodigest_1") | $(cpu "$veil_nodigest_1") |"
-    echo "| veil seal decrypt --no-sha256 to stdout (> /dev/null), 2 worker threads | $(wall "$veil_nodigest_2") | $(cpu "$veil_nodigest_2") |"
-    echo "| veil seal decrypt --no-sha256 to stdout (> /dev/null), $cpus worker threads | $(wall "$veil_nodigest_all") | $(cpu "$veil_nodigest_all") |"
-    echo "| veil seal decrypt --no-sha256 into a tmpfs file, 1 worker thread | $(wall "$veil_nodigest_file_1") | $(cpu "$veil_nodigest_file_1") |"
-    echo "| veil seal decrypt --no-sha256 into a tmpfs file, 2 worker threads | $(wall "$veil_nodigest_file_2") | $(cpu "$veil_nodigest_file_2") |"
-    echo "| veil seal decrypt --no-sha256 into a tmpfs file, $cpus worker threads | $(wall "$veil_nodigest_file_all") | $(cpu "$veil_nodigest_file_all") |"
+    row "Tink Python streaming decrypt (same sealed file)" "$tink"
+    row "gpg --decrypt (symmetric AES256, no compression)" "$gpg_rate"
+    row "veil seal decrypt to stdout (> /dev/null), 1 worker thread" "$veil_stdout_1"
+    row "veil seal decrypt to stdout (> /dev/null), $cpus worker threads" "$veil_stdout_all"
+    row "dd bs=1M of the plaintext into a new tmpfs file (no crypto, no hash)" "$dd_rate"
+    row "veil seal decrypt --no-sha256 to stdout (> /dev/null), 1 worker thread" "$veil_nodigest_1"
+    row "veil seal decrypt --no-sha256 to stdout (> /dev/null), 2 worker threads" "$veil_nodigest_2"
+    row "veil seal decrypt --no-sha256 to stdout (> /dev/null), $cpus worker threads" "$veil_nodigest_all"
+    row "veil seal decrypt --no-sha256 into a tmpfs file, 1 worker thread" "$veil_nodigest_file_1"
+    row "veil seal decrypt --no-sha256 into a tmpfs file, 2 worker threads" "$veil_nodigest_file_2"
+    row "veil seal decrypt --no-sha256 into a tmpfs file, $cpus worker threads" "$veil_nodigest_file_all"
     echo
     echo "Targets from issue 3 (wall clock; openssl 1 core by its -elapsed figure):"
     echo
@@ -287,15 +289,15 @@ mkdir -p "$(dirname "$out_md")"
         echo
         echo "| what | MiB/s (wall) | MiB/CPU-s |"
         echo "| --- | ---: | ---: |"
-        echo "| veil seal decrypt, 1 worker thread | $(wall "$veil_huge_1") | $(cpu "$veil_huge_1") |"
-        echo "| veil seal decrypt, 2 worker threads | $(wall "$veil_huge_2") | $(cpu "$veil_huge_2") |"
-        echo "| veil seal decrypt, $cpus worker threads (all CPUs) | $(wall "$veil_huge_all") | $(cpu "$veil_huge_all") |"
-        echo "| veil seal decrypt --no-sha256, 1 worker thread | $(wall "$veil_huge_nodigest_1") | $(cpu "$veil_huge_nodigest_1") |"
-        echo "| veil seal decrypt --no-sha256, 2 worker threads | $(wall "$veil_huge_nodigest_2") | $(cpu "$veil_huge_nodigest_2") |"
-        echo "| veil seal decrypt --no-sha256, $cpus worker threads | $(wall "$veil_huge_nodigest_all") | $(cpu "$veil_huge_nodigest_all") |"
-        echo "| Tink Python streaming decrypt | $(wall "$tink_huge") | $(cpu "$tink_huge") |"
-        echo "| gpg --decrypt | $(wall "$gpg_huge") | $(cpu "$gpg_huge") |"
-        echo "| dd bs=1M of the plaintext (no crypto, no hash) | $(wall "$dd_huge") | $(cpu "$dd_huge") |"
+        row "veil seal decrypt, 1 worker thread" "$veil_huge_1"
+        row "veil seal decrypt, 2 worker threads" "$veil_huge_2"
+        row "veil seal decrypt, $cpus worker threads (all CPUs)" "$veil_huge_all"
+        row "veil seal decrypt --no-sha256, 1 worker thread" "$veil_huge_nodigest_1"
+        row "veil seal decrypt --no-sha256, 2 worker threads" "$veil_huge_nodigest_2"
+        row "veil seal decrypt --no-sha256, $cpus worker threads" "$veil_huge_nodigest_all"
+        row "Tink Python streaming decrypt" "$tink_huge"
+        row "gpg --decrypt" "$gpg_huge"
+        row "dd bs=1M of the plaintext (no crypto, no hash)" "$dd_huge"
         echo
         echo "Targets from issue 3, with the digest:"
         echo
