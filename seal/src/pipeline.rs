@@ -218,7 +218,7 @@ pub(crate) fn presize(file: &File, params: &StreamingParams, sealed_len: Option<
 
 /// Cuts a presized file to the plaintext actually written, in case the announced length was
 /// longer.
-pub(crate) fn cut_to_plaintext(file: &File, report: &DecryptReport) -> Result<(), DecryptError> {
+fn cut_to_plaintext(file: &File, report: &DecryptReport) -> Result<(), DecryptError> {
     file.set_len(report.plaintext_bytes)
         .map_err(|source| DecryptError::Write { path: None, source })
 }
