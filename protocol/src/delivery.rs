@@ -41,6 +41,16 @@ pub enum Unpack {
     TarGz,
 }
 
+/// Whether the node may exec into the containers that can reach the delivered model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ExecPolicy {
+    /// Refused (the default): a process the node starts there could read the model.
+    #[default]
+    Deny,
+    /// The model owner allows it (the declaration, and so SNP's `host_data`, says so).
+    Allow,
+}
+
 /// A checked delivery declaration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
@@ -68,6 +78,8 @@ pub struct Plan {
     pub host_data: [u8; 32],
     /// PEM certificates to verify https:// URLs against instead of the WebPKI roots.
     pub trusted_ca_pem: Option<String>,
+    /// Whether the node may exec into the containers that can reach the model.
+    pub exec: ExecPolicy,
 }
 
 /// The declaration is unusable.
@@ -137,6 +149,17 @@ fn parse_unpack(text: &str) -> Result<Unpack, PlanError> {
     }
 }
 
+fn parse_exec(text: &str) -> Result<ExecPolicy, PlanError> {
+    match text {
+        "" | "deny" => Ok(ExecPolicy::Deny),
+        "allow" => Ok(ExecPolicy::Allow),
+        other => Err(bad(
+            "exec",
+            format!("{other:?}: use deny (the default) or allow"),
+        )),
+    }
+}
+
 fn parse_sha256(text: &str) -> Result<Option<[u8; 32]>, PlanError> {
     if text.is_empty() {
         return Ok(None);
@@ -199,8 +222,17 @@ pub fn declaration_digest_bytes(delivery: &ModelDelivery) -> [u8; 32] {
         hasher.update((delivery.trusted_ca_pem.len() as u64).to_be_bytes());
         hasher.update(delivery.trusted_ca_pem.as_bytes());
     }
+    // The same rule: a declaration that denies exec (the default, however spelled) keeps
+    // its digest, and one that allows it gets another, which a broker policy can refuse.
+    if delivery.exec == "allow" {
+        hasher.update((EXEC_ALLOWED.len() as u64).to_be_bytes());
+        hasher.update(EXEC_ALLOWED);
+    }
     hasher.finalize().into()
 }
+
+/// What the digest of a declaration that allows exec covers in addition.
+const EXEC_ALLOWED: &[u8] = b"exec=allow";
 
 /// The PEM marker every certificate starts with.
 const PEM_CERTIFICATE: &str = "-----BEGIN CERTIFICATE-----";
@@ -242,6 +274,7 @@ impl Plan {
             host_data: declaration_digest_bytes(delivery),
             trusted_ca_pem: (!delivery.trusted_ca_pem.is_empty())
                 .then(|| delivery.trusted_ca_pem.clone()),
+            exec: parse_exec(&delivery.exec)?,
         })
     }
 }
@@ -277,7 +310,7 @@ mod tests {
     #[test]
     fn each_bad_field_is_named() {
         type Breakage = fn(&mut ModelDelivery);
-        let cases: [(Breakage, &str); 8] = [
+        let cases: [(Breakage, &str); 9] = [
             (|d| d.volume.clear(), "volume"),
             (|d| d.source_url = "ftp://x/y".into(), "source"),
             (|d| d.kbs_url = "kbs.example".into(), "kbs"),
@@ -286,6 +319,7 @@ mod tests {
             (|d| d.unpack = "zip".into(), "unpack"),
             (|d| d.path = "../etc/passwd".into(), "path"),
             (|d| d.trusted_ca_pem = "not a certificate".into(), "ca"),
+            (|d| d.exec = "yes".into(), "exec"),
         ];
         for (break_it, field) in cases {
             let mut delivery = declaration();
@@ -319,6 +353,20 @@ mod tests {
             Some(with_ca.trusted_ca_pem.as_str())
         );
         assert_eq!(Plan::parse(&plain).expect("plan").trusted_ca_pem, None);
+    }
+
+    #[test]
+    fn exec_is_denied_unless_allowed_and_only_allowing_it_changes_the_digest() {
+        let default = declaration();
+        let mut denied = declaration();
+        denied.exec = "deny".into();
+        let mut allowed = declaration();
+        allowed.exec = "allow".into();
+        assert_eq!(Plan::parse(&default).expect("plan").exec, ExecPolicy::Deny);
+        assert_eq!(Plan::parse(&denied).expect("plan").exec, ExecPolicy::Deny);
+        assert_eq!(Plan::parse(&allowed).expect("plan").exec, ExecPolicy::Allow);
+        assert_eq!(declaration_digest(&denied), declaration_digest(&default));
+        assert_ne!(declaration_digest(&allowed), declaration_digest(&default));
     }
 
     #[test]

@@ -27,6 +27,7 @@ fn agent_error(what: &str, error: ttrpc::Error) -> Error {
                 ttrpc::Code::ALREADY_EXISTS => Error::AlreadyExists(detail),
                 ttrpc::Code::INVALID_ARGUMENT => Error::InvalidArgument(detail),
                 ttrpc::Code::FAILED_PRECONDITION => Error::FailedPrecondition(detail),
+                ttrpc::Code::PERMISSION_DENIED => Error::PermissionDenied(detail),
                 _ => Error::Agent {
                     what: what.to_string(),
                     detail,

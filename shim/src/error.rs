@@ -32,6 +32,9 @@ pub enum Error {
     /// The call is not allowed in the current state.
     #[error("{0}")]
     FailedPrecondition(String),
+    /// The guest refused: the call would let the node reach a delivered model.
+    #[error("{0}")]
+    PermissionDenied(String),
     /// The feature is not built yet.
     #[error("{0} is not implemented by the veil runtime yet")]
     Unimplemented(&'static str),
@@ -72,6 +75,7 @@ impl Error {
             Error::NotFound(_) => ttrpc::Code::NOT_FOUND,
             Error::AlreadyExists(_) => ttrpc::Code::ALREADY_EXISTS,
             Error::FailedPrecondition(_) => ttrpc::Code::FAILED_PRECONDITION,
+            Error::PermissionDenied(_) => ttrpc::Code::PERMISSION_DENIED,
             Error::Unimplemented(_) => ttrpc::Code::UNIMPLEMENTED,
             Error::Vm(_) | Error::Agent { .. } | Error::Io { .. } => ttrpc::Code::INTERNAL,
         }

@@ -12,6 +12,7 @@
 //! | `io.veil.model.unpack` | `none` (default), `tar` or `tar.gz` |
 //! | `io.veil.model.aad` | associated data the model was sealed with |
 //! | `io.veil.model.ca` | PEM certificate(s) of a private CA that https:// URLs are verified against |
+//! | `io.veil.model.exec` | `deny` (default) or `allow`: whether the node may exec into the containers that can reach the model |
 //!
 //! URLs naming the node's loopback (`127.0.0.1`, `localhost`) are rewritten to the
 //! address under which the guest's user network reaches it.
@@ -61,7 +62,7 @@ pub fn declaration(annotations: Option<&HashMap<String, String>>) -> Result<Opti
             continue;
         };
         let known = [
-            "source", "kbs", "key", "volume", "sha256", "path", "unpack", "aad", "ca",
+            "source", "kbs", "key", "volume", "sha256", "path", "unpack", "aad", "ca", "exec",
         ];
         if !known.contains(&field) {
             return Err(invalid(
@@ -98,6 +99,7 @@ pub fn declaration(annotations: Option<&HashMap<String, String>>) -> Result<Opti
         unpack: get("unpack"),
         associated_data: get("aad").into_bytes(),
         trusted_ca_pem: get("ca"),
+        exec: get("exec"),
         ..Default::default()
     };
     // The plan's field names are the annotations' suffixes.
@@ -309,6 +311,26 @@ mod tests {
             .expect_err("not PEM")
             .to_string();
         assert!(error.contains("io.veil.model.ca"), "{error}");
+    }
+
+    #[test]
+    fn the_exec_policy_is_passed_on_and_a_misspelling_refused_by_name() {
+        let mut pairs = full();
+        pairs.retain(|(k, _)| *k != "sha256");
+        pairs.push(("exec", "allow"));
+        let delivery = declaration(Some(&annotations(&pairs)))
+            .expect("ok")
+            .expect("declared");
+        assert_eq!(delivery.exec, "allow");
+        pairs.retain(|(k, _)| *k != "exec");
+        pairs.push(("exec", "true"));
+        let error = declaration(Some(&annotations(&pairs)))
+            .expect_err("misspelt")
+            .to_string();
+        assert!(
+            error.contains("io.veil.model.exec") && error.contains("deny"),
+            "{error}"
+        );
     }
 
     fn to_hex(bytes: &[u8]) -> String {
