@@ -9,6 +9,7 @@
 //! sizes and rates, never content.
 
 pub mod fetch;
+pub mod guard;
 pub mod resolve;
 pub mod run;
 pub mod space;
@@ -23,7 +24,7 @@ use tokio::sync::watch;
 use veil_protocol::ModelDelivery;
 
 pub use run::{DeliveryError, DeliveryReport};
-pub use veil_protocol::delivery::{Plan, PlanError};
+pub use veil_protocol::delivery::{ExecPolicy, Plan, PlanError};
 
 /// Where one delivery stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,6 +39,7 @@ pub enum DeliveryState {
 
 struct Entry {
     declaration: ModelDelivery,
+    exec: ExecPolicy,
     state: watch::Receiver<DeliveryState>,
 }
 
@@ -85,6 +87,7 @@ impl Deliveries {
             plan.volume.clone(),
             Entry {
                 declaration: declaration.clone(),
+                exec: plan.exec,
                 state,
             },
         );
@@ -125,6 +128,25 @@ impl Deliveries {
             }
         }
         Ok(())
+    }
+
+    /// Whether this VM receives a model: its containers are then held to
+    /// [`guard::Reach::check_sealed`].
+    pub fn any(&self) -> bool {
+        !self.entries().is_empty()
+    }
+
+    /// The first of `volumes` whose delivery denies exec into the containers that can
+    /// reach it, if any.
+    pub fn exec_denied_for<'a>(
+        &self,
+        volumes: impl IntoIterator<Item = &'a String>,
+    ) -> Option<String> {
+        let entries = self.entries();
+        volumes
+            .into_iter()
+            .find(|v| entries.get(*v).is_some_and(|e| e.exec == ExecPolicy::Deny))
+            .cloned()
     }
 
     /// The current state of the delivery into `volume`, if there is one.
@@ -196,6 +218,32 @@ mod tests {
             )
             .expect_err("conflict");
         assert!(matches!(error, DeliveryError::Conflict { .. }), "{error}");
+    }
+
+    #[tokio::test]
+    async fn exec_is_denied_for_a_delivered_volume_unless_its_declaration_allows_it() {
+        let volume = tempfile::tempdir().expect("tempdir");
+        let deliveries = Deliveries::new(None);
+        assert!(!deliveries.any());
+        assert_eq!(deliveries.exec_denied_for(&["model".to_string()]), None);
+        deliveries
+            .start(
+                &declaration("http://127.0.0.1:9"),
+                volume.path().to_path_buf(),
+            )
+            .expect("start");
+        assert!(deliveries.any());
+        let volumes = ["scratch".to_string(), "model".to_string()];
+        assert_eq!(deliveries.exec_denied_for(&volumes), Some("model".into()));
+        assert_eq!(deliveries.exec_denied_for(&volumes[..1]), None);
+
+        let allowing = Deliveries::new(None);
+        let mut declaration = declaration("http://127.0.0.1:9");
+        declaration.exec = "allow".into();
+        allowing
+            .start(&declaration, volume.path().to_path_buf())
+            .expect("start");
+        assert_eq!(allowing.exec_denied_for(&volumes), None);
     }
 
     #[tokio::test]

@@ -25,6 +25,9 @@ pub enum ServiceError {
     /// The call is not allowed in the current state.
     #[error("{0}")]
     FailedPrecondition(String),
+    /// The call would let the node reach a delivered model.
+    #[error("{0}")]
+    PermissionDenied(String),
     /// The container runtime failed.
     #[error("{what}: {source}")]
     Runtime {
@@ -59,6 +62,7 @@ impl ServiceError {
             ServiceError::AlreadyExists(_) => ttrpc::Code::ALREADY_EXISTS,
             ServiceError::InvalidArgument(_) => ttrpc::Code::INVALID_ARGUMENT,
             ServiceError::FailedPrecondition(_) => ttrpc::Code::FAILED_PRECONDITION,
+            ServiceError::PermissionDenied(_) => ttrpc::Code::PERMISSION_DENIED,
             ServiceError::Network(crate::network::NetworkError::InvalidPodInterface { .. }) => {
                 ttrpc::Code::INVALID_ARGUMENT
             }

@@ -20,6 +20,7 @@ use veil_protocol::ttrpc::{self, r#async::TtrpcContext};
 pub use error::ServiceError;
 use stream::{FdReader, FdWriter};
 
+use crate::delivery::guard::Reach;
 use crate::delivery::Deliveries;
 use crate::network::PodNetwork;
 use crate::port_forward::ForwardedConnections;
@@ -99,6 +100,8 @@ struct ContainerEntry {
     init: Arc<ProcessEntry>,
     /// Memory volumes its mounts use: its start waits for their model deliveries.
     volumes: Vec<String>,
+    /// What its spec reaches, checked again when the VM's first delivery starts.
+    reach: Reach,
     execs: Mutex<HashMap<String, Arc<ProcessEntry>>>,
 }
 
@@ -205,6 +208,11 @@ impl AgentService {
             .map_err(|e| {
                 ServiceError::InvalidArgument(format!("OCI spec of container {id}: {e}"))
             })?;
+        let rootfs = PathBuf::from(&request.rootfs);
+        let reach = Reach::of(&spec, &rootfs);
+        if request.model_delivery.is_some() || self.deliveries.any() {
+            self.check_confined(&id, &reach, request.model_delivery.is_some())?;
+        }
         for volume in &request.memory_volumes {
             self.volumes
                 .ensure(&volume.name, volume.size_bytes)
@@ -213,8 +221,7 @@ impl AgentService {
         if let Some(delivery) = request.model_delivery.as_ref() {
             self.start_delivery(&id, delivery)?;
         }
-        let volumes = mounted_volumes(&spec);
-        let rootfs = PathBuf::from(&request.rootfs);
+        let volumes = reach.volumes();
         let stdio = StdioRequest::from(request.stdio.get_or_default());
         let runtime_id = id.clone();
         let entry = self
@@ -226,11 +233,65 @@ impl AgentService {
         let container = ContainerEntry {
             init: Arc::new(entry),
             volumes,
+            reach,
             execs: Mutex::new(HashMap::new()),
         };
         locked(&self.containers).insert(id.clone(), Arc::new(container));
         tracing::info!(container = %id, pid, "container created");
         Ok(pid as u32)
+    }
+
+    /// Refuses a container that could reach a delivered model other than by mounting its
+    /// volume. With `delivering`, the containers already in the VM are held to the same
+    /// rules, since the model would arrive next to them.
+    fn check_confined(
+        &self,
+        id: &str,
+        reach: &Reach,
+        delivering: bool,
+    ) -> Result<(), ServiceError> {
+        let containers: Vec<(String, Arc<ContainerEntry>)> = locked(&self.containers)
+            .iter()
+            .map(|(id, c)| (id.clone(), Arc::clone(c)))
+            .collect();
+        let pids: Vec<i32> = containers.iter().map(|(_, c)| c.init.pid).collect();
+        let refuse = |who: &str, confinement: crate::delivery::guard::Confinement| {
+            ServiceError::PermissionDenied(format!(
+                "container {who} cannot run in a VM that receives a sealed model: {confinement}"
+            ))
+        };
+        reach.check_sealed(&pids).map_err(|c| refuse(id, c))?;
+        if delivering {
+            for (other, entry) in &containers {
+                entry
+                    .reach
+                    .check_sealed(&pids)
+                    .map_err(|c| refuse(other, c))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The delivered volume that makes an exec into `container` reach a model its owner
+    /// keeps from exec: one it mounts, or one mounted by a container sharing its pid
+    /// namespace (whose files it could read through `/proc/<pid>/root`).
+    fn sealed_volume_within_reach(&self, container: &ContainerEntry) -> Option<String> {
+        if !self.deliveries.any() {
+            return None;
+        }
+        if let Some(volume) = self.deliveries.exec_denied_for(&container.volumes) {
+            return Some(volume);
+        }
+        let Some(namespace) = procfs::pid_namespace_of(container.init.pid) else {
+            // Unknown: treat it as shared with every container, so that the refusal errs safe.
+            return locked(&self.containers)
+                .values()
+                .find_map(|other| self.deliveries.exec_denied_for(&other.volumes));
+        };
+        locked(&self.containers)
+            .values()
+            .filter(|other| procfs::pid_namespace_of(other.init.pid).is_none_or(|n| n == namespace))
+            .find_map(|other| self.deliveries.exec_denied_for(&other.volumes))
     }
 
     /// Starts the pod's model delivery (once; later containers repeat the declaration).
@@ -275,6 +336,11 @@ impl AgentService {
         if locked(&container.execs).contains_key(&exec_id) {
             return Err(ServiceError::AlreadyExists(format!(
                 "exec {exec_id} in container {id}"
+            )));
+        }
+        if let Some(volume) = self.sealed_volume_within_reach(&container) {
+            return Err(ServiceError::PermissionDenied(format!(
+                "exec {exec_id} into container {id} is refused: the container can reach the sealed model in volume {volume} (it mounts the volume, or shares a pid namespace with a container that does), and the model owner's declaration does not allow exec; the owner can allow it with the pod annotation io.veil.model.exec: allow, which changes the declaration's digest (SNP host_data) that the key broker sees"
             )));
         }
         let process: oci_spec::runtime::Process = serde_json::from_slice(&request.oci_process_json)
@@ -452,22 +518,6 @@ impl AgentService {
             }
         }
     }
-}
-
-/// Names of the memory volumes (sources under [`api::GUEST_VOLUMES_DIR`]) that `spec` mounts.
-fn mounted_volumes(spec: &oci_spec::runtime::Spec) -> Vec<String> {
-    let base = std::path::Path::new(api::GUEST_VOLUMES_DIR);
-    let mut names: Vec<String> = spec
-        .mounts()
-        .iter()
-        .flatten()
-        .filter_map(|m| m.source().as_ref()?.strip_prefix(base).ok())
-        .filter_map(|rest| rest.components().next())
-        .map(|c| c.as_os_str().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    names.dedup();
-    names
 }
 
 fn keep_or_drain(fd: Option<OwnedFd>, wanted: bool) -> Option<OwnedFd> {

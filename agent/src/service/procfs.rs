@@ -6,6 +6,11 @@ fn pid_namespace(proc_root: &Path, pid: i32) -> Option<std::path::PathBuf> {
     std::fs::read_link(proc_root.join(pid.to_string()).join("ns/pid")).ok()
 }
 
+/// The pid namespace `pid` is in (`pid:[<inode>]`), or `None` when it is gone.
+pub fn pid_namespace_of(pid: i32) -> Option<std::path::PathBuf> {
+    pid_namespace(Path::new("/proc"), pid)
+}
+
 /// Every pid (as the agent sees it) in the pid namespace that `pid` belongs to, `pid`
 /// first. When that namespace is the agent's own (a container without a pid
 /// namespace), only `pid` itself is returned: the container's other processes cannot

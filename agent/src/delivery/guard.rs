@@ -1,0 +1,442 @@
+//! Keeps the node's hands off a delivered model: what a container of a VM that receives a
+//! sealed model may ask for.
+//!
+//! The node writes every container's OCI spec, so in a VM with a model delivery the agent
+//! checks each spec for the ways it could reach the model's volume other than by mounting
+//! it (which makes the container wait for the delivery and is announced to the owner):
+//!
+//! - a rootfs or a bind mount from a guest path outside the files the node shares
+//!   ([`GUEST_SHARED_DIR`]) and the memory volumes ([`GUEST_VOLUMES_DIR`]), for example
+//!   the guest's `/`, or a shared symlink that points at the volume;
+//! - the agent's own pid namespace, whose `/proc/1/root` is the guest's root;
+//! - capabilities that read kernel memory or other processes' memory;
+//! - sysctls outside the container's own namespaces (`kernel.core_pattern` runs a program
+//!   as the guest's root).
+//!
+//! Exec into a container that can reach the model is refused unless the owner's
+//! declaration allows it (see [`super::Deliveries::exec_denied_for`]).
+//!
+//! What this does not cover yet: the containers' files and commands come from the node, so
+//! a node can still change the serving container's program. Binding the rootfs to a digest
+//! the owner approved is the next step (the configs README says so).
+
+use std::collections::BTreeSet;
+use std::path::{Component, Path, PathBuf};
+
+use oci_spec::runtime::{LinuxNamespaceType, Mount, Spec};
+use veil_protocol::{GUEST_SHARED_DIR, GUEST_VOLUMES_DIR};
+
+/// Capabilities that reach beyond a container's namespaces: kernel memory, modules, raw
+/// devices, other processes' memory, and mounts or BPF programs that can read either.
+const REACHING_CAPABILITIES: [&str; 6] = [
+    "CAP_SYS_ADMIN",
+    "CAP_SYS_MODULE",
+    "CAP_SYS_RAWIO",
+    "CAP_SYS_PTRACE",
+    "CAP_BPF",
+    "CAP_PERFMON",
+];
+
+/// Sysctl prefixes that belong to a container's own namespaces (runc's list).
+const NAMESPACED_SYSCTL_PREFIXES: [&str; 3] = ["net.", "fs.mqueue.", "kernel.shm"];
+/// Single namespaced sysctls (runc's list).
+const NAMESPACED_SYSCTLS: [&str; 6] = [
+    "kernel.msgmax",
+    "kernel.msgmnb",
+    "kernel.msgmni",
+    "kernel.sem",
+    "kernel.hostname",
+    "kernel.domainname",
+];
+
+/// How a container's pid namespace is set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PidNamespace {
+    /// A new one.
+    New,
+    /// Joined by path.
+    Joined(PathBuf),
+    /// None in the spec: the agent's own.
+    Agent,
+}
+
+/// One bind mount, with its source as the guest resolves it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bind {
+    /// Where it is mounted in the container.
+    pub destination: PathBuf,
+    /// The source the spec names.
+    pub source: PathBuf,
+    /// The source with symlinks resolved (lexically normalised when it does not exist).
+    pub resolved: PathBuf,
+}
+
+/// What a container's create request reaches in the guest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reach {
+    /// The rootfs, resolved.
+    pub rootfs: PathBuf,
+    /// Its bind mounts.
+    pub binds: Vec<Bind>,
+    /// Its pid namespace.
+    pub pid: PidNamespace,
+    /// Capabilities in any of its process's sets.
+    pub capabilities: BTreeSet<String>,
+    /// Sysctl keys it sets.
+    pub sysctls: Vec<String>,
+}
+
+/// Why a container may not run next to a delivered model. Each says what to change.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Confinement {
+    /// The rootfs is not a shared directory.
+    #[error("its rootfs {} is a guest path, not one the node shares under {GUEST_SHARED_DIR}; a pod that receives a sealed model runs containers from shared rootfs only", .0.display())]
+    RootfsOutsideShare(PathBuf),
+    /// A bind mount's source is a guest path.
+    #[error("the mount at {} binds {}, which resolves to the guest path {}; in a pod that receives a sealed model only files shared by the node (under {GUEST_SHARED_DIR}) and memory volumes (under {GUEST_VOLUMES_DIR}) can be bound", .destination.display(), .given.display(), .resolved.display())]
+    BindOutsideShare {
+        /// Where it is mounted.
+        destination: PathBuf,
+        /// The source as given.
+        given: PathBuf,
+        /// Where it leads.
+        resolved: PathBuf,
+    },
+    /// No pid namespace of its own.
+    #[error("it has no pid namespace, so it would share the agent's, whose /proc/1/root is the guest's root with the model's volume; give it one (no hostPID)")]
+    AgentPidNamespace,
+    /// Joins a pid namespace that is no container's.
+    #[error("it joins the pid namespace {}, which is not /proc/<pid>/ns/pid of a container in this VM; give it a new one or join its pod's", .0.display())]
+    ForeignPidNamespace(PathBuf),
+    /// A capability that reaches beyond its namespaces.
+    #[error("it asks for {0}, which can read kernel or other processes' memory; a pod that receives a sealed model cannot have it (drop it, and do not run the container privileged)")]
+    ReachingCapability(String),
+    /// A sysctl of the whole guest.
+    #[error("it sets the sysctl {0}, which is not namespaced and would change the whole guest; only net.*, kernel.shm*, kernel.msg*, kernel.sem, fs.mqueue.* and the host and domain names can be set")]
+    GlobalSysctl(String),
+}
+
+impl Reach {
+    /// What `spec`, run on `rootfs`, reaches.
+    pub fn of(spec: &Spec, rootfs: &Path) -> Reach {
+        Reach {
+            rootfs: resolve(rootfs),
+            binds: spec.mounts().iter().flatten().filter_map(bind_of).collect(),
+            pid: pid_namespace(spec),
+            capabilities: capabilities(spec),
+            sysctls: spec
+                .linux()
+                .as_ref()
+                .and_then(|l| l.sysctl().as_ref())
+                .map(|s| s.keys().cloned().collect())
+                .unwrap_or_default(),
+        }
+    }
+
+    /// Names of the memory volumes its bind mounts lead to, sorted.
+    pub fn volumes(&self) -> Vec<String> {
+        let base = Path::new(GUEST_VOLUMES_DIR);
+        let names: BTreeSet<String> = self
+            .binds
+            .iter()
+            .filter_map(|b| b.resolved.strip_prefix(base).ok())
+            .filter_map(|rest| rest.components().next())
+            .map(|c| c.as_os_str().to_string_lossy().into_owned())
+            .collect();
+        names.into_iter().collect()
+    }
+
+    /// Whether it may run in a VM that receives a sealed model; `containers` are the init
+    /// pids of the VM's containers, whose pid namespaces it may join.
+    pub fn check_sealed(&self, containers: &[i32]) -> Result<(), Confinement> {
+        if !self.rootfs.starts_with(GUEST_SHARED_DIR) {
+            return Err(Confinement::RootfsOutsideShare(self.rootfs.clone()));
+        }
+        if let Some(bind) = self
+            .binds
+            .iter()
+            .find(|b| !is_shared_or_volume(&b.resolved))
+        {
+            return Err(Confinement::BindOutsideShare {
+                destination: bind.destination.clone(),
+                given: bind.source.clone(),
+                resolved: bind.resolved.clone(),
+            });
+        }
+        match &self.pid {
+            PidNamespace::New => {}
+            PidNamespace::Agent => return Err(Confinement::AgentPidNamespace),
+            PidNamespace::Joined(path) => {
+                if !containers
+                    .iter()
+                    .any(|&pid| pid > 1 && *path == pid_ns_path(pid))
+                {
+                    return Err(Confinement::ForeignPidNamespace(path.clone()));
+                }
+            }
+        }
+        if let Some(cap) = REACHING_CAPABILITIES
+            .iter()
+            .find(|c| self.capabilities.contains(**c))
+        {
+            return Err(Confinement::ReachingCapability(cap.to_string()));
+        }
+        if let Some(key) = self.sysctls.iter().find(|k| !is_namespaced_sysctl(k)) {
+            return Err(Confinement::GlobalSysctl(key.clone()));
+        }
+        Ok(())
+    }
+}
+
+fn pid_ns_path(pid: i32) -> PathBuf {
+    PathBuf::from(format!("/proc/{pid}/ns/pid"))
+}
+
+/// Inside the share, or inside one named volume: the volumes' parent would bind them all
+/// without naming any, so no delivery would be waited for.
+fn is_shared_or_volume(path: &Path) -> bool {
+    path.starts_with(GUEST_SHARED_DIR)
+        || path
+            .strip_prefix(GUEST_VOLUMES_DIR)
+            .is_ok_and(|rest| rest.components().next().is_some())
+}
+
+fn is_namespaced_sysctl(key: &str) -> bool {
+    NAMESPACED_SYSCTLS.contains(&key)
+        || NAMESPACED_SYSCTL_PREFIXES
+            .iter()
+            .any(|prefix| key.starts_with(prefix))
+}
+
+/// A mount the container runtime binds (type `bind`, or a `bind`/`rbind` option). A
+/// relative source stays as given: it would resolve against the mounting process's working
+/// directory, so it is never inside the share.
+fn bind_of(mount: &Mount) -> Option<Bind> {
+    let source = mount.source().as_ref()?;
+    let is_bind = mount.typ().as_deref() == Some("bind")
+        || mount
+            .options()
+            .iter()
+            .flatten()
+            .any(|o| o == "bind" || o == "rbind");
+    is_bind.then(|| Bind {
+        destination: mount.destination().clone(),
+        source: source.clone(),
+        resolved: if source.is_absolute() {
+            resolve(source)
+        } else {
+            source.clone()
+        },
+    })
+}
+
+/// `path` with symlinks resolved as the guest sees them; a path that does not exist (yet)
+/// is normalised lexically, `..` included, so that it cannot climb out of a prefix.
+fn resolve(path: &Path) -> PathBuf {
+    std::fs::canonicalize(path).unwrap_or_else(|_| normalise(path))
+}
+
+fn normalise(path: &Path) -> PathBuf {
+    let mut out = PathBuf::from("/");
+    for component in path.components() {
+        match component {
+            Component::Normal(part) => out.push(part),
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+        }
+    }
+    out
+}
+
+fn pid_namespace(spec: &Spec) -> PidNamespace {
+    let pid = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().as_ref())
+        .and_then(|ns| ns.iter().find(|n| n.typ() == LinuxNamespaceType::Pid));
+    match pid {
+        None => PidNamespace::Agent,
+        Some(ns) => match ns.path() {
+            Some(path) => PidNamespace::Joined(path.clone()),
+            None => PidNamespace::New,
+        },
+    }
+}
+
+fn capabilities(spec: &Spec) -> BTreeSet<String> {
+    let Some(caps) = spec
+        .process()
+        .as_ref()
+        .and_then(|p| p.capabilities().as_ref())
+    else {
+        return BTreeSet::new();
+    };
+    [
+        caps.bounding(),
+        caps.effective(),
+        caps.inheritable(),
+        caps.permitted(),
+        caps.ambient(),
+    ]
+    .into_iter()
+    .flatten()
+    .flatten()
+    .filter_map(|c| Some(serde_json::to_value(c).ok()?.as_str()?.to_string()))
+    .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(json: &str) -> Spec {
+        serde_json::from_str(json).expect("spec")
+    }
+
+    fn shared_rootfs() -> PathBuf {
+        PathBuf::from(format!("{GUEST_SHARED_DIR}/c1/rootfs"))
+    }
+
+    const CONFINED: &str = r#"{"ociVersion":"1.0.2",
+        "process":{"cwd":"/","args":["sh"],"user":{"uid":0,"gid":0},"capabilities":{"bounding":["CAP_CHOWN","CAP_KILL"]}},
+        "mounts":[
+          {"destination":"/proc","type":"proc","source":"proc"},
+          {"destination":"/model","type":"bind","source":"/run/veil/volumes/model","options":["rbind","ro"]},
+          {"destination":"/etc/hosts","type":"bind","source":"/run/veil/shared/c1/mounts/0","options":["rbind"]}],
+        "linux":{"namespaces":[{"type":"mount"},{"type":"pid"}],"sysctl":{"net.ipv4.ip_forward":"1","kernel.shmmax":"1"}}}"#;
+
+    #[test]
+    fn a_container_as_the_shim_writes_it_is_confined_and_mounts_its_volume() {
+        let reach = Reach::of(&spec(CONFINED), &shared_rootfs());
+        assert_eq!(reach.check_sealed(&[]), Ok(()));
+        assert_eq!(reach.volumes(), vec!["model".to_string()]);
+    }
+
+    fn refusal(json: &str, rootfs: &Path, containers: &[i32]) -> Confinement {
+        Reach::of(&spec(json), rootfs)
+            .check_sealed(containers)
+            .expect_err("refused")
+    }
+
+    #[test]
+    fn a_rootfs_outside_the_share_is_refused() {
+        let error = refusal(CONFINED, Path::new("/"), &[]);
+        assert_eq!(error, Confinement::RootfsOutsideShare(PathBuf::from("/")));
+        let climbing = PathBuf::from(format!("{GUEST_SHARED_DIR}/../volumes/model"));
+        assert_eq!(
+            refusal(CONFINED, &climbing, &[]),
+            Confinement::RootfsOutsideShare(PathBuf::from("/run/veil/volumes/model"))
+        );
+    }
+
+    #[test]
+    fn binding_a_guest_path_is_refused_however_it_is_spelled() {
+        for source in [
+            "/",
+            "run/veil/volumes",
+            "/run/veil",
+            "/run/veil/shared/../volumes",
+            "/proc/1/root",
+        ] {
+            let json = CONFINED.replace("/run/veil/shared/c1/mounts/0", source);
+            let error = refusal(&json, &shared_rootfs(), &[]);
+            assert!(
+                matches!(&error, Confinement::BindOutsideShare { destination, .. } if destination == Path::new("/etc/hosts")),
+                "{source}: {error}"
+            );
+            assert!(error.to_string().contains(GUEST_SHARED_DIR), "{error}");
+        }
+        // A bind by option, whatever the type says.
+        let by_option = CONFINED.replace(
+            r#""type":"bind","source":"/run/veil/shared/c1/mounts/0""#,
+            r#""type":"none","source":"/""#,
+        );
+        assert!(matches!(
+            refusal(&by_option, &shared_rootfs(), &[]),
+            Confinement::BindOutsideShare { .. }
+        ));
+    }
+
+    #[test]
+    fn a_shared_symlink_to_the_volume_counts_as_mounting_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink("/", &link).expect("symlink");
+        let json = CONFINED.replace(
+            "/run/veil/shared/c1/mounts/0",
+            link.to_str().expect("utf-8"),
+        );
+        let error = refusal(&json, &shared_rootfs(), &[]);
+        assert!(
+            matches!(&error, Confinement::BindOutsideShare { resolved, .. } if resolved == Path::new("/")),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn the_agents_pid_namespace_and_foreign_ones_are_refused() {
+        let none = CONFINED.replace(r#",{"type":"pid"}"#, "");
+        assert_eq!(
+            refusal(&none, &shared_rootfs(), &[]),
+            Confinement::AgentPidNamespace
+        );
+        let joined = CONFINED.replace(
+            r#"{"type":"pid"}"#,
+            r#"{"type":"pid","path":"/proc/42/ns/pid"}"#,
+        );
+        Reach::of(&spec(&joined), &shared_rootfs())
+            .check_sealed(&[42])
+            .expect("the pod's sandbox container");
+        assert_eq!(
+            refusal(&joined, &shared_rootfs(), &[7]),
+            Confinement::ForeignPidNamespace(PathBuf::from("/proc/42/ns/pid"))
+        );
+        let agent = joined.replace("/proc/42/", "/proc/1/");
+        assert!(matches!(
+            refusal(&agent, &shared_rootfs(), &[1]),
+            Confinement::ForeignPidNamespace(_)
+        ));
+    }
+
+    #[test]
+    fn reaching_capabilities_in_any_set_are_refused() {
+        for set in [
+            "bounding",
+            "effective",
+            "permitted",
+            "inheritable",
+            "ambient",
+        ] {
+            let json = CONFINED.replace(
+                r#""bounding":["CAP_CHOWN","CAP_KILL"]"#,
+                &format!(r#""{set}":["CAP_CHOWN","CAP_SYS_PTRACE"]"#),
+            );
+            assert_eq!(
+                refusal(&json, &shared_rootfs(), &[]),
+                Confinement::ReachingCapability("CAP_SYS_PTRACE".into()),
+                "{set}"
+            );
+        }
+    }
+
+    #[test]
+    fn only_namespaced_sysctls_are_allowed() {
+        let json = CONFINED.replace(r#""kernel.shmmax":"1""#, r#""kernel.core_pattern":"|/x""#);
+        assert_eq!(
+            refusal(&json, &shared_rootfs(), &[]),
+            Confinement::GlobalSysctl("kernel.core_pattern".into())
+        );
+        for key in [
+            "kernel.msgmax",
+            "fs.mqueue.msg_max",
+            "kernel.hostname",
+            "net.core.somaxconn",
+        ] {
+            assert!(is_namespaced_sysctl(key), "{key}");
+        }
+        assert!(!is_namespaced_sysctl("kernel.modprobe"));
+        assert!(!is_namespaced_sysctl("vm.overcommit_memory"));
+    }
+}
