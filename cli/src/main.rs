@@ -5,6 +5,7 @@
 use clap::{Parser, Subcommand};
 
 mod doctor;
+mod host_data;
 mod kbs;
 mod measure;
 mod node;
@@ -23,6 +24,8 @@ struct Cli {
 enum Command {
     /// Host capabilities: KVM, SEV-SNP, vsock, QEMU, OVMF, containerd, memory.
     Doctor(doctor::DoctorArgs),
+    /// The SEV-SNP host_data of a pod's model delivery, as a broker policy condition.
+    HostData(host_data::HostDataArgs),
     /// Key broker: serve, admin keys, resources, policies, and guest-side get.
     Kbs(kbs::KbsArgs),
     /// The expected SEV-SNP launch digest of a guest, as a broker policy condition.
@@ -53,6 +56,7 @@ fn main() -> anyhow::Result<()> {
         Command::Doctor(args) => doctor::run(args),
         Command::Stages(args) => stages::run(args),
         Command::Kbs(args) => kbs::run(args),
+        Command::HostData(args) => host_data::run(args),
         Command::Measure(args) => measure::run(args),
         Command::Node(args) => node::run(args),
         Command::Seal(args) => seal::run(args),
