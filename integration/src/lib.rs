@@ -25,6 +25,11 @@ use anyhow::{bail, Context, Result};
 
 /// The veil runtime name for `ctr run --runtime`.
 pub const VEIL_RUNTIME: &str = "io.containerd.veil.v2";
+/// The annotation that puts a `ctr run` container into another container's VM.
+pub const GROUP_ANNOTATION: &str = "io.containerd.veil.v2.group";
+/// The pod annotation by which a model owner allows exec into the containers that can
+/// reach the model (denied by default).
+pub const EXEC_ANNOTATION: &str = "io.veil.model.exec";
 /// The demo serving image: busybox plus the static `veil-model-server`.
 pub const MODEL_SERVER_IMAGE: &str = "veil.test/model-server:latest";
 
@@ -389,7 +394,7 @@ impl Containerd {
         self.run_ctr(&all, input, Duration::from_secs(300))
     }
 
-    /// `ctr run -d` of the demo model server (listening on 127.0.0.1:8080 in its VM) with
+    /// `ctr run -d` of the demo model server (listening on 127.0.0.1:8080 in its VM's network) with
     /// `annotations` and the memory volume `model` mounted read-only at /model. Returns
     /// once the container started (after its model delivery) or failed to.
     pub fn run_model_server(
@@ -408,7 +413,9 @@ impl Containerd {
             .iter()
             .map(|(k, v)| format!("{k}={v}"))
             .collect();
-        let mut args = vec!["run", "-d", "--runtime", VEIL_RUNTIME];
+        // In the VM's network, where the pod's other containers reach it (`ctr run` would
+        // otherwise give it a network namespace of its own, with its own loopback).
+        let mut args = vec!["run", "-d", "--net-host", "--runtime", VEIL_RUNTIME];
         for pair in &pairs {
             args.extend(["--annotation", pair.as_str()]);
         }
@@ -428,11 +435,14 @@ impl Containerd {
     }
 
     /// Asks the model server in container `id` (see [`Self::run_model_server`]) for a
-    /// prediction on `input` (comma-separated numbers), from inside its VM; the server gets
-    /// up to 60 s to come up (it loads the model before it listens, which takes seconds for a
-    /// padded model under TCG). A server that never came up gives the health check's answer.
+    /// prediction on `input` (comma-separated numbers), from a client container started
+    /// next to it in its VM (`veil-model-server query` from the same image, without the
+    /// model's volume), as another container of the pod would: exec into the server is
+    /// refused unless the model owner allows it. The server gets up to 60 s to come up (it
+    /// loads the model before it listens, which takes seconds for a padded model under
+    /// TCG). A server that never came up gives the health check's answer.
     pub fn query_model_server(&self, id: &str, input: &str) -> Result<CtrOutput> {
-        let health = self.exec(
+        let health = self.run_in_pod(
             id,
             "health",
             &[
@@ -448,7 +458,7 @@ impl Containerd {
         if health.code != 0 {
             return Ok(health);
         }
-        self.exec(
+        self.run_in_pod(
             id,
             "query",
             &[
@@ -462,6 +472,27 @@ impl Containerd {
                 "60",
             ],
         )
+    }
+
+    /// `ctr run --rm` of `args` from the serving image as container `<group>-<name>` in
+    /// the VM of container `group`, in the VM's network, with no volume; returns when it
+    /// exited.
+    pub fn run_in_pod(&self, group: &str, name: &str, args: &[&str]) -> Result<CtrOutput> {
+        let id = format!("{group}-{name}");
+        let in_group = format!("{GROUP_ANNOTATION}={group}");
+        let mut all = vec![
+            "run",
+            "--rm",
+            "--net-host",
+            "--runtime",
+            VEIL_RUNTIME,
+            "--annotation",
+            &in_group,
+            MODEL_SERVER_IMAGE,
+            &id,
+        ];
+        all.extend(args);
+        self.run_ctr(&all, None, Duration::from_secs(300))
     }
 
     /// `ctr task exec` of `args` in container `id`.

@@ -436,6 +436,13 @@ impl ModelOwner {
         self.annotations_from(volume, &self.sealed_url())
     }
 
+    /// Like [`Self::annotations`], with exec allowed into the containers that can reach
+    /// the model (`io.veil.model.exec: allow`), for tests that look inside the serving
+    /// container.
+    pub fn annotations_allowing_exec(&self, volume: &str) -> Vec<(String, String)> {
+        crate::owner::with_annotation(&self.annotations(volume), crate::EXEC_ANNOTATION, "allow")
+    }
+
     /// Like [`Self::annotations`], with the sealed model read from the node's file
     /// system (`file://`, shared read-only into the VM) instead of the store.
     pub fn file_annotations(&self, volume: &str) -> Vec<(String, String)> {

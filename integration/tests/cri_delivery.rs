@@ -44,7 +44,10 @@ fn a_cri_pod_gets_its_sealed_model_in_guest_ram_and_serves_it() {
 
     let pod_dir = containerd.dir().join("pods/served");
     let volume = memory_empty_dir(&pod_dir, "model");
-    let annotations: HashMap<String, String> = owner.annotations("model").into_iter().collect();
+    let annotations: HashMap<String, String> = owner
+        .annotations_allowing_exec("model")
+        .into_iter()
+        .collect();
     let sandbox = cri::host_network_pod("served", &pod_dir, annotations);
     let pod = client
         .run_pod_sandbox(&sandbox, VEIL_HANDLER)

@@ -388,7 +388,10 @@ fn a_delivering_pod_serves_on_its_pod_ip_while_the_pod_network_owns_the_default_
     cri::import_model_server(&cluster.containerd).expect("import the serving image");
     let dir = cluster.containerd.dir().join("pods/served");
     std::fs::create_dir_all(&dir).expect("pod dir");
-    let annotations: HashMap<String, String> = owner.annotations("model").into_iter().collect();
+    let annotations: HashMap<String, String> = owner
+        .annotations_allowing_exec("model")
+        .into_iter()
+        .collect();
     let sandbox = cri::pod_network_pod("served", &dir, annotations);
     let pod = cluster
         .cri

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use veil_integration::owner::{with_annotation, ModelOwner, KEY_RESOURCE};
-use veil_integration::Containerd;
+use veil_integration::{Containerd, GROUP_ANNOTATION, MODEL_SERVER_IMAGE, VEIL_RUNTIME};
 use veil_model_server::Model;
 
 const INPUT: &str = "5.1,3.5,1.4,0.2";
@@ -54,47 +54,60 @@ fn a_sealed_model_is_delivered_into_guest_ram_and_served_and_the_host_sees_none_
         .expect("predict");
     assert_eq!(served["label"], expected.label.as_str(), "{served}");
 
-    let mounts = containerd
-        .exec(
-            id,
-            "mounts",
+    // The node cannot exec into the server: the owner's declaration does not allow it.
+    let peek = containerd
+        .exec(id, "peek", &["cat", "/model/model.safetensors"])
+        .expect("ctr task exec");
+    assert_ne!(peek.code, 0, "exec into the server ran: {}", peek.stdout);
+    assert!(
+        peek.stderr.contains("refused")
+            && peek.stderr.contains("volume model")
+            && peek.stderr.contains("io.veil.model.exec: allow"),
+        "{}",
+        peek.stderr
+    );
+    assert!(peek.stdout.is_empty(), "{}", peek.stdout);
+    // Nor add a privileged container to its VM.
+    let privileged = containerd
+        .run_ctr(
             &[
-                "sh",
-                "-c",
-                "grep ' /model ' /proc/mounts; ls /model; touch /model/x 2>&1; grep ShmemHugePages /proc/meminfo; true",
+                "run",
+                "--rm",
+                "--privileged",
+                "--runtime",
+                VEIL_RUNTIME,
+                "--annotation",
+                &format!("{GROUP_ANNOTATION}={id}"),
+                MODEL_SERVER_IMAGE,
+                "privileged",
+                "true",
             ],
+            None,
+            Duration::from_secs(300),
         )
-        .expect("exec");
+        .expect("ctr run");
+    assert_ne!(privileged.code, 0, "a privileged container joined the VM");
     assert!(
-        mounts
-            .stdout
-            .starts_with("veil-memory-volume /model tmpfs ro"),
-        "the model volume must be a read-only guest tmpfs: {}",
-        mounts.stdout
-    );
-    assert!(
-        mounts.stdout.contains("model.safetensors"),
+        privileged
+            .stderr
+            .contains("cannot run in a VM that receives a sealed model")
+            && privileged.stderr.contains("CAP_SYS_ADMIN"),
         "{}",
-        mounts.stdout
+        privileged.stderr
     );
-    assert!(
-        mounts.stdout.contains("Read-only file system"),
-        "{}",
-        mounts.stdout
-    );
-    // The model's file, sized before it was written, sits in the volume's huge pages.
-    assert!(
-        mounts.stdout.contains("huge=within_size"),
-        "{}",
-        mounts.stdout
-    );
-    let huge_kib: u64 = mounts
+
+    // The model's file, sized before it was written, sits in the volume's huge pages (the
+    // guest's counter, read from a container without the model).
+    let meminfo = containerd
+        .run_in_pod(id, "meminfo", &["grep", "ShmemHugePages", "/proc/meminfo"])
+        .expect("ctr run");
+    let huge_kib: u64 = meminfo
         .stdout
         .lines()
         .find_map(|line| line.strip_prefix("ShmemHugePages:"))
         .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or_else(|| panic!("no ShmemHugePages in the guest: {}", mounts.stdout));
-    assert!(huge_kib >= 2048, "{}", mounts.stdout);
+        .unwrap_or_else(|| panic!("no ShmemHugePages in the guest: {meminfo:?}"));
+    assert!(huge_kib >= 2048, "{}", meminfo.stdout);
 
     let during = owner.secrets_on_host(&containerd);
     assert!(
@@ -200,6 +213,40 @@ fn each_refusal_fails_the_start_with_its_own_step() {
     expect_refused(&containerd, "policy", &good, "step attest");
 }
 
+/// The model volume, as the serving container `id` sees it: a read-only guest tmpfs in
+/// huge pages, holding the model.
+fn assert_read_only_huge_page_volume(containerd: &Containerd, id: &str) {
+    let mounts = containerd
+        .exec(
+            id,
+            "mounts",
+            &[
+                "sh",
+                "-c",
+                "grep ' /model ' /proc/mounts; ls /model; touch /model/x 2>&1; true",
+            ],
+        )
+        .expect("exec");
+    assert!(
+        mounts
+            .stdout
+            .starts_with("veil-memory-volume /model tmpfs ro"),
+        "the model volume must be a read-only guest tmpfs: {}",
+        mounts.stdout
+    );
+    for expected in [
+        "model.safetensors",
+        "Read-only file system",
+        "huge=within_size",
+    ] {
+        assert!(
+            mounts.stdout.contains(expected),
+            "{expected}: {}",
+            mounts.stdout
+        );
+    }
+}
+
 #[test]
 fn two_pods_with_different_models_see_only_their_own() {
     let first = ModelOwner::start(21, 0).expect("first owner");
@@ -210,7 +257,7 @@ fn two_pods_with_different_models_see_only_their_own() {
         .expect("import the serving image");
     for (id, owner) in [("first", &first), ("second", &second)] {
         let started = containerd
-            .run_model_server(id, &owner.annotations("model"))
+            .run_model_server(id, &owner.annotations_allowing_exec("model"))
             .expect("ctr run");
         assert_eq!(started.code, 0, "{id}: {}", started.stderr);
     }
@@ -235,6 +282,7 @@ fn two_pods_with_different_models_see_only_their_own() {
             .exec(id, "boot", &["cat", "/proc/sys/kernel/random/boot_id"])
             .expect("exec");
         assert_eq!(boot.code, 0, "{}", boot.stderr);
+        assert_read_only_huge_page_volume(&containerd, id);
     }
     let boots: Vec<String> = ["first", "second"]
         .iter()

@@ -10,11 +10,12 @@ use std::time::Duration;
 use veil_integration::owner::{
     tls::unrelated_ca_pem, with_annotation, ModelOwner, OwnerOptions, Packaging, Transport,
 };
-use veil_integration::{oci, Containerd, CtrOutput, VEIL_RUNTIME};
+use veil_integration::{oci, Containerd, CtrOutput, EXEC_ANNOTATION, VEIL_RUNTIME};
+
+/// The annotation that puts `ctr` containers into one sandbox VM, as CRI's sandbox id does.
+use veil_integration::GROUP_ANNOTATION as GROUP;
 
 const INPUT: &str = "5.1,3.5,1.4,0.2";
-/// The annotation that puts `ctr` containers into one sandbox VM, as CRI's sandbox id does.
-const GROUP: &str = "io.containerd.veil.v2.group";
 
 fn containerd_with_server() -> Containerd {
     let containerd = Containerd::start().expect("start containerd");
@@ -78,7 +79,10 @@ fn a_sealed_model_file_on_the_node_is_delivered_through_a_read_only_share() {
     let containerd = containerd_with_server();
     let id = "from-file";
     let run = containerd
-        .run_model_server(id, &owner.file_annotations("model"))
+        .run_model_server(
+            id,
+            &with_annotation(&owner.file_annotations("model"), EXEC_ANNOTATION, "allow"),
+        )
         .expect("ctr run");
     assert_started(&containerd, id, &run);
     assert_served_with_files(&containerd, id, &owner);
@@ -102,7 +106,7 @@ fn a_sealed_tar_gz_is_unpacked_in_the_guest_with_its_subdirectories() {
     let containerd = containerd_with_server();
     let id = "unpacked";
     let run = containerd
-        .run_model_server(id, &owner.annotations("model"))
+        .run_model_server(id, &owner.annotations_allowing_exec("model"))
         .expect("ctr run");
     assert_started(&containerd, id, &run);
     assert_served_with_files(&containerd, id, &owner);
@@ -143,7 +147,7 @@ fn a_store_and_broker_on_https_under_a_private_ca_deliver_the_model() {
     let containerd = containerd_with_server();
     let id = "over-https";
     let run = containerd
-        .run_model_server(id, &owner.annotations("model"))
+        .run_model_server(id, &owner.annotations_allowing_exec("model"))
         .expect("ctr run");
     assert_started(&containerd, id, &run);
     assert_served_with_files(&containerd, id, &owner);

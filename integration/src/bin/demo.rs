@@ -82,14 +82,23 @@ fn serve_sealed_model(containerd: &Containerd) -> Result<()> {
     );
     let answer = containerd.query_model_server(id, "5.1,3.5,1.4,0.2")?;
     println!(
-        "query: predict [5.1, 3.5, 1.4, 0.2] -> {}",
+        "query: from a client container in the pod's VM, predict [5.1, 3.5, 1.4, 0.2] -> {}",
         answer.stdout.trim()
     );
+    let peek = containerd.exec(id, "peek", &["cat", "/model/model.safetensors"])?;
     let leaks = owner.secrets_on_host(containerd);
     containerd.remove(id);
     if answer.code != 0 {
         bail!("the inference request failed: {}", answer.stderr.trim());
     }
+    if peek.code == 0 || !peek.stderr.contains("refused") {
+        bail!(
+            "the node could exec into the serving container: exit {}, {}",
+            peek.code,
+            peek.stderr.trim()
+        );
+    }
+    println!("node : ctr task exec into the server -> refused by the agent (the owner's declaration does not allow exec)");
     if !leaks.is_empty() {
         bail!("the host can read the model or key: {leaks:?}");
     }
