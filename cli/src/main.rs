@@ -9,6 +9,7 @@ mod host_data;
 mod kbs;
 mod measure;
 mod node;
+mod rootfs;
 mod seal;
 mod stages;
 
@@ -32,6 +33,8 @@ enum Command {
     Measure(measure::MeasureArgs),
     /// Node setup: install or uninstall the shim, guest image and containerd registration.
     Node(node::NodeArgs),
+    /// Container rootfs: the digest a model owner approves.
+    Rootfs(rootfs::RootfsArgs),
     /// Sealed models: keygen, encrypt, decrypt and inspect (Tink streaming AEAD).
     Seal(seal::SealArgs),
     /// Cold-start stages of one container, from containerd's or the shim's log.
@@ -58,6 +61,7 @@ fn main() -> anyhow::Result<()> {
         Command::Kbs(args) => kbs::run(args),
         Command::HostData(args) => host_data::run(args),
         Command::Measure(args) => measure::run(args),
+        Command::Rootfs(args) => rootfs::run(args),
         Command::Node(args) => node::run(args),
         Command::Seal(args) => seal::run(args),
         Command::Version => {

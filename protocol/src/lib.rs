@@ -16,6 +16,7 @@ mod generated {
 }
 
 pub mod delivery;
+pub mod rootfs;
 
 pub use generated::agent::*;
 pub use generated::agent_ttrpc::{create_agent_service, AgentService, AgentServiceClient};
