@@ -20,7 +20,7 @@ pub struct HostDataArgs {
     /// key, volume, and the optional sha256, path, unpack, aad, ca, exec).
     #[arg(long = "annotation", value_name = "KEY=VALUE", required = true)]
     annotations: Vec<String>,
-    /// Print the digest and the declaration as the guest receives it, as JSON.
+    /// Print the digest and the condition as JSON.
     #[arg(long)]
     json: bool,
 }

@@ -98,9 +98,8 @@ impl ProcessEntry {
 
 struct ContainerEntry {
     init: Arc<ProcessEntry>,
-    /// Memory volumes its mounts use: its start waits for their model deliveries.
-    volumes: Vec<String>,
-    /// What its spec reaches, checked again when the VM's first delivery starts.
+    /// What its spec reaches (the memory volumes it mounts, whose deliveries its start
+    /// waits for, among them), checked again when the VM's first delivery starts.
     reach: Reach,
     execs: Mutex<HashMap<String, Arc<ProcessEntry>>>,
 }
@@ -221,7 +220,6 @@ impl AgentService {
         if let Some(delivery) = request.model_delivery.as_ref() {
             self.start_delivery(&id, delivery)?;
         }
-        let volumes = reach.volumes();
         let stdio = StdioRequest::from(request.stdio.get_or_default());
         let runtime_id = id.clone();
         let entry = self
@@ -232,7 +230,6 @@ impl AgentService {
         let pid = entry.pid;
         let container = ContainerEntry {
             init: Arc::new(entry),
-            volumes,
             reach,
             execs: Mutex::new(HashMap::new()),
         };
@@ -279,19 +276,16 @@ impl AgentService {
         if !self.deliveries.any() {
             return None;
         }
-        if let Some(volume) = self.deliveries.exec_denied_for(&container.volumes) {
-            return Some(volume);
-        }
-        let Some(namespace) = procfs::pid_namespace_of(container.init.pid) else {
-            // Unknown: treat it as shared with every container, so that the refusal errs safe.
-            return locked(&self.containers)
-                .values()
-                .find_map(|other| self.deliveries.exec_denied_for(&other.volumes));
-        };
+        // The container itself is among them. A namespace that cannot be read counts as
+        // shared, so that the refusal errs safe.
+        let namespace = procfs::pid_namespace_of(container.init.pid);
         locked(&self.containers)
             .values()
-            .filter(|other| procfs::pid_namespace_of(other.init.pid).is_none_or(|n| n == namespace))
-            .find_map(|other| self.deliveries.exec_denied_for(&other.volumes))
+            .filter(|other| {
+                namespace.is_none()
+                    || procfs::pid_namespace_of(other.init.pid).is_none_or(|n| Some(n) == namespace)
+            })
+            .find_map(|other| self.deliveries.exec_denied_for(&other.reach.volumes()))
     }
 
     /// Starts the pod's model delivery (once; later containers repeat the declaration).
@@ -309,7 +303,7 @@ impl AgentService {
 
     async fn start(&self, id: &str) -> Result<u32, ServiceError> {
         let container = self.container(id)?;
-        if let Err(failed) = self.deliveries.wait_for(&container.volumes).await {
+        if let Err(failed) = self.deliveries.wait_for(&container.reach.volumes()).await {
             return Err(ServiceError::FailedPrecondition(format!(
                 "container {id} not started: {failed}"
             )));
