@@ -9,7 +9,8 @@
 
 use std::path::{Component, Path, PathBuf};
 
-use crate::ModelDelivery;
+use crate::rootfs::{format_digest, parse_digest};
+use crate::{ModelDelivery, Reader};
 use sha2::{Digest, Sha256};
 
 /// Where the sealed model comes from.
@@ -51,6 +52,22 @@ pub enum ExecPolicy {
     Allow,
 }
 
+/// A container the model owner approves to read the model: it may mount the volume only
+/// when its rootfs has this digest and its process these args.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApprovedReader {
+    /// The digest of its rootfs ([`crate::rootfs::digest_tree`]).
+    pub rootfs: [u8; 32],
+    /// Its process's args, exactly.
+    pub args: Vec<String>,
+}
+
+impl std::fmt::Display for ApprovedReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} running {:?}", format_digest(&self.rootfs), self.args)
+    }
+}
+
 /// A checked delivery declaration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
@@ -80,6 +97,8 @@ pub struct Plan {
     pub trusted_ca_pem: Option<String>,
     /// Whether the node may exec into the containers that can reach the model.
     pub exec: ExecPolicy,
+    /// The only containers that may mount the volume; empty: any container.
+    pub readers: Vec<ApprovedReader>,
 }
 
 /// The declaration is unusable.
@@ -160,6 +179,34 @@ fn parse_exec(text: &str) -> Result<ExecPolicy, PlanError> {
     }
 }
 
+fn parse_readers(readers: &[Reader]) -> Result<Vec<ApprovedReader>, PlanError> {
+    readers
+        .iter()
+        .enumerate()
+        .map(|(index, reader)| {
+            let rootfs = parse_digest(&reader.rootfs).ok_or_else(|| {
+                bad(
+                    "readers",
+                    format!(
+                        "reader {index}: rootfs {:?} is not sha256:<64 hex digits>; veil rootfs digest DIR prints it for an unpacked image",
+                        reader.rootfs
+                    ),
+                )
+            })?;
+            if reader.args.is_empty() {
+                return Err(bad(
+                    "readers",
+                    format!("reader {index}: args is empty; give the container's command exactly as it runs (entrypoint and arguments)"),
+                ));
+            }
+            Ok(ApprovedReader {
+                rootfs,
+                args: reader.args.clone(),
+            })
+        })
+        .collect()
+}
+
 fn parse_sha256(text: &str) -> Result<Option<[u8; 32]>, PlanError> {
     if text.is_empty() {
         return Ok(None);
@@ -204,7 +251,11 @@ pub fn declaration_digest(delivery: &ModelDelivery) -> String {
 /// sides, so that they cannot drift apart.
 pub fn declaration_digest_bytes(delivery: &ModelDelivery) -> [u8; 32] {
     let mut hasher = Sha256::new();
-    for field in [
+    let mut field = |bytes: &[u8]| {
+        hasher.update((bytes.len() as u64).to_be_bytes());
+        hasher.update(bytes);
+    };
+    for bytes in [
         delivery.volume.as_bytes(),
         delivery.path.as_bytes(),
         delivery.source_url.as_bytes(),
@@ -214,25 +265,35 @@ pub fn declaration_digest_bytes(delivery: &ModelDelivery) -> [u8; 32] {
         delivery.unpack.as_bytes(),
         &delivery.associated_data,
     ] {
-        hasher.update((field.len() as u64).to_be_bytes());
-        hasher.update(field);
+        field(bytes);
     }
     // Only when given, so that the digests of declarations without one stay what they were.
     if !delivery.trusted_ca_pem.is_empty() {
-        hasher.update((delivery.trusted_ca_pem.len() as u64).to_be_bytes());
-        hasher.update(delivery.trusted_ca_pem.as_bytes());
+        field(delivery.trusted_ca_pem.as_bytes());
     }
     // The same rule: a declaration that denies exec (the default, however spelled) keeps
     // its digest, and one that allows it gets another, which a broker policy can refuse.
     if delivery.exec == "allow" {
-        hasher.update((EXEC_ALLOWED.len() as u64).to_be_bytes());
-        hasher.update(EXEC_ALLOWED);
+        field(EXEC_ALLOWED);
+    }
+    if !delivery.readers.is_empty() {
+        field(READERS_TAG);
+        field(&(delivery.readers.len() as u64).to_be_bytes());
+        for reader in &delivery.readers {
+            field(reader.rootfs.as_bytes());
+            field(&(reader.args.len() as u64).to_be_bytes());
+            for arg in &reader.args {
+                field(arg.as_bytes());
+            }
+        }
     }
     hasher.finalize().into()
 }
 
 /// What the digest of a declaration that allows exec covers in addition.
 const EXEC_ALLOWED: &[u8] = b"exec=allow";
+/// Starts the approved readers in the digest of a declaration that lists them.
+const READERS_TAG: &[u8] = b"readers";
 
 /// The PEM marker every certificate starts with.
 const PEM_CERTIFICATE: &str = "-----BEGIN CERTIFICATE-----";
@@ -275,6 +336,7 @@ impl Plan {
             trusted_ca_pem: (!delivery.trusted_ca_pem.is_empty())
                 .then(|| delivery.trusted_ca_pem.clone()),
             exec: parse_exec(&delivery.exec)?,
+            readers: parse_readers(&delivery.readers)?,
         })
     }
 }
@@ -310,7 +372,7 @@ mod tests {
     #[test]
     fn each_bad_field_is_named() {
         type Breakage = fn(&mut ModelDelivery);
-        let cases: [(Breakage, &str); 9] = [
+        let cases: [(Breakage, &str); 11] = [
             (|d| d.volume.clear(), "volume"),
             (|d| d.source_url = "ftp://x/y".into(), "source"),
             (|d| d.kbs_url = "kbs.example".into(), "kbs"),
@@ -320,6 +382,14 @@ mod tests {
             (|d| d.path = "../etc/passwd".into(), "path"),
             (|d| d.trusted_ca_pem = "not a certificate".into(), "ca"),
             (|d| d.exec = "yes".into(), "exec"),
+            (
+                |d| d.readers = vec![reader("sha256:ab", &["serve"])],
+                "readers",
+            ),
+            (
+                |d| d.readers = vec![reader(&digest_text(1), &[])],
+                "readers",
+            ),
         ];
         for (break_it, field) in cases {
             let mut delivery = declaration();
@@ -367,6 +437,50 @@ mod tests {
         assert_eq!(Plan::parse(&allowed).expect("plan").exec, ExecPolicy::Allow);
         assert_eq!(declaration_digest(&denied), declaration_digest(&default));
         assert_ne!(declaration_digest(&allowed), declaration_digest(&default));
+    }
+
+    fn reader(rootfs: &str, args: &[&str]) -> Reader {
+        Reader {
+            rootfs: rootfs.into(),
+            args: args.iter().map(|a| a.to_string()).collect(),
+            ..Default::default()
+        }
+    }
+
+    fn digest_text(byte: u8) -> String {
+        format_digest(&[byte; 32])
+    }
+
+    #[test]
+    fn readers_are_parsed_and_enter_the_digest_only_when_given() {
+        let plain = declaration();
+        assert!(Plan::parse(&plain).expect("plan").readers.is_empty());
+        let mut pinned = declaration();
+        pinned.readers = vec![
+            reader(&digest_text(1), &["server", "--model", "/model"]),
+            reader(&digest_text(2), &["sidecar"]),
+        ];
+        let plan = Plan::parse(&pinned).expect("plan");
+        assert_eq!(plan.readers.len(), 2);
+        assert_eq!(plan.readers[0].rootfs, [1; 32]);
+        assert_eq!(plan.readers[1].args, vec!["sidecar".to_string()]);
+        let base = declaration_digest(&pinned);
+        assert_ne!(base, declaration_digest(&plain));
+        // Every part of a reader counts, and where one argument ends is part of it.
+        let mut other_rootfs = pinned.clone();
+        other_rootfs.readers[1].rootfs = digest_text(3);
+        let mut split_arg = pinned.clone();
+        split_arg.readers[0].args = vec![
+            "server".into(),
+            "--model".into(),
+            "/mo".into(),
+            "del".into(),
+        ];
+        let mut fewer = pinned.clone();
+        fewer.readers.pop();
+        for changed in [other_rootfs, split_arg, fewer] {
+            assert_ne!(declaration_digest(&changed), base);
+        }
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The digest of a container's root filesystem, as the model owner approves it
-//! (`veil rootfs digest DIR`) and as the agent is to check it while copying the rootfs the
-//! node shares into guest memory ([`copy_tree`]; the agent's side is the next step, not
-//! wired yet): one walk, one encoding, so that the two cannot drift apart.
+//! (`veil rootfs digest DIR`, the declaration's `readers`) and as the agent checks it
+//! while copying the rootfs the node shares into guest memory ([`copy_tree`]): one walk,
+//! one encoding, so that the two cannot drift apart.
 //!
 //! What it covers: every directory, regular file and symlink below the root, in a fixed
 //! order (depth first, each directory's entries sorted by name bytes), with its path

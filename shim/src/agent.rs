@@ -123,12 +123,29 @@ impl AgentClient {
         context::with_timeout(i64::try_from(self.timeout.as_nanos()).unwrap_or(i64::MAX))
     }
 
+    fn long(&self) -> context::Context {
+        context::with_timeout(i64::try_from(self.delivery_timeout.as_nanos()).unwrap_or(i64::MAX))
+    }
+
     /// Creates a container (init process stopped before exec).
+    ///
+    /// Where the owner approves the model's readers, the agent copies a reader's rootfs
+    /// into guest memory and digests it before it creates the container, which takes as
+    /// long as the image is large, so the call gets the delivery timeout.
     pub async fn create_container(&self, request: api::CreateContainerRequest) -> Result<u32> {
         let what = format!("create container {}", request.container_id);
+        let verifies_readers = request
+            .model_delivery
+            .as_ref()
+            .is_some_and(|d| !d.readers.is_empty());
+        let context = if verifies_readers {
+            self.long()
+        } else {
+            self.short()
+        };
         let response = self
             .client
-            .create_container(self.short(), &request)
+            .create_container(context, &request)
             .await
             .map_err(|e| agent_error(&what, e))?;
         Ok(response.pid)
@@ -143,10 +160,9 @@ impl AgentClient {
             container_id: container_id.to_string(),
             ..Default::default()
         };
-        let timeout = i64::try_from(self.delivery_timeout.as_nanos()).unwrap_or(i64::MAX);
         let response = self
             .client
-            .start_container(context::with_timeout(timeout), &request)
+            .start_container(self.long(), &request)
             .await
             .map_err(|e| agent_error(&format!("start container {container_id}"), e))?;
         Ok(response.pid)

@@ -13,6 +13,7 @@
 //! | `io.veil.model.aad` | associated data the model was sealed with |
 //! | `io.veil.model.ca` | PEM certificate(s) of a private CA that https:// URLs are verified against |
 //! | `io.veil.model.exec` | `deny` (default) or `allow`: whether the node may exec into the containers that can reach the model |
+//! | `io.veil.model.readers` | JSON list of `{"rootfs": "sha256:...", "args": [...]}`: the only containers that may mount the volume (rootfs digest and exact command); default any |
 //!
 //! URLs naming the node's loopback (`127.0.0.1`, `localhost`) are rewritten to the
 //! address under which the guest's user network reaches it.
@@ -22,7 +23,7 @@ use std::path::{Path, PathBuf};
 
 use nix::mount::{mount, MsFlags};
 use veil_protocol::delivery::Plan;
-use veil_protocol::ModelDelivery;
+use veil_protocol::{ModelDelivery, Reader};
 
 use crate::error::{Error, Result};
 
@@ -63,6 +64,7 @@ pub fn declaration(annotations: Option<&HashMap<String, String>>) -> Result<Opti
         };
         let known = [
             "source", "kbs", "key", "volume", "sha256", "path", "unpack", "aad", "ca", "exec",
+            "readers",
         ];
         if !known.contains(&field) {
             return Err(invalid(
@@ -100,6 +102,7 @@ pub fn declaration(annotations: Option<&HashMap<String, String>>) -> Result<Opti
         associated_data: get("aad").into_bytes(),
         trusted_ca_pem: get("ca"),
         exec: get("exec"),
+        readers: parse_readers(&get("readers"))?,
         ..Default::default()
     };
     // The plan's field names are the annotations' suffixes.
@@ -112,6 +115,35 @@ pub fn declaration(annotations: Option<&HashMap<String, String>>) -> Result<Opti
         ));
     }
     Ok(Some(declaration))
+}
+
+/// One approved reader as the annotation writes it.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReaderAnnotation {
+    rootfs: String,
+    args: Vec<String>,
+}
+
+/// The `readers` annotation: a JSON list (empty text: none). The plan checks the values.
+fn parse_readers(text: &str) -> Result<Vec<Reader>> {
+    if text.trim().is_empty() {
+        return Ok(Vec::new());
+    }
+    let readers: Vec<ReaderAnnotation> = serde_json::from_str(text).map_err(|e| {
+        invalid(
+            "io.veil.model.readers",
+            format!("{e}; write a JSON list such as [{{\"rootfs\": \"sha256:<64 hex>\", \"args\": [\"/bin/server\", \"--model\", \"/model\"]}}]"),
+        )
+    })?;
+    Ok(readers
+        .into_iter()
+        .map(|r| Reader {
+            rootfs: r.rootfs,
+            args: r.args,
+            ..Default::default()
+        })
+        .collect())
 }
 
 /// The file name a `file://` source is shared under, or `None` for another source.
@@ -331,6 +363,36 @@ mod tests {
             error.contains("io.veil.model.exec") && error.contains("deny"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn readers_are_passed_on_and_malformed_ones_refused_by_name() {
+        let mut pairs: Vec<(&str, &str)> = full();
+        pairs.retain(|(k, _)| *k != "sha256");
+        let digest = format!("sha256:{}", "ab".repeat(32));
+        let json =
+            format!(r#"[{{"rootfs": "{digest}", "args": ["server", "--model", "/model"]}}]"#);
+        pairs.push(("readers", &json));
+        let delivery = declaration(Some(&annotations(&pairs)))
+            .expect("ok")
+            .expect("declared");
+        assert_eq!(delivery.readers.len(), 1);
+        assert_eq!(delivery.readers[0].rootfs, digest);
+        assert_eq!(delivery.readers[0].args, ["server", "--model", "/model"]);
+        let malformed = [
+            r#"{"rootfs": "x"}"#.to_string(),
+            r#"[{"rootfs": "sha256:ab", "args": ["server"]}]"#.to_string(),
+            format!(r#"[{{"rootfs": "{digest}", "args": ["s"], "env": []}}]"#),
+            format!(r#"[{{"rootfs": "{digest}", "args": []}}]"#),
+        ];
+        for json in &malformed {
+            pairs.retain(|(k, _)| *k != "readers");
+            pairs.push(("readers", json));
+            let error = declaration(Some(&annotations(&pairs)))
+                .expect_err(json)
+                .to_string();
+            assert!(error.contains("io.veil.model.readers"), "{json}: {error}");
+        }
     }
 
     fn to_hex(bytes: &[u8]) -> String {
