@@ -16,9 +16,8 @@
 //! Exec into a container that can reach the model is refused unless the owner's
 //! declaration allows it (see [`super::Deliveries::exec_denied_for`]).
 //!
-//! What this does not cover yet: the containers' files and commands come from the node, so
-//! a node can still change the serving container's program. Binding the rootfs to a digest
-//! the owner approved is the next step (the configs README says so).
+//! The containers' files and commands come from the node: which containers may mount the
+//! volume, the owner says with approved readers, held in [`super::readers`].
 
 use std::collections::BTreeSet;
 use std::path::{Component, Path, PathBuf};
@@ -188,7 +187,7 @@ impl Reach {
     }
 }
 
-fn pid_ns_path(pid: i32) -> PathBuf {
+pub(crate) fn pid_ns_path(pid: i32) -> PathBuf {
     PathBuf::from(format!("/proc/{pid}/ns/pid"))
 }
 
@@ -211,7 +210,7 @@ fn is_namespaced_sysctl(key: &str) -> bool {
 /// A mount the container runtime binds (type `bind`, or a `bind`/`rbind` option). A
 /// relative source stays as given: it would resolve against the mounting process's working
 /// directory, so it is never inside the share.
-fn bind_of(mount: &Mount) -> Option<Bind> {
+pub(crate) fn bind_of(mount: &Mount) -> Option<Bind> {
     let source = mount.source().as_ref()?;
     let is_bind = mount.typ().as_deref() == Some("bind")
         || mount

@@ -10,6 +10,7 @@
 
 pub mod fetch;
 pub mod guard;
+pub mod readers;
 pub mod resolve;
 pub mod run;
 pub mod space;
@@ -24,7 +25,7 @@ use tokio::sync::watch;
 use veil_protocol::ModelDelivery;
 
 pub use run::{DeliveryError, DeliveryReport};
-pub use veil_protocol::delivery::{ExecPolicy, Plan, PlanError};
+pub use veil_protocol::delivery::{ApprovedReader, ExecPolicy, Plan, PlanError};
 
 /// Where one delivery stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,6 +41,7 @@ pub enum DeliveryState {
 struct Entry {
     declaration: ModelDelivery,
     exec: ExecPolicy,
+    readers: Vec<ApprovedReader>,
     state: watch::Receiver<DeliveryState>,
 }
 
@@ -88,6 +90,7 @@ impl Deliveries {
             Entry {
                 declaration: declaration.clone(),
                 exec: plan.exec,
+                readers: plan.readers.clone(),
                 state,
             },
         );
@@ -147,6 +150,21 @@ impl Deliveries {
             .into_iter()
             .find(|v| entries.get(*v).is_some_and(|e| e.exec == ExecPolicy::Deny))
             .cloned()
+    }
+
+    /// The approved readers of those of `volumes` whose owners list them.
+    pub fn pinned<'a>(
+        &self,
+        volumes: impl IntoIterator<Item = &'a String>,
+    ) -> Vec<(String, Vec<ApprovedReader>)> {
+        let entries = self.entries();
+        volumes
+            .into_iter()
+            .filter_map(|v| {
+                let entry = entries.get(v).filter(|e| !e.readers.is_empty())?;
+                Some((v.clone(), entry.readers.clone()))
+            })
+            .collect()
     }
 
     /// The current state of the delivery into `volume`, if there is one.

@@ -7,9 +7,9 @@ mod stream;
 
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use nix::sys::signal::{kill, Signal};
@@ -20,7 +20,8 @@ use veil_protocol::ttrpc::{self, r#async::TtrpcContext};
 pub use error::ServiceError;
 use stream::{FdReader, FdWriter};
 
-use crate::delivery::guard::Reach;
+use crate::delivery::guard::{pid_ns_path, PidNamespace, Reach};
+use crate::delivery::readers::{self, Unapproved};
 use crate::delivery::Deliveries;
 use crate::network::PodNetwork;
 use crate::port_forward::ForwardedConnections;
@@ -101,6 +102,9 @@ struct ContainerEntry {
     /// What its spec reaches (the memory volumes it mounts, whose deliveries its start
     /// waits for, among them), checked again when the VM's first delivery starts.
     reach: Reach,
+    /// The verified copy of its rootfs it runs from, when it mounts a volume whose owner
+    /// approves its readers (removed with the container).
+    verified_rootfs: Option<PathBuf>,
     execs: Mutex<HashMap<String, Arc<ProcessEntry>>>,
 }
 
@@ -210,8 +214,9 @@ impl AgentService {
         let rootfs = PathBuf::from(&request.rootfs);
         let reach = Reach::of(&spec, &rootfs);
         if request.model_delivery.is_some() || self.deliveries.any() {
-            self.check_confined(&id, &reach, request.model_delivery.is_some())?;
+            self.check_confined(&id, &reach, request.model_delivery.as_ref())?;
         }
+        self.check_not_joining_a_reader(&id, &reach)?;
         for volume in &request.memory_volumes {
             self.volumes
                 .ensure(&volume.name, volume.size_bytes)
@@ -220,17 +225,29 @@ impl AgentService {
         if let Some(delivery) = request.model_delivery.as_ref() {
             self.start_delivery(&id, delivery)?;
         }
+        let verified_rootfs = self.verify_reader(&id, &spec, &reach).await?;
+        let run_from = verified_rootfs.clone().unwrap_or(rootfs);
         let stdio = StdioRequest::from(request.stdio.get_or_default());
         let runtime_id = id.clone();
-        let entry = self
+        let created = self
             .spawn_process(format!("create container {id}"), stdio, move |runtime| {
-                runtime.create(&runtime_id, &rootfs, spec, stdio)
+                runtime.create(&runtime_id, &run_from, spec, stdio)
             })
-            .await?;
+            .await;
+        let entry = match created {
+            Ok(entry) => entry,
+            Err(error) => {
+                if let Some(copy) = &verified_rootfs {
+                    let _ = readers::remove_copy(copy);
+                }
+                return Err(error);
+            }
+        };
         let pid = entry.pid;
         let container = ContainerEntry {
             init: Arc::new(entry),
             reach,
+            verified_rootfs,
             execs: Mutex::new(HashMap::new()),
         };
         locked(&self.containers).insert(id.clone(), Arc::new(container));
@@ -239,13 +256,14 @@ impl AgentService {
     }
 
     /// Refuses a container that could reach a delivered model other than by mounting its
-    /// volume. With `delivering`, the containers already in the VM are held to the same
-    /// rules, since the model would arrive next to them.
+    /// volume. With a `delivery`, the containers already in the VM are held to the same
+    /// rules, since the model would arrive next to them; where its owner approves its
+    /// readers, none of them may mount its volume, since none was verified.
     fn check_confined(
         &self,
         id: &str,
         reach: &Reach,
-        delivering: bool,
+        delivery: Option<&api::ModelDelivery>,
     ) -> Result<(), ServiceError> {
         let containers: Vec<(String, Arc<ContainerEntry>)> = locked(&self.containers)
             .iter()
@@ -258,15 +276,87 @@ impl AgentService {
             ))
         };
         reach.check_sealed(&pids).map_err(|c| refuse(id, c))?;
-        if delivering {
-            for (other, entry) in &containers {
-                entry
-                    .reach
-                    .check_sealed(&pids)
-                    .map_err(|c| refuse(other, c))?;
+        let Some(delivery) = delivery else {
+            return Ok(());
+        };
+        for (other, entry) in &containers {
+            entry
+                .reach
+                .check_sealed(&pids)
+                .map_err(|c| refuse(other, c))?;
+            let unverified_reader = !delivery.readers.is_empty()
+                && entry.verified_rootfs.is_none()
+                && entry.reach.volumes().contains(&delivery.volume);
+            if unverified_reader {
+                return Err(ServiceError::PermissionDenied(format!(
+                    "container {id} cannot start the model delivery into volume {}: container {other} already mounts the volume without having been verified as a reader the owner approved (it was created without the pod's declaration); remove it first",
+                    delivery.volume
+                )));
             }
         }
         Ok(())
+    }
+
+    /// Refuses to put a container into the pid namespace of one that reads a model whose
+    /// owner approves its readers: it could read the model through `/proc/<pid>/root`.
+    fn check_not_joining_a_reader(&self, id: &str, reach: &Reach) -> Result<(), ServiceError> {
+        let PidNamespace::Joined(path) = &reach.pid else {
+            return Ok(());
+        };
+        let containers = locked(&self.containers);
+        let reader = containers
+            .iter()
+            .find(|(_, c)| c.verified_rootfs.is_some() && *path == pid_ns_path(c.init.pid));
+        match reader {
+            None => Ok(()),
+            Some((reader, _)) => Err(ServiceError::PermissionDenied(format!(
+                "container {id} cannot join the pid namespace of container {reader}, which the model owner approved to read the sealed model: it could read the model through /proc/<pid>/root; give it a pid namespace of its own"
+            ))),
+        }
+    }
+
+    /// For a container that mounts a volume whose owner approves its readers: checks that
+    /// it is one, and returns the verified copy of its rootfs that it is to run from.
+    async fn verify_reader(
+        &self,
+        id: &str,
+        spec: &oci_spec::runtime::Spec,
+        reach: &Reach,
+    ) -> Result<Option<PathBuf>, ServiceError> {
+        let pins = self.deliveries.pinned(&reach.volumes());
+        if pins.is_empty() {
+            return Ok(None);
+        }
+        let refuse = |e: Unapproved| match e {
+            Unapproved::Io { .. } | Unapproved::Copy(_) => {
+                ServiceError::FailedPrecondition(format!("container {id}: {e}"))
+            }
+            refusal => ServiceError::PermissionDenied(format!(
+                "container {id} may not mount the sealed model's volume: {refusal}"
+            )),
+        };
+        let approved = readers::check_spec(spec, reach, &pins).map_err(refuse)?;
+        let copy = readers::verified_rootfs(id);
+        let (source, target) = (reach.rootfs.clone(), copy.clone());
+        let started = Instant::now();
+        let digest = tokio::task::spawn_blocking(move || {
+            readers::copy_approved(&source, &target, &approved)
+        })
+        .await
+        .map_err(|e| {
+            ServiceError::FailedPrecondition(format!(
+                "container {id}: verifying its rootfs stopped: {e}"
+            ))
+        })?
+        .map_err(refuse)?;
+        tracing::info!(
+            container = %id,
+            rootfs = %veil_protocol::rootfs::format_digest(&digest),
+            copy = %copy.display(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "rootfs verified as one the model owner approved"
+        );
+        Ok(Some(copy))
     }
 
     /// The delivered volume that makes an exec into `container` reach a model its owner
@@ -401,6 +491,9 @@ impl AgentService {
                 source,
             })?;
         locked(&self.containers).remove(id);
+        if let Some(copy) = &container.verified_rootfs {
+            remove_verified_copy(id, copy);
+        }
         tracing::info!(container = %id, "container removed");
         Ok(())
     }
@@ -511,6 +604,13 @@ impl AgentService {
                 let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
             }
         }
+    }
+}
+
+fn remove_verified_copy(id: &str, copy: &Path) {
+    if let Err(error) = readers::remove_copy(copy) {
+        // Guest memory only: the container is gone either way.
+        tracing::warn!(container = %id, %error, "the verified copy of its rootfs stays");
     }
 }
 
