@@ -32,6 +32,18 @@ pub const GROUP_ANNOTATION: &str = "io.containerd.veil.v2.group";
 pub const EXEC_ANNOTATION: &str = "io.veil.model.exec";
 /// The demo serving image: busybox plus the static `veil-model-server`.
 pub const MODEL_SERVER_IMAGE: &str = "veil.test/model-server:latest";
+/// The serving container's command in [`Containerd::run_model_server`]: the model at
+/// /model/model.safetensors, listening on 127.0.0.1:8080 in its VM's network.
+pub const MODEL_SERVER_ARGS: [&str; 6] = [
+    "veil-model-server",
+    "serve",
+    "--model",
+    "/model/model.safetensors",
+    "--listen",
+    "127.0.0.1:8080",
+];
+/// The annotation naming the containers a model owner approves to read the model.
+pub const READERS_ANNOTATION: &str = "io.veil.model.readers";
 
 /// The static `veil-model-server` binary for the serving image.
 pub fn model_server_binary() -> Result<PathBuf> {
@@ -349,19 +361,54 @@ impl Containerd {
     /// Imports the serving image ([`MODEL_SERVER_IMAGE`]): busybox plus
     /// `/bin/veil-model-server`.
     pub fn import_model_server(&self) -> Result<()> {
+        self.import_model_server_as(MODEL_SERVER_IMAGE, Vec::new())
+    }
+
+    /// Imports the serving image under `name` with `extra` files besides the server (an
+    /// image that differs from [`MODEL_SERVER_IMAGE`] by those files).
+    pub fn import_model_server_as(&self, name: &str, extra: Vec<oci::ExtraFile>) -> Result<()> {
         let binary = model_server_binary()?;
         let data = std::fs::read(&binary).with_context(|| format!("read {}", binary.display()))?;
+        let mut files = vec![oci::ExtraFile {
+            path: "bin/veil-model-server".into(),
+            mode: 0o755,
+            data,
+        }];
+        files.extend(extra);
         let tarball = self.dir.path().join("model-server.tar");
-        oci::write_image(
-            &tarball,
-            MODEL_SERVER_IMAGE,
-            &[oci::ExtraFile {
-                path: "bin/veil-model-server".into(),
-                mode: 0o755,
-                data,
-            }],
-        )?;
+        oci::write_image(&tarball, name, &files)?;
         self.import_tarball(&tarball)
+    }
+
+    /// The rootfs digest of `image` as a model owner approves it
+    /// (`io.veil.model.readers`): the image mounted with `ctr images mount` and digested
+    /// as `veil rootfs digest` does.
+    pub fn image_rootfs_digest(&self, image: &str) -> Result<String> {
+        let target = self.dir.path().join("image-mount");
+        std::fs::create_dir_all(&target).with_context(|| format!("create {}", target.display()))?;
+        let target_text = target.display().to_string();
+        let mounted = self.run_ctr(
+            &["images", "mount", image, &target_text],
+            None,
+            Duration::from_secs(60),
+        )?;
+        if mounted.code != 0 {
+            bail!("ctr images mount {image} failed: {}", mounted.stderr);
+        }
+        let digest = veil_protocol::rootfs::digest_tree(&target);
+        let unmounted = self.run_ctr(
+            &["images", "unmount", "--rm", &target_text],
+            None,
+            Duration::from_secs(60),
+        )?;
+        if unmounted.code != 0 {
+            bail!(
+                "ctr images unmount {target_text} failed: {}",
+                unmounted.stderr
+            );
+        }
+        let digest = digest.with_context(|| format!("digest {image} mounted at {target_text}"))?;
+        Ok(veil_protocol::rootfs::format_digest(&digest))
     }
 
     fn import_tarball(&self, tarball: &Path) -> Result<()> {
@@ -402,13 +449,7 @@ impl Containerd {
         id: &str,
         annotations: &[(String, String)],
     ) -> Result<CtrOutput> {
-        let host_volume = self.dir.path().join(format!("pods/{id}/volumes/model"));
-        std::fs::create_dir_all(&host_volume)
-            .with_context(|| format!("create {}", host_volume.display()))?;
-        let mount = format!(
-            "type=bind,src={},dst=/model,options=rbind:ro",
-            host_volume.display()
-        );
+        let mount = self.model_volume_mount(id)?;
         let pairs: Vec<String> = annotations
             .iter()
             .map(|(k, v)| format!("{k}={v}"))
@@ -419,18 +460,8 @@ impl Containerd {
         for pair in &pairs {
             args.extend(["--annotation", pair.as_str()]);
         }
-        args.extend([
-            "--mount",
-            &mount,
-            MODEL_SERVER_IMAGE,
-            id,
-            "veil-model-server",
-            "serve",
-            "--model",
-            "/model/model.safetensors",
-            "--listen",
-            "127.0.0.1:8080",
-        ]);
+        args.extend(["--mount", &mount, MODEL_SERVER_IMAGE, id]);
+        args.extend(MODEL_SERVER_ARGS);
         self.run_ctr(&args, None, Duration::from_secs(600))
     }
 
@@ -478,21 +509,61 @@ impl Containerd {
     /// the VM of container `group`, in the VM's network, with no volume; returns when it
     /// exited.
     pub fn run_in_pod(&self, group: &str, name: &str, args: &[&str]) -> Result<CtrOutput> {
+        self.run_in_group(group, name, MODEL_SERVER_IMAGE, &[], None, args)
+    }
+
+    /// `ctr run --rm` of `args` from `image` as container `<group>-<name>` in the VM of
+    /// container `group`, with `annotations` (the pod's) and the group's model volume at
+    /// /model, as a second container of the pod that reads the model would; returns when
+    /// it exited or failed to start.
+    pub fn run_reader_in_pod(
+        &self,
+        group: &str,
+        name: &str,
+        image: &str,
+        annotations: &[(String, String)],
+        args: &[&str],
+    ) -> Result<CtrOutput> {
+        let mount = self.model_volume_mount(group)?;
+        self.run_in_group(group, name, image, annotations, Some(&mount), args)
+    }
+
+    fn run_in_group(
+        &self,
+        group: &str,
+        name: &str,
+        image: &str,
+        annotations: &[(String, String)],
+        mount: Option<&str>,
+        args: &[&str],
+    ) -> Result<CtrOutput> {
         let id = format!("{group}-{name}");
-        let in_group = format!("{GROUP_ANNOTATION}={group}");
-        let mut all = vec![
-            "run",
-            "--rm",
-            "--net-host",
-            "--runtime",
-            VEIL_RUNTIME,
-            "--annotation",
-            &in_group,
-            MODEL_SERVER_IMAGE,
-            &id,
-        ];
+        let mut pairs: Vec<String> = annotations
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        pairs.push(format!("{GROUP_ANNOTATION}={group}"));
+        let mut all = vec!["run", "--rm", "--net-host", "--runtime", VEIL_RUNTIME];
+        for pair in &pairs {
+            all.extend(["--annotation", pair.as_str()]);
+        }
+        if let Some(mount) = mount {
+            all.extend(["--mount", mount]);
+        }
+        all.extend([image, id.as_str()]);
         all.extend(args);
         self.run_ctr(&all, None, Duration::from_secs(300))
+    }
+
+    /// The `ctr run --mount` of pod `pod`'s memory volume `model` at /model, read-only.
+    fn model_volume_mount(&self, pod: &str) -> Result<String> {
+        let host_volume = self.dir.path().join(format!("pods/{pod}/volumes/model"));
+        std::fs::create_dir_all(&host_volume)
+            .with_context(|| format!("create {}", host_volume.display()))?;
+        Ok(format!(
+            "type=bind,src={},dst=/model,options=rbind:ro",
+            host_volume.display()
+        ))
     }
 
     /// `ctr task exec` of `args` in container `id`.

