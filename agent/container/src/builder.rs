@@ -7,6 +7,7 @@ use oci_spec::runtime::Spec;
 
 use crate::cgroups::Cgroup;
 use crate::container::Container;
+use crate::pins::SourcePins;
 use crate::request::{CreateRequest, InitRequest};
 use crate::rootfs::RootSwitch;
 use crate::signal::mount_namespace_of;
@@ -72,6 +73,7 @@ pub struct ContainerBuilder {
     timeout: Duration,
     root_switch: RootSwitch,
     cgroup: Option<Cgroup>,
+    pins: Option<SourcePins>,
 }
 
 impl ContainerBuilder {
@@ -86,6 +88,7 @@ impl ContainerBuilder {
             timeout: DEFAULT_TIMEOUT,
             root_switch: RootSwitch::PivotRoot,
             cgroup: None,
+            pins: None,
         }
     }
 
@@ -124,6 +127,14 @@ impl ContainerBuilder {
         self
     }
 
+    /// Holds the rootfs and every bind source to where the caller saw them lead (see
+    /// [`SourcePins`]); with a pinned rootfs, the builder's rootfs path is the empty
+    /// directory it is bound onto.
+    pub fn pin_sources(mut self, pins: SourcePins) -> Self {
+        self.pins = Some(pins);
+        self
+    }
+
     /// Checks the input without running anything.
     pub fn validate(&self) -> Result<(), CreateError> {
         self.request().map(drop)
@@ -144,6 +155,7 @@ impl ContainerBuilder {
             terminal: self.stdio == StdioConfig::Terminal,
             root_switch: self.root_switch,
             cgroup: self.cgroup.as_ref().map(|c| c.path().to_path_buf()),
+            pins: self.pins.clone(),
         })
     }
 

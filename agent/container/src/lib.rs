@@ -35,6 +35,7 @@
 //! - [`ContainerBuilder::new`]`(id, rootfs, spec)`, then [`stdio`](ContainerBuilder::stdio)
 //!   ([`StdioConfig::Pipes`] / [`StdioConfig::Terminal`] / [`StdioConfig::Null`]),
 //!   [`timeout`](ContainerBuilder::timeout), [`root_switch`](ContainerBuilder::root_switch),
+//!   [`pin_sources`](ContainerBuilder::pin_sources) ([`SourcePins`]),
 //!   [`validate`](ContainerBuilder::validate), [`build`](ContainerBuilder::build) giving a
 //!   created [`Container`] whose init waits before exec.
 //! - [`Container`]: [`pid`](Container::pid), [`status`](Container::status),
@@ -93,6 +94,7 @@ mod fd;
 mod init;
 mod mount_options;
 mod namespaces;
+mod pins;
 mod process_setup;
 mod request;
 mod rootfs;
@@ -114,6 +116,7 @@ pub use exec::ExecError;
 pub use failure::InitFailure;
 pub use init::maybe_run_init;
 pub use namespaces::NamespaceError;
+pub use pins::{Pin, SourcePins};
 pub use rootfs::RootSwitch;
 pub use signal::{signal_process, SignalError};
 pub use spawn::SpawnError;

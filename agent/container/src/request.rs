@@ -6,6 +6,7 @@ use oci_spec::runtime::{Process, Spec};
 use serde::{Deserialize, Serialize};
 
 use crate::namespaces::NamespacePlan;
+use crate::pins::SourcePins;
 use crate::rootfs::RootSwitch;
 
 /// The helper's job.
@@ -36,6 +37,9 @@ pub(crate) struct CreateRequest {
     /// The cgroup directory the helper joins before anything else.
     #[serde(default)]
     pub cgroup: Option<PathBuf>,
+    /// Where the rootfs and bind sources must lead (see [`SourcePins`]).
+    #[serde(default)]
+    pub pins: Option<SourcePins>,
 }
 
 /// A process to run in an existing container.
@@ -70,6 +74,7 @@ mod tests {
             terminal: true,
             root_switch: RootSwitch::PivotRootOrChroot,
             cgroup: Some("/sys/fs/cgroup/veil/c1".into()),
+            pins: None,
         }));
         let json = serde_json::to_vec(&request).unwrap();
         let InitRequest::Create(back) = serde_json::from_slice(&json).unwrap() else {

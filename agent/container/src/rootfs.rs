@@ -11,6 +11,7 @@ use oci_spec::runtime::{LinuxDevice, Mount};
 use crate::devices::create_devices;
 use crate::failure::{InitFailure, StepContext};
 use crate::mount_options::MountOptions;
+use crate::pins::SourcePins;
 use crate::secure_join::secure_join;
 use crate::syscall::{PathKind, Syscall};
 
@@ -45,6 +46,8 @@ pub(crate) struct RootfsSetup<'a> {
     pub cwd: &'a Path,
     /// How the process's root becomes the rootfs.
     pub root_switch: RootSwitch,
+    /// Where the rootfs and bind sources must lead, when the caller checked them.
+    pub pins: Option<&'a SourcePins>,
 }
 
 /// Everything applied after the root switch.
@@ -67,16 +70,9 @@ pub(crate) fn prepare_rootfs(
 ) -> Result<(), InitFailure> {
     sys.mount(None, Path::new("/"), None, setup.propagation, None)
         .step(|| "set the propagation of / (linux.rootfsPropagation)".into())?;
-    sys.mount(
-        Some(setup.rootfs),
-        setup.rootfs,
-        None,
-        MsFlags::MS_BIND | MsFlags::MS_REC,
-        None,
-    )
-    .step(|| format!("bind the rootfs {} onto itself", setup.rootfs.display()))?;
+    bind_rootfs(sys, setup)?;
     for mount in setup.mounts {
-        mount_one(sys, setup.rootfs, mount)?;
+        mount_one(sys, setup.rootfs, mount, setup.pins)?;
     }
     if !dev_is_bind_mounted(setup.mounts) {
         create_devices(sys, setup.rootfs, setup.devices)?;
@@ -88,6 +84,31 @@ pub(crate) fn prepare_rootfs(
     sys.mkdir_all(&cwd)
         .step(|| format!("create the working directory {}", setup.cwd.display()))?;
     switch_root(sys, setup.rootfs, setup.root_switch)
+}
+
+/// Makes the rootfs a mount point (pivot_root needs one): a bind onto itself, or of the
+/// pinned rootfs onto the empty directory the caller gave.
+fn bind_rootfs(sys: &dyn Syscall, setup: &RootfsSetup<'_>) -> Result<(), InitFailure> {
+    let pinned = match setup.pins {
+        Some(pins) => pins.open_rootfs(sys)?,
+        None => None,
+    };
+    let source = pinned.as_ref().map_or(setup.rootfs, |p| p.by_fd.as_path());
+    sys.mount(
+        Some(source),
+        setup.rootfs,
+        None,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None,
+    )
+    .step(|| match setup.pins.and_then(|p| p.rootfs.as_ref()) {
+        Some(pin) => format!(
+            "bind the rootfs {} onto {}",
+            pin.path.display(),
+            setup.rootfs.display()
+        ),
+        None => format!("bind the rootfs {} onto itself", setup.rootfs.display()),
+    })
 }
 
 /// Applies sysctls, read-only and masked paths and the read-only root, after the switch.
@@ -136,14 +157,19 @@ fn options_of(mount: &Mount) -> MountOptions {
 }
 
 /// Mounts one spec entry under the rootfs.
-fn mount_one(sys: &dyn Syscall, rootfs: &Path, mount: &Mount) -> Result<(), InitFailure> {
+fn mount_one(
+    sys: &dyn Syscall,
+    rootfs: &Path,
+    mount: &Mount,
+    pins: Option<&SourcePins>,
+) -> Result<(), InitFailure> {
     let options = options_of(mount);
     let destination = mount.destination();
     let target = secure_join(rootfs, destination);
     let typ = mount.typ().as_deref().unwrap_or("none");
     let step = || format!("mount {typ} at {}", destination.display());
     if options.is_bind() {
-        bind_mount(sys, mount, &options, &target, &step)?;
+        bind_mount(sys, mount, &options, &target, pins, &step)?;
     } else {
         let fstype = filesystem_for(sys, typ).ok_or_else(|| {
             InitFailure::new(
@@ -188,12 +214,17 @@ fn bind_mount(
     mount: &Mount,
     options: &MountOptions,
     target: &Path,
+    pins: Option<&SourcePins>,
     step: &dyn Fn() -> String,
 ) -> Result<(), InitFailure> {
     let source = mount
         .source()
         .as_deref()
         .ok_or_else(|| InitFailure::new(step(), "a bind mount needs a source"))?;
+    let pinned = pins
+        .map(|p| p.open_bind(sys, source, mount.destination()))
+        .transpose()?;
+    let source = pinned.as_ref().map_or(source, |p| p.by_fd.as_path());
     match sys.path_kind(source) {
         Some(PathKind::Directory) => sys.mkdir_all(target),
         Some(PathKind::File) => sys.create_file(target),
@@ -350,7 +381,97 @@ mod tests {
             console: None,
             cwd: Path::new("/"),
             root_switch: RootSwitch::PivotRoot,
+            pins: None,
         }
+    }
+
+    /// A shared rootfs bound onto the guest directory /r, and one shared bind source, as
+    /// the caller saw them.
+    fn pins() -> SourcePins {
+        SourcePins {
+            rootfs: Some(crate::pins::Pin {
+                path: "/share/c1/rootfs".into(),
+                leads_to: "/share/c1/rootfs".into(),
+            }),
+            binds: [(PathBuf::from("/share/hosts"), PathBuf::from("/share/hosts"))].into(),
+        }
+    }
+
+    fn shared_paths() -> RecordingSyscall {
+        RecordingSyscall::new()
+            .with_path("/share/c1/rootfs", PathKind::Directory)
+            .with_path("/share/hosts", PathKind::File)
+            .with_path("/", PathKind::Directory)
+    }
+
+    #[test]
+    fn pinned_sources_are_mounted_from_the_descriptors_that_were_compared() {
+        let mounts = [mount("/etc/hosts", "bind", "/share/hosts", &["ro"])];
+        let pins = pins();
+        let sys = shared_paths();
+        let setup = RootfsSetup {
+            pins: Some(&pins),
+            ..setup(&mounts)
+        };
+        prepare_rootfs(&sys, &setup).unwrap();
+        let calls = sys.calls();
+        assert_eq!(calls[1], "open_path /share/c1/rootfs");
+        assert_eq!(calls[2], "mount /proc/self/fd/10 /r - [bind|rec] -");
+        let i = calls
+            .iter()
+            .position(|c| c == "open_path /share/hosts")
+            .unwrap();
+        assert_eq!(calls[i + 1], "touch /r/etc/hosts");
+        assert_eq!(
+            calls[i + 2],
+            "mount /proc/self/fd/11 /r/etc/hosts - [bind] -"
+        );
+        assert!(!calls.iter().any(|c| c.starts_with("mount /share")));
+    }
+
+    #[test]
+    fn a_pinned_source_that_now_leads_elsewhere_is_refused_unmounted() {
+        let mounts = [mount("/etc/hosts", "bind", "/share/hosts", &["ro"])];
+        let pins = pins();
+        let cases = [
+            ("/share/c1/rootfs", "/", "mount /proc/self/fd/10 /r "),
+            (
+                "/share/hosts",
+                "/run/veil/volumes/model",
+                "mount /proc/self/fd/11 /r/etc/hosts ",
+            ),
+        ];
+        for (path, to, refused_mount) in cases {
+            let sys = shared_paths()
+                .with_link(path, to)
+                .with_path("/run/veil/volumes/model", PathKind::Directory);
+            let setup = RootfsSetup {
+                pins: Some(&pins),
+                ..setup(&mounts)
+            };
+            let err = prepare_rootfs(&sys, &setup).unwrap_err();
+            assert!(err.step.ends_with(path), "{err}");
+            let expected = format!("it now leads to {to}, not to {path} as when it was checked");
+            assert!(err.detail.starts_with(&expected), "{err}");
+            assert!(!sys.calls().iter().any(|c| c.starts_with(refused_mount)));
+        }
+    }
+
+    #[test]
+    fn with_pins_an_unchecked_bind_source_is_refused() {
+        let mounts = [mount("/data", "bind", "/share/other", &["rbind"])];
+        let pins = pins();
+        let sys = shared_paths().with_path("/share/other", PathKind::Directory);
+        let setup = RootfsSetup {
+            pins: Some(&pins),
+            ..setup(&mounts)
+        };
+        let err = prepare_rootfs(&sys, &setup).unwrap_err();
+        assert_eq!(err.step, "mount the source of the bind mount at /data");
+        assert!(err
+            .detail
+            .contains("/share/other was not among the sources the caller checked"));
+        assert!(!sys.calls().iter().any(|c| c.contains("/r/data")));
     }
 
     fn mounts_only(calls: &[String]) -> Vec<String> {

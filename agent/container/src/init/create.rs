@@ -72,6 +72,7 @@ fn setup_container(request: &CreateRequest) -> Result<ExecTarget, InitFailure> {
             console: console.as_deref(),
             cwd: process.cwd(),
             root_switch: request.root_switch,
+            pins: request.pins.as_ref(),
         },
     )?;
     let mut sysctl: Vec<(&str, &str)> = linux

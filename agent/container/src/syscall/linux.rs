@@ -2,6 +2,7 @@
 
 use std::fs;
 use std::io::Write;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::Path;
 
@@ -11,7 +12,7 @@ use nix::mount::{MntFlags, MsFlags};
 use nix::sched::CloneFlags;
 use nix::sys::stat::{Mode, SFlag};
 
-use super::{PathKind, Syscall};
+use super::{OpenedPath, PathKind, Syscall};
 
 /// Calls straight into the kernel.
 pub(crate) struct LinuxSyscall;
@@ -101,6 +102,17 @@ impl Syscall for LinuxSyscall {
             Some(nix::unistd::Uid::from_raw(uid)),
             Some(nix::unistd::Gid::from_raw(gid)),
         )
+    }
+
+    fn open_path(&self, path: &Path) -> nix::Result<OpenedPath> {
+        let fd = open(path, OFlag::O_PATH | OFlag::O_CLOEXEC, Mode::empty())?;
+        let by_fd = std::path::PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
+        let leads_to = fs::read_link(&by_fd).map_err(io_errno)?;
+        Ok(OpenedPath {
+            _fd: Some(fd),
+            by_fd,
+            leads_to,
+        })
     }
 
     fn path_kind(&self, path: &Path) -> Option<PathKind> {

@@ -5,7 +5,8 @@ mod linux;
 #[cfg(test)]
 pub(crate) mod recording;
 
-use std::path::Path;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
 
 use nix::mount::MsFlags;
 use nix::sched::CloneFlags;
@@ -20,6 +21,18 @@ pub(crate) enum PathKind {
     Directory,
     /// Anything else (regular file, device, socket, ...).
     File,
+}
+
+/// A path opened once with `O_PATH`: mounting from [`by_fd`](Self::by_fd) reaches what was
+/// opened, whatever the path leads to by then.
+#[derive(Debug)]
+pub(crate) struct OpenedPath {
+    /// Keeps the descriptor open for as long as `by_fd` is used (none in the recording fake).
+    pub _fd: Option<OwnedFd>,
+    /// `/proc/self/fd/N`.
+    pub by_fd: PathBuf,
+    /// Where the path led when opened (the descriptor's link in /proc).
+    pub leads_to: PathBuf,
 }
 
 /// System calls used while entering namespaces and preparing the rootfs.
@@ -51,6 +64,8 @@ pub(crate) trait Syscall {
     fn mknod(&self, path: &Path, kind: SFlag, mode: u32, dev: u64) -> nix::Result<()>;
     /// chown(2).
     fn chown(&self, path: &Path, uid: u32, gid: u32) -> nix::Result<()>;
+    /// open(2) with `O_PATH`, following symlinks as the kernel does, and where it led.
+    fn open_path(&self, path: &Path) -> nix::Result<OpenedPath>;
     /// What exists at `path`, or `None`.
     fn path_kind(&self, path: &Path) -> Option<PathKind>;
     /// unshare(2).

@@ -9,13 +9,16 @@ use nix::mount::MsFlags;
 use nix::sched::CloneFlags;
 use nix::sys::stat::SFlag;
 
-use super::{PathKind, Syscall};
+use super::{OpenedPath, PathKind, Syscall};
 
 /// Records calls; paths not in `kinds` do not exist.
 #[derive(Default)]
 pub(crate) struct RecordingSyscall {
     calls: RefCell<Vec<String>>,
-    kinds: HashMap<PathBuf, PathKind>,
+    kinds: RefCell<HashMap<PathBuf, PathKind>>,
+    /// Where `open_path` says a path leads; paths not here lead to themselves.
+    links: HashMap<PathBuf, PathBuf>,
+    opened: RefCell<usize>,
     /// A call whose recorded line starts with this prefix fails with the errno.
     fail: Option<(String, Errno)>,
     filesystems: HashSet<String>,
@@ -29,7 +32,13 @@ impl RecordingSyscall {
     }
 
     pub fn with_path(mut self, path: &str, kind: PathKind) -> Self {
-        self.kinds.insert(PathBuf::from(path), kind);
+        self.kinds.get_mut().insert(PathBuf::from(path), kind);
+        self
+    }
+
+    /// `open_path(path)` will lead to `to` (a symlink, or a path a file server changed).
+    pub fn with_link(mut self, path: &str, to: &str) -> Self {
+        self.links.insert(PathBuf::from(path), PathBuf::from(to));
         self
     }
 
@@ -153,8 +162,27 @@ impl Syscall for RecordingSyscall {
         self.record(format!("chown {} {uid}:{gid}", path.display()))
     }
 
+    /// Descriptors count up from 10; `/proc/self/fd/N` takes the kind of what it leads to.
+    fn open_path(&self, path: &Path) -> nix::Result<OpenedPath> {
+        self.record(format!("open_path {}", path.display()))?;
+        let leads_to = self.links.get(path).cloned().unwrap_or(path.to_path_buf());
+        let kind = self.path_kind(&leads_to).ok_or(Errno::ENOENT)?;
+        let number = {
+            let mut opened = self.opened.borrow_mut();
+            *opened += 1;
+            9 + *opened
+        };
+        let by_fd = PathBuf::from(format!("/proc/self/fd/{number}"));
+        self.kinds.borrow_mut().insert(by_fd.clone(), kind);
+        Ok(OpenedPath {
+            _fd: None,
+            by_fd,
+            leads_to,
+        })
+    }
+
     fn path_kind(&self, path: &Path) -> Option<PathKind> {
-        self.kinds.get(path).copied()
+        self.kinds.borrow().get(path).copied()
     }
 
     fn unshare(&self, flags: CloneFlags) -> nix::Result<()> {

@@ -9,8 +9,8 @@ use oci_spec::runtime::{
     PosixRlimitType, ProcessBuilder, RootBuilder, UserBuilder,
 };
 use veil_container::{
-    resize_pty, Container, ContainerBuilder, ContainerStatus, CreateError, ExecError, Process,
-    RootSwitch, SpawnError, StdioConfig, SyncError,
+    resize_pty, Container, ContainerBuilder, ContainerStatus, CreateError, ExecError, Pin, Process,
+    RootSwitch, SourcePins, SpawnError, StdioConfig, SyncError,
 };
 
 use crate::harness::{expect_exit_code, read_all, spec, wait_exit, Rootfs};
@@ -39,6 +39,8 @@ pub const CASES: &[(&str, Case)] = cases![
     sysctl_masked_and_readonly_paths,
     signals_are_reset_and_oom_score_set,
     bind_mount_read_only,
+    pinned_sources_are_what_runs,
+    a_pinned_source_that_moved_is_refused,
     exec_sees_the_container,
     exec_of_a_missing_program_fails,
     exec_with_a_terminal,
@@ -534,6 +536,123 @@ fn bind_mount_read_only() -> Result<(), String> {
         return Err("the read-only bind was written".into());
     }
     Ok(())
+}
+
+/// A spec that binds `source` read-only at /data and prints /data/file.
+fn spec_binding(source: &std::path::Path) -> Result<oci_spec::runtime::Spec, String> {
+    let mut s = spec(&["cat", "/data/file"]);
+    let mut mounts = s.mounts().clone().unwrap_or_default();
+    mounts.push(
+        MountBuilder::default()
+            .destination("/data")
+            .typ("bind")
+            .source(source)
+            .options(vec!["rbind".to_string(), "ro".to_string()])
+            .build()
+            .map_err(|e| e.to_string())?,
+    );
+    s.set_mounts(Some(mounts));
+    Ok(s)
+}
+
+fn canonical(path: &std::path::Path) -> Result<std::path::PathBuf, String> {
+    std::fs::canonicalize(path).map_err(|e| format!("canonicalize {}: {e}", path.display()))
+}
+
+/// Pins `rootfs` and `bind` to where they lead now, as a caller's check would.
+fn pins_as_checked(rootfs: &std::path::Path, bind: &std::path::Path) -> Result<SourcePins, String> {
+    Ok(SourcePins {
+        rootfs: Some(Pin {
+            path: rootfs.to_path_buf(),
+            leads_to: canonical(rootfs)?,
+        }),
+        binds: [(bind.to_path_buf(), canonical(bind)?)].into(),
+    })
+}
+
+fn write_file(path: &std::path::Path, contents: &str) -> Result<(), String> {
+    std::fs::write(path, contents).map_err(|e| format!("write {}: {e}", path.display()))
+}
+
+fn pinned_sources_are_what_runs() -> Result<(), String> {
+    let rootfs = Rootfs::new()?;
+    let mountpoint = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let shared = tempfile::tempdir().map_err(|e| e.to_string())?;
+    write_file(&shared.path().join("file"), "checked-content\n")?;
+    let pins = pins_as_checked(rootfs.path(), shared.path())?;
+    let mut container =
+        ContainerBuilder::new("test", mountpoint.path(), spec_binding(shared.path())?)
+            .pin_sources(pins)
+            .build()
+            .map_err(|e| format!("create: {e}"))?;
+    let init = container.take_init_process();
+    container.start().map_err(|e| format!("start: {e}"))?;
+    let out = read_all(init.stdout.ok_or("no stdout")?)?;
+    expect_exit_code(init.pid, 0)?;
+    container.mark_stopped();
+    container.delete().map_err(|e| e.to_string())?;
+    expect_eq("stdout", &out, "checked-content\n")?;
+    let left = std::fs::read_dir(mountpoint.path())
+        .map_err(|e| e.to_string())?
+        .count();
+    expect_eq("entries left in the mount point", &left.to_string(), "0")
+}
+
+/// A file server that changes a checked directory into a symlink between the check and the
+/// mount, for the rootfs (to the host's `/`) and for a bind source (to a secret).
+fn a_pinned_source_that_moved_is_refused() -> Result<(), String> {
+    let rootfs = Rootfs::new()?;
+    let mountpoint = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let share = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let secret = tempfile::tempdir().map_err(|e| e.to_string())?;
+    write_file(&secret.path().join("file"), "secret\n")?;
+    let data = share.path().join("data");
+    std::fs::create_dir(&data).map_err(|e| e.to_string())?;
+    let pins = pins_as_checked(rootfs.path(), &data)?;
+    std::fs::remove_dir(&data).map_err(|e| e.to_string())?;
+    std::os::unix::fs::symlink(secret.path(), &data).map_err(|e| e.to_string())?;
+    let moved_bind = ContainerBuilder::new("test", mountpoint.path(), spec_binding(&data)?)
+        .pin_sources(pins.clone())
+        .build();
+    let refusal = match moved_bind {
+        Ok(_) => return Err("a bind source that moved after the check was mounted".into()),
+        Err(e) => e.to_string(),
+    };
+    expect_contains(
+        "refusal",
+        &refusal,
+        &format!(
+            "open the source of the bind mount at /data {}",
+            data.display()
+        ),
+    )?;
+    expect_contains(
+        "refusal",
+        &refusal,
+        &format!(
+            "it now leads to {}, not to",
+            canonical(secret.path())?.display()
+        ),
+    )?;
+
+    let moved_root = share.path().join("rootfs");
+    std::fs::create_dir(&moved_root).map_err(|e| e.to_string())?;
+    let mut pins = pins_as_checked(&moved_root, secret.path())?;
+    std::fs::remove_dir(&moved_root).map_err(|e| e.to_string())?;
+    std::os::unix::fs::symlink("/", &moved_root).map_err(|e| e.to_string())?;
+    pins.binds.clear();
+    let moved_rootfs = ContainerBuilder::new("test", mountpoint.path(), spec(&["true"]))
+        .pin_sources(pins)
+        .build();
+    let refusal = match moved_rootfs {
+        Ok(_) => return Err("a rootfs that moved to / after the check was mounted".into()),
+        Err(e) => e.to_string(),
+    };
+    expect_contains("refusal", &refusal, "it now leads to /, not to")?;
+    let left = std::fs::read_dir(mountpoint.path())
+        .map_err(|e| e.to_string())?
+        .count();
+    expect_eq("entries left in the mount point", &left.to_string(), "0")
 }
 
 fn binary_without_init_mode_is_reported() -> Result<(), String> {
