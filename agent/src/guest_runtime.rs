@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use oci_spec::runtime::LinuxResources;
 use veil_container::cgroups::{Cgroup, CgroupStats, GUEST_CGROUP_ROOT};
-use veil_container::{Container, ContainerBuilder, StdioConfig};
+use veil_container::{Container, ContainerBuilder, SourcePins, StdioConfig};
 
 use crate::runtime::{ContainerRuntime, RuntimeError, SpawnedProcess, StdioRequest};
 
@@ -70,12 +70,16 @@ impl ContainerRuntime for GuestRuntime {
         rootfs: &Path,
         spec: oci_spec::runtime::Spec,
         stdio: StdioRequest,
+        pins: Option<SourcePins>,
     ) -> Result<SpawnedProcess, RuntimeError> {
         let cgroup = container_cgroup(id, &spec)?;
-        let built = ContainerBuilder::new(id, rootfs, spec)
+        let mut builder = ContainerBuilder::new(id, rootfs, spec)
             .stdio(stdio_config(stdio))
-            .cgroup(cgroup.clone())
-            .build();
+            .cgroup(cgroup.clone());
+        if let Some(pins) = pins {
+            builder = builder.pin_sources(pins);
+        }
+        let built = builder.build();
         let mut container = match built {
             Ok(container) => container,
             Err(error) => {

@@ -53,12 +53,15 @@ pub type RuntimeError = Box<dyn std::error::Error + Send + Sync>;
 /// blocking threads while holding the reaper's spawn guard.
 pub trait ContainerRuntime: Send + Sync + 'static {
     /// Creates the container's init process, stopped before exec until [`Self::start`].
+    /// With `pins`, its rootfs and bind sources are mounted only if they still lead where
+    /// the agent's checks saw them lead ([`veil_container::SourcePins`]).
     fn create(
         &self,
         id: &str,
         rootfs: &Path,
         spec: oci_spec::runtime::Spec,
         stdio: StdioRequest,
+        pins: Option<veil_container::SourcePins>,
     ) -> Result<SpawnedProcess, RuntimeError>;
 
     /// Lets the init process exec the container's command.

@@ -58,6 +58,19 @@ fn a_sealed_model_is_delivered_into_guest_ram_and_served_and_the_host_sees_none_
         .expect("predict");
     assert_eq!(served["label"], expected.label.as_str(), "{served}");
 
+    // Its init mounted only what the agent checked: the shared rootfs bound onto a guest
+    // directory and every bind source pinned, so the share cannot swap them afterwards.
+    let console = containerd.console_log(id);
+    let pinned = console
+        .lines()
+        .find(|line| line.contains("mount sources pinned to what the checks saw"))
+        .unwrap_or_else(|| panic!("the server's mount sources were not pinned:\n{console}"));
+    assert!(
+        pinned.contains(&format!("/run/veil/roots/{id}"))
+            && pinned.contains("shared_rootfs_pinned=true"),
+        "{pinned}"
+    );
+
     // The node cannot exec into the server: the owner's declaration does not allow it.
     let peek = containerd
         .exec(id, "peek", &["cat", "/model/model.safetensors"])
@@ -221,6 +234,14 @@ fn only_approved_readers_over(shared_fs: Option<&str>) {
         "{verified}"
     );
     eprintln!("{verified}");
+    assert!(
+        console.lines().any(
+            |line| line.contains("mount sources pinned to what the checks saw")
+                && line.contains("/run/veil/verified/approved")
+                && line.contains("shared_rootfs_pinned=false")
+        ),
+        "the verified reader's bind sources were not pinned:\n{console}"
+    );
 
     // The approved image with another command may not mount the model's volume.
     let other_command = containerd

@@ -13,6 +13,12 @@
 //! - sysctls outside the container's own namespaces (`kernel.core_pattern` runs a program
 //!   as the guest's root).
 //!
+//! Every check is of paths as they resolve at the time, and the node's side of the share can
+//! answer differently later. So the container's init mounts only what was checked
+//! ([`Reach::pins`]): it opens each source once, compares where it leads with what the check
+//! saw, and mounts from the descriptor; the shared rootfs is bound onto a guest directory
+//! under [`PINNED_ROOTFS_DIR`], so no later step looks the shared path up again.
+//!
 //! Exec into a container that can reach the model is refused unless the owner's
 //! declaration allows it (see [`super::Deliveries::exec_denied_for`]).
 //!
@@ -23,7 +29,12 @@ use std::collections::BTreeSet;
 use std::path::{Component, Path, PathBuf};
 
 use oci_spec::runtime::{LinuxNamespaceType, Mount, Spec};
+use veil_container::{Pin, SourcePins};
 use veil_protocol::{GUEST_SHARED_DIR, GUEST_VOLUMES_DIR};
+
+/// Where the shared rootfs of a container in a VM that receives a model is bound for its
+/// init: guest memory, out of the node's reach.
+pub const PINNED_ROOTFS_DIR: &str = "/run/veil/roots";
 
 /// Capabilities that reach beyond a container's namespaces: kernel memory, modules, raw
 /// devices, other processes' memory, and mounts or BPF programs that can read either.
@@ -132,6 +143,22 @@ impl Reach {
         }
     }
 
+    /// Holds the container's init to what this check saw: every bind source, and the shared
+    /// rootfs at `shared_rootfs` unless it runs from a copy in guest memory (`None`).
+    pub fn pins(&self, shared_rootfs: Option<&Path>) -> SourcePins {
+        SourcePins {
+            rootfs: shared_rootfs.map(|path| Pin {
+                path: path.to_path_buf(),
+                leads_to: self.rootfs.clone(),
+            }),
+            binds: self
+                .binds
+                .iter()
+                .map(|b| (b.source.clone(), b.resolved.clone()))
+                .collect(),
+        }
+    }
+
     /// Names of the memory volumes its bind mounts lead to, sorted.
     pub fn volumes(&self) -> Vec<String> {
         let base = Path::new(GUEST_VOLUMES_DIR);
@@ -184,6 +211,21 @@ impl Reach {
             return Err(Confinement::GlobalSysctl(key.clone()));
         }
         Ok(())
+    }
+}
+
+/// Creates the empty guest directory container `id`'s pinned rootfs is bound onto.
+pub fn pinned_rootfs_mountpoint(id: &str) -> std::io::Result<PathBuf> {
+    let path = Path::new(PINNED_ROOTFS_DIR).join(id);
+    std::fs::create_dir_all(&path)?;
+    Ok(path)
+}
+
+/// Removes the mount point; the bind onto it lived in the container's mount namespace.
+pub fn remove_pinned_rootfs_mountpoint(path: &Path) -> std::io::Result<()> {
+    match std::fs::remove_dir(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        other => other,
     }
 }
 
@@ -311,6 +353,37 @@ mod tests {
         let reach = Reach::of(&spec(CONFINED), &shared_rootfs());
         assert_eq!(reach.check_sealed(&[]), Ok(()));
         assert_eq!(reach.volumes(), vec!["model".to_string()]);
+    }
+
+    #[test]
+    fn pins_hold_the_init_to_every_bind_source_and_the_shared_rootfs_as_resolved() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let hosts = dir.path().join("hosts");
+        std::fs::write(&hosts, "127.0.0.1 localhost\n").expect("write");
+        let link = dir.path().join("hosts-link");
+        std::os::unix::fs::symlink(&hosts, &link).expect("symlink");
+        let json = CONFINED.replace(
+            "/run/veil/shared/c1/mounts/0",
+            link.to_str().expect("utf-8"),
+        );
+        let reach = Reach::of(&spec(&json), &shared_rootfs());
+        let pins = reach.pins(Some(&shared_rootfs()));
+        let rootfs = pins.rootfs.expect("the shared rootfs is pinned");
+        assert_eq!(rootfs.path, shared_rootfs());
+        assert_eq!(rootfs.leads_to, shared_rootfs());
+        let expected_binds = [
+            (
+                PathBuf::from("/run/veil/volumes/model"),
+                PathBuf::from("/run/veil/volumes/model"),
+            ),
+            (link, std::fs::canonicalize(&hosts).expect("canonical")),
+        ];
+        assert_eq!(pins.binds, expected_binds.into());
+        assert_eq!(
+            reach.pins(None).rootfs,
+            None,
+            "a verified copy is not pinned"
+        );
     }
 
     fn refusal(json: &str, rootfs: &Path, containers: &[i32]) -> Confinement {

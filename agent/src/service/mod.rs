@@ -20,7 +20,7 @@ use veil_protocol::ttrpc::{self, r#async::TtrpcContext};
 pub use error::ServiceError;
 use stream::{FdReader, FdWriter};
 
-use crate::delivery::guard::{pid_ns_path, PidNamespace, Reach};
+use crate::delivery::guard::{self, pid_ns_path, PidNamespace, Reach};
 use crate::delivery::readers::{self, Unapproved};
 use crate::delivery::Deliveries;
 use crate::network::PodNetwork;
@@ -102,9 +102,8 @@ struct ContainerEntry {
     /// What its spec reaches (the memory volumes it mounts, whose deliveries its start
     /// waits for, among them), checked again when the VM's first delivery starts.
     reach: Reach,
-    /// The verified copy of its rootfs it runs from, when it mounts a volume whose owner
-    /// approves its readers (removed with the container).
-    verified_rootfs: Option<PathBuf>,
+    /// Where it runs from in guest memory, removed with it.
+    own_rootfs: OwnRootfs,
     execs: Mutex<HashMap<String, Arc<ProcessEntry>>>,
 }
 
@@ -213,7 +212,8 @@ impl AgentService {
             })?;
         let rootfs = PathBuf::from(&request.rootfs);
         let reach = Reach::of(&spec, &rootfs);
-        if request.model_delivery.is_some() || self.deliveries.any() {
+        let confined = request.model_delivery.is_some() || self.deliveries.any();
+        if confined {
             self.check_confined(&id, &reach, request.model_delivery.as_ref())?;
         }
         self.check_not_joining_a_reader(&id, &reach)?;
@@ -226,20 +226,29 @@ impl AgentService {
             self.start_delivery(&id, delivery)?;
         }
         let verified_rootfs = self.verify_reader(&id, &spec, &reach).await?;
-        let run_from = verified_rootfs.clone().unwrap_or(rootfs);
+        let own = OwnRootfs::prepare(&id, confined, verified_rootfs)?;
+        let pins = confined.then(|| reach.pins(own.mountpoint.as_ref().map(|_| rootfs.as_path())));
+        let run_from = own.run_from().unwrap_or(&rootfs).to_path_buf();
+        if let Some(pins) = &pins {
+            tracing::info!(
+                container = %id,
+                rootfs = %run_from.display(),
+                shared_rootfs_pinned = pins.rootfs.is_some(),
+                binds = pins.binds.len(),
+                "mount sources pinned to what the checks saw"
+            );
+        }
         let stdio = StdioRequest::from(request.stdio.get_or_default());
         let runtime_id = id.clone();
         let created = self
             .spawn_process(format!("create container {id}"), stdio, move |runtime| {
-                runtime.create(&runtime_id, &run_from, spec, stdio)
+                runtime.create(&runtime_id, &run_from, spec, stdio, pins)
             })
             .await;
         let entry = match created {
             Ok(entry) => entry,
             Err(error) => {
-                if let Some(copy) = &verified_rootfs {
-                    let _ = readers::remove_copy(copy);
-                }
+                own.release(&id);
                 return Err(error);
             }
         };
@@ -247,7 +256,7 @@ impl AgentService {
         let container = ContainerEntry {
             init: Arc::new(entry),
             reach,
-            verified_rootfs,
+            own_rootfs: own,
             execs: Mutex::new(HashMap::new()),
         };
         locked(&self.containers).insert(id.clone(), Arc::new(container));
@@ -285,7 +294,7 @@ impl AgentService {
                 .check_sealed(&pids)
                 .map_err(|c| refuse(other, c))?;
             let unverified_reader = !delivery.readers.is_empty()
-                && entry.verified_rootfs.is_none()
+                && !entry.own_rootfs.is_verified()
                 && entry.reach.volumes().contains(&delivery.volume);
             if unverified_reader {
                 return Err(ServiceError::PermissionDenied(format!(
@@ -306,7 +315,7 @@ impl AgentService {
         let containers = locked(&self.containers);
         let reader = containers
             .iter()
-            .find(|(_, c)| c.verified_rootfs.is_some() && *path == pid_ns_path(c.init.pid));
+            .find(|(_, c)| c.own_rootfs.is_verified() && *path == pid_ns_path(c.init.pid));
         match reader {
             None => Ok(()),
             Some((reader, _)) => Err(ServiceError::PermissionDenied(format!(
@@ -491,9 +500,7 @@ impl AgentService {
                 source,
             })?;
         locked(&self.containers).remove(id);
-        if let Some(copy) = &container.verified_rootfs {
-            remove_verified_copy(id, copy);
-        }
+        container.own_rootfs.release(id);
         tracing::info!(container = %id, "container removed");
         Ok(())
     }
@@ -607,10 +614,62 @@ impl AgentService {
     }
 }
 
-fn remove_verified_copy(id: &str, copy: &Path) {
-    if let Err(error) = readers::remove_copy(copy) {
-        // Guest memory only: the container is gone either way.
-        tracing::warn!(container = %id, %error, "the verified copy of its rootfs stays");
+/// What a container in a VM that receives a model runs from in guest memory rather than
+/// straight from the share.
+#[derive(Debug, Default)]
+struct OwnRootfs {
+    /// The verified copy of its rootfs, when it mounts a volume whose owner approves its
+    /// readers.
+    verified: Option<PathBuf>,
+    /// Otherwise the empty directory its shared rootfs is bound onto, pinned to what the
+    /// checks saw.
+    mountpoint: Option<PathBuf>,
+}
+
+impl OwnRootfs {
+    fn prepare(
+        id: &str,
+        confined: bool,
+        verified: Option<PathBuf>,
+    ) -> Result<OwnRootfs, ServiceError> {
+        if verified.is_some() || !confined {
+            return Ok(OwnRootfs {
+                verified,
+                mountpoint: None,
+            });
+        }
+        let mountpoint = guard::pinned_rootfs_mountpoint(id).map_err(|e| {
+            ServiceError::FailedPrecondition(format!(
+                "container {id}: create the guest directory its rootfs is bound onto under {}: {e}",
+                guard::PINNED_ROOTFS_DIR
+            ))
+        })?;
+        Ok(OwnRootfs {
+            verified: None,
+            mountpoint: Some(mountpoint),
+        })
+    }
+
+    fn run_from(&self) -> Option<&Path> {
+        self.verified.as_deref().or(self.mountpoint.as_deref())
+    }
+
+    fn is_verified(&self) -> bool {
+        self.verified.is_some()
+    }
+
+    /// Guest memory only: the container is gone either way, so failures are logged.
+    fn release(&self, id: &str) {
+        if let Some(copy) = &self.verified {
+            if let Err(error) = readers::remove_copy(copy) {
+                tracing::warn!(container = %id, %error, "the verified copy of its rootfs stays");
+            }
+        }
+        if let Some(mountpoint) = &self.mountpoint {
+            if let Err(error) = guard::remove_pinned_rootfs_mountpoint(mountpoint) {
+                tracing::warn!(container = %id, mountpoint = %mountpoint.display(), %error, "the rootfs mount point stays");
+            }
+        }
     }
 }
 

@@ -51,6 +51,7 @@ impl ContainerRuntime for HostProcesses {
         _: &std::path::Path,
         spec: oci_spec::runtime::Spec,
         stdio: StdioRequest,
+        _: Option<veil_container::SourcePins>,
     ) -> Result<SpawnedProcess, crate::runtime::RuntimeError> {
         let args = spec
             .process()
