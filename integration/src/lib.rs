@@ -505,6 +505,23 @@ impl Containerd {
         )
     }
 
+    /// The server's answer to `input` (its JSON line); a failed query is an error with the
+    /// query's output and the VM's console.
+    pub fn model_server_answer(&self, id: &str, input: &str) -> Result<String> {
+        let answer = self
+            .query_model_server(id, input)
+            .with_context(|| format!("query: console: {}", self.console_log(id)))?;
+        if answer.code != 0 {
+            bail!(
+                "query failed: {} {}\nconsole: {}",
+                answer.stdout,
+                answer.stderr,
+                self.console_log(id)
+            );
+        }
+        Ok(answer.stdout)
+    }
+
     /// `ctr run --rm` of `args` from the serving image as container `<group>-<name>` in
     /// the VM of container `group`, in the VM's network, with no volume; returns when it
     /// exited.

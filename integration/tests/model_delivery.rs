@@ -39,18 +39,9 @@ fn a_sealed_model_is_delivered_into_guest_ram_and_served_and_the_host_sees_none_
     );
 
     let answer = containerd
-        .query_model_server(id, INPUT)
-        .unwrap_or_else(|e| panic!("{e}\nconsole: {}", containerd.console_log(id)));
-    assert_eq!(
-        answer.code,
-        0,
-        "query failed: {} {}\nconsole: {}",
-        answer.stdout,
-        answer.stderr,
-        containerd.console_log(id)
-    );
-    let served: serde_json::Value =
-        serde_json::from_str(answer.stdout.trim()).expect("answer JSON");
+        .model_server_answer(id, INPUT)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let served: serde_json::Value = serde_json::from_str(answer.trim()).expect("answer JSON");
     let inputs: Vec<f32> = INPUT.split(',').map(|x| x.parse().expect("f32")).collect();
     let expected = Model::load(&owner.model.path)
         .expect("owner's model")
@@ -214,15 +205,9 @@ fn only_approved_readers_over(shared_fs: Option<&str>) {
         started.stderr,
         containerd.console_log(id)
     );
-    let answer = containerd.query_model_server(id, INPUT).expect("query");
-    assert_eq!(
-        answer.code,
-        0,
-        "query failed: {} {}\nconsole: {}",
-        answer.stdout,
-        answer.stderr,
-        containerd.console_log(id)
-    );
+    containerd
+        .model_server_answer(id, INPUT)
+        .unwrap_or_else(|e| panic!("{e:#}"));
     // It runs from the copy the agent verified, not from the node's share.
     let console = containerd.console_log(id);
     let verified = console
@@ -280,8 +265,9 @@ fn only_approved_readers_over(shared_fs: Option<&str>) {
     );
 
     // The server still serves, and nothing secret reached the host.
-    let again = containerd.query_model_server(id, INPUT).expect("query");
-    assert_eq!(again.code, 0, "{}", again.stderr);
+    containerd
+        .model_server_answer(id, INPUT)
+        .unwrap_or_else(|e| panic!("{e:#}"));
     let leaked = owner.secrets_on_host(&containerd);
     assert!(leaked.is_empty(), "secrets on the host: {leaked:?}");
     containerd.remove(id);

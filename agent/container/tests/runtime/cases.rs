@@ -574,6 +574,13 @@ fn write_file(path: &std::path::Path, contents: &str) -> Result<(), String> {
     std::fs::write(path, contents).map_err(|e| format!("write {}: {e}", path.display()))
 }
 
+/// The caller's mount point shows nothing: the binds onto it stayed in the container's mount
+/// namespace.
+fn expect_empty_mountpoint(path: &std::path::Path) -> Result<(), String> {
+    let left = std::fs::read_dir(path).map_err(|e| e.to_string())?.count();
+    expect_eq("entries left in the mount point", &left.to_string(), "0")
+}
+
 fn pinned_sources_are_what_runs() -> Result<(), String> {
     let rootfs = Rootfs::new()?;
     let mountpoint = tempfile::tempdir().map_err(|e| e.to_string())?;
@@ -592,10 +599,7 @@ fn pinned_sources_are_what_runs() -> Result<(), String> {
     container.mark_stopped();
     container.delete().map_err(|e| e.to_string())?;
     expect_eq("stdout", &out, "checked-content\n")?;
-    let left = std::fs::read_dir(mountpoint.path())
-        .map_err(|e| e.to_string())?
-        .count();
-    expect_eq("entries left in the mount point", &left.to_string(), "0")
+    expect_empty_mountpoint(mountpoint.path())
 }
 
 /// A file server that changes a checked directory into a symlink between the check and the
@@ -649,10 +653,7 @@ fn a_pinned_source_that_moved_is_refused() -> Result<(), String> {
         Err(e) => e.to_string(),
     };
     expect_contains("refusal", &refusal, "it now leads to /, not to")?;
-    let left = std::fs::read_dir(mountpoint.path())
-        .map_err(|e| e.to_string())?
-        .count();
-    expect_eq("entries left in the mount point", &left.to_string(), "0")
+    expect_empty_mountpoint(mountpoint.path())
 }
 
 fn binary_without_init_mode_is_reported() -> Result<(), String> {
