@@ -10,7 +10,7 @@
 use std::path::{Component, Path, PathBuf};
 
 use crate::rootfs::{format_digest, parse_digest};
-use crate::{ModelDelivery, Reader};
+use crate::{Command, ModelDelivery, Reader};
 use sha2::{Digest, Sha256};
 
 /// Where the sealed model comes from.
@@ -99,6 +99,8 @@ pub struct Plan {
     pub exec: ExecPolicy,
     /// The only containers that may mount the volume; empty: any container.
     pub readers: Vec<ApprovedReader>,
+    /// While exec is denied, the command lines that may still be exec'd, exactly.
+    pub exec_commands: Vec<Vec<String>>,
 }
 
 /// The declaration is unusable.
@@ -177,6 +179,31 @@ fn parse_exec(text: &str) -> Result<ExecPolicy, PlanError> {
             format!("{other:?}: use deny (the default) or allow"),
         )),
     }
+}
+
+fn parse_exec_commands(
+    commands: &[Command],
+    exec: ExecPolicy,
+) -> Result<Vec<Vec<String>>, PlanError> {
+    if !commands.is_empty() && exec == ExecPolicy::Allow {
+        return Err(bad(
+            "exec-commands",
+            "it lists the commands a denied exec still lets through, but exec is allow, which lets every command through; remove one of the two",
+        ));
+    }
+    commands
+        .iter()
+        .enumerate()
+        .map(|(index, command)| {
+            if command.args.is_empty() || command.args[0].is_empty() {
+                return Err(bad(
+                    "exec-commands",
+                    format!("command {index} has no program; give each as the exec's args, e.g. [\"cat\", \"/tmp/healthy\"]"),
+                ));
+            }
+            Ok(command.args.clone())
+        })
+        .collect()
 }
 
 fn parse_readers(readers: &[Reader]) -> Result<Vec<ApprovedReader>, PlanError> {
@@ -276,15 +303,26 @@ pub fn declaration_digest_bytes(delivery: &ModelDelivery) -> [u8; 32] {
     if delivery.exec == "allow" {
         field(EXEC_ALLOWED);
     }
+    // Where one argument ends is part of a command line, so each goes in as a field.
+    fn command(field: &mut dyn FnMut(&[u8]), args: &[String]) {
+        field(&(args.len() as u64).to_be_bytes());
+        for arg in args {
+            field(arg.as_bytes());
+        }
+    }
     if !delivery.readers.is_empty() {
         field(READERS_TAG);
         field(&(delivery.readers.len() as u64).to_be_bytes());
         for reader in &delivery.readers {
             field(reader.rootfs.as_bytes());
-            field(&(reader.args.len() as u64).to_be_bytes());
-            for arg in &reader.args {
-                field(arg.as_bytes());
-            }
+            command(&mut field, &reader.args);
+        }
+    }
+    if !delivery.exec_commands.is_empty() {
+        field(EXEC_COMMANDS_TAG);
+        field(&(delivery.exec_commands.len() as u64).to_be_bytes());
+        for exec in &delivery.exec_commands {
+            command(&mut field, &exec.args);
         }
     }
     hasher.finalize().into()
@@ -294,6 +332,8 @@ pub fn declaration_digest_bytes(delivery: &ModelDelivery) -> [u8; 32] {
 const EXEC_ALLOWED: &[u8] = b"exec=allow";
 /// Starts the approved readers in the digest of a declaration that lists them.
 const READERS_TAG: &[u8] = b"readers";
+/// Starts the exec commands in the digest of a declaration that lists them.
+const EXEC_COMMANDS_TAG: &[u8] = b"exec-commands";
 
 /// The PEM marker every certificate starts with.
 const PEM_CERTIFICATE: &str = "-----BEGIN CERTIFICATE-----";
@@ -319,6 +359,7 @@ impl Plan {
             ));
         }
         let unpack = parse_unpack(&delivery.unpack)?;
+        let exec = parse_exec(&delivery.exec)?;
         check_kbs_url(&delivery.kbs_url)?;
         check_trusted_ca(&delivery.trusted_ca_pem)?;
         check_key_resource(&delivery.key_resource)?;
@@ -335,8 +376,9 @@ impl Plan {
             host_data: declaration_digest_bytes(delivery),
             trusted_ca_pem: (!delivery.trusted_ca_pem.is_empty())
                 .then(|| delivery.trusted_ca_pem.clone()),
-            exec: parse_exec(&delivery.exec)?,
+            exec,
             readers: parse_readers(&delivery.readers)?,
+            exec_commands: parse_exec_commands(&delivery.exec_commands, exec)?,
         })
     }
 }
@@ -372,7 +414,7 @@ mod tests {
     #[test]
     fn each_bad_field_is_named() {
         type Breakage = fn(&mut ModelDelivery);
-        let cases: [(Breakage, &str); 11] = [
+        let cases: [(Breakage, &str); 13] = [
             (|d| d.volume.clear(), "volume"),
             (|d| d.source_url = "ftp://x/y".into(), "source"),
             (|d| d.kbs_url = "kbs.example".into(), "kbs"),
@@ -389,6 +431,14 @@ mod tests {
             (
                 |d| d.readers = vec![reader(&digest_text(1), &[])],
                 "readers",
+            ),
+            (|d| d.exec_commands = vec![command(&[])], "exec-commands"),
+            (
+                |d| {
+                    d.exec = "allow".into();
+                    d.exec_commands = vec![command(&["true"])];
+                },
+                "exec-commands",
             ),
         ];
         for (break_it, field) in cases {
@@ -445,6 +495,39 @@ mod tests {
             args: args.iter().map(|a| a.to_string()).collect(),
             ..Default::default()
         }
+    }
+
+    fn command(args: &[&str]) -> Command {
+        Command {
+            args: args.iter().map(|a| a.to_string()).collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn exec_commands_are_parsed_and_enter_the_digest_only_when_given() {
+        let plain = declaration();
+        assert!(Plan::parse(&plain).expect("plan").exec_commands.is_empty());
+        let mut probes = declaration();
+        probes.exec_commands = vec![command(&["cat", "/tmp/healthy"]), command(&["true"])];
+        let plan = Plan::parse(&probes).expect("plan");
+        assert_eq!(plan.exec, ExecPolicy::Deny);
+        assert_eq!(plan.exec_commands[0], vec!["cat", "/tmp/healthy"]);
+        let base = declaration_digest(&probes);
+        assert_ne!(base, declaration_digest(&plain));
+        let mut split = probes.clone();
+        split.exec_commands[0] = command(&["cat", "/tmp/", "healthy"]);
+        let mut fewer = probes.clone();
+        fewer.exec_commands.pop();
+        // The same command lines as approved readers' commands are another declaration.
+        let mut as_reader = declaration();
+        as_reader.readers = vec![reader(&digest_text(1), &["true"])];
+        let mut both = as_reader.clone();
+        both.exec_commands = vec![command(&["true"])];
+        for changed in [split, fewer] {
+            assert_ne!(declaration_digest(&changed), base);
+        }
+        assert_ne!(declaration_digest(&both), declaration_digest(&as_reader));
     }
 
     fn digest_text(byte: u8) -> String {

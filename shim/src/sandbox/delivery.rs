@@ -13,6 +13,7 @@
 //! | `io.veil.model.aad` | associated data the model was sealed with |
 //! | `io.veil.model.ca` | PEM certificate(s) of a private CA that https:// URLs are verified against |
 //! | `io.veil.model.exec` | `deny` (default) or `allow`: whether the node may exec into the containers that can reach the model |
+//! | `io.veil.model.exec-commands` | JSON list of command lines (`[["cat", "/tmp/healthy"]]`) the node may still exec there while exec is denied (exec probes); default none |
 //! | `io.veil.model.readers` | JSON list of `{"rootfs": "sha256:...", "args": [...]}`: the only containers that may mount the volume (rootfs digest and exact command); default any |
 //!
 //! URLs naming the node's loopback (`127.0.0.1`, `localhost`) are rewritten to the
@@ -23,7 +24,7 @@ use std::path::{Path, PathBuf};
 
 use nix::mount::{mount, MsFlags};
 use veil_protocol::delivery::Plan;
-use veil_protocol::{ModelDelivery, Reader};
+use veil_protocol::{Command, ModelDelivery, Reader};
 
 use crate::error::{Error, Result};
 
@@ -63,7 +64,17 @@ pub fn declaration(annotations: Option<&HashMap<String, String>>) -> Result<Opti
             continue;
         };
         let known = [
-            "source", "kbs", "key", "volume", "sha256", "path", "unpack", "aad", "ca", "exec",
+            "source",
+            "kbs",
+            "key",
+            "volume",
+            "sha256",
+            "path",
+            "unpack",
+            "aad",
+            "ca",
+            "exec",
+            "exec-commands",
             "readers",
         ];
         if !known.contains(&field) {
@@ -103,6 +114,7 @@ pub fn declaration(annotations: Option<&HashMap<String, String>>) -> Result<Opti
         trusted_ca_pem: get("ca"),
         exec: get("exec"),
         readers: parse_readers(&get("readers"))?,
+        exec_commands: parse_exec_commands(&get("exec-commands"))?,
         ..Default::default()
     };
     // The plan's field names are the annotations' suffixes.
@@ -141,6 +153,29 @@ fn parse_readers(text: &str) -> Result<Vec<Reader>> {
         .map(|r| Reader {
             rootfs: r.rootfs,
             args: r.args,
+            ..Default::default()
+        })
+        .collect())
+}
+
+/// The `exec-commands` annotation: a JSON list of command lines (empty text: none). The
+/// plan checks the values.
+fn parse_exec_commands(text: &str) -> Result<Vec<Command>> {
+    if text.trim().is_empty() {
+        return Ok(Vec::new());
+    }
+    let commands: Vec<Vec<String>> = serde_json::from_str(text).map_err(|e| {
+        invalid(
+            "io.veil.model.exec-commands",
+            format!(
+                "{e}; write a JSON list of command lines, such as [[\"cat\", \"/tmp/healthy\"]]"
+            ),
+        )
+    })?;
+    Ok(commands
+        .into_iter()
+        .map(|args| Command {
+            args,
             ..Default::default()
         })
         .collect())
@@ -393,6 +428,35 @@ mod tests {
                 .to_string();
             assert!(error.contains("io.veil.model.readers"), "{json}: {error}");
         }
+    }
+
+    #[test]
+    fn exec_commands_are_passed_on_and_malformed_ones_refused_by_name() {
+        let mut pairs: Vec<(&str, &str)> = full();
+        pairs.retain(|(k, _)| *k != "sha256");
+        pairs.push(("exec-commands", r#"[["cat", "/tmp/healthy"], ["true"]]"#));
+        let delivery = declaration(Some(&annotations(&pairs)))
+            .expect("ok")
+            .expect("declared");
+        assert_eq!(delivery.exec_commands.len(), 2);
+        assert_eq!(delivery.exec_commands[0].args, ["cat", "/tmp/healthy"]);
+        for json in [r#"["cat /tmp/healthy"]"#, "[[]]", r#"[[""]]"#] {
+            pairs.retain(|(k, _)| *k != "exec-commands");
+            pairs.push(("exec-commands", json));
+            let error = declaration(Some(&annotations(&pairs)))
+                .expect_err(json)
+                .to_string();
+            assert!(
+                error.contains("io.veil.model.exec-commands"),
+                "{json}: {error}"
+            );
+        }
+        pairs.retain(|(k, _)| *k != "exec-commands");
+        pairs.extend([("exec-commands", r#"[["true"]]"#), ("exec", "allow")]);
+        let error = declaration(Some(&annotations(&pairs)))
+            .expect_err("exec allow with commands")
+            .to_string();
+        assert!(error.contains("remove one of the two"), "{error}");
     }
 
     fn to_hex(bytes: &[u8]) -> String {
