@@ -142,6 +142,15 @@ fn a_sealed_model_is_delivered_into_guest_ram_and_served_and_the_host_sees_none_
     );
 }
 
+/// A health probe, as a pod's exec probe would run it in the server.
+const HEALTH_PROBE: [&str; 5] = [
+    "veil-model-server",
+    "query",
+    "--url",
+    "http://127.0.0.1:8080",
+    "--health",
+];
+
 /// The serving image with one file more, as a node that changed the approved image would
 /// run it.
 const CHANGED_IMAGE: &str = "veil.test/model-server:changed";
@@ -193,6 +202,13 @@ fn only_approved_readers_over(shared_fs: Option<&str>) {
         READERS_ANNOTATION,
         &readers.to_string(),
     );
+    // And one command the node may exec into the server (a health probe).
+    let probe = serde_json::json!([HEALTH_PROBE]);
+    let annotations = with_annotation(
+        &annotations,
+        "io.veil.model.exec-commands",
+        &probe.to_string(),
+    );
     let id = "approved";
 
     let started = containerd
@@ -226,6 +242,25 @@ fn only_approved_readers_over(shared_fs: Option<&str>) {
                 && line.contains("shared_rootfs_pinned=false")
         ),
         "the verified reader's bind sources were not pinned:\n{console}"
+    );
+
+    // The listed probe may be exec'd into the server; nothing else.
+    let probed = containerd
+        .exec(id, "probe", &HEALTH_PROBE)
+        .expect("ctr task exec");
+    assert_eq!(
+        probed.code, 0,
+        "the listed probe was refused: {}",
+        probed.stderr
+    );
+    let peek = containerd
+        .exec(id, "peek", &["cat", "/model/model.safetensors"])
+        .expect("ctr task exec");
+    assert_ne!(peek.code, 0, "an unlisted exec ran: {}", peek.stdout);
+    assert!(
+        peek.stderr.contains("io.veil.model.exec-commands") && peek.stdout.is_empty(),
+        "{}",
+        peek.stderr
     );
 
     // The approved image with another command may not mount the model's volume.

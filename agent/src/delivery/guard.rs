@@ -28,7 +28,7 @@
 use std::collections::BTreeSet;
 use std::path::{Component, Path, PathBuf};
 
-use oci_spec::runtime::{LinuxNamespaceType, Mount, Spec};
+use oci_spec::runtime::{LinuxNamespaceType, Mount, Process, Spec};
 use veil_container::{Pin, SourcePins};
 use veil_protocol::{GUEST_SHARED_DIR, GUEST_VOLUMES_DIR};
 
@@ -307,11 +307,14 @@ fn pid_namespace(spec: &Spec) -> PidNamespace {
 }
 
 fn capabilities(spec: &Spec) -> BTreeSet<String> {
-    let Some(caps) = spec
-        .process()
+    spec.process()
         .as_ref()
-        .and_then(|p| p.capabilities().as_ref())
-    else {
+        .map(process_capabilities)
+        .unwrap_or_default()
+}
+
+fn process_capabilities(process: &Process) -> BTreeSet<String> {
+    let Some(caps) = process.capabilities().as_ref() else {
         return BTreeSet::new();
     };
     [
@@ -326,6 +329,36 @@ fn capabilities(spec: &Spec) -> BTreeSet<String> {
     .flatten()
     .filter_map(|c| Some(serde_json::to_value(c).ok()?.as_str()?.to_string()))
     .collect()
+}
+
+/// The first dynamic-loader variable (`LD_*`) of the process's environment: it would make
+/// the loader run code of the node's choosing inside an approved program.
+pub(crate) fn loader_variable(process: &Process) -> Option<String> {
+    let variable = process
+        .env()
+        .iter()
+        .flatten()
+        .find(|entry| entry.starts_with("LD_"))?;
+    Some(variable.split('=').next().unwrap_or(variable).to_string())
+}
+
+/// A process exec'd only because its command line is one the owner listed in
+/// `exec-commands` still may not bring in code or reach: no dynamic-loader variable and no
+/// capability that reads kernel or other processes' memory.
+pub fn check_listed_exec(process: &Process) -> Result<(), String> {
+    if let Some(name) = loader_variable(process) {
+        return Err(format!("its environment sets {name}, which makes the dynamic loader load code the model owner did not list; remove it"));
+    }
+    let capabilities = process_capabilities(process);
+    if let Some(reaching) = REACHING_CAPABILITIES
+        .iter()
+        .find(|c| capabilities.contains(**c))
+    {
+        return Err(format!(
+            "it asks for {reaching}, which can read kernel or other processes' memory; exec it without"
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -384,6 +417,25 @@ mod tests {
             None,
             "a verified copy is not pinned"
         );
+    }
+
+    #[test]
+    fn a_listed_exec_brings_no_loader_variable_and_no_reaching_capability() {
+        let process = |json: &str| -> Process { serde_json::from_str(json).expect("process") };
+        let plain = process(
+            r#"{"cwd":"/","user":{"uid":0,"gid":0},"args":["cat","/tmp/healthy"],"env":["PATH=/bin"],"capabilities":{"bounding":["CAP_KILL"]}}"#,
+        );
+        assert_eq!(check_listed_exec(&plain), Ok(()));
+        let preload = process(
+            r#"{"cwd":"/","user":{"uid":0,"gid":0},"args":["cat"],"env":["LD_PRELOAD=/tmp/x.so"]}"#,
+        );
+        let error = check_listed_exec(&preload).expect_err("LD_PRELOAD");
+        assert!(error.contains("LD_PRELOAD"), "{error}");
+        let ptrace = process(
+            r#"{"cwd":"/","user":{"uid":0,"gid":0},"args":["cat"],"capabilities":{"effective":["CAP_SYS_PTRACE"]}}"#,
+        );
+        let error = check_listed_exec(&ptrace).expect_err("CAP_SYS_PTRACE");
+        assert!(error.contains("CAP_SYS_PTRACE"), "{error}");
     }
 
     fn refusal(json: &str, rootfs: &Path, containers: &[i32]) -> Confinement {

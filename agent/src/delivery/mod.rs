@@ -42,6 +42,7 @@ struct Entry {
     declaration: ModelDelivery,
     exec: ExecPolicy,
     readers: Vec<ApprovedReader>,
+    exec_commands: Vec<Vec<String>>,
     state: watch::Receiver<DeliveryState>,
 }
 
@@ -91,6 +92,7 @@ impl Deliveries {
                 declaration: declaration.clone(),
                 exec: plan.exec,
                 readers: plan.readers.clone(),
+                exec_commands: plan.exec_commands.clone(),
                 state,
             },
         );
@@ -139,16 +141,21 @@ impl Deliveries {
         !self.entries().is_empty()
     }
 
-    /// The first of `volumes` whose delivery denies exec into the containers that can
-    /// reach it, if any.
+    /// The first of `volumes` whose delivery denies an exec of `args` into the containers
+    /// that can reach it (exec is denied and `args` is not one of its listed commands), if
+    /// any. Empty `args` match no listed command: the volumes that deny exec at all.
     pub fn exec_denied_for<'a>(
         &self,
         volumes: impl IntoIterator<Item = &'a String>,
+        args: &[String],
     ) -> Option<String> {
         let entries = self.entries();
+        let denies = |e: &Entry| {
+            e.exec == ExecPolicy::Deny && !e.exec_commands.iter().any(|listed| listed == args)
+        };
         volumes
             .into_iter()
-            .find(|v| entries.get(*v).is_some_and(|e| e.exec == ExecPolicy::Deny))
+            .find(|v| entries.get(*v).is_some_and(denies))
             .cloned()
     }
 
@@ -243,7 +250,10 @@ mod tests {
         let volume = tempfile::tempdir().expect("tempdir");
         let deliveries = Deliveries::new(None);
         assert!(!deliveries.any());
-        assert_eq!(deliveries.exec_denied_for(&["model".to_string()]), None);
+        assert_eq!(
+            deliveries.exec_denied_for(&["model".to_string()], &[]),
+            None
+        );
         deliveries
             .start(
                 &declaration("http://127.0.0.1:9"),
@@ -252,8 +262,16 @@ mod tests {
             .expect("start");
         assert!(deliveries.any());
         let volumes = ["scratch".to_string(), "model".to_string()];
-        assert_eq!(deliveries.exec_denied_for(&volumes), Some("model".into()));
-        assert_eq!(deliveries.exec_denied_for(&volumes[..1]), None);
+        let cat = ["cat".to_string(), "/tmp/healthy".to_string()];
+        assert_eq!(
+            deliveries.exec_denied_for(&volumes, &[]),
+            Some("model".into())
+        );
+        assert_eq!(
+            deliveries.exec_denied_for(&volumes, &cat),
+            Some("model".into())
+        );
+        assert_eq!(deliveries.exec_denied_for(&volumes[..1], &[]), None);
 
         let allowing = Deliveries::new(None);
         let mut declaration = declaration("http://127.0.0.1:9");
@@ -261,7 +279,25 @@ mod tests {
         allowing
             .start(&declaration, volume.path().to_path_buf())
             .expect("start");
-        assert_eq!(allowing.exec_denied_for(&volumes), None);
+        assert_eq!(allowing.exec_denied_for(&volumes, &[]), None);
+
+        // Listed commands pass a denied exec, exactly as listed.
+        let listing = Deliveries::new(None);
+        declaration.exec = "deny".into();
+        declaration.exec_commands = vec![veil_protocol::Command {
+            args: cat.to_vec(),
+            ..Default::default()
+        }];
+        listing
+            .start(&declaration, volume.path().to_path_buf())
+            .expect("start");
+        assert_eq!(listing.exec_denied_for(&volumes, &cat), None);
+        assert_eq!(listing.exec_denied_for(&volumes, &[]), Some("model".into()));
+        let other = ["cat".to_string(), "/model/model".to_string()];
+        assert_eq!(
+            listing.exec_denied_for(&volumes, &other),
+            Some("model".into())
+        );
     }
 
     #[tokio::test]

@@ -27,7 +27,7 @@ use veil_protocol::delivery::ApprovedReader;
 use veil_protocol::rootfs::{copy_tree, format_digest, TreeError};
 use veil_protocol::GUEST_VOLUMES_DIR;
 
-use super::guard::{bind_of, PidNamespace, Reach};
+use super::guard::{bind_of, loader_variable, PidNamespace, Reach};
 
 /// Where approved readers' rootfs are copied, in the guest's `/run` tmpfs (guest RAM).
 pub const VERIFIED_DIR: &str = "/run/veil/verified";
@@ -136,14 +136,8 @@ pub fn check_spec(spec: &Spec, reach: &Reach, pins: &Pins) -> Result<ApprovedDig
         check_mount(mount)?;
     }
     let process = spec.process().as_ref();
-    if let Some(variable) = process
-        .and_then(|p| p.env().as_ref())
-        .into_iter()
-        .flatten()
-        .find(|entry| entry.starts_with("LD_"))
-    {
-        let name = variable.split('=').next().unwrap_or(variable);
-        return Err(Unapproved::LoaderVariable(name.to_string()));
+    if let Some(name) = process.and_then(loader_variable) {
+        return Err(Unapproved::LoaderVariable(name));
     }
     let args = process.and_then(|p| p.args().clone()).unwrap_or_default();
     pins.iter()

@@ -368,10 +368,41 @@ impl AgentService {
         Ok(Some(copy))
     }
 
-    /// The delivered volume that makes an exec into `container` reach a model its owner
-    /// keeps from exec: one it mounts, or one mounted by a container sharing its pid
-    /// namespace (whose files it could read through `/proc/<pid>/root`).
-    fn sealed_volume_within_reach(&self, container: &ContainerEntry) -> Option<String> {
+    /// Refuses an exec into a container that can reach a delivered model whose owner keeps
+    /// the node from exec, unless the command line is one the owner listed (and then it
+    /// may bring in no code or reach of its own).
+    fn check_exec_reach(
+        &self,
+        container: &ContainerEntry,
+        id: &str,
+        exec_id: &str,
+        process: &oci_spec::runtime::Process,
+    ) -> Result<(), ServiceError> {
+        let args = process.args().clone().unwrap_or_default();
+        if let Some(volume) = self.sealed_volume_within_reach(container, &args) {
+            return Err(ServiceError::PermissionDenied(format!(
+                "exec {exec_id} into container {id} is refused: the container can reach the sealed model in volume {volume} (it mounts the volume, or shares a pid namespace with a container that does), and the model owner's declaration neither allows exec nor lists this command line {args:?}; the owner can list it (an exec probe, say) in the pod annotation io.veil.model.exec-commands or allow every exec with io.veil.model.exec: allow, either of which changes the declaration's digest (SNP host_data) that the key broker sees"
+            )));
+        }
+        if self.sealed_volume_within_reach(container, &[]).is_some() {
+            guard::check_listed_exec(process).map_err(|refusal| {
+                ServiceError::PermissionDenied(format!(
+                    "exec {exec_id} into container {id} is refused: its command line is one the model owner listed, but {refusal}"
+                ))
+            })?;
+        }
+        Ok(())
+    }
+
+    /// The delivered volume that makes an exec of `args` into `container` reach a model
+    /// whose owner keeps that command from it: one the container mounts, or one mounted by
+    /// a container sharing its pid namespace (whose files it could read through
+    /// `/proc/<pid>/root`). Empty `args`: a volume whose owner denies exec at all.
+    fn sealed_volume_within_reach(
+        &self,
+        container: &ContainerEntry,
+        args: &[String],
+    ) -> Option<String> {
         if !self.deliveries.any() {
             return None;
         }
@@ -384,7 +415,10 @@ impl AgentService {
                 namespace.is_none()
                     || procfs::pid_namespace_of(other.init.pid).is_none_or(|n| Some(n) == namespace)
             })
-            .find_map(|other| self.deliveries.exec_denied_for(&other.reach.volumes()))
+            .find_map(|other| {
+                self.deliveries
+                    .exec_denied_for(&other.reach.volumes(), args)
+            })
     }
 
     /// Starts the pod's model delivery (once; later containers repeat the declaration).
@@ -431,15 +465,11 @@ impl AgentService {
                 "exec {exec_id} in container {id}"
             )));
         }
-        if let Some(volume) = self.sealed_volume_within_reach(&container) {
-            return Err(ServiceError::PermissionDenied(format!(
-                "exec {exec_id} into container {id} is refused: the container can reach the sealed model in volume {volume} (it mounts the volume, or shares a pid namespace with a container that does), and the model owner's declaration does not allow exec; the owner can allow it with the pod annotation io.veil.model.exec: allow, which changes the declaration's digest (SNP host_data) that the key broker sees"
-            )));
-        }
         let process: oci_spec::runtime::Process = serde_json::from_slice(&request.oci_process_json)
             .map_err(|e| {
                 ServiceError::InvalidArgument(format!("OCI process of exec {exec_id}: {e}"))
             })?;
+        self.check_exec_reach(&container, &id, &exec_id, &process)?;
         let stdio = StdioRequest::from(request.stdio.get_or_default());
         let (runtime_id, runtime_exec) = (id.clone(), exec_id.clone());
         let entry = self
