@@ -104,6 +104,34 @@ fn a_sealed_model_is_delivered_into_guest_ram_and_served_and_the_host_sees_none_
         privileged.stderr
     );
 
+    // Nor show the volume through an overlay whose lower directory it is.
+    let overlay = containerd
+        .run_ctr(
+            &[
+                "run",
+                "--rm",
+                "--runtime",
+                VEIL_RUNTIME,
+                "--annotation",
+                &format!("{GROUP_ANNOTATION}={id}"),
+                "--mount",
+                "type=overlay,src=overlay,dst=/peek,options=lowerdir=/run/veil/volumes/model",
+                MODEL_SERVER_IMAGE,
+                "overlay",
+                "cat",
+                "/peek/model.safetensors",
+            ],
+            None,
+            Duration::from_secs(300),
+        )
+        .expect("ctr run");
+    assert_ne!(overlay.code, 0, "an overlay of the volume ran");
+    assert!(
+        overlay.stderr.contains("is of type overlay") && overlay.stdout.is_empty(),
+        "{}",
+        overlay.stderr
+    );
+
     // The model's file, sized before it was written, sits in the volume's huge pages (the
     // guest's counter, read from a container without the model).
     let meminfo = containerd

@@ -11,7 +11,9 @@
 //! - the agent's own pid namespace, whose `/proc/1/root` is the guest's root;
 //! - capabilities that read kernel memory or other processes' memory;
 //! - sysctls outside the container's own namespaces (`kernel.core_pattern` runs a program
-//!   as the guest's root).
+//!   as the guest's root);
+//! - mounts other than binds and the kernel's own file systems: an overlay whose
+//!   `lowerdir` is the volume shows the model without binding it.
 //!
 //! Every check is of paths as they resolve at the time, and the node's side of the share can
 //! answer differently later. So the container's init mounts only what was checked
@@ -45,6 +47,13 @@ const REACHING_CAPABILITIES: [&str; 6] = [
     "CAP_SYS_PTRACE",
     "CAP_BPF",
     "CAP_PERFMON",
+];
+
+/// File systems a container may mount besides binds: they take no guest path, so they hold
+/// nothing of the node's and cannot show the model's volume (an overlay could, through its
+/// `lowerdir`).
+const KERNEL_FILE_SYSTEMS: [&str; 7] = [
+    "proc", "sysfs", "tmpfs", "devpts", "mqueue", "cgroup", "cgroup2",
 ];
 
 /// Sysctl prefixes that belong to a container's own namespaces (runc's list).
@@ -94,6 +103,8 @@ pub struct Reach {
     pub capabilities: BTreeSet<String>,
     /// Sysctl keys it sets.
     pub sysctls: Vec<String>,
+    /// Its other mounts: destination and file system type.
+    pub file_systems: Vec<(PathBuf, String)>,
 }
 
 /// Why a container may not run next to a delivered model. Each says what to change.
@@ -121,6 +132,15 @@ pub enum Confinement {
     /// A capability that reaches beyond its namespaces.
     #[error("it asks for {0}, which can read kernel or other processes' memory; a pod that receives a sealed model cannot have it (drop it, and do not run the container privileged)")]
     ReachingCapability(String),
+    /// A file system that could show guest paths (an overlay whose lower directory is the
+    /// volume) or another share.
+    #[error("the mount at {} is of type {typ}, which can show guest directories (an overlay's lowerdir) or another share; besides bind mounts, only {} can be mounted", .destination.display(), KERNEL_FILE_SYSTEMS.join(", "))]
+    FileSystem {
+        /// Where it is mounted.
+        destination: PathBuf,
+        /// Its type.
+        typ: String,
+    },
     /// A sysctl of the whole guest.
     #[error("it sets the sysctl {0}, which is not namespaced and would change the whole guest; only net.*, kernel.shm*, kernel.msg*, kernel.sem, fs.mqueue.* and the host and domain names can be set")]
     GlobalSysctl(String),
@@ -140,6 +160,16 @@ impl Reach {
                 .and_then(|l| l.sysctl().as_ref())
                 .map(|s| s.keys().cloned().collect())
                 .unwrap_or_default(),
+            file_systems: spec
+                .mounts()
+                .iter()
+                .flatten()
+                .filter(|m| bind_of(m).is_none())
+                .map(|m| {
+                    let typ = m.typ().as_deref().unwrap_or("none");
+                    (m.destination().clone(), typ.to_string())
+                })
+                .collect(),
         }
     }
 
@@ -209,6 +239,16 @@ impl Reach {
         }
         if let Some(key) = self.sysctls.iter().find(|k| !is_namespaced_sysctl(k)) {
             return Err(Confinement::GlobalSysctl(key.clone()));
+        }
+        if let Some((destination, typ)) = self
+            .file_systems
+            .iter()
+            .find(|(_, typ)| !KERNEL_FILE_SYSTEMS.contains(&typ.as_str()))
+        {
+            return Err(Confinement::FileSystem {
+                destination: destination.clone(),
+                typ: typ.clone(),
+            });
         }
         Ok(())
     }
@@ -541,6 +581,23 @@ mod tests {
                 refusal(&json, &shared_rootfs(), &[]),
                 Confinement::ReachingCapability("CAP_SYS_PTRACE".into()),
                 "{set}"
+            );
+        }
+    }
+
+    #[test]
+    fn only_kernel_file_systems_are_mounted_besides_binds() {
+        let overlay = r#"{"destination":"/peek","type":"overlay","source":"overlay","options":["lowerdir=/run/veil/volumes/model"]}"#;
+        let share_again = r#"{"destination":"/opt","type":"virtiofs","source":"veil"}"#;
+        for (mount, typ) in [(overlay, "overlay"), (share_again, "virtiofs")] {
+            let json = CONFINED.replace(
+                r#"{"destination":"/proc","type":"proc","source":"proc"},"#,
+                &format!(r#"{{"destination":"/proc","type":"proc","source":"proc"}},{mount},"#),
+            );
+            let error = refusal(&json, &shared_rootfs(), &[]);
+            assert!(
+                matches!(&error, Confinement::FileSystem { typ: t, .. } if t == typ),
+                "{error}"
             );
         }
     }

@@ -9,8 +9,8 @@
 //! - checks what the spec takes from the node: its command must be an approved one, it
 //!   needs a pid namespace of its own, its binds may cover only the files a pod runtime
 //!   writes (hosts, hostname, resolver, `/dev/shm`, the termination log) and memory
-//!   volumes, its other mounts only kernel file systems, and its environment no
-//!   dynamic-loader variable;
+//!   volumes (its other mounts are kernel file systems, as in every container next to a
+//!   model, see [`super::guard`]), and its environment no dynamic-loader variable;
 //! - copies the shared rootfs into guest memory ([`VERIFIED_DIR`]), digesting exactly what
 //!   it copied, and runs the container from the copy only if the digest is approved with
 //!   that command. The node cannot change the copy: it is not shared.
@@ -41,11 +41,6 @@ const NODE_BIND_DESTINATIONS: [&str; 5] = [
     "/etc/resolv.conf",
     "/dev/shm",
     "/dev/termination-log",
-];
-
-/// File systems a reader may mount that hold nothing of the node's.
-const KERNEL_FILE_SYSTEMS: [&str; 7] = [
-    "proc", "sysfs", "tmpfs", "devpts", "mqueue", "cgroup", "cgroup2",
 ];
 
 /// The delivered volumes a container mounts whose owners approve their readers, each with
@@ -89,14 +84,6 @@ pub enum Unapproved {
         destination: PathBuf,
         /// The source.
         from: PathBuf,
-    },
-    /// A file system that could hold the node's files.
-    #[error("the mount at {} is of type {typ}; a container approved to read the model may mount only {} besides binds", .destination.display(), KERNEL_FILE_SYSTEMS.join(", "))]
-    FileSystem {
-        /// Where it is mounted.
-        destination: PathBuf,
-        /// Its type.
-        typ: String,
     },
     /// An environment variable that makes the dynamic loader run other code.
     #[error("its environment sets {0}, which makes the dynamic loader load code the model owner did not approve; remove it")]
@@ -167,29 +154,24 @@ fn list(readers: &[ApprovedReader]) -> String {
         .join("; ")
 }
 
+/// Binds only from memory volumes or at the files the pod runtime writes; the other file
+/// systems are the kernel's (the guard refuses the rest in every container next to a model).
 fn check_mount(mount: &Mount) -> Result<(), Unapproved> {
+    let Some(bind) = bind_of(mount) else {
+        return Ok(());
+    };
     let destination = mount.destination();
-    if let Some(bind) = bind_of(mount) {
-        let from_volume = bind.resolved.starts_with(GUEST_VOLUMES_DIR);
-        if from_volume
-            || NODE_BIND_DESTINATIONS
-                .iter()
-                .any(|d| destination == Path::new(d))
-        {
-            return Ok(());
-        }
-        return Err(Unapproved::NodeBind {
-            destination: destination.clone(),
-            from: bind.source.clone(),
-        });
-    }
-    let typ = mount.typ().as_deref().unwrap_or("none");
-    if KERNEL_FILE_SYSTEMS.contains(&typ) {
+    let from_volume = bind.resolved.starts_with(GUEST_VOLUMES_DIR);
+    if from_volume
+        || NODE_BIND_DESTINATIONS
+            .iter()
+            .any(|d| destination == Path::new(d))
+    {
         return Ok(());
     }
-    Err(Unapproved::FileSystem {
+    Err(Unapproved::NodeBind {
         destination: destination.clone(),
-        typ: typ.to_string(),
+        from: bind.source.clone(),
     })
 }
 
@@ -363,11 +345,6 @@ mod tests {
         assert!(matches!(
             check(&spec(ARGS, by_option, r#""A=b""#, r#"{"type": "pid"}"#)),
             Err(Unapproved::NodeBind { .. })
-        ));
-        let share_again = r#", {"destination": "/opt", "type": "virtiofs", "source": "veil"}"#;
-        assert!(matches!(
-            check(&spec(ARGS, share_again, r#""A=b""#, r#"{"type": "pid"}"#)),
-            Err(Unapproved::FileSystem { .. })
         ));
         let resolver = r#", {"destination": "/etc/resolv.conf", "type": "bind", "source": "/run/veil/shared/c1/resolv.conf", "options": ["rbind"]}, {"destination": "/scratch", "type": "bind", "source": "/run/veil/volumes/scratch", "options": ["rbind"]}"#;
         check(&spec(ARGS, resolver, r#""A=b""#, r#"{"type": "pid"}"#))
