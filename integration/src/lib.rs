@@ -526,7 +526,19 @@ impl Containerd {
     /// the VM of container `group`, in the VM's network, with no volume; returns when it
     /// exited.
     pub fn run_in_pod(&self, group: &str, name: &str, args: &[&str]) -> Result<CtrOutput> {
-        self.run_in_group(group, name, MODEL_SERVER_IMAGE, &[], None, args)
+        self.run_in_pod_with(group, name, &[], args)
+    }
+
+    /// [`Self::run_in_pod`] with more `ctr run` flags (`--privileged`, `--mount ...`): what
+    /// a node might add to a pod's VM.
+    pub fn run_in_pod_with(
+        &self,
+        group: &str,
+        name: &str,
+        flags: &[&str],
+        args: &[&str],
+    ) -> Result<CtrOutput> {
+        self.run_in_group(group, name, MODEL_SERVER_IMAGE, &[], flags, args)
     }
 
     /// `ctr run --rm` of `args` from `image` as container `<group>-<name>` in the VM of
@@ -542,7 +554,7 @@ impl Containerd {
         args: &[&str],
     ) -> Result<CtrOutput> {
         let mount = self.model_volume_mount(group)?;
-        self.run_in_group(group, name, image, annotations, Some(&mount), args)
+        self.run_in_group(group, name, image, annotations, &["--mount", &mount], args)
     }
 
     fn run_in_group(
@@ -551,7 +563,7 @@ impl Containerd {
         name: &str,
         image: &str,
         annotations: &[(String, String)],
-        mount: Option<&str>,
+        flags: &[&str],
         args: &[&str],
     ) -> Result<CtrOutput> {
         let id = format!("{group}-{name}");
@@ -564,9 +576,7 @@ impl Containerd {
         for pair in &pairs {
             all.extend(["--annotation", pair.as_str()]);
         }
-        if let Some(mount) = mount {
-            all.extend(["--mount", mount]);
-        }
+        all.extend(flags);
         all.extend([image, id.as_str()]);
         all.extend(args);
         self.run_ctr(&all, None, Duration::from_secs(300))

@@ -9,8 +9,7 @@ use std::time::Duration;
 use veil_integration::oci::ExtraFile;
 use veil_integration::owner::{with_annotation, ModelOwner, KEY_RESOURCE};
 use veil_integration::{
-    Containerd, Options, GROUP_ANNOTATION, MODEL_SERVER_ARGS, MODEL_SERVER_IMAGE,
-    READERS_ANNOTATION, VEIL_RUNTIME,
+    Containerd, Options, MODEL_SERVER_ARGS, MODEL_SERVER_IMAGE, READERS_ANNOTATION,
 };
 use veil_model_server::Model;
 
@@ -77,22 +76,7 @@ fn a_sealed_model_is_delivered_into_guest_ram_and_served_and_the_host_sees_none_
     assert!(peek.stdout.is_empty(), "{}", peek.stdout);
     // Nor add a privileged container to its VM.
     let privileged = containerd
-        .run_ctr(
-            &[
-                "run",
-                "--rm",
-                "--privileged",
-                "--runtime",
-                VEIL_RUNTIME,
-                "--annotation",
-                &format!("{GROUP_ANNOTATION}={id}"),
-                MODEL_SERVER_IMAGE,
-                "privileged",
-                "true",
-            ],
-            None,
-            Duration::from_secs(300),
-        )
+        .run_in_pod_with(id, "privileged", &["--privileged"], &["true"])
         .expect("ctr run");
     assert_ne!(privileged.code, 0, "a privileged container joined the VM");
     assert!(
@@ -105,24 +89,14 @@ fn a_sealed_model_is_delivered_into_guest_ram_and_served_and_the_host_sees_none_
     );
 
     // Nor show the volume through an overlay whose lower directory it is.
+    let overlay_of_volume =
+        "type=overlay,src=overlay,dst=/peek,options=lowerdir=/run/veil/volumes/model";
     let overlay = containerd
-        .run_ctr(
-            &[
-                "run",
-                "--rm",
-                "--runtime",
-                VEIL_RUNTIME,
-                "--annotation",
-                &format!("{GROUP_ANNOTATION}={id}"),
-                "--mount",
-                "type=overlay,src=overlay,dst=/peek,options=lowerdir=/run/veil/volumes/model",
-                MODEL_SERVER_IMAGE,
-                "overlay",
-                "cat",
-                "/peek/model.safetensors",
-            ],
-            None,
-            Duration::from_secs(300),
+        .run_in_pod_with(
+            id,
+            "overlay",
+            &["--mount", overlay_of_volume],
+            &["cat", "/peek/model.safetensors"],
         )
         .expect("ctr run");
     assert_ne!(overlay.code, 0, "an overlay of the volume ran");
