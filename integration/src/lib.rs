@@ -62,6 +62,45 @@ pub fn model_server_binary() -> Result<PathBuf> {
     Ok(path)
 }
 
+/// Writes the serving image named `name`, with `extra` files besides the server, as an OCI
+/// image archive at `out` (what its owner publishes and the node imports).
+pub fn write_model_server_archive(
+    out: &Path,
+    name: &str,
+    extra: Vec<oci::ExtraFile>,
+) -> Result<()> {
+    let binary = model_server_binary()?;
+    let data = std::fs::read(&binary).with_context(|| format!("read {}", binary.display()))?;
+    let mut files = vec![oci::ExtraFile {
+        path: "bin/veil-model-server".into(),
+        mode: 0o755,
+        data,
+    }];
+    files.extend(extra);
+    oci::write_image(out, name, &files)
+}
+
+/// `veil rootfs digest --oci ARCHIVE`: the rootfs digest a model owner takes of the image
+/// archive they publish, with the `veil` binary built next to this one.
+pub fn owner_image_digest(archive: &Path) -> Result<String> {
+    let veil = target_profile_dir()
+        .map(|d| d.join("veil"))
+        .context("cannot find the build directory")?;
+    let output = Command::new(&veil)
+        .args(["rootfs", "digest", "--oci"])
+        .arg(archive)
+        .output()
+        .with_context(|| format!("run {} (cargo build --workspace builds it)", veil.display()))?;
+    if !output.status.success() {
+        bail!(
+            "veil rootfs digest --oci {} failed: {}",
+            archive.display(),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
+}
+
 /// Where the built pieces are.
 #[derive(Debug, Clone)]
 pub struct Artifacts {
@@ -367,16 +406,8 @@ impl Containerd {
     /// Imports the serving image under `name` with `extra` files besides the server (an
     /// image that differs from [`MODEL_SERVER_IMAGE`] by those files).
     pub fn import_model_server_as(&self, name: &str, extra: Vec<oci::ExtraFile>) -> Result<()> {
-        let binary = model_server_binary()?;
-        let data = std::fs::read(&binary).with_context(|| format!("read {}", binary.display()))?;
-        let mut files = vec![oci::ExtraFile {
-            path: "bin/veil-model-server".into(),
-            mode: 0o755,
-            data,
-        }];
-        files.extend(extra);
         let tarball = self.dir.path().join("model-server.tar");
-        oci::write_image(&tarball, name, &files)?;
+        write_model_server_archive(&tarball, name, extra)?;
         self.import_tarball(&tarball)
     }
 

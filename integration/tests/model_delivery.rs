@@ -198,6 +198,14 @@ fn only_approved_readers_over(shared_fs: Option<&str>) {
         .image_rootfs_digest(CHANGED_IMAGE)
         .expect("digest the changed image");
     assert_ne!(approved, changed);
+    // The owner takes the same digest from the image archive they publish, without a node.
+    let archive = containerd.dir().join("published.tar");
+    veil_integration::write_model_server_archive(&archive, MODEL_SERVER_IMAGE, Vec::new())
+        .expect("write the serving image");
+    assert_eq!(
+        veil_integration::owner_image_digest(&archive).expect("veil rootfs digest --oci"),
+        approved
+    );
     let readers = serde_json::json!([{"rootfs": approved, "args": MODEL_SERVER_ARGS}]);
     let annotations = with_annotation(
         &owner.annotations("model"),

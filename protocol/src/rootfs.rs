@@ -94,7 +94,11 @@ fn walk(root: &Path, destination: Option<&Path>) -> Result<[u8; 32], TreeError> 
         std::fs::create_dir(destination).map_err(io("create", destination))?;
         copy_attributes(destination, &meta, false)?;
     }
-    record(&mut hasher, b'd', Path::new(""), mode(&meta), &[]);
+    record_entry(
+        &mut hasher,
+        Path::new(""),
+        &TreeEntry::Directory { mode: mode(&meta) },
+    );
     visit(root, Path::new(""), destination, &mut hasher)?;
     Ok(hasher.finalize().into())
 }
@@ -123,7 +127,7 @@ fn visit(
                 std::fs::create_dir(target).map_err(io("create", target))?;
                 copy_attributes(target, &meta, false)?;
             }
-            record(hasher, b'd', &child, mode(&meta), &[]);
+            record_entry(hasher, &child, &TreeEntry::Directory { mode: mode(&meta) });
             visit(root, &child, destination, hasher)?;
         } else if kind.is_symlink() {
             let link = std::fs::read_link(&source).map_err(io("read the link", &source))?;
@@ -131,12 +135,15 @@ fn visit(
                 std::os::unix::fs::symlink(&link, target).map_err(io("create", target))?;
                 copy_attributes(target, &meta, true)?;
             }
-            record(hasher, b'l', &child, 0, link.as_os_str().as_encoded_bytes());
+            record_entry(hasher, &child, &TreeEntry::Symlink { target: link });
         } else if kind.is_file() {
-            let (size, content) = copy_file(&source, target.as_deref())?;
-            let mut facts = size.to_be_bytes().to_vec();
-            facts.extend_from_slice(&content);
-            record(hasher, b'f', &child, mode(&meta), &facts);
+            let (size, sha256) = copy_file(&source, target.as_deref())?;
+            let file = TreeEntry::File {
+                mode: mode(&meta),
+                size,
+                sha256,
+            };
+            record_entry(hasher, &child, &file);
         } else {
             return Err(TreeError::Unsupported {
                 path: source,
@@ -206,6 +213,58 @@ fn copy_attributes(target: &Path, meta: &Metadata, is_symlink: bool) -> Result<(
             .map_err(io("set the mode of", target))?;
     }
     Ok(())
+}
+
+/// One entry of a rootfs as its digest sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TreeEntry {
+    /// A directory and its permission bits.
+    Directory {
+        /// `mode & 0o7777`.
+        mode: u32,
+    },
+    /// A regular file.
+    File {
+        /// `mode & 0o7777`.
+        mode: u32,
+        /// Its length in bytes.
+        size: u64,
+        /// The SHA-256 of its content.
+        sha256: [u8; 32],
+    },
+    /// A symlink and where it points (never followed).
+    Symlink {
+        /// The link's target as stored.
+        target: PathBuf,
+    },
+}
+
+/// The digest of a tree given as its entries: paths relative to the root (the root itself
+/// is the empty path) in [`Path`]'s order, which compares component by component and so is
+/// the walk's order (a `BTreeMap<PathBuf, TreeEntry>` iterates in it). For a tree that is
+/// not on disk, such as an image's layers applied in memory.
+pub fn digest_entries<'a>(
+    entries: impl IntoIterator<Item = (&'a Path, &'a TreeEntry)>,
+) -> [u8; 32] {
+    let mut hasher = Sha256::new();
+    for (path, entry) in entries {
+        record_entry(&mut hasher, path, entry);
+    }
+    hasher.finalize().into()
+}
+
+fn record_entry(hasher: &mut Sha256, path: &Path, entry: &TreeEntry) {
+    match entry {
+        TreeEntry::Directory { mode } => record(hasher, b'd', path, *mode, &[]),
+        TreeEntry::File { mode, size, sha256 } => {
+            let mut facts = size.to_be_bytes().to_vec();
+            facts.extend_from_slice(sha256);
+            record(hasher, b'f', path, *mode, &facts);
+        }
+        TreeEntry::Symlink { target } => {
+            record(hasher, b'l', path, 0, target.as_os_str().as_encoded_bytes())
+        }
+    }
 }
 
 /// One entry in the digest: kind, path, mode and the kind's facts, each length-prefixed.
@@ -313,6 +372,44 @@ mod tests {
             .set_modified(std::time::SystemTime::UNIX_EPOCH)
             .expect("touch");
         assert_eq!(digest_tree(&root).expect("digest"), base);
+    }
+
+    #[test]
+    fn the_entries_of_a_tree_in_path_order_digest_as_the_walk_does() {
+        let tree = sample_tree();
+        // "a-c" sorts before "a/b" as bytes, after it as a walk goes.
+        std::fs::create_dir(tree.path().join("a")).expect("mkdir");
+        std::fs::write(tree.path().join("a/b"), b"inside a").expect("write");
+        std::fs::write(tree.path().join("a-c"), b"after the a directory").expect("write");
+        let mut entries = std::collections::BTreeMap::new();
+        let root = tree.path();
+        let mut stack = vec![PathBuf::new()];
+        while let Some(relative) = stack.pop() {
+            let path = root.join(&relative);
+            let meta = std::fs::symlink_metadata(&path).expect("stat");
+            let entry = if meta.is_symlink() {
+                TreeEntry::Symlink {
+                    target: std::fs::read_link(&path).expect("link"),
+                }
+            } else if meta.is_dir() {
+                for child in std::fs::read_dir(&path).expect("list") {
+                    stack.push(relative.join(child.expect("entry").file_name()));
+                }
+                TreeEntry::Directory { mode: mode(&meta) }
+            } else {
+                let content = std::fs::read(&path).expect("read");
+                TreeEntry::File {
+                    mode: mode(&meta),
+                    size: content.len() as u64,
+                    sha256: Sha256::digest(&content).into(),
+                }
+            };
+            entries.insert(relative, entry);
+        }
+        assert_eq!(
+            digest_entries(entries.iter().map(|(p, e)| (p.as_path(), e))),
+            digest_tree(root).expect("digest")
+        );
     }
 
     #[test]
