@@ -18,7 +18,7 @@
 use std::fs::{File, Metadata};
 use std::io::{Read, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
@@ -213,6 +213,22 @@ fn copy_attributes(target: &Path, meta: &Metadata, is_symlink: bool) -> Result<(
             .map_err(io("set the mode of", target))?;
     }
     Ok(())
+}
+
+/// `path` made relative and cleaned lexically, `..` included, as `/` + path cleans: it
+/// cannot climb above the root it is later joined to.
+pub fn clean_lexically(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for component in path.components() {
+        match component {
+            Component::Normal(part) => out.push(part),
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+        }
+    }
+    out
 }
 
 /// One entry of a rootfs as its digest sees it.

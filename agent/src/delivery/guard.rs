@@ -28,10 +28,11 @@
 //! volume, the owner says with approved readers, held in [`super::readers`].
 
 use std::collections::BTreeSet;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::{LinuxNamespaceType, Mount, Process, Spec};
 use veil_container::{Pin, SourcePins};
+use veil_protocol::rootfs::clean_lexically;
 use veil_protocol::{GUEST_SHARED_DIR, GUEST_VOLUMES_DIR};
 
 /// Where the shared rootfs of a container in a VM that receives a model is bound for its
@@ -314,21 +315,7 @@ pub(crate) fn bind_of(mount: &Mount) -> Option<Bind> {
 /// `path` with symlinks resolved as the guest sees them; a path that does not exist (yet)
 /// is normalised lexically, `..` included, so that it cannot climb out of a prefix.
 fn resolve(path: &Path) -> PathBuf {
-    std::fs::canonicalize(path).unwrap_or_else(|_| normalise(path))
-}
-
-fn normalise(path: &Path) -> PathBuf {
-    let mut out = PathBuf::from("/");
-    for component in path.components() {
-        match component {
-            Component::Normal(part) => out.push(part),
-            Component::ParentDir => {
-                out.pop();
-            }
-            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
-        }
-    }
-    out
+    std::fs::canonicalize(path).unwrap_or_else(|_| Path::new("/").join(clean_lexically(path)))
 }
 
 fn pid_namespace(spec: &Spec) -> PidNamespace {

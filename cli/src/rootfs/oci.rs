@@ -14,12 +14,12 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
-use veil_protocol::rootfs::TreeEntry;
+use veil_protocol::rootfs::{clean_lexically, TreeEntry};
 
 /// The platform veil's guests run.
 const GUEST_PLATFORM: (&str, &str) = ("linux", "amd64");
@@ -82,12 +82,13 @@ impl Blobs {
         let file = File::open(source).with_context(|| format!("open {}", source.display()))?;
         let mut archive = tar::Archive::new(file);
         let mut members = HashMap::new();
+        // Seeking past the members' data: an archive holds the image's whole layers.
         for entry in archive
-            .entries()
+            .entries_with_seek()
             .with_context(|| format!("read {} as a tar archive", source.display()))?
         {
             let entry = entry.with_context(|| format!("read {}", source.display()))?;
-            let name = clean(&entry.path()?);
+            let name = clean_lexically(&entry.path()?);
             members.insert(name, (entry.raw_file_position(), entry.size()));
         }
         Ok(Blobs::Archive {
@@ -248,21 +249,6 @@ fn decompressed(mut reader: Box<dyn Read>) -> Result<Box<dyn Read>> {
     }
 }
 
-/// `path` relative to the root, cleaned as containerd cleans `/` + path.
-fn clean(path: &Path) -> PathBuf {
-    let mut out = PathBuf::new();
-    for component in path.components() {
-        match component {
-            Component::Normal(part) => out.push(part),
-            Component::ParentDir => {
-                out.pop();
-            }
-            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
-        }
-    }
-    out
-}
-
 /// `path` with every symlink among its components resolved within the tree (the last
 /// component too when `follow_last`).
 fn resolve(tree: &Tree, path: &Path, follow_last: bool) -> Result<PathBuf> {
@@ -343,7 +329,7 @@ fn apply_layer(tree: &mut Tree, reader: impl Read) -> Result<()> {
         .context("read the layer as a tar archive")?
     {
         let mut entry = entry.context("read the layer")?;
-        let given = clean(&entry.path()?);
+        let given = clean_lexically(&entry.path()?);
         let name = given.file_name().map(|n| n.to_string_lossy().into_owned());
         let parent = resolve(tree, given.parent().unwrap_or(Path::new("")), true)?;
         if name.as_deref() == Some(OPAQUE) {
@@ -392,7 +378,7 @@ fn apply_layer(tree: &mut Tree, reader: impl Read) -> Result<()> {
                 let target = entry
                     .link_name()?
                     .with_context(|| format!("the hard link {} has no target", path.display()))?;
-                let target = resolve(tree, &clean(&target), false)?;
+                let target = resolve(tree, &clean_lexically(&target), false)?;
                 tree.get(&target).cloned().with_context(|| {
                     format!(
                         "the hard link {} names {}, which no earlier entry made",
