@@ -5,16 +5,20 @@
 //!    own VM (its own kernel, its own boot id).
 //! 2. Plays the model owner: seals a demo model, serves the ciphertext from an HTTP model
 //!    store and its key from a real `veil-kbs`.
-//! 3. Runs the demo model server with the delivery annotations: inside the VM the agent
-//!    fetches, attests, gets the key, decrypts and verifies the model into guest RAM; only
-//!    then the server starts. Sends it an inference request.
+//! 3. Runs the demo model server with the delivery annotations, approving the serving
+//!    image's rootfs digest and command as the model's only reader: inside the VM the agent
+//!    fetches, attests, gets the key, decrypts and verifies the model into guest RAM, and
+//!    copies and verifies the server's rootfs; only then the server starts. Sends it an
+//!    inference request.
 //! 4. Scans what the host can read for the model's canary and the key: nothing.
 
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use veil_integration::owner::ModelOwner;
-use veil_integration::{Containerd, Runtime};
+use veil_integration::{
+    Containerd, Runtime, MODEL_SERVER_ARGS, MODEL_SERVER_IMAGE, READERS_ANNOTATION,
+};
 
 fn show_vm_isolation(containerd: &Containerd) -> Result<()> {
     let host_kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
@@ -65,7 +69,11 @@ fn serve_sealed_model(containerd: &Containerd) -> Result<()> {
     );
     println!("       (INSECURE sample attester allowed by policy: this machine has no SEV-SNP)");
     containerd.import_model_server()?;
-    let annotations = owner.annotations("model");
+    // The owner approves the serving image and its command as the only reader of the model.
+    let approved = containerd.image_rootfs_digest(MODEL_SERVER_IMAGE)?;
+    let readers = serde_json::json!([{"rootfs": approved, "args": MODEL_SERVER_ARGS}]);
+    let mut annotations = owner.annotations("model");
+    annotations.push((READERS_ANNOTATION.to_string(), readers.to_string()));
     for (key, value) in &annotations {
         println!("pod  : {key}={value}");
     }
@@ -76,8 +84,16 @@ fn serve_sealed_model(containerd: &Containerd) -> Result<()> {
         containerd.remove(id);
         bail!("the model server did not start: {}", run.stderr.trim());
     }
+    let verified = containerd
+        .console_log(id)
+        .lines()
+        .any(|line| line.contains("rootfs verified as one the model owner approved"));
+    if !verified {
+        containerd.remove(id);
+        bail!("the server started without the agent verifying its rootfs");
+    }
     println!(
-        "veil : model delivered into guest RAM and server started ({:.2} s)",
+        "veil : model delivered into guest RAM; the server's rootfs copied into guest RAM, verified as the approved {approved}, and started ({:.2} s)",
         started.elapsed().as_secs_f64()
     );
     let answer = containerd.query_model_server(id, "5.1,3.5,1.4,0.2")?;
