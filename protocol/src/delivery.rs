@@ -60,11 +60,42 @@ pub struct ApprovedReader {
     pub rootfs: [u8; 32],
     /// Its process's args, exactly.
     pub args: Vec<String>,
+    /// When not empty, what its environment may hold: `NAME=VALUE` exactly, `NAME` with any
+    /// value, `PREFIX*` any variable whose name starts so.
+    pub env: Vec<String>,
+}
+
+impl ApprovedReader {
+    /// The first variable of `env` (as `NAME=VALUE` entries) the reader's environment rules
+    /// do not allow, by name; `None` when all are allowed or the reader has no rules.
+    pub fn unapproved_variable<'a>(&self, env: &'a [String]) -> Option<&'a str> {
+        if self.env.is_empty() {
+            return None;
+        }
+        env.iter()
+            .find(|entry| !self.env.iter().any(|rule| env_rule_allows(rule, entry)))
+            .map(|entry| entry.split('=').next().unwrap_or(entry))
+    }
+}
+
+fn env_rule_allows(rule: &str, entry: &str) -> bool {
+    let name = entry.split('=').next().unwrap_or(entry);
+    if rule.contains('=') {
+        rule == entry
+    } else if let Some(prefix) = rule.strip_suffix('*') {
+        name.starts_with(prefix)
+    } else {
+        rule == name
+    }
 }
 
 impl std::fmt::Display for ApprovedReader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} running {:?}", format_digest(&self.rootfs), self.args)
+        write!(f, "{} running {:?}", format_digest(&self.rootfs), self.args)?;
+        if !self.env.is_empty() {
+            write!(f, " with environment {:?}", self.env)?;
+        }
+        Ok(())
     }
 }
 
@@ -226,12 +257,29 @@ fn parse_readers(readers: &[Reader]) -> Result<Vec<ApprovedReader>, PlanError> {
                     format!("reader {index}: args is empty; give the container's command exactly as it runs (entrypoint and arguments)"),
                 ));
             }
+            if let Some(rule) = reader.env.iter().find(|rule| !is_env_rule(rule)) {
+                return Err(bad(
+                    "readers",
+                    format!("reader {index}: env entry {rule:?} is not NAME=VALUE, NAME or PREFIX*"),
+                ));
+            }
             Ok(ApprovedReader {
                 rootfs,
                 args: reader.args.clone(),
+                env: reader.env.clone(),
             })
         })
         .collect()
+}
+
+fn is_env_rule(rule: &str) -> bool {
+    let name = rule.split('=').next().unwrap_or(rule);
+    let name = if rule.contains('=') {
+        name
+    } else {
+        name.strip_suffix('*').unwrap_or(name)
+    };
+    !name.is_empty() && !name.contains('*') && !name.contains(char::is_whitespace)
 }
 
 fn parse_sha256(text: &str) -> Result<Option<[u8; 32]>, PlanError> {
@@ -316,6 +364,10 @@ pub fn declaration_digest_bytes(delivery: &ModelDelivery) -> [u8; 32] {
         for reader in &delivery.readers {
             field(reader.rootfs.as_bytes());
             command(&mut field, &reader.args);
+            if !reader.env.is_empty() {
+                field(ENV_TAG);
+                command(&mut field, &reader.env);
+            }
         }
     }
     if !delivery.exec_commands.is_empty() {
@@ -332,6 +384,8 @@ pub fn declaration_digest_bytes(delivery: &ModelDelivery) -> [u8; 32] {
 const EXEC_ALLOWED: &[u8] = b"exec=allow";
 /// Starts the approved readers in the digest of a declaration that lists them.
 const READERS_TAG: &[u8] = b"readers";
+/// Starts a reader's environment rules in the digest of a declaration that gives them.
+const ENV_TAG: &[u8] = b"env";
 /// Starts the exec commands in the digest of a declaration that lists them.
 const EXEC_COMMANDS_TAG: &[u8] = b"exec-commands";
 
@@ -501,6 +555,44 @@ mod tests {
         Command {
             args: args.iter().map(|a| a.to_string()).collect(),
             ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_readers_environment_rules_allow_exact_entries_names_and_prefixes() {
+        let mut pinned = declaration();
+        let mut with_env = reader(&digest_text(1), &["serve"]);
+        with_env.env = vec!["PATH=/bin".into(), "HOSTNAME".into(), "KUBERNETES_*".into()];
+        pinned.readers = vec![with_env.clone()];
+        let plan = Plan::parse(&pinned).expect("plan");
+        let approved = &plan.readers[0];
+        let env = |entries: &[&str]| entries.iter().map(|e| e.to_string()).collect::<Vec<_>>();
+        let allowed = env(&[
+            "PATH=/bin",
+            "HOSTNAME=pod-1",
+            "KUBERNETES_SERVICE_HOST=10.0.0.1",
+        ]);
+        assert_eq!(approved.unapproved_variable(&allowed), None);
+        let other_path = env(&["PATH=/tmp:/bin"]);
+        assert_eq!(approved.unapproved_variable(&other_path), Some("PATH"));
+        let python = env(&["PATH=/bin", "PYTHONPATH=/dev/shm"]);
+        assert_eq!(approved.unapproved_variable(&python), Some("PYTHONPATH"));
+        // Without rules, any environment; rules enter the digest only when given.
+        let mut unpinned = pinned.clone();
+        unpinned.readers[0].env.clear();
+        let plain = Plan::parse(&unpinned).expect("plan");
+        assert_eq!(plain.readers[0].unapproved_variable(&python), None);
+        assert_ne!(declaration_digest(&pinned), declaration_digest(&unpinned));
+        let mut unpinned_before = declaration();
+        unpinned_before.readers = vec![reader(&digest_text(1), &["serve"])];
+        assert_eq!(
+            declaration_digest(&unpinned),
+            declaration_digest(&unpinned_before)
+        );
+        for bad_rule in ["", "*", "A*B", "NAME WITH SPACE"] {
+            let mut broken = pinned.clone();
+            broken.readers[0].env = vec![bad_rule.into()];
+            assert_eq!(Plan::parse(&broken).expect_err(bad_rule).field, "readers");
         }
     }
 

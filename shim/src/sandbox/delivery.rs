@@ -14,7 +14,7 @@
 //! | `io.veil.model.ca` | PEM certificate(s) of a private CA that https:// URLs are verified against |
 //! | `io.veil.model.exec` | `deny` (default) or `allow`: whether the node may exec into the containers that can reach the model |
 //! | `io.veil.model.exec-commands` | JSON list of command lines (`[["cat", "/tmp/healthy"]]`) the node may still exec there while exec is denied (exec probes); default none |
-//! | `io.veil.model.readers` | JSON list of `{"rootfs": "sha256:...", "args": [...]}`: the only containers that may mount the volume (rootfs digest and exact command); default any |
+//! | `io.veil.model.readers` | JSON list of `{"rootfs": "sha256:...", "args": [...], "env": [...]}`: the only containers that may mount the volume (rootfs digest, exact command, and optionally the environment it may have); default any |
 //!
 //! URLs naming the node's loopback (`127.0.0.1`, `localhost`) are rewritten to the
 //! address under which the guest's user network reaches it.
@@ -135,6 +135,8 @@ pub fn declaration(annotations: Option<&HashMap<String, String>>) -> Result<Opti
 struct ReaderAnnotation {
     rootfs: String,
     args: Vec<String>,
+    #[serde(default)]
+    env: Vec<String>,
 }
 
 /// The `readers` annotation: a JSON list (empty text: none). The plan checks the values.
@@ -153,6 +155,7 @@ fn parse_readers(text: &str) -> Result<Vec<Reader>> {
         .map(|r| Reader {
             rootfs: r.rootfs,
             args: r.args,
+            env: r.env,
             ..Default::default()
         })
         .collect())
@@ -405,8 +408,9 @@ mod tests {
         let mut pairs: Vec<(&str, &str)> = full();
         pairs.retain(|(k, _)| *k != "sha256");
         let digest = format!("sha256:{}", "ab".repeat(32));
-        let json =
-            format!(r#"[{{"rootfs": "{digest}", "args": ["server", "--model", "/model"]}}]"#);
+        let json = format!(
+            r#"[{{"rootfs": "{digest}", "args": ["server", "--model", "/model"], "env": ["PATH=/bin", "KUBERNETES_*"]}}]"#
+        );
         pairs.push(("readers", &json));
         let delivery = declaration(Some(&annotations(&pairs)))
             .expect("ok")
@@ -414,10 +418,12 @@ mod tests {
         assert_eq!(delivery.readers.len(), 1);
         assert_eq!(delivery.readers[0].rootfs, digest);
         assert_eq!(delivery.readers[0].args, ["server", "--model", "/model"]);
+        assert_eq!(delivery.readers[0].env, ["PATH=/bin", "KUBERNETES_*"]);
         let malformed = [
             r#"{"rootfs": "x"}"#.to_string(),
             r#"[{"rootfs": "sha256:ab", "args": ["server"]}]"#.to_string(),
-            format!(r#"[{{"rootfs": "{digest}", "args": ["s"], "env": []}}]"#),
+            format!(r#"[{{"rootfs": "{digest}", "args": ["s"], "user": "0"}}]"#),
+            format!(r#"[{{"rootfs": "{digest}", "args": ["s"], "env": ["*"]}}]"#),
             format!(r#"[{{"rootfs": "{digest}", "args": []}}]"#),
         ];
         for json in &malformed {
