@@ -584,8 +584,23 @@ impl Containerd {
         annotations: &[(String, String)],
         args: &[&str],
     ) -> Result<CtrOutput> {
+        self.run_reader_in_pod_with(group, name, image, annotations, &[], args)
+    }
+
+    /// [`Self::run_reader_in_pod`] with more `ctr run` flags (`--env ...`).
+    pub fn run_reader_in_pod_with(
+        &self,
+        group: &str,
+        name: &str,
+        image: &str,
+        annotations: &[(String, String)],
+        flags: &[&str],
+        args: &[&str],
+    ) -> Result<CtrOutput> {
         let mount = self.model_volume_mount(group)?;
-        self.run_in_group(group, name, image, annotations, &["--mount", &mount], args)
+        let mut all = vec!["--mount", mount.as_str()];
+        all.extend(flags);
+        self.run_in_group(group, name, image, annotations, &all, args)
     }
 
     fn run_in_group(

@@ -206,7 +206,12 @@ fn only_approved_readers_over(shared_fs: Option<&str>) {
         veil_integration::owner_image_digest(&archive).expect("veil rootfs digest --oci"),
         approved
     );
-    let readers = serde_json::json!([{"rootfs": approved, "args": MODEL_SERVER_ARGS}]);
+    // With the environment `ctr run --net-host` gives it: the image's PATH and a HOSTNAME.
+    let readers = serde_json::json!([{
+        "rootfs": approved,
+        "args": MODEL_SERVER_ARGS,
+        "env": ["PATH=/bin", "HOSTNAME"],
+    }]);
     let annotations = with_annotation(
         &owner.annotations("model"),
         READERS_ANNOTATION,
@@ -291,6 +296,23 @@ fn only_approved_readers_over(shared_fs: Option<&str>) {
             .contains("is not one the model owner approved for volume model"),
         "{}",
         other_command.stderr
+    );
+    // Nor the approved image and command with a variable the owner's rules do not allow.
+    let python_path = containerd
+        .run_reader_in_pod_with(
+            id,
+            "pythonpath",
+            MODEL_SERVER_IMAGE,
+            &annotations,
+            &["--env", "PYTHONPATH=/dev/shm"],
+            &MODEL_SERVER_ARGS,
+        )
+        .expect("ctr run");
+    assert_ne!(python_path.code, 0, "a node-set variable reached a reader");
+    assert!(
+        python_path.stderr.contains("sets PYTHONPATH"),
+        "{}",
+        python_path.stderr
     );
     // Nor may the approved command run from a changed image.
     let changed_image = containerd

@@ -15,10 +15,11 @@
 //!   it copied, and runs the container from the copy only if the digest is approved with
 //!   that command. The node cannot change the copy: it is not shared.
 //!
-//! What stays the node's: the rest of the environment, the working directory, the user,
-//! resource limits, and the contents of the files it may bind (DNS answers included). A
-//! serving program whose behaviour an environment variable can turn into printing the
-//! model needs that variable pinned by other means.
+//! Where the owner gives a reader environment rules, its environment must match them too
+//! (a variable such as `PYTHONPATH` would otherwise make an approved interpreter run the
+//! node's code). What stays the node's: the environment of readers without rules, the
+//! working directory, the user, resource limits, and the contents of the files it may bind
+//! (DNS answers included).
 
 use std::path::{Path, PathBuf};
 
@@ -59,6 +60,16 @@ pub enum Unapproved {
     Command {
         /// The container's args.
         args: Vec<String>,
+        /// The volume.
+        volume: String,
+        /// What the owner approved.
+        approved: String,
+    },
+    /// Its environment has a variable the owner's rules for this command do not allow.
+    #[error("its environment sets {variable}, which the model owner's environment rules for this command do not allow for volume {volume} (approved: {approved}); the node added or changed it, and such a variable (PYTHONPATH, say) can make the approved program run other code")]
+    Environment {
+        /// The variable's name.
+        variable: String,
         /// The volume.
         volume: String,
         /// What the owner approved.
@@ -127,16 +138,29 @@ pub fn check_spec(spec: &Spec, reach: &Reach, pins: &Pins) -> Result<ApprovedDig
         return Err(Unapproved::LoaderVariable(name));
     }
     let args = process.and_then(|p| p.args().clone()).unwrap_or_default();
+    let env = process.and_then(|p| p.env().clone()).unwrap_or_default();
     pins.iter()
         .map(|(volume, readers)| {
-            let digests: Vec<[u8; 32]> = readers
+            let with_command: Vec<&ApprovedReader> =
+                readers.iter().filter(|r| r.args == args).collect();
+            if with_command.is_empty() {
+                return Err(Unapproved::Command {
+                    args: args.clone(),
+                    volume: volume.clone(),
+                    approved: list(readers),
+                });
+            }
+            let digests: Vec<[u8; 32]> = with_command
                 .iter()
-                .filter(|r| r.args == args)
+                .filter(|r| r.unapproved_variable(&env).is_none())
                 .map(|r| r.rootfs)
                 .collect();
             if digests.is_empty() {
-                return Err(Unapproved::Command {
-                    args: args.clone(),
+                let variable = with_command[0]
+                    .unapproved_variable(&env)
+                    .unwrap_or_default();
+                return Err(Unapproved::Environment {
+                    variable: variable.to_string(),
                     volume: volume.clone(),
                     approved: list(readers),
                 });
@@ -269,6 +293,7 @@ mod tests {
             .map(|d| ApprovedReader {
                 rootfs: *d,
                 args: args.clone(),
+                env: Vec::new(),
             })
             .collect();
         vec![("model".into(), readers)]
@@ -311,6 +336,27 @@ mod tests {
             r#"{"type": "pid"}"#,
         );
         assert!(matches!(check(&longer), Err(Unapproved::Command { .. })));
+    }
+
+    #[test]
+    fn with_environment_rules_only_the_readers_whose_rules_allow_the_environment_count() {
+        let mut readers = pins(&[[1; 32], [2; 32]]);
+        readers[0].1[0].env = vec!["PATH=/bin".into(), "HOME".into()];
+        readers[0].1[1].env = vec!["PATH=/bin".into()];
+        let spec_with = |env: &str| spec(ARGS, "", env, r#"{"type": "pid"}"#);
+        let check_with = |spec: &Spec| {
+            let reach = Reach::of(spec, Path::new("/run/veil/shared/c1/rootfs"));
+            check_spec(spec, &reach, &readers)
+        };
+        assert_eq!(
+            check_with(&spec_with(r#""HOME=/root""#)).expect("allowed"),
+            vec![("model".to_string(), vec![[1; 32]])]
+        );
+        let error = check_with(&spec_with(r#""PYTHONPATH=/dev/shm""#)).expect_err("PYTHONPATH");
+        assert!(
+            matches!(&error, Unapproved::Environment { variable, .. } if variable == "PYTHONPATH"),
+            "{error}"
+        );
     }
 
     #[test]

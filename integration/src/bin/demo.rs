@@ -71,7 +71,11 @@ fn serve_sealed_model(containerd: &Containerd) -> Result<()> {
     containerd.import_model_server()?;
     // The owner approves the serving image and its command as the only reader of the model.
     let approved = containerd.image_rootfs_digest(MODEL_SERVER_IMAGE)?;
-    let readers = serde_json::json!([{"rootfs": approved, "args": MODEL_SERVER_ARGS}]);
+    let readers = serde_json::json!([{
+        "rootfs": approved,
+        "args": MODEL_SERVER_ARGS,
+        "env": ["PATH=/bin", "HOSTNAME"],
+    }]);
     let mut annotations = owner.annotations("model");
     annotations.push((READERS_ANNOTATION.to_string(), readers.to_string()));
     for (key, value) in &annotations {
