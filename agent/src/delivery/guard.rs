@@ -106,6 +106,8 @@ pub struct Reach {
     pub sysctls: Vec<String>,
     /// Its other mounts: destination and file system type.
     pub file_systems: Vec<(PathBuf, String)>,
+    /// Its process's environment (`NAME=VALUE`), what an exec the owner listed may have.
+    pub env: Vec<String>,
 }
 
 /// Why a container may not run next to a delivered model. Each says what to change.
@@ -171,6 +173,11 @@ impl Reach {
                     (m.destination().clone(), typ.to_string())
                 })
                 .collect(),
+            env: spec
+                .process()
+                .as_ref()
+                .and_then(|p| p.env().clone())
+                .unwrap_or_default(),
         }
     }
 
@@ -370,9 +377,20 @@ pub(crate) fn loader_variable(process: &Process) -> Option<String> {
 }
 
 /// A process exec'd only because its command line is one the owner listed in
-/// `exec-commands` still may not bring in code or reach: no dynamic-loader variable and no
-/// capability that reads kernel or other processes' memory.
-pub fn check_listed_exec(process: &Process) -> Result<(), String> {
+/// `exec-commands` still may not bring in code or reach: no variable the container itself
+/// does not have (`PYTHONPATH`, say, would make a listed interpreter run the node's code),
+/// no dynamic-loader variable, and no capability that reads kernel or other processes'
+/// memory.
+pub fn check_listed_exec(process: &Process, container_env: &[String]) -> Result<(), String> {
+    if let Some(added) = process
+        .env()
+        .iter()
+        .flatten()
+        .find(|entry| !container_env.contains(entry))
+    {
+        let name = added.split('=').next().unwrap_or(added);
+        return Err(format!("its environment sets {name}, which the container's own environment does not have as given; a listed command runs with the container's environment only"));
+    }
     if let Some(name) = loader_variable(process) {
         return Err(format!("its environment sets {name}, which makes the dynamic loader load code the model owner did not list; remove it"));
     }
@@ -447,21 +465,31 @@ mod tests {
     }
 
     #[test]
-    fn a_listed_exec_brings_no_loader_variable_and_no_reaching_capability() {
+    fn a_listed_exec_brings_no_variable_of_its_own_and_no_reaching_capability() {
         let process = |json: &str| -> Process { serde_json::from_str(json).expect("process") };
         let plain = process(
             r#"{"cwd":"/","user":{"uid":0,"gid":0},"args":["cat","/tmp/healthy"],"env":["PATH=/bin"],"capabilities":{"bounding":["CAP_KILL"]}}"#,
         );
-        assert_eq!(check_listed_exec(&plain), Ok(()));
+        let container_env = ["PATH=/bin".to_string(), "LD_PRELOAD=/tmp/x.so".to_string()];
+        assert_eq!(check_listed_exec(&plain, &container_env), Ok(()));
+        let python = process(
+            r#"{"cwd":"/","user":{"uid":0,"gid":0},"args":["cat"],"env":["PATH=/bin","PYTHONPATH=/dev/shm"]}"#,
+        );
+        let error = check_listed_exec(&python, &container_env).expect_err("PYTHONPATH");
+        assert!(error.contains("PYTHONPATH"), "{error}");
+        let other_path = process(
+            r#"{"cwd":"/","user":{"uid":0,"gid":0},"args":["cat"],"env":["PATH=/dev/shm:/bin"]}"#,
+        );
+        assert!(check_listed_exec(&other_path, &container_env).is_err());
         let preload = process(
             r#"{"cwd":"/","user":{"uid":0,"gid":0},"args":["cat"],"env":["LD_PRELOAD=/tmp/x.so"]}"#,
         );
-        let error = check_listed_exec(&preload).expect_err("LD_PRELOAD");
+        let error = check_listed_exec(&preload, &container_env).expect_err("LD_PRELOAD");
         assert!(error.contains("LD_PRELOAD"), "{error}");
         let ptrace = process(
             r#"{"cwd":"/","user":{"uid":0,"gid":0},"args":["cat"],"capabilities":{"effective":["CAP_SYS_PTRACE"]}}"#,
         );
-        let error = check_listed_exec(&ptrace).expect_err("CAP_SYS_PTRACE");
+        let error = check_listed_exec(&ptrace, &container_env).expect_err("CAP_SYS_PTRACE");
         assert!(error.contains("CAP_SYS_PTRACE"), "{error}");
     }
 

@@ -385,7 +385,7 @@ impl AgentService {
             )));
         }
         if self.sealed_volume_within_reach(container, &[]).is_some() {
-            guard::check_listed_exec(process).map_err(|refusal| {
+            guard::check_listed_exec(process, &container.reach.env).map_err(|refusal| {
                 ServiceError::PermissionDenied(format!(
                     "exec {exec_id} into container {id} is refused: its command line is one the model owner listed, but {refusal}"
                 ))
