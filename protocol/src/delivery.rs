@@ -63,6 +63,8 @@ pub struct ApprovedReader {
     /// When not empty, what its environment may hold: `NAME=VALUE` exactly, `NAME` with any
     /// value, `PREFIX*` any variable whose name starts so.
     pub env: Vec<String>,
+    /// When given, its working directory, exactly.
+    pub cwd: Option<PathBuf>,
 }
 
 impl ApprovedReader {
@@ -94,6 +96,9 @@ impl std::fmt::Display for ApprovedReader {
         write!(f, "{} running {:?}", format_digest(&self.rootfs), self.args)?;
         if !self.env.is_empty() {
             write!(f, " with environment {:?}", self.env)?;
+        }
+        if let Some(cwd) = &self.cwd {
+            write!(f, " in {}", cwd.display())?;
         }
         Ok(())
     }
@@ -263,10 +268,17 @@ fn parse_readers(readers: &[Reader]) -> Result<Vec<ApprovedReader>, PlanError> {
                     format!("reader {index}: env entry {rule:?} is not NAME=VALUE, NAME or PREFIX*"),
                 ));
             }
+            if !reader.cwd.is_empty() && !reader.cwd.starts_with('/') {
+                return Err(bad(
+                    "readers",
+                    format!("reader {index}: cwd {:?} is not an absolute path", reader.cwd),
+                ));
+            }
             Ok(ApprovedReader {
                 rootfs,
                 args: reader.args.clone(),
                 env: reader.env.clone(),
+                cwd: (!reader.cwd.is_empty()).then(|| PathBuf::from(&reader.cwd)),
             })
         })
         .collect()
@@ -368,6 +380,10 @@ pub fn declaration_digest_bytes(delivery: &ModelDelivery) -> [u8; 32] {
                 field(ENV_TAG);
                 command(&mut field, &reader.env);
             }
+            if !reader.cwd.is_empty() {
+                field(CWD_TAG);
+                field(reader.cwd.as_bytes());
+            }
         }
     }
     if !delivery.exec_commands.is_empty() {
@@ -386,6 +402,8 @@ const EXEC_ALLOWED: &[u8] = b"exec=allow";
 const READERS_TAG: &[u8] = b"readers";
 /// Starts a reader's environment rules in the digest of a declaration that gives them.
 const ENV_TAG: &[u8] = b"env";
+/// Starts a reader's working directory in the digest of a declaration that gives it.
+const CWD_TAG: &[u8] = b"cwd";
 /// Starts the exec commands in the digest of a declaration that lists them.
 const EXEC_COMMANDS_TAG: &[u8] = b"exec-commands";
 
@@ -588,6 +606,20 @@ mod tests {
         assert_eq!(
             declaration_digest(&unpinned),
             declaration_digest(&unpinned_before)
+        );
+        // A working directory too, only when given.
+        let mut in_root = pinned.clone();
+        in_root.readers[0].cwd = "/".into();
+        assert_eq!(
+            Plan::parse(&in_root).expect("plan").readers[0].cwd,
+            Some("/".into())
+        );
+        assert_ne!(declaration_digest(&in_root), declaration_digest(&pinned));
+        let mut relative = pinned.clone();
+        relative.readers[0].cwd = "srv".into();
+        assert_eq!(
+            Plan::parse(&relative).expect_err("relative").field,
+            "readers"
         );
         for bad_rule in ["", "*", "A*B", "NAME WITH SPACE"] {
             let mut broken = pinned.clone();

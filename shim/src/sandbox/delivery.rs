@@ -14,7 +14,7 @@
 //! | `io.veil.model.ca` | PEM certificate(s) of a private CA that https:// URLs are verified against |
 //! | `io.veil.model.exec` | `deny` (default) or `allow`: whether the node may exec into the containers that can reach the model |
 //! | `io.veil.model.exec-commands` | JSON list of command lines (`[["cat", "/tmp/healthy"]]`) the node may still exec there while exec is denied (exec probes); default none |
-//! | `io.veil.model.readers` | JSON list of `{"rootfs": "sha256:...", "args": [...], "env": [...]}`: the only containers that may mount the volume (rootfs digest, exact command, and optionally the environment it may have); default any |
+//! | `io.veil.model.readers` | JSON list of `{"rootfs": "sha256:...", "args": [...], "env": [...], "cwd": "/"}`: the only containers that may mount the volume (rootfs digest, exact command, and optionally the environment it may have and its working directory); default any |
 //!
 //! URLs naming the node's loopback (`127.0.0.1`, `localhost`) are rewritten to the
 //! address under which the guest's user network reaches it.
@@ -137,6 +137,8 @@ struct ReaderAnnotation {
     args: Vec<String>,
     #[serde(default)]
     env: Vec<String>,
+    #[serde(default)]
+    cwd: String,
 }
 
 /// The `readers` annotation: a JSON list (empty text: none). The plan checks the values.
@@ -156,6 +158,7 @@ fn parse_readers(text: &str) -> Result<Vec<Reader>> {
             rootfs: r.rootfs,
             args: r.args,
             env: r.env,
+            cwd: r.cwd,
             ..Default::default()
         })
         .collect())
@@ -409,7 +412,7 @@ mod tests {
         pairs.retain(|(k, _)| *k != "sha256");
         let digest = format!("sha256:{}", "ab".repeat(32));
         let json = format!(
-            r#"[{{"rootfs": "{digest}", "args": ["server", "--model", "/model"], "env": ["PATH=/bin", "KUBERNETES_*"]}}]"#
+            r#"[{{"rootfs": "{digest}", "args": ["server", "--model", "/model"], "env": ["PATH=/bin", "KUBERNETES_*"], "cwd": "/srv"}}]"#
         );
         pairs.push(("readers", &json));
         let delivery = declaration(Some(&annotations(&pairs)))
@@ -419,6 +422,7 @@ mod tests {
         assert_eq!(delivery.readers[0].rootfs, digest);
         assert_eq!(delivery.readers[0].args, ["server", "--model", "/model"]);
         assert_eq!(delivery.readers[0].env, ["PATH=/bin", "KUBERNETES_*"]);
+        assert_eq!(delivery.readers[0].cwd, "/srv");
         let malformed = [
             r#"{"rootfs": "x"}"#.to_string(),
             r#"[{"rootfs": "sha256:ab", "args": ["server"]}]"#.to_string(),
