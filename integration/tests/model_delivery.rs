@@ -206,11 +206,13 @@ fn only_approved_readers_over(shared_fs: Option<&str>) {
         veil_integration::owner_image_digest(&archive).expect("veil rootfs digest --oci"),
         approved
     );
-    // With the environment `ctr run --net-host` gives it: the image's PATH and a HOSTNAME.
+    // With the environment `ctr run --net-host` gives it (the image's PATH and a HOSTNAME),
+    // in the image's working directory.
     let readers = serde_json::json!([{
         "rootfs": approved,
         "args": MODEL_SERVER_ARGS,
         "env": ["PATH=/bin", "HOSTNAME"],
+        "cwd": "/",
     }]);
     let annotations = with_annotation(
         &owner.annotations("model"),
@@ -313,6 +315,23 @@ fn only_approved_readers_over(shared_fs: Option<&str>) {
         python_path.stderr.contains("sets PYTHONPATH"),
         "{}",
         python_path.stderr
+    );
+    // Nor from a directory the node binds (where an interpreter would find its code).
+    let in_shm = containerd
+        .run_reader_in_pod_with(
+            id,
+            "shm",
+            MODEL_SERVER_IMAGE,
+            &annotations,
+            &["--cwd", "/dev/shm"],
+            &MODEL_SERVER_ARGS,
+        )
+        .expect("ctr run");
+    assert_ne!(in_shm.code, 0, "a reader ran from the node's directory");
+    assert!(
+        in_shm.stderr.contains("its working directory is /dev/shm"),
+        "{}",
+        in_shm.stderr
     );
     // Nor may the approved command run from a changed image.
     let changed_image = containerd

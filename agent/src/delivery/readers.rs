@@ -15,11 +15,11 @@
 //!   it copied, and runs the container from the copy only if the digest is approved with
 //!   that command. The node cannot change the copy: it is not shared.
 //!
-//! Where the owner gives a reader environment rules, its environment must match them too
-//! (a variable such as `PYTHONPATH` would otherwise make an approved interpreter run the
-//! node's code). What stays the node's: the environment of readers without rules, the
-//! working directory, the user, resource limits, and the contents of the files it may bind
-//! (DNS answers included).
+//! Where the owner gives a reader environment rules or a working directory, the container
+//! must match them too (a variable such as `PYTHONPATH`, or a working directory the node
+//! binds, would otherwise make an approved interpreter run the node's code). What stays the
+//! node's: the environment and working directory of readers without them, the user,
+//! resource limits, and the contents of the files it may bind (DNS answers included).
 
 use std::path::{Path, PathBuf};
 
@@ -70,6 +70,16 @@ pub enum Unapproved {
     Environment {
         /// The variable's name.
         variable: String,
+        /// The volume.
+        volume: String,
+        /// What the owner approved.
+        approved: String,
+    },
+    /// Its working directory is not the one the owner approved with this command.
+    #[error("its working directory is {}, not the one the model owner approved with this command for volume {volume} (approved: {approved}); from another directory (one the node binds, say) an interpreter can load the node's code", .cwd.display())]
+    WorkingDirectory {
+        /// The container's working directory.
+        cwd: PathBuf,
         /// The volume.
         volume: String,
         /// What the owner approved.
@@ -139,6 +149,7 @@ pub fn check_spec(spec: &Spec, reach: &Reach, pins: &Pins) -> Result<ApprovedDig
     }
     let args = process.and_then(|p| p.args().clone()).unwrap_or_default();
     let env = process.and_then(|p| p.env().clone()).unwrap_or_default();
+    let cwd = process.map_or(Path::new("/"), |p| p.cwd().as_path());
     pins.iter()
         .map(|(volume, readers)| {
             let with_command: Vec<&ApprovedReader> =
@@ -150,15 +161,24 @@ pub fn check_spec(spec: &Spec, reach: &Reach, pins: &Pins) -> Result<ApprovedDig
                     approved: list(readers),
                 });
             }
-            let digests: Vec<[u8; 32]> = with_command
+            let in_cwd: Vec<&ApprovedReader> = with_command
+                .into_iter()
+                .filter(|r| r.cwd.as_deref().is_none_or(|c| c == cwd))
+                .collect();
+            if in_cwd.is_empty() {
+                return Err(Unapproved::WorkingDirectory {
+                    cwd: cwd.to_path_buf(),
+                    volume: volume.clone(),
+                    approved: list(readers),
+                });
+            }
+            let digests: Vec<[u8; 32]> = in_cwd
                 .iter()
                 .filter(|r| r.unapproved_variable(&env).is_none())
                 .map(|r| r.rootfs)
                 .collect();
             if digests.is_empty() {
-                let variable = with_command[0]
-                    .unapproved_variable(&env)
-                    .unwrap_or_default();
+                let variable = in_cwd[0].unapproved_variable(&env).unwrap_or_default();
                 return Err(Unapproved::Environment {
                     variable: variable.to_string(),
                     volume: volume.clone(),
@@ -294,6 +314,7 @@ mod tests {
                 rootfs: *d,
                 args: args.clone(),
                 env: Vec::new(),
+                cwd: None,
             })
             .collect();
         vec![("model".into(), readers)]
@@ -339,7 +360,7 @@ mod tests {
     }
 
     #[test]
-    fn with_environment_rules_only_the_readers_whose_rules_allow_the_environment_count() {
+    fn with_environment_and_directory_rules_only_the_readers_they_allow_count() {
         let mut readers = pins(&[[1; 32], [2; 32]]);
         readers[0].1[0].env = vec!["PATH=/bin".into(), "HOME".into()];
         readers[0].1[1].env = vec!["PATH=/bin".into()];
@@ -356,6 +377,18 @@ mod tests {
         assert!(
             matches!(&error, Unapproved::Environment { variable, .. } if variable == "PYTHONPATH"),
             "{error}"
+        );
+        // And a working directory, where the reader gives one (the spec's is /).
+        readers[0].1[0].cwd = Some("/srv".into());
+        readers[0].1[1].cwd = Some("/srv".into());
+        let reach = Reach::of(
+            &spec_with(r#""HOME=/root""#),
+            Path::new("/run/veil/shared/c1/rootfs"),
+        );
+        let moved = check_spec(&spec_with(r#""HOME=/root""#), &reach, &readers).expect_err("cwd");
+        assert!(
+            matches!(&moved, Unapproved::WorkingDirectory { cwd, .. } if cwd == Path::new("/")),
+            "{moved}"
         );
     }
 

@@ -75,6 +75,7 @@ fn serve_sealed_model(containerd: &Containerd) -> Result<()> {
         "rootfs": approved,
         "args": MODEL_SERVER_ARGS,
         "env": ["PATH=/bin", "HOSTNAME"],
+        "cwd": "/",
     }]);
     let mut annotations = owner.annotations("model");
     annotations.push((READERS_ANNOTATION.to_string(), readers.to_string()));
