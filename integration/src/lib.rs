@@ -575,20 +575,8 @@ impl Containerd {
     /// `ctr run --rm` of `args` from `image` as container `<group>-<name>` in the VM of
     /// container `group`, with `annotations` (the pod's) and the group's model volume at
     /// /model, as a second container of the pod that reads the model would; returns when
-    /// it exited or failed to start.
+    /// it exited or failed to start. `flags` are more `ctr run` flags (`--env ...`).
     pub fn run_reader_in_pod(
-        &self,
-        group: &str,
-        name: &str,
-        image: &str,
-        annotations: &[(String, String)],
-        args: &[&str],
-    ) -> Result<CtrOutput> {
-        self.run_reader_in_pod_with(group, name, image, annotations, &[], args)
-    }
-
-    /// [`Self::run_reader_in_pod`] with more `ctr run` flags (`--env ...`).
-    pub fn run_reader_in_pod_with(
         &self,
         group: &str,
         name: &str,

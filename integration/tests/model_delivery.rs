@@ -281,73 +281,51 @@ fn only_approved_readers_over(shared_fs: Option<&str>) {
     );
 
     // The approved image with another command may not mount the model's volume.
-    let other_command = containerd
-        .run_reader_in_pod(
-            id,
-            "cat",
-            MODEL_SERVER_IMAGE,
-            &annotations,
-            &["cat", "/model/model.safetensors"],
-        )
-        .expect("ctr run");
-    assert_ne!(other_command.code, 0, "another command read the model");
-    assert!(other_command.stdout.is_empty(), "{}", other_command.stdout);
-    assert!(
-        other_command
-            .stderr
-            .contains("is not one the model owner approved for volume model"),
-        "{}",
-        other_command.stderr
+    let reader = |name: &str, image: &str, flags: &[&str], args: &[&str], refusal: &[&str]| {
+        let run = containerd
+            .run_reader_in_pod(id, name, image, &annotations, flags, args)
+            .expect("ctr run");
+        assert_ne!(run.code, 0, "{name}: it read the model: {}", run.stdout);
+        assert!(run.stdout.is_empty(), "{name}: {}", run.stdout);
+        assert!(
+            refusal.iter().all(|part| run.stderr.contains(part)),
+            "{name}: {}",
+            run.stderr
+        );
+    };
+    let cat = ["cat", "/model/model.safetensors"];
+    reader(
+        "cat",
+        MODEL_SERVER_IMAGE,
+        &[],
+        &cat,
+        &["is not one the model owner approved for volume model"],
     );
-    // Nor the approved image and command with a variable the owner's rules do not allow.
-    let python_path = containerd
-        .run_reader_in_pod_with(
-            id,
-            "pythonpath",
-            MODEL_SERVER_IMAGE,
-            &annotations,
-            &["--env", "PYTHONPATH=/dev/shm"],
-            &MODEL_SERVER_ARGS,
-        )
-        .expect("ctr run");
-    assert_ne!(python_path.code, 0, "a node-set variable reached a reader");
-    assert!(
-        python_path.stderr.contains("sets PYTHONPATH"),
-        "{}",
-        python_path.stderr
+    // Nor the approved image and command with a variable the owner's rules do not allow,
+    let python_path = ["--env", "PYTHONPATH=/dev/shm"];
+    reader(
+        "pythonpath",
+        MODEL_SERVER_IMAGE,
+        &python_path,
+        &MODEL_SERVER_ARGS,
+        &["sets PYTHONPATH"],
     );
-    // Nor from a directory the node binds (where an interpreter would find its code).
-    let in_shm = containerd
-        .run_reader_in_pod_with(
-            id,
-            "shm",
-            MODEL_SERVER_IMAGE,
-            &annotations,
-            &["--cwd", "/dev/shm"],
-            &MODEL_SERVER_ARGS,
-        )
-        .expect("ctr run");
-    assert_ne!(in_shm.code, 0, "a reader ran from the node's directory");
-    assert!(
-        in_shm.stderr.contains("its working directory is /dev/shm"),
-        "{}",
-        in_shm.stderr
+    // or from a directory the node binds (where an interpreter would find its code),
+    let in_shm = ["--cwd", "/dev/shm"];
+    reader(
+        "shm",
+        MODEL_SERVER_IMAGE,
+        &in_shm,
+        &MODEL_SERVER_ARGS,
+        &["its working directory is /dev/shm"],
     );
-    // Nor may the approved command run from a changed image.
-    let changed_image = containerd
-        .run_reader_in_pod(
-            id,
-            "changed",
-            CHANGED_IMAGE,
-            &annotations,
-            &MODEL_SERVER_ARGS,
-        )
-        .expect("ctr run");
-    assert_ne!(changed_image.code, 0, "a changed image read the model");
-    assert!(
-        changed_image.stderr.contains(&changed) && changed_image.stderr.contains("did not approve"),
-        "{}",
-        changed_image.stderr
+    // or from a changed image.
+    reader(
+        "changed",
+        CHANGED_IMAGE,
+        &[],
+        &MODEL_SERVER_ARGS,
+        &[&changed, "did not approve"],
     );
 
     // The server still serves, and nothing secret reached the host.
