@@ -9,6 +9,7 @@ mod host_data;
 mod kbs;
 mod measure;
 mod node;
+mod progress;
 mod rootfs;
 mod seal;
 mod stages;

@@ -2,18 +2,16 @@
 //! sealed files without a key.
 
 use std::fs::{self, File};
-use std::io::{self, BufWriter, IsTerminal, Read, Write};
+use std::io::{self, BufWriter, Read, Write};
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use veil_seal::{DecryptOptions, KeyTemplate, Keyset};
 
-/// Files at least this large get progress lines on stderr.
-const PROGRESS_THRESHOLD: u64 = 64 << 20;
+use crate::progress::Progress;
 
 /// Arguments of `veil seal`.
 #[derive(Debug, Args)]
@@ -166,59 +164,6 @@ fn keygen(template: KeyTemplate) -> Result<()> {
         "keyset generated"
     );
     Ok(())
-}
-
-/// Prints progress on stderr at most once a second, for large inputs only.
-struct Progress {
-    total: Option<u64>,
-    verb: &'static str,
-    last: Mutex<Instant>,
-    terminal: bool,
-}
-
-impl Progress {
-    fn new(verb: &'static str, total: Option<u64>) -> Option<Self> {
-        let large = total.is_none_or(|t| t >= PROGRESS_THRESHOLD);
-        large.then(|| Progress {
-            total,
-            verb,
-            last: Mutex::new(Instant::now()),
-            terminal: io::stderr().is_terminal(),
-        })
-    }
-
-    fn update(&self, done: u64) {
-        let Ok(mut last) = self.last.lock() else {
-            return;
-        };
-        if last.elapsed() < Duration::from_secs(1) {
-            return;
-        }
-        *last = Instant::now();
-        let mib = done >> 20;
-        let line = match self.total {
-            Some(total) if total > 0 => {
-                format!(
-                    "{} {mib} MiB of {} MiB ({}%)",
-                    self.verb,
-                    total >> 20,
-                    done.saturating_mul(100) / total
-                )
-            }
-            _ => format!("{} {mib} MiB", self.verb),
-        };
-        if self.terminal {
-            eprint!("\r{line}   ");
-        } else {
-            eprintln!("{line}");
-        }
-    }
-
-    fn finish(&self) {
-        if self.terminal {
-            eprintln!();
-        }
-    }
 }
 
 /// Counts and reports bytes read through it.

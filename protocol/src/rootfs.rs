@@ -71,17 +71,37 @@ pub fn parse_digest(text: &str) -> Option<[u8; 32]> {
 
 /// The digest of the tree at `root`.
 pub fn digest_tree(root: &Path) -> Result<[u8; 32], TreeError> {
-    walk(root, None)
+    walk(root, None, &mut |_| {})
+}
+
+/// [`digest_tree`], calling `progress` as files are read with the bytes of content read so
+/// far (for a progress line on a large tree).
+pub fn digest_tree_reporting(
+    root: &Path,
+    progress: &mut dyn FnMut(u64),
+) -> Result<[u8; 32], TreeError> {
+    walk(root, None, progress)
 }
 
 /// Copies the tree at `root` to `destination` (which must not exist), keeping modes and
 /// owners, and returns the digest of what was copied. A failed copy leaves a partial
 /// destination for the caller to remove.
 pub fn copy_tree(root: &Path, destination: &Path) -> Result<[u8; 32], TreeError> {
-    walk(root, Some(destination))
+    walk(root, Some(destination), &mut |_| {})
 }
 
-fn walk(root: &Path, destination: Option<&Path>) -> Result<[u8; 32], TreeError> {
+/// A walk's running state: the digest so far and the content bytes read.
+struct Walker<'a> {
+    hasher: Sha256,
+    read: u64,
+    progress: &'a mut dyn FnMut(u64),
+}
+
+fn walk(
+    root: &Path,
+    destination: Option<&Path>,
+    progress: &mut dyn FnMut(u64),
+) -> Result<[u8; 32], TreeError> {
     let meta = std::fs::symlink_metadata(root).map_err(io("read", root))?;
     if !meta.is_dir() {
         return Err(TreeError::Unsupported {
@@ -89,25 +109,29 @@ fn walk(root: &Path, destination: Option<&Path>) -> Result<[u8; 32], TreeError> 
             kind: "not a directory",
         });
     }
-    let mut hasher = Sha256::new();
+    let mut walker = Walker {
+        hasher: Sha256::new(),
+        read: 0,
+        progress,
+    };
     if let Some(destination) = destination {
         std::fs::create_dir(destination).map_err(io("create", destination))?;
         copy_attributes(destination, &meta, false)?;
     }
     record_entry(
-        &mut hasher,
+        &mut walker.hasher,
         Path::new(""),
         &TreeEntry::Directory { mode: mode(&meta) },
     );
-    visit(root, Path::new(""), destination, &mut hasher)?;
-    Ok(hasher.finalize().into())
+    visit(root, Path::new(""), destination, &mut walker)?;
+    Ok(walker.hasher.finalize().into())
 }
 
 fn visit(
     root: &Path,
     relative: &Path,
     destination: Option<&Path>,
-    hasher: &mut Sha256,
+    walker: &mut Walker<'_>,
 ) -> Result<(), TreeError> {
     let dir = root.join(relative);
     let mut names: Vec<std::ffi::OsString> = std::fs::read_dir(&dir)
@@ -127,23 +151,31 @@ fn visit(
                 std::fs::create_dir(target).map_err(io("create", target))?;
                 copy_attributes(target, &meta, false)?;
             }
-            record_entry(hasher, &child, &TreeEntry::Directory { mode: mode(&meta) });
-            visit(root, &child, destination, hasher)?;
+            let directory = TreeEntry::Directory { mode: mode(&meta) };
+            record_entry(&mut walker.hasher, &child, &directory);
+            visit(root, &child, destination, walker)?;
         } else if kind.is_symlink() {
             let link = std::fs::read_link(&source).map_err(io("read the link", &source))?;
             if let Some(target) = &target {
                 std::os::unix::fs::symlink(&link, target).map_err(io("create", target))?;
                 copy_attributes(target, &meta, true)?;
             }
-            record_entry(hasher, &child, &TreeEntry::Symlink { target: link });
+            record_entry(
+                &mut walker.hasher,
+                &child,
+                &TreeEntry::Symlink { target: link },
+            );
         } else if kind.is_file() {
-            let (size, sha256) = copy_file(&source, target.as_deref())?;
+            let (size, sha256) = copy_file(&source, target.as_deref(), &mut |n| {
+                walker.read += n;
+                (walker.progress)(walker.read);
+            })?;
             let file = TreeEntry::File {
                 mode: mode(&meta),
                 size,
                 sha256,
             };
-            record_entry(hasher, &child, &file);
+            record_entry(&mut walker.hasher, &child, &file);
         } else {
             return Err(TreeError::Unsupported {
                 path: source,
@@ -156,7 +188,11 @@ fn visit(
 
 /// Reads `source` once, without following a symlink put in its place, digesting (and
 /// writing to `target`) exactly the bytes read.
-fn copy_file(source: &Path, target: Option<&Path>) -> Result<(u64, [u8; 32]), TreeError> {
+fn copy_file(
+    source: &Path,
+    target: Option<&Path>,
+    on_read: &mut dyn FnMut(u64),
+) -> Result<(u64, [u8; 32]), TreeError> {
     let mut file = File::options()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW)
@@ -189,6 +225,7 @@ fn copy_file(source: &Path, target: Option<&Path>) -> Result<(u64, [u8; 32]), Tr
         }
         hasher.update(&buffer[..n]);
         size += n as u64;
+        on_read(n as u64);
         if let (Some(out), Some(target)) = (out.as_mut(), target) {
             out.write_all(&buffer[..n]).map_err(io("write", target))?;
         }

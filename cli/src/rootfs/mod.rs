@@ -8,7 +8,9 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use veil_protocol::rootfs::{digest_entries, digest_tree, format_digest};
+use veil_protocol::rootfs::{digest_entries, digest_tree_reporting, format_digest};
+
+use crate::progress::Progress;
 
 /// Arguments of `veil rootfs`.
 #[derive(Debug, Args)]
@@ -47,16 +49,23 @@ pub fn run(args: RootfsArgs) -> anyhow::Result<()> {
             image,
             ..
         } => {
-            let tree = oci::image_tree(&archive, image.as_deref()).with_context(|| {
-                format!("cannot digest the image rootfs in {}", archive.display())
-            })?;
+            let progress = Progress::new("digested", None);
+            let tree = oci::image_tree(&archive, image.as_deref(), &mut |read| {
+                progress.iter().for_each(|p| p.update(read))
+            })
+            .with_context(|| format!("cannot digest the image rootfs in {}", archive.display()))?;
+            progress.iter().for_each(Progress::finish);
             let digest = digest_entries(tree.iter().map(|(p, e)| (p.as_path(), e)));
             crate::doctor::write_stdout(&format!("{}\n", format_digest(&digest)))
         }
         RootfsCommand::Digest { dir, .. } => {
             let dir = dir.context("give the rootfs directory, or --oci ARCHIVE")?;
-            let digest = digest_tree(&dir)
-                .with_context(|| format!("cannot digest the rootfs at {}", dir.display()))?;
+            let progress = Progress::new("digested", None);
+            let digest = digest_tree_reporting(&dir, &mut |read| {
+                progress.iter().for_each(|p| p.update(read))
+            })
+            .with_context(|| format!("cannot digest the rootfs at {}", dir.display()))?;
+            progress.iter().for_each(Progress::finish);
             crate::doctor::write_stdout(&format!("{}\n", format_digest(&digest)))
         }
     }

@@ -134,8 +134,13 @@ fn blob_path(digest: &str) -> Result<PathBuf> {
     Ok(PathBuf::from("blobs").join(algorithm).join(hex))
 }
 
-/// The rootfs of `image` (or of the only image) in the OCI archive or layout at `source`.
-pub fn image_tree(source: &Path, image: Option<&str>) -> Result<Tree> {
+/// The rootfs of `image` (or of the only image) in the OCI archive or layout at `source`;
+/// `progress` gets the bytes of file content read so far.
+pub fn image_tree(
+    source: &Path,
+    image: Option<&str>,
+    progress: &mut dyn FnMut(u64),
+) -> Result<Tree> {
     let blobs = Blobs::open(source)?;
     let index: Index = blobs.json(Path::new("index.json")).with_context(|| {
         format!(
@@ -147,9 +152,14 @@ pub fn image_tree(source: &Path, image: Option<&str>) -> Result<Tree> {
     let layers = layers_of(&blobs, chosen, 0)?;
     let mut tree = Tree::new();
     tree.insert(PathBuf::new(), TreeEntry::Directory { mode: 0o755 });
+    let mut read = 0u64;
+    let mut on_file = |size: u64| {
+        read += size;
+        progress(read);
+    };
     for (number, layer) in layers.iter().enumerate() {
         let reader = blobs.read(&blob_path(&layer.digest)?)?;
-        apply_layer(&mut tree, decompressed(reader)?)
+        apply_layer(&mut tree, decompressed(reader)?, &mut on_file)
             .with_context(|| format!("layer {} ({})", number + 1, layer.digest))?;
     }
     Ok(tree)
@@ -321,7 +331,8 @@ fn make_parents(tree: &mut Tree, path: &Path) -> Result<()> {
     Ok(())
 }
 
-fn apply_layer(tree: &mut Tree, reader: impl Read) -> Result<()> {
+/// Applies one layer; `on_file` gets each regular file's size as it is read.
+fn apply_layer(tree: &mut Tree, reader: impl Read, on_file: &mut dyn FnMut(u64)) -> Result<()> {
     let mut archive = tar::Archive::new(reader);
     let mut this_layer: HashSet<PathBuf> = HashSet::new();
     for entry in archive
@@ -362,6 +373,7 @@ fn apply_layer(tree: &mut Tree, reader: impl Read) -> Result<()> {
                 let mut hasher = Sha256::new();
                 let size = std::io::copy(&mut entry, &mut hasher)
                     .with_context(|| format!("read {}", path.display()))?;
+                on_file(size);
                 TreeEntry::File {
                     mode,
                     size,
@@ -443,7 +455,7 @@ mod tests {
         let mut tree = Tree::new();
         tree.insert(PathBuf::new(), TreeEntry::Directory { mode: 0o755 });
         for bytes in layers {
-            apply_layer(&mut tree, bytes.as_slice()).expect("apply");
+            apply_layer(&mut tree, bytes.as_slice(), &mut |_| {}).expect("apply");
         }
         tree
     }
@@ -525,6 +537,7 @@ mod tests {
         let error = apply_layer(
             &mut tree,
             layer(&[("dev/sda", tar::EntryType::Block, 0o600, "")]).as_slice(),
+            &mut |_| {},
         )
         .expect_err("device");
         assert!(error.to_string().contains("dev/sda"), "{error}");
