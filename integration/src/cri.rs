@@ -73,19 +73,15 @@ fn import_tarball(containerd: &Containerd, tarball: &Path) -> Result<()> {
 /// Imports the serving image ([`crate::MODEL_SERVER_IMAGE`]: busybox plus the static
 /// `veil-model-server`) into CRI's `k8s.io` namespace.
 pub fn import_model_server(containerd: &Containerd) -> Result<()> {
-    let binary = crate::model_server_binary()?;
-    let data = std::fs::read(&binary).with_context(|| format!("read {}", binary.display()))?;
-    let tarball = containerd.dir().join("cri-model-server.tar");
-    oci::write_image(
-        &tarball,
-        crate::MODEL_SERVER_IMAGE,
-        &[oci::ExtraFile {
-            path: "bin/veil-model-server".into(),
-            mode: 0o755,
-            data,
-        }],
-    )?;
+    let tarball = model_server_archive(containerd);
+    crate::write_model_server_archive(&tarball, crate::MODEL_SERVER_IMAGE, Vec::new())?;
     import_tarball(containerd, &tarball)
+}
+
+/// Where [`import_model_server`] wrote the serving image's OCI archive (what its owner
+/// publishes, and digests for `io.veil.model.readers`).
+pub fn model_server_archive(containerd: &Containerd) -> PathBuf {
+    containerd.dir().join("cri-model-server.tar")
 }
 
 /// The OCI spec containerd wrote for container (or sandbox) `id`, read from its task

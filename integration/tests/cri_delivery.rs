@@ -151,3 +151,96 @@ fn a_cri_pod_gets_its_sealed_model_in_guest_ram_and_serves_it() {
         "secrets on the host after the pod: {after:?}"
     );
 }
+
+/// The query the test runs in the server, as an exec probe would: listed in the owner's
+/// `io.veil.model.exec-commands`, since exec into an approved reader is otherwise refused.
+const QUERY_COMMAND: [&str; 8] = [
+    "veil-model-server",
+    "query",
+    "--url",
+    "http://127.0.0.1:8080",
+    "--input",
+    INPUT,
+    "--wait-secs",
+    "60",
+];
+
+/// Approved readers under CRI: the server runs only as the owner approved it (the image's
+/// digest as `veil rootfs digest --oci` gives it, its command, the environment CRI gives
+/// it and its working directory), the listed query runs in it, and nothing else does.
+#[test]
+fn a_cri_pod_runs_its_model_only_in_the_reader_its_owner_approved() {
+    let owner = ModelOwner::start(43, 0).expect("model owner");
+    let containerd = Containerd::start_cri(&Options::default()).expect("containerd with CRI");
+    cri::import_images(&containerd).expect("import the images");
+    cri::import_model_server(&containerd).expect("import the serving image");
+    let approved = veil_integration::owner_image_digest(&cri::model_server_archive(&containerd))
+        .expect("veil rootfs digest --oci");
+    let mut client = CriClient::connect(&containerd.socket)
+        .unwrap_or_else(|e| panic!("CRI client: {e:#}\n{}", containerd.log()));
+
+    let pod_dir = containerd.dir().join("pods/approved");
+    let volume = memory_empty_dir(&pod_dir, "model");
+    let server_config = cri::model_server_container(&volume, "127.0.0.1:8080");
+    let readers = serde_json::json!([{
+        "rootfs": approved,
+        "args": server_config.command,
+        "env": ["PATH=/bin", "HOSTNAME", "KUBERNETES_*"],
+        "cwd": "/",
+    }]);
+    let mut annotations: HashMap<String, String> = owner.annotations("model").into_iter().collect();
+    annotations.insert("io.veil.model.readers".into(), readers.to_string());
+    annotations.insert(
+        "io.veil.model.exec-commands".into(),
+        serde_json::json!([QUERY_COMMAND]).to_string(),
+    );
+    let sandbox = cri::host_network_pod("approved", &pod_dir, annotations);
+    let pod = client
+        .run_pod_sandbox(&sandbox, VEIL_HANDLER)
+        .unwrap_or_else(|e| panic!("RunPodSandbox: {e:#}\n{}", containerd.log()));
+    let server = client
+        .create_container(&pod, &server_config, &sandbox)
+        .unwrap_or_else(|e| {
+            panic!(
+                "CreateContainer: {e:#}\nconsole: {}",
+                cri::console_log(&containerd, &pod)
+            )
+        });
+    client.start_container(&server).unwrap_or_else(|e| {
+        panic!(
+            "StartContainer: {e:#}\nconsole: {}",
+            cri::console_log(&containerd, &pod)
+        )
+    });
+    let console = cri::console_log(&containerd, &pod);
+    assert!(
+        console.lines().any(|line| line
+            .contains("rootfs verified as one the model owner approved")
+            && line.contains(&approved)),
+        "the server's rootfs was not verified: {console}"
+    );
+
+    let answer = client
+        .exec_sync(&server, &QUERY_COMMAND, QUERY)
+        .expect("ExecSync query");
+    assert_eq!(
+        answer.exit_code,
+        0,
+        "the listed query failed: {answer:?}\nconsole: {}",
+        cri::console_log(&containerd, &pod)
+    );
+    assert!(answer.stdout.contains("\"label\""), "{answer:?}");
+    let peek = client.exec_sync(&server, &["cat", "/model/model.safetensors"], QUERY);
+    match peek {
+        Ok(result) => panic!("an unlisted exec into the reader ran: {result:?}"),
+        Err(error) => assert!(
+            format!("{error:#}").contains("io.veil.model.exec-commands"),
+            "{error:#}"
+        ),
+    }
+
+    let leaked = owner.secrets_on_host(&containerd);
+    assert!(leaked.is_empty(), "secrets on the host: {leaked:?}");
+    client.stop_pod_sandbox(&pod).expect("StopPodSandbox");
+    client.remove_pod_sandbox(&pod).expect("RemovePodSandbox");
+}
