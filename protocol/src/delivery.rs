@@ -76,12 +76,17 @@ impl ApprovedReader {
         }
         env.iter()
             .find(|entry| !self.env.iter().any(|rule| env_rule_allows(rule, entry)))
-            .map(|entry| entry.split('=').next().unwrap_or(entry))
+            .map(|entry| variable_name(entry))
     }
 }
 
+/// The name of an environment entry (`NAME=VALUE`, or a bare `NAME`).
+pub fn variable_name(entry: &str) -> &str {
+    entry.split('=').next().unwrap_or(entry)
+}
+
 fn env_rule_allows(rule: &str, entry: &str) -> bool {
-    let name = entry.split('=').next().unwrap_or(entry);
+    let name = variable_name(entry);
     if rule.contains('=') {
         rule == entry
     } else if let Some(prefix) = rule.strip_suffix('*') {
@@ -285,7 +290,7 @@ fn parse_readers(readers: &[Reader]) -> Result<Vec<ApprovedReader>, PlanError> {
 }
 
 fn is_env_rule(rule: &str) -> bool {
-    let name = rule.split('=').next().unwrap_or(rule);
+    let name = variable_name(rule);
     let name = if rule.contains('=') {
         name
     } else {

@@ -32,6 +32,7 @@ use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::{LinuxNamespaceType, Mount, Process, Spec};
 use veil_container::{Pin, SourcePins};
+use veil_protocol::delivery::variable_name;
 use veil_protocol::rootfs::clean_lexically;
 use veil_protocol::{GUEST_SHARED_DIR, GUEST_VOLUMES_DIR};
 
@@ -373,7 +374,7 @@ pub(crate) fn loader_variable(process: &Process) -> Option<String> {
         .iter()
         .flatten()
         .find(|entry| entry.starts_with("LD_"))?;
-    Some(variable.split('=').next().unwrap_or(variable).to_string())
+    Some(variable_name(variable).to_string())
 }
 
 /// A process exec'd only because its command line is one the owner listed in
@@ -388,7 +389,7 @@ pub fn check_listed_exec(process: &Process, container_env: &[String]) -> Result<
         .flatten()
         .find(|entry| !container_env.contains(entry))
     {
-        let name = added.split('=').next().unwrap_or(added);
+        let name = variable_name(added);
         return Err(format!("its environment sets {name}, which the container's own environment does not have as given; a listed command runs with the container's environment only"));
     }
     if let Some(name) = loader_variable(process) {

@@ -148,7 +148,6 @@ pub fn check_spec(spec: &Spec, reach: &Reach, pins: &Pins) -> Result<ApprovedDig
         return Err(Unapproved::LoaderVariable(name));
     }
     let args = process.and_then(|p| p.args().clone()).unwrap_or_default();
-    let env = process.and_then(|p| p.env().clone()).unwrap_or_default();
     let cwd = process.map_or(Path::new("/"), |p| p.cwd().as_path());
     pins.iter()
         .map(|(volume, readers)| {
@@ -174,11 +173,13 @@ pub fn check_spec(spec: &Spec, reach: &Reach, pins: &Pins) -> Result<ApprovedDig
             }
             let digests: Vec<[u8; 32]> = in_cwd
                 .iter()
-                .filter(|r| r.unapproved_variable(&env).is_none())
+                .filter(|r| r.unapproved_variable(&reach.env).is_none())
                 .map(|r| r.rootfs)
                 .collect();
             if digests.is_empty() {
-                let variable = in_cwd[0].unapproved_variable(&env).unwrap_or_default();
+                let variable = in_cwd[0]
+                    .unapproved_variable(&reach.env)
+                    .unwrap_or_default();
                 return Err(Unapproved::Environment {
                     variable: variable.to_string(),
                     volume: volume.clone(),

@@ -378,13 +378,19 @@ impl AgentService {
         exec_id: &str,
         process: &oci_spec::runtime::Process,
     ) -> Result<(), ServiceError> {
+        if !self.deliveries.any() {
+            return Ok(());
+        }
+        let volumes = self.volumes_within_reach(container);
         let args = process.args().clone().unwrap_or_default();
-        if let Some(volume) = self.sealed_volume_within_reach(container, &args) {
+        if let Some(volume) = self.deliveries.exec_denied_for(&volumes, &args) {
             return Err(ServiceError::PermissionDenied(format!(
                 "exec {exec_id} into container {id} is refused: the container can reach the sealed model in volume {volume} (it mounts the volume, or shares a pid namespace with a container that does), and the model owner's declaration neither allows exec nor lists this command line {args:?}; the owner can list it (an exec probe, say) in the pod annotation io.veil.model.exec-commands or allow every exec with io.veil.model.exec: allow, either of which changes the declaration's digest (SNP host_data) that the key broker sees"
             )));
         }
-        if self.sealed_volume_within_reach(container, &[]).is_some() {
+        // Empty args match no listed command: a volume whose owner denies exec at all, so
+        // this exec runs only because its command line is listed.
+        if self.deliveries.exec_denied_for(&volumes, &[]).is_some() {
             guard::check_listed_exec(process, &container.reach.env).map_err(|refusal| {
                 ServiceError::PermissionDenied(format!(
                     "exec {exec_id} into container {id} is refused: its command line is one the model owner listed, but {refusal}"
@@ -394,18 +400,10 @@ impl AgentService {
         Ok(())
     }
 
-    /// The delivered volume that makes an exec of `args` into `container` reach a model
-    /// whose owner keeps that command from it: one the container mounts, or one mounted by
-    /// a container sharing its pid namespace (whose files it could read through
-    /// `/proc/<pid>/root`). Empty `args`: a volume whose owner denies exec at all.
-    fn sealed_volume_within_reach(
-        &self,
-        container: &ContainerEntry,
-        args: &[String],
-    ) -> Option<String> {
-        if !self.deliveries.any() {
-            return None;
-        }
+    /// The memory volumes an exec into `container` could reach: those it mounts, and those
+    /// mounted by containers sharing its pid namespace (whose files it could read through
+    /// `/proc/<pid>/root`).
+    fn volumes_within_reach(&self, container: &ContainerEntry) -> Vec<String> {
         // The container itself is among them. A namespace that cannot be read counts as
         // shared, so that the refusal errs safe.
         let namespace = procfs::pid_namespace_of(container.init.pid);
@@ -415,10 +413,8 @@ impl AgentService {
                 namespace.is_none()
                     || procfs::pid_namespace_of(other.init.pid).is_none_or(|n| Some(n) == namespace)
             })
-            .find_map(|other| {
-                self.deliveries
-                    .exec_denied_for(&other.reach.volumes(), args)
-            })
+            .flat_map(|other| other.reach.volumes())
+            .collect()
     }
 
     /// Starts the pod's model delivery (once; later containers repeat the declaration).
