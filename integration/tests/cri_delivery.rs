@@ -19,6 +19,31 @@ use veil_integration::{eventually, Containerd, Options};
 const INPUT: &str = "5.1,3.5,1.4,0.2";
 const QUERY: Duration = Duration::from_secs(120);
 
+/// The query the tests run in the server by ExecSync, as an exec probe would (listed in
+/// the owner's `io.veil.model.exec-commands` where exec is denied).
+const QUERY_COMMAND: [&str; 8] = [
+    "veil-model-server",
+    "query",
+    "--url",
+    "http://127.0.0.1:8080",
+    "--input",
+    INPUT,
+    "--wait-secs",
+    "60",
+];
+
+/// A model owner (model `seed`, store and broker) and a CRI containerd with the pause,
+/// busybox and serving images, with a client connected to it.
+fn owner_and_cri_node(seed: u64) -> (ModelOwner, Containerd, CriClient) {
+    let owner = ModelOwner::start(seed, 0).expect("model owner");
+    let containerd = Containerd::start_cri(&Options::default()).expect("containerd with CRI");
+    cri::import_images(&containerd).expect("import the images");
+    cri::import_model_server(&containerd).expect("import the serving image");
+    let client = CriClient::connect(&containerd.socket)
+        .unwrap_or_else(|e| panic!("CRI client: {e:#}\n{}", containerd.log()));
+    (owner, containerd, client)
+}
+
 /// An emptyDir `medium: Memory` as kubelet hands it to the runtime: a tmpfs mounted at
 /// `<pod dir>/volumes/kubernetes.io~empty-dir/<name>`.
 fn memory_empty_dir(pod_dir: &Path, name: &str) -> PathBuf {
@@ -35,12 +60,7 @@ fn memory_empty_dir(pod_dir: &Path, name: &str) -> PathBuf {
 
 #[test]
 fn a_cri_pod_gets_its_sealed_model_in_guest_ram_and_serves_it() {
-    let owner = ModelOwner::start(41, 0).expect("model owner");
-    let containerd = Containerd::start_cri(&Options::default()).expect("containerd with CRI");
-    cri::import_images(&containerd).expect("import the images");
-    cri::import_model_server(&containerd).expect("import the serving image");
-    let mut client = CriClient::connect(&containerd.socket)
-        .unwrap_or_else(|e| panic!("CRI client: {e:#}\n{}", containerd.log()));
+    let (owner, containerd, mut client) = owner_and_cri_node(41);
 
     let pod_dir = containerd.dir().join("pods/served");
     let volume = memory_empty_dir(&pod_dir, "model");
@@ -87,20 +107,7 @@ fn a_cri_pod_gets_its_sealed_model_in_guest_ram_and_serves_it() {
     });
 
     let answer = client
-        .exec_sync(
-            &server,
-            &[
-                "veil-model-server",
-                "query",
-                "--url",
-                "http://127.0.0.1:8080",
-                "--input",
-                INPUT,
-                "--wait-secs",
-                "60",
-            ],
-            QUERY,
-        )
+        .exec_sync(&server, &QUERY_COMMAND, QUERY)
         .expect("ExecSync query");
     assert_eq!(
         answer.exit_code,
@@ -152,32 +159,14 @@ fn a_cri_pod_gets_its_sealed_model_in_guest_ram_and_serves_it() {
     );
 }
 
-/// The query the test runs in the server, as an exec probe would: listed in the owner's
-/// `io.veil.model.exec-commands`, since exec into an approved reader is otherwise refused.
-const QUERY_COMMAND: [&str; 8] = [
-    "veil-model-server",
-    "query",
-    "--url",
-    "http://127.0.0.1:8080",
-    "--input",
-    INPUT,
-    "--wait-secs",
-    "60",
-];
-
 /// Approved readers under CRI: the server runs only as the owner approved it (the image's
 /// digest as `veil rootfs digest --oci` gives it, its command, the environment CRI gives
 /// it and its working directory), the listed query runs in it, and nothing else does.
 #[test]
 fn a_cri_pod_runs_its_model_only_in_the_reader_its_owner_approved() {
-    let owner = ModelOwner::start(43, 0).expect("model owner");
-    let containerd = Containerd::start_cri(&Options::default()).expect("containerd with CRI");
-    cri::import_images(&containerd).expect("import the images");
-    cri::import_model_server(&containerd).expect("import the serving image");
+    let (owner, containerd, mut client) = owner_and_cri_node(43);
     let approved = veil_integration::owner_image_digest(&cri::model_server_archive(&containerd))
         .expect("veil rootfs digest --oci");
-    let mut client = CriClient::connect(&containerd.socket)
-        .unwrap_or_else(|e| panic!("CRI client: {e:#}\n{}", containerd.log()));
 
     let pod_dir = containerd.dir().join("pods/approved");
     let volume = memory_empty_dir(&pod_dir, "model");
