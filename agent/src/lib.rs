@@ -7,6 +7,7 @@
 //! failure is logged to the console (the VM's console log on the host) and, where the
 //! agent can go on, reported to the shim through the API instead.
 
+pub mod blockdev;
 pub mod channel;
 pub mod cmdline;
 pub mod delivery;
