@@ -374,6 +374,11 @@ mod tests {
             "CONFIG_DEVTMPFS=y",
             "CONFIG_TRANSPARENT_HUGEPAGE=y",
             "CONFIG_BASE_FULL=y",
+            "CONFIG_DM_VERITY=y",
+            "CONFIG_CRYPTO_SHA256=y",
+            "CONFIG_BLK_DEV_LOOP=y",
+            "CONFIG_EROFS_FS=y",
+            "CONFIG_TMPFS_XATTR=y",
         ] {
             assert!(
                 FRAGMENT.lines().any(|line| line == option),

@@ -202,20 +202,8 @@ fn table_load_buffer(mut header: DmIoctl, table: &VerityTable) -> Vec<u8> {
         target_type,
     };
     let mut buffer = vec![0u8; total];
-    // SAFETY: both are plain `repr(C)` structures of integers and byte arrays, copied into
-    // a buffer large enough for them.
-    unsafe {
-        std::ptr::copy_nonoverlapping(
-            (&header as *const DmIoctl).cast::<u8>(),
-            buffer.as_mut_ptr(),
-            HEADER_SIZE,
-        );
-        std::ptr::copy_nonoverlapping(
-            (&spec as *const DmTargetSpec).cast::<u8>(),
-            buffer.as_mut_ptr().add(HEADER_SIZE),
-            TARGET_SPEC_SIZE,
-        );
-    }
+    write_raw(&mut buffer, 0, &header);
+    write_raw(&mut buffer, HEADER_SIZE, &spec);
     let start = HEADER_SIZE + TARGET_SPEC_SIZE;
     buffer[start..start + parameters.len()].copy_from_slice(parameters.as_bytes());
     buffer
@@ -231,14 +219,7 @@ fn command(
     header: DmIoctl,
 ) -> Result<DmIoctl, DeviceMapperError> {
     let mut buffer = vec![0u8; HEADER_SIZE];
-    // SAFETY: the buffer holds exactly one `repr(C)` header.
-    unsafe {
-        std::ptr::copy_nonoverlapping(
-            (&header as *const DmIoctl).cast::<u8>(),
-            buffer.as_mut_ptr(),
-            HEADER_SIZE,
-        );
-    }
+    write_raw(&mut buffer, 0, &header);
     run(control, code, &mut buffer).map_err(|source| DeviceMapperError::Command {
         command,
         name: name.to_string(),
@@ -247,6 +228,29 @@ fn command(
     // SAFETY: the buffer still holds one header, which the kernel filled in.
     Ok(unsafe { std::ptr::read_unaligned(buffer.as_ptr().cast::<DmIoctl>()) })
 }
+
+/// Copies one of the kernel's structures into `buffer` at `offset`, as the ioctl reads it.
+fn write_raw<T: KernelStruct>(buffer: &mut [u8], offset: usize, value: &T) {
+    let size = std::mem::size_of::<T>();
+    assert!(
+        offset + size <= buffer.len(),
+        "a device-mapper buffer too small"
+    );
+    // SAFETY: `T` is a `repr(C)` structure of integers and byte arrays (no padding the kernel
+    // would misread, no pointers), and the destination range was checked to fit.
+    unsafe {
+        std::ptr::copy_nonoverlapping(
+            (value as *const T).cast::<u8>(),
+            buffer.as_mut_ptr().add(offset),
+            size,
+        );
+    }
+}
+
+/// The structures [`write_raw`] may copy: `repr(C)`, integers and byte arrays only.
+trait KernelStruct {}
+impl KernelStruct for DmIoctl {}
+impl KernelStruct for DmTargetSpec {}
 
 fn run(control: &File, code: u8, buffer: &mut [u8]) -> std::io::Result<()> {
     let request = nix::request_code_readwrite!(0xfd, code, HEADER_SIZE);

@@ -210,7 +210,12 @@ mod tests {
         let path = device.path().to_path_buf();
         let name = path.file_name().unwrap().to_str().unwrap().to_string();
         let read_only = std::fs::read_to_string(Path::new("/sys/block").join(&name).join("ro"));
-        assert_eq!(read_only.unwrap().trim(), "1", "{} is writable", path.display());
+        assert_eq!(
+            read_only.unwrap().trim(),
+            "1",
+            "{} is writable",
+            path.display()
+        );
         let written = OpenOptions::new()
             .write(true)
             .open(&path)

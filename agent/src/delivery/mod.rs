@@ -10,6 +10,7 @@
 
 pub mod fetch;
 pub mod guard;
+pub mod reader_image;
 pub mod readers;
 pub mod resolve;
 pub mod run;

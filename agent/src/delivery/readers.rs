@@ -249,7 +249,7 @@ pub fn copy_approved(
     outcome
 }
 
-fn check_digest(digest: [u8; 32], approved: &ApprovedDigests) -> Result<(), Unapproved> {
+pub(crate) fn check_digest(digest: [u8; 32], approved: &ApprovedDigests) -> Result<(), Unapproved> {
     match approved
         .iter()
         .find(|(_, digests)| !digests.contains(&digest))

@@ -7,7 +7,7 @@ mod stream;
 
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -21,6 +21,7 @@ pub use error::ServiceError;
 use stream::{FdReader, FdWriter};
 
 use crate::delivery::guard::{self, pid_ns_path, PidNamespace, Reach};
+use crate::delivery::reader_image::{self, ImageError};
 use crate::delivery::readers::{self, Unapproved};
 use crate::delivery::Deliveries;
 use crate::network::PodNetwork;
@@ -225,10 +226,12 @@ impl AgentService {
         if let Some(delivery) = request.model_delivery.as_ref() {
             self.start_delivery(&id, delivery)?;
         }
-        let verified_rootfs = self.verify_reader(&id, &spec, &reach).await?;
+        let verified_rootfs = self
+            .verify_reader(&id, &spec, &reach, request.rootfs_image.as_ref())
+            .await?;
         let own = OwnRootfs::prepare(&id, confined, verified_rootfs)?;
         let pins = confined.then(|| reach.pins(own.mountpoint.as_ref().map(|_| rootfs.as_path())));
-        let run_from = own.run_from().unwrap_or(&rootfs).to_path_buf();
+        let run_from = own.run_from().unwrap_or_else(|| rootfs.clone());
         if let Some(pins) = &pins {
             tracing::info!(
                 container = %id,
@@ -325,13 +328,16 @@ impl AgentService {
     }
 
     /// For a container that mounts a volume whose owner approves its readers: checks that
-    /// it is one, and returns the verified copy of its rootfs that it is to run from.
+    /// it is one, and returns the verified rootfs it is to run from: the node's erofs image
+    /// through dm-verity where the node offers one and this guest can mount it, otherwise a
+    /// verified copy in guest memory.
     async fn verify_reader(
         &self,
         id: &str,
         spec: &oci_spec::runtime::Spec,
         reach: &Reach,
-    ) -> Result<Option<PathBuf>, ServiceError> {
+        offered: Option<&api::RootfsImage>,
+    ) -> Result<Option<VerifiedRootfs>, ServiceError> {
         let pins = self.deliveries.pinned(&reach.volumes());
         if pins.is_empty() {
             return Ok(None);
@@ -345,27 +351,60 @@ impl AgentService {
             )),
         };
         let approved = readers::check_spec(spec, reach, &pins).map_err(refuse)?;
-        let copy = readers::verified_rootfs(id);
-        let (source, target) = (reach.rootfs.clone(), copy.clone());
+        let dir = readers::verified_rootfs(id);
         let started = Instant::now();
+        let stopped = |e: tokio::task::JoinError| {
+            ServiceError::FailedPrecondition(format!(
+                "container {id}: verifying its rootfs stopped: {e}"
+            ))
+        };
+        if let Some(offered) = offered.cloned() {
+            let (image_id, image_dir, image_approved) =
+                (id.to_string(), dir.clone(), approved.clone());
+            let mounted = tokio::task::spawn_blocking(move || {
+                reader_image::mount_approved(&image_id, &offered, &image_dir, &image_approved)
+            })
+            .await
+            .map_err(stopped)?;
+            match mounted {
+                Ok((image, digest)) => {
+                    tracing::info!(
+                        container = %id,
+                        rootfs = %veil_protocol::rootfs::format_digest(&digest),
+                        root = %image.root().display(),
+                        elapsed_ms = started.elapsed().as_millis() as u64,
+                        "rootfs verified as one the model owner approved, from the node's image through dm-verity"
+                    );
+                    return Ok(Some(VerifiedRootfs::Image(image)));
+                }
+                Err(ImageError::Unapproved(refusal)) => return Err(refuse(refusal)),
+                Err(error @ ImageError::Read(_)) => {
+                    return Err(ServiceError::FailedPrecondition(format!(
+                        "container {id}: {error}"
+                    )))
+                }
+                Err(ImageError::Setup(error)) => tracing::warn!(
+                    container = %id,
+                    %error,
+                    "the node's rootfs image could not be used; verifying a copy in guest memory instead"
+                ),
+            }
+        }
+        let (source, target) = (reach.rootfs.clone(), dir.clone());
         let digest = tokio::task::spawn_blocking(move || {
             readers::copy_approved(&source, &target, &approved)
         })
         .await
-        .map_err(|e| {
-            ServiceError::FailedPrecondition(format!(
-                "container {id}: verifying its rootfs stopped: {e}"
-            ))
-        })?
+        .map_err(stopped)?
         .map_err(refuse)?;
         tracing::info!(
             container = %id,
             rootfs = %veil_protocol::rootfs::format_digest(&digest),
-            copy = %copy.display(),
+            copy = %dir.display(),
             elapsed_ms = started.elapsed().as_millis() as u64,
             "rootfs verified as one the model owner approved"
         );
-        Ok(Some(copy))
+        Ok(Some(VerifiedRootfs::Copy(dir)))
     }
 
     /// Refuses an exec into a container that can reach a delivered model whose owner keeps
@@ -640,13 +679,41 @@ impl AgentService {
     }
 }
 
+/// The rootfs of a container approved to read a delivered model, once verified.
+#[derive(Debug)]
+enum VerifiedRootfs {
+    /// A copy of the shared rootfs in guest memory.
+    Copy(PathBuf),
+    /// The node's erofs image through dm-verity, under an overlay in guest memory.
+    Image(reader_image::MountedImage),
+}
+
+impl VerifiedRootfs {
+    fn root(&self) -> PathBuf {
+        match self {
+            VerifiedRootfs::Copy(copy) => copy.clone(),
+            VerifiedRootfs::Image(image) => image.root(),
+        }
+    }
+
+    fn release(&self, id: &str) {
+        match self {
+            VerifiedRootfs::Copy(copy) => {
+                if let Err(error) = readers::remove_copy(copy) {
+                    tracing::warn!(container = %id, %error, "the verified copy of its rootfs stays");
+                }
+            }
+            VerifiedRootfs::Image(image) => image.release(id),
+        }
+    }
+}
+
 /// What a container in a VM that receives a model runs from in guest memory rather than
 /// straight from the share.
 #[derive(Debug, Default)]
 struct OwnRootfs {
-    /// The verified copy of its rootfs, when it mounts a volume whose owner approves its
-    /// readers.
-    verified: Option<PathBuf>,
+    /// Its verified rootfs, when it mounts a volume whose owner approves its readers.
+    verified: Option<VerifiedRootfs>,
     /// Otherwise the empty directory its shared rootfs is bound onto, pinned to what the
     /// checks saw.
     mountpoint: Option<PathBuf>,
@@ -656,7 +723,7 @@ impl OwnRootfs {
     fn prepare(
         id: &str,
         confined: bool,
-        verified: Option<PathBuf>,
+        verified: Option<VerifiedRootfs>,
     ) -> Result<OwnRootfs, ServiceError> {
         if verified.is_some() || !confined {
             return Ok(OwnRootfs {
@@ -676,8 +743,11 @@ impl OwnRootfs {
         })
     }
 
-    fn run_from(&self) -> Option<&Path> {
-        self.verified.as_deref().or(self.mountpoint.as_deref())
+    fn run_from(&self) -> Option<PathBuf> {
+        self.verified
+            .as_ref()
+            .map(VerifiedRootfs::root)
+            .or_else(|| self.mountpoint.clone())
     }
 
     fn is_verified(&self) -> bool {
@@ -686,10 +756,8 @@ impl OwnRootfs {
 
     /// Guest memory only: the container is gone either way, so failures are logged.
     fn release(&self, id: &str) {
-        if let Some(copy) = &self.verified {
-            if let Err(error) = readers::remove_copy(copy) {
-                tracing::warn!(container = %id, %error, "the verified copy of its rootfs stays");
-            }
+        if let Some(verified) = &self.verified {
+            verified.release(id);
         }
         if let Some(mountpoint) = &self.mountpoint {
             if let Err(error) = guard::remove_pinned_rootfs_mountpoint(mountpoint) {
