@@ -17,6 +17,7 @@ APT_PACKAGES=(
   protobuf-compiler          # protoc for the CRI API bindings (k8s-cri) the CRI tests use
   containernetworking-plugins  # CNI bridge + host-local for the pod-network tests
   nftables                   # nft: the shim's kubectl port-forward redirect in the pod netns
+  erofs-utils cryptsetup-bin # approved readers' rootfs images (mkfs.erofs, veritysetup)
 )
 # Google's Tink (sealed-format interop) and sev-snp-measure (independent SNP launch digest).
 PIP_PACKAGES=(tink sev-snp-measure)

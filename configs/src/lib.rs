@@ -206,6 +206,20 @@ impl Default for AgentConfig {
     }
 }
 
+/// How the rootfs of a container that may read a delivered model (its owner approves the
+/// volume's readers) reaches the guest, which must verify it against the owner's digest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ReaderRootfs {
+    /// The shim makes a read-only erofs image and a dm-verity hash tree of it (needs
+    /// mkfs.erofs and veritysetup on the node); the guest reads it in place through
+    /// dm-verity, so the image costs no guest memory. A guest that cannot mount it copies.
+    #[default]
+    Image,
+    /// The guest copies the shared rootfs into its memory and verifies the copy.
+    Copy,
+}
+
 /// `[runtime]`: the shim itself.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -214,6 +228,8 @@ pub struct RuntimeConfig {
     pub log_level: String,
     /// Per-sandbox state directory root.
     pub state_dir: PathBuf,
+    /// How an approved reader's rootfs reaches the guest.
+    pub reader_rootfs: ReaderRootfs,
 }
 
 impl Default for RuntimeConfig {
@@ -221,6 +237,7 @@ impl Default for RuntimeConfig {
         RuntimeConfig {
             log_level: "info".to_string(),
             state_dir: PathBuf::from("/run/veil"),
+            reader_rootfs: ReaderRootfs::Image,
         }
     }
 }

@@ -267,7 +267,7 @@ impl Containerd {
         std::fs::write(
             &veil_config,
             format!(
-                "[hypervisor]\nkernel = \"{}\"\ninitrd = \"{}\"\nmachine = \"{}\"\nboot_timeout_secs = 180\n{}\n[agent]\nlog_level = \"{}\"\n\n[runtime]\nstate_dir = \"{}\"\n",
+                "[hypervisor]\nkernel = \"{}\"\ninitrd = \"{}\"\nmachine = \"{}\"\nboot_timeout_secs = 180\n{}\n[agent]\nlog_level = \"{}\"\n\n[runtime]\nstate_dir = \"{}\"\n{}",
                 artifacts.kernel.display(),
                 artifacts.initrd.display(),
                 artifacts.machine,
@@ -278,7 +278,12 @@ impl Containerd {
                     .unwrap_or_default(),
                 // VEIL_TEST_AGENT_LOG=debug makes the guest console log (console_log) verbose.
                 std::env::var("VEIL_TEST_AGENT_LOG").unwrap_or_else(|_| "info".into()),
-                veil_state.display()
+                veil_state.display(),
+                options
+                    .reader_rootfs
+                    .as_ref()
+                    .map(|how| format!("reader_rootfs = \"{how}\"\n"))
+                    .unwrap_or_default(),
             ),
         )?;
         let config = root.join("containerd.toml");
@@ -706,6 +711,8 @@ pub struct Options {
     /// A command prefix containerd runs under, such as [`systemd::SystemdManager::launcher`]
     /// (empty: containerd runs directly).
     pub launcher: Vec<String>,
+    /// `runtime.reader_rootfs` ("image", "copy"); unset: the default, image.
+    pub reader_rootfs: Option<String>,
 }
 
 /// The CRI plugin section: handler `veil` (veil's annotations passed through, the

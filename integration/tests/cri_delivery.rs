@@ -205,8 +205,9 @@ fn a_cri_pod_runs_its_model_only_in_the_reader_its_owner_approved() {
     assert!(
         console.lines().any(|line| line
             .contains("rootfs verified as one the model owner approved")
-            && line.contains(&approved)),
-        "the server's rootfs was not verified: {console}"
+            && line.contains(&approved)
+            && line.contains("from the node's image through dm-verity")),
+        "the server's rootfs was not verified in place through dm-verity: {console}"
     );
 
     let answer = client

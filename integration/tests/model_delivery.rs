@@ -157,25 +157,43 @@ const HEALTH_PROBE: [&str; 5] = [
 /// run it.
 const CHANGED_IMAGE: &str = "veil.test/model-server:changed";
 
+/// The reader's rootfs reaches the guest as the node's erofs image, verified in place
+/// through dm-verity (the default).
 #[test]
 fn only_the_containers_the_owner_approved_may_read_the_model() {
-    only_approved_readers_over(None);
+    only_approved_readers_over(None, ReaderRootfs::Image);
 }
 
-/// The digest the guest takes over 9p is the one the owner took of the image too (modes
-/// as the node's files have them: `security_model=none`).
+/// The digest the guest takes of a copy over 9p is the one the owner took of the image too
+/// (modes as the node's files have them: `security_model=none`).
 #[test]
 fn approved_readers_are_verified_over_9p_too() {
-    only_approved_readers_over(Some("virtio-9p"));
+    only_approved_readers_over(Some("virtio-9p"), ReaderRootfs::Copy);
+}
+
+/// How the test expects the reader's rootfs to reach the guest.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ReaderRootfs {
+    Image,
+    Copy,
 }
 
 /// Serves a model whose owner approves one reader, the serving image with its command,
-/// sharing the containers' files by `shared_fs` (the default where `None`); another
-/// command, or the command from a changed image, may not mount the model's volume.
-fn only_approved_readers_over(shared_fs: Option<&str>) {
+/// sharing the containers' files by `shared_fs` (the default where `None`) and giving the
+/// reader's rootfs as `how`; another command, or the command from a changed image, may not
+/// mount the model's volume.
+fn only_approved_readers_over(shared_fs: Option<&str>, how: ReaderRootfs) {
     let owner = ModelOwner::start(31, 0).expect("model owner");
     let containerd = Containerd::start_with(&Options {
         shared_fs: shared_fs.map(str::to_string),
+        reader_rootfs: Some(
+            if how == ReaderRootfs::Image {
+                "image"
+            } else {
+                "copy"
+            }
+            .into(),
+        ),
         ..Options::default()
     })
     .expect("start containerd");
@@ -241,7 +259,8 @@ fn only_approved_readers_over(shared_fs: Option<&str>) {
     containerd
         .model_server_answer(id, INPUT)
         .unwrap_or_else(|e| panic!("{e:#}"));
-    // It runs from the copy the agent verified, not from the node's share.
+    // It runs from the rootfs the agent verified (the node's image through dm-verity, or
+    // a copy in guest memory), not from the node's share.
     let console = containerd.console_log(id);
     let verified = console
         .lines()
@@ -250,6 +269,11 @@ fn only_approved_readers_over(shared_fs: Option<&str>) {
     assert!(
         verified.contains(&approved) && verified.contains("/run/veil/verified/approved"),
         "{verified}"
+    );
+    assert_eq!(
+        verified.contains("from the node's image through dm-verity"),
+        how == ReaderRootfs::Image,
+        "{verified}\n{console}"
     );
     eprintln!("{verified}");
     assert!(

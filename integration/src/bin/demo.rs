@@ -89,16 +89,16 @@ fn serve_sealed_model(containerd: &Containerd) -> Result<()> {
         containerd.remove(id);
         bail!("the model server did not start: {}", run.stderr.trim());
     }
-    let verified = containerd
-        .console_log(id)
-        .lines()
-        .any(|line| line.contains("rootfs verified as one the model owner approved"));
+    let verified = containerd.console_log(id).lines().any(|line| {
+        line.contains("rootfs verified as one the model owner approved")
+            && line.contains("through dm-verity")
+    });
     if !verified {
         containerd.remove(id);
-        bail!("the server started without the agent verifying its rootfs");
+        bail!("the server started without the agent verifying its rootfs image through dm-verity");
     }
     println!(
-        "veil : model delivered into guest RAM; the server's rootfs copied into guest RAM, verified as the approved {approved}, and started ({:.2} s)",
+        "veil : model delivered into guest RAM; the server's rootfs image read through dm-verity, verified as the approved {approved}, and started ({:.2} s)",
         started.elapsed().as_secs_f64()
     );
     let answer = containerd.query_model_server(id, "5.1,3.5,1.4,0.2")?;

@@ -5,6 +5,7 @@
 pub mod cgroup;
 pub mod delivery;
 pub mod network;
+pub mod rootfs_image;
 pub mod storage;
 pub mod volumes;
 
@@ -34,6 +35,8 @@ pub struct Sandbox {
     pub guest: veil_protocol::PingResponse,
     /// The VM has an egress NIC (its pod declared a model delivery).
     pub egress: bool,
+    /// How the rootfs of a container approved to read the pod's model reaches the guest.
+    pub reader_rootfs: veil_config::ReaderRootfs,
     vm: Box<dyn Vm>,
     agent: AgentClient,
     pod_network: Option<network::PodNetwork>,
@@ -152,6 +155,7 @@ impl Sandbox {
             console_log: spec.console_log,
             guest,
             egress,
+            reader_rootfs: config.runtime.reader_rootfs,
             vm,
             agent,
             pod_network,

@@ -14,12 +14,12 @@ use std::time::{Duration, SystemTime};
 use containerd_shim::asynchronous::publisher::RemotePublisher;
 use containerd_shim::asynchronous::ExitSignal;
 use oci_spec::runtime::Spec;
-use veil_config::Config;
+use veil_config::{Config, ReaderRootfs};
 
 use crate::error::{Error, Result};
 use crate::io::{self, StdioPaths};
 use crate::options;
-use crate::sandbox::{delivery, storage, volumes, Sandbox};
+use crate::sandbox::{delivery, rootfs_image, storage, volumes, Sandbox};
 use events::EventSink;
 use process::{ExitInfo, ProcessState, Status};
 
@@ -307,6 +307,9 @@ impl TaskService {
             }
         }
         storage::share_bind_mounts(&sandbox.shared_dir, id, &mut spec)?;
+        let rootfs_image = self
+            .offer_rootfs_image(sandbox, id, &spec, host_rootfs, model_delivery.as_ref())
+            .await?;
         let spec_json = serde_json::to_vec(&spec)
             .map_err(|e| Error::InvalidArgument(format!("serialize the OCI spec of {id}: {e}")))?;
         sandbox
@@ -318,9 +321,38 @@ impl TaskService {
                 stdio: veil_protocol::protobuf::MessageField::some(stdio.to_agent()),
                 memory_volumes,
                 model_delivery: model_delivery.into(),
+                rootfs_image: rootfs_image.into(),
                 ..Default::default()
             })
             .await
+    }
+
+    /// For a container the guest must verify against a model owner's approved readers,
+    /// the erofs image and hash tree it can verify in place (`[runtime] reader_rootfs`).
+    async fn offer_rootfs_image(
+        &self,
+        sandbox: &Sandbox,
+        id: &str,
+        spec: &Spec,
+        host_rootfs: &std::path::Path,
+        delivery: Option<&veil_protocol::ModelDelivery>,
+    ) -> Result<Option<veil_protocol::RootfsImage>> {
+        if sandbox.reader_rootfs != ReaderRootfs::Image
+            || !rootfs_image::is_reader_candidate(spec, delivery)
+        {
+            return Ok(None);
+        }
+        let started = std::time::Instant::now();
+        let share = storage::container_share(&sandbox.shared_dir, id);
+        let image = rootfs_image::build(host_rootfs, &share, id).await?;
+        tracing::info!(
+            container = %id,
+            blocks = image.data_blocks,
+            root_hash = %image.root_hash,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "rootfs image made for the guest to verify in place"
+        );
+        Ok(Some(image))
     }
 
     fn start_relays(&self, sandbox: &Sandbox, process: &ProcessState) {
