@@ -33,6 +33,9 @@ pub const SHARED_FS_TAG: &str = "veilshare";
 pub const GUEST_SHARED_DIR: &str = "/run/veil/shared";
 /// Where the agent mounts memory volumes (one tmpfs per name) inside the guest.
 pub const GUEST_VOLUMES_DIR: &str = "/run/veil/volumes";
+/// The block size of a reader's rootfs image and of its dm-verity hash tree
+/// ([`RootfsImage`]): the shim makes both with it, the agent's verity table reads with it.
+pub const ROOTFS_IMAGE_BLOCK_SIZE: u64 = 4096;
 
 /// Whether `name` can name a memory volume (a directory under [`GUEST_VOLUMES_DIR`]).
 pub fn is_valid_volume_name(name: &str) -> bool {

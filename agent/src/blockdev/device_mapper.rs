@@ -17,8 +17,8 @@ const DEV_SUSPEND: u8 = 6;
 const TABLE_LOAD: u8 = 9;
 const HEADER_SIZE: usize = std::mem::size_of::<DmIoctl>();
 const TARGET_SPEC_SIZE: usize = std::mem::size_of::<DmTargetSpec>();
-/// dm-verity's block size for data and hash blocks, as `veritysetup format` uses by default.
-pub const VERITY_BLOCK_SIZE: u64 = 4096;
+/// dm-verity's block size for data and hash blocks: the one the shim makes images with.
+const VERITY_BLOCK_SIZE: u64 = veil_protocol::ROOTFS_IMAGE_BLOCK_SIZE;
 
 /// `struct dm_ioctl`.
 #[repr(C)]

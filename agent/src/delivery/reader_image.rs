@@ -154,13 +154,12 @@ fn set_up(
     offered: &RootfsImage,
     mounted: &mut MountedImage,
 ) -> Result<(), ImageSetupError> {
-    let table_parts = parameters(offered)?;
+    let (root_hash, salt, data_blocks) = parameters(offered)?;
     let share = Path::new(GUEST_SHARED_DIR).join(id);
     let image = open_in_share(Path::new(&offered.image), &share)?;
     let tree = open_in_share(Path::new(&offered.hash_tree), &share)?;
     let image_loop = loop_device::attach_read_only(&image, Path::new(&offered.image))?;
     let tree_loop = loop_device::attach_read_only(&tree, Path::new(&offered.hash_tree))?;
-    let (root_hash, salt, data_blocks) = table_parts;
     let table = VerityTable {
         data_device: image_loop.device_number()?,
         hash_device: tree_loop.device_number()?,

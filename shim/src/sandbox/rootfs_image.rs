@@ -21,7 +21,7 @@ pub const IMAGE_FILE: &str = "rootfs.erofs";
 /// The hash tree's file name in the container's share.
 pub const HASH_TREE_FILE: &str = "rootfs.verity";
 /// dm-verity's data and hash block size, the one the agent's table uses.
-const BLOCK_SIZE: u64 = 4096;
+const BLOCK_SIZE: u64 = veil_protocol::ROOTFS_IMAGE_BLOCK_SIZE;
 
 /// Whether a container is one whose rootfs the agent must verify: its pod's delivery
 /// approves readers and it mounts the delivered volume.
