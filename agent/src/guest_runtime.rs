@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use oci_spec::runtime::LinuxResources;
-use veil_container::cgroups::{Cgroup, CgroupStats, GUEST_CGROUP_ROOT};
+use veil_container::cgroups::{Cgroup, CgroupStats, DeviceRules, GUEST_CGROUP_ROOT};
 use veil_container::{Container, ContainerBuilder, SourcePins, StdioConfig};
 
 use crate::runtime::{ContainerRuntime, RuntimeError, SpawnedProcess, StdioRequest};
@@ -144,7 +144,9 @@ impl ContainerRuntime for GuestRuntime {
     }
 
     fn update(&self, id: &str, resources: &LinuxResources) -> Result<(), RuntimeError> {
-        self.with_container(id, |container| Ok(cgroup_of(container)?.apply(resources)?))
+        self.with_container(id, |container| {
+            update_cgroup(cgroup_of(container)?, resources)
+        })
     }
 
     fn freeze(&self, id: &str, frozen: bool) -> Result<(), RuntimeError> {
@@ -152,21 +154,33 @@ impl ContainerRuntime for GuestRuntime {
     }
 }
 
-/// Creates the container's cgroup and applies the spec's `linux.resources` to it, before
-/// any of its processes exists.
+/// Creates the container's cgroup and applies the spec's `linux.resources` to it, device
+/// rules included (runc's defaults when it has none), before any of its processes exists.
 fn container_cgroup(id: &str, spec: &oci_spec::runtime::Spec) -> Result<Cgroup, RuntimeError> {
     let linux = spec.linux().as_ref();
     if let Some(path) = linux.and_then(|l| l.cgroups_path().as_ref()) {
         tracing::debug!(container = %id, cgroups_path = %path.display(), "linux.cgroupsPath is a host path; the guest cgroup is named by the container id");
     }
+    let resources = linux.and_then(|l| l.resources().as_ref());
+    let devices = DeviceRules::of(resources)?;
     let cgroup = Cgroup::create(std::path::Path::new(GUEST_CGROUP_ROOT), id)?;
-    if let Some(resources) = linux.and_then(|l| l.resources().as_ref()) {
-        if let Err(error) = cgroup.apply(resources) {
-            discard_cgroup(id, cgroup);
-            return Err(error.into());
-        }
+    let applied = cgroup
+        .restrict_devices(&devices)
+        .and_then(|()| resources.map_or(Ok(()), |r| cgroup.apply(r)));
+    if let Err(error) = applied {
+        discard_cgroup(id, cgroup);
+        return Err(error.into());
     }
     Ok(cgroup)
+}
+
+/// New resources for a running container; device rules, when given, replace the old ones
+/// as runc's update does.
+fn update_cgroup(cgroup: &Cgroup, resources: &LinuxResources) -> Result<(), RuntimeError> {
+    if resources.devices().is_some() {
+        cgroup.restrict_devices(&DeviceRules::of(Some(resources))?)?;
+    }
+    Ok(cgroup.apply(resources)?)
 }
 
 /// Removes the cgroup of a create that failed; a failure to do so is logged, since the

@@ -13,7 +13,11 @@
 //! - sysctls outside the container's own namespaces (`kernel.core_pattern` runs a program
 //!   as the guest's root);
 //! - mounts other than binds and the kernel's own file systems: an overlay whose
-//!   `lowerdir` is the volume shows the model without binding it.
+//!   `lowerdir` is the volume shows the model without binding it;
+//! - device rules that let it open the guest's attestation devices (`/dev/sev-guest`,
+//!   `/dev/tdx_guest`, TPMs): a container that can ask for a report of this VM with data of
+//!   its choosing can be given the model's key by the broker. configfs, the other way to
+//!   reports, is not a file system it may mount.
 //!
 //! Every check is of paths as they resolve at the time, and the node's side of the share can
 //! answer differently later. So the container's init mounts only what was checked
@@ -31,6 +35,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::{LinuxNamespaceType, Mount, Process, Spec};
+use veil_container::cgroups::{Access, DeviceClass, DeviceRuleError, DeviceRules};
 use veil_container::{Pin, SourcePins};
 use veil_protocol::delivery::variable_name;
 use veil_protocol::rootfs::clean_lexically;
@@ -69,6 +74,53 @@ const NAMESPACED_SYSCTLS: [&str; 6] = [
     "kernel.hostname",
     "kernel.domainname",
 ];
+
+/// Misc devices that give attestation reports: SEV-SNP's and TDX's guest drivers.
+const ATTESTATION_MISC_DEVICES: [&str; 2] = ["sev-guest", "tdx_guest"];
+/// Device classes whose every device gives attestation evidence (TPM quotes).
+const ATTESTATION_CLASSES: [&str; 2] = ["tpm", "tpmrm"];
+
+/// A character device of the guest, as sysfs numbers it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestDevice {
+    /// Its name, e.g. `sev-guest`.
+    pub name: String,
+    /// Its major number.
+    pub major: u32,
+    /// Its minor number.
+    pub minor: u32,
+}
+
+/// The attestation devices the guest kernel has, found under `sys` (normally `/sys`): a
+/// container may make a node for any of them, so their numbers matter, not their nodes.
+pub fn attestation_devices(sys: &Path) -> Vec<GuestDevice> {
+    let misc = ATTESTATION_MISC_DEVICES
+        .iter()
+        .map(|name| (name.to_string(), sys.join("class/misc").join(name)));
+    let classes = ATTESTATION_CLASSES.iter().flat_map(|class| {
+        std::fs::read_dir(sys.join("class").join(class))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|entry| {
+                (
+                    entry.file_name().to_string_lossy().into_owned(),
+                    entry.path(),
+                )
+            })
+    });
+    misc.chain(classes)
+        .filter_map(|(name, dir)| {
+            let numbers = std::fs::read_to_string(dir.join("dev")).ok()?;
+            let (major, minor) = numbers.trim().split_once(':')?;
+            Some(GuestDevice {
+                name,
+                major: major.parse().ok()?,
+                minor: minor.parse().ok()?,
+            })
+        })
+        .collect()
+}
 
 /// How a container's pid namespace is set.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -109,6 +161,8 @@ pub struct Reach {
     pub file_systems: Vec<(PathBuf, String)>,
     /// Its process's environment (`NAME=VALUE`), what an exec the owner listed may have.
     pub env: Vec<String>,
+    /// The device rules its cgroup will enforce.
+    pub devices: Result<DeviceRules, DeviceRuleError>,
 }
 
 /// Why a container may not run next to a delivered model. Each says what to change.
@@ -145,6 +199,12 @@ pub enum Confinement {
         /// Its type.
         typ: String,
     },
+    /// Device rules that cannot be enforced.
+    #[error("{0}")]
+    DeviceRules(DeviceRuleError),
+    /// Device rules that let it open an attestation device.
+    #[error("its device rules (linux.resources.devices) let it open {} ({}:{}), through which it could ask for attestation reports of this VM and be given the model's key; a pod that receives a sealed model cannot allow that device (remove the rule that allows it, and do not run the container privileged)", .0.name, .0.major, .0.minor)]
+    AttestationDevice(GuestDevice),
     /// A sysctl of the whole guest.
     #[error("it sets the sysctl {0}, which is not namespaced and would change the whole guest; only net.*, kernel.shm*, kernel.msg*, kernel.sem, fs.mqueue.* and the host and domain names can be set")]
     GlobalSysctl(String),
@@ -179,6 +239,7 @@ impl Reach {
                 .as_ref()
                 .and_then(|p| p.env().clone())
                 .unwrap_or_default(),
+            devices: DeviceRules::of(spec.linux().as_ref().and_then(|l| l.resources().as_ref())),
         }
     }
 
@@ -212,8 +273,13 @@ impl Reach {
     }
 
     /// Whether it may run in a VM that receives a sealed model; `containers` are the init
-    /// pids of the VM's containers, whose pid namespaces it may join.
-    pub fn check_sealed(&self, containers: &[i32]) -> Result<(), Confinement> {
+    /// pids of the VM's containers, whose pid namespaces it may join, and `attestation` the
+    /// guest's attestation devices ([`attestation_devices`]).
+    pub fn check_sealed(
+        &self,
+        containers: &[i32],
+        attestation: &[GuestDevice],
+    ) -> Result<(), Confinement> {
         if !self.rootfs.starts_with(GUEST_SHARED_DIR) {
             return Err(Confinement::RootfsOutsideShare(self.rootfs.clone()));
         }
@@ -245,6 +311,17 @@ impl Reach {
             .find(|c| self.capabilities.contains(**c))
         {
             return Err(Confinement::ReachingCapability(cap.to_string()));
+        }
+        let devices = self
+            .devices
+            .as_ref()
+            .map_err(|e| Confinement::DeviceRules(e.clone()))?;
+        if let Some(device) = attestation.iter().find(|d| {
+            [Access::READ, Access::WRITE]
+                .into_iter()
+                .any(|access| devices.allows(DeviceClass::Char, d.major, d.minor, access))
+        }) {
+            return Err(Confinement::AttestationDevice(device.clone()));
         }
         if let Some(key) = self.sysctls.iter().find(|k| !is_namespaced_sysctl(k)) {
             return Err(Confinement::GlobalSysctl(key.clone()));
@@ -430,7 +507,7 @@ mod tests {
     #[test]
     fn a_container_as_the_shim_writes_it_is_confined_and_mounts_its_volume() {
         let reach = Reach::of(&spec(CONFINED), &shared_rootfs());
-        assert_eq!(reach.check_sealed(&[]), Ok(()));
+        assert_eq!(reach.check_sealed(&[], &[]), Ok(()));
         assert_eq!(reach.volumes(), vec!["model".to_string()]);
     }
 
@@ -496,7 +573,7 @@ mod tests {
 
     fn refusal(json: &str, rootfs: &Path, containers: &[i32]) -> Confinement {
         Reach::of(&spec(json), rootfs)
-            .check_sealed(containers)
+            .check_sealed(containers, &[])
             .expect_err("refused")
     }
 
@@ -567,7 +644,7 @@ mod tests {
             r#"{"type":"pid","path":"/proc/42/ns/pid"}"#,
         );
         Reach::of(&spec(&joined), &shared_rootfs())
-            .check_sealed(&[42])
+            .check_sealed(&[42], &[])
             .expect("the pod's sandbox container");
         assert_eq!(
             refusal(&joined, &shared_rootfs(), &[7]),
@@ -635,5 +712,79 @@ mod tests {
         }
         assert!(!is_namespaced_sysctl("kernel.modprobe"));
         assert!(!is_namespaced_sysctl("vm.overcommit_memory"));
+    }
+
+    fn sev_guest() -> GuestDevice {
+        GuestDevice {
+            name: "sev-guest".into(),
+            major: 10,
+            minor: 123,
+        }
+    }
+
+    fn with_device_rules(rules: &str) -> String {
+        CONFINED.replace(
+            r#""linux":{"#,
+            &format!(r#""linux":{{"resources":{{"devices":{rules}}},"#),
+        )
+    }
+
+    #[test]
+    fn attestation_devices_are_found_by_their_sysfs_numbers() {
+        let sys = tempfile::tempdir().expect("tempdir");
+        let device = |dir: &str, numbers: &str| {
+            let dir = sys.path().join("class").join(dir);
+            std::fs::create_dir_all(&dir).expect("mkdir");
+            std::fs::write(dir.join("dev"), numbers).expect("write");
+        };
+        device("misc/sev-guest", "10:123\n");
+        device("misc/vsock", "10:121\n");
+        device("tpmrm/tpmrm0", "253:65536\n");
+        device("tpm/tpm0", "garbage\n");
+        assert_eq!(
+            attestation_devices(sys.path()),
+            vec![
+                sev_guest(),
+                GuestDevice {
+                    name: "tpmrm0".into(),
+                    major: 253,
+                    minor: 65536
+                }
+            ]
+        );
+        assert_eq!(attestation_devices(&sys.path().join("none")), vec![]);
+    }
+
+    #[test]
+    fn device_rules_that_open_an_attestation_device_are_refused() {
+        let check = |rules: &str, attestation: &[GuestDevice]| {
+            Reach::of(&spec(&with_device_rules(rules)), &shared_rootfs())
+                .check_sealed(&[], attestation)
+        };
+        let containerd = r#"[{"allow":false,"access":"rwm"}]"#;
+        assert_eq!(check(containerd, &[sev_guest()]), Ok(()));
+        let privileged = r#"[{"allow":true,"access":"rwm"}]"#;
+        assert_eq!(check(privileged, &[]), Ok(()), "nothing to open");
+        let refused = check(privileged, &[sev_guest()]).expect_err("allow all");
+        assert_eq!(refused, Confinement::AttestationDevice(sev_guest()));
+        assert!(
+            refused.to_string().contains("sev-guest (10:123)"),
+            "{refused}"
+        );
+        let misc_read =
+            r#"[{"allow":false,"access":"rwm"},{"allow":true,"type":"c","major":10,"access":"r"}]"#;
+        assert!(
+            check(misc_read, &[sev_guest()]).is_err(),
+            "reading is enough"
+        );
+        let mknod_only =
+            r#"[{"allow":false,"access":"rwm"},{"allow":true,"type":"c","major":10,"access":"m"}]"#;
+        assert_eq!(
+            check(mknod_only, &[sev_guest()]),
+            Ok(()),
+            "a node it cannot open"
+        );
+        let bad = check(r#"[{"allow":true,"access":"rwx"}]"#, &[]).expect_err("bad rule");
+        assert!(matches!(bad, Confinement::DeviceRules(_)), "{bad}");
     }
 }

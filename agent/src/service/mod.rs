@@ -287,14 +287,17 @@ impl AgentService {
                 "container {who} cannot run in a VM that receives a sealed model: {confinement}"
             ))
         };
-        reach.check_sealed(&pids).map_err(|c| refuse(id, c))?;
+        let attestation = guard::attestation_devices(std::path::Path::new("/sys"));
+        reach
+            .check_sealed(&pids, &attestation)
+            .map_err(|c| refuse(id, c))?;
         let Some(delivery) = delivery else {
             return Ok(());
         };
         for (other, entry) in &containers {
             entry
                 .reach
-                .check_sealed(&pids)
+                .check_sealed(&pids, &attestation)
                 .map_err(|c| refuse(other, c))?;
             let unverified_reader = !delivery.readers.is_empty()
                 && !entry.own_rootfs.is_verified()

@@ -7,6 +7,8 @@
 //! `linux.cgroupsPath` is the host's idea of a path (kubepods/...); in the guest it names
 //! nothing, so the container id alone names the directory.
 
+mod bpf;
+mod devices;
 mod resources;
 mod stats;
 
@@ -15,6 +17,8 @@ use std::time::Duration;
 
 use oci_spec::runtime::LinuxResources;
 
+pub use bpf::BpfError;
+pub use devices::{Access, DeviceClass, DeviceRule, DeviceRuleError, DeviceRules};
 pub use resources::{cpu_max, plan_resources, shares_to_weight, ResourcePlan};
 pub use stats::{CgroupStats, CpuStats, MemoryEvents, MemoryStats, PidsStats};
 
@@ -86,6 +90,12 @@ pub enum CgroupError {
         /// What cgroup.events last said.
         events: String,
     },
+    /// A `linux.resources.devices` rule cannot be enforced as written.
+    #[error(transparent)]
+    DeviceRule(#[from] DeviceRuleError),
+    /// The device program could not be loaded or attached.
+    #[error(transparent)]
+    Devices(#[from] BpfError),
     /// rmdir failed (processes still in it, usually).
     #[error("remove cgroup {path}: {source}; a process of the container may still be exiting")]
     Remove {
@@ -144,6 +154,16 @@ impl Cgroup {
             write_file(&self.path.join(file), value)?;
         }
         tracing::info!(cgroup = %self.path.display(), writes = ?plan.writes, "container resources applied");
+        Ok(())
+    }
+
+    /// Lets the cgroup's processes create, read and write only the device nodes `rules`
+    /// allow, replacing what it allowed before.
+    pub fn restrict_devices(&self, rules: &DeviceRules) -> Result<(), CgroupError> {
+        let program = bpf::load_device_program(&rules.program())?;
+        bpf::attach_device_program(&self.path, &program)?;
+        tracing::info!(cgroup = %self.path.display(), rules = rules.rules().len(), "container devices restricted");
+        tracing::debug!(cgroup = %self.path.display(), rules = ?rules.rules().iter().map(ToString::to_string).collect::<Vec<_>>(), "device rules");
         Ok(())
     }
 

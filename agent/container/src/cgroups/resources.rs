@@ -23,8 +23,8 @@ impl ResourcePlan {
 
 /// Maps `resources` onto cgroup v2 files: memory.limit -> memory.max, memory.reservation
 /// -> memory.low, cpu.quota/period -> cpu.max, cpu.shares -> cpu.weight, pids.limit ->
-/// pids.max, and `unified` entries as given. memory.swap, cpu.cpus/mems (host numbering),
-/// devices, block I/O, hugepages, network and RDMA are listed in `ignored`.
+/// pids.max, and `unified` entries as given (devices are a program, not a file:
+/// [`super::DeviceRules`]). memory.swap, cpu.cpus/mems (host numbering), block I/O, hugepages, network and RDMA are listed in `ignored`.
 pub fn plan_resources(resources: &LinuxResources) -> ResourcePlan {
     let mut plan = ResourcePlan::default();
     if let Some(memory) = resources.memory() {
@@ -38,7 +38,6 @@ pub fn plan_resources(resources: &LinuxResources) -> ResourcePlan {
     }
     plan_unified(resources, &mut plan);
     let unsupported = [
-        ("linux.resources.devices", resources.devices().is_some()),
         ("linux.resources.blockIO", resources.block_io().is_some()),
         (
             "linux.resources.hugepageLimits",
@@ -294,12 +293,10 @@ mod tests {
 
     #[test]
     fn unsupported_fields_are_listed_not_refused() {
-        let resources = LinuxResourcesBuilder::default()
-            .devices(vec![])
-            .build()
-            .unwrap();
+        let resources: LinuxResources =
+            serde_json::from_str(r#"{"devices":[],"hugepageLimits":[]}"#).unwrap();
         let plan = plan_resources(&resources);
         assert!(plan.writes.is_empty());
-        assert_eq!(plan.ignored, vec!["linux.resources.devices"]);
+        assert_eq!(plan.ignored, vec!["linux.resources.hugepageLimits"]);
     }
 }

@@ -56,6 +56,7 @@ pub const CASES: &[(&str, Case)] = cases![
     chroot_root_switch_runs_and_execs,
     containerd_shaped_spec_runs,
     a_new_network_namespace_has_loopback_up,
+    device_rules_hold_the_container_to_its_devices,
     threaded_helper_is_refused,
 ];
 
@@ -783,4 +784,97 @@ fn threaded_helper_is_refused() -> Result<(), String> {
         }) => expect_contains("detail", &failure.detail, "before any thread"),
         other => Err(format!("expected a refusal, got {other:?}")),
     }
+}
+
+/// What a container with CAP_MKNOD gets from a node of /dev/kmsg (1:11, which root may open
+/// for writing without other capabilities) it makes itself, under containerd's default
+/// rules (deny all, then runc's defaults) and under rules that also allow writing it.
+fn device_rules_hold_the_container_to_its_devices() -> Result<(), String> {
+    let Some(hierarchy) = cgroup2_mount()? else {
+        println!("skipped device_rules_hold_the_container_to_its_devices: no cgroup2 mounted");
+        return Ok(());
+    };
+    // Not a TempDir: cgroupfs directories go by rmdir alone.
+    let parent = hierarchy.join(format!("veil-device-test-{}", std::process::id()));
+    std::fs::create_dir(&parent)
+        .map_err(|e| format!("make a cgroup at {}: {e}", parent.display()))?;
+    let denied = run_under_device_rules(&parent, r#"[{"allow":false,"access":"rwm"}]"#);
+    let allowed = run_under_device_rules(
+        &parent,
+        r#"[{"allow":false,"access":"rwm"},{"allow":true,"type":"c","major":1,"minor":11,"access":"w"}]"#,
+    );
+    let removed = remove_cgroups(&parent);
+    expect_eq(
+        "under containerd's default rules",
+        &denied?,
+        "null ok\nkmsg refused\n",
+    )?;
+    expect_eq(
+        "with kmsg allowed for writing",
+        &allowed?,
+        "null ok\nkmsg opened\n",
+    )?;
+    removed
+}
+
+/// Removes the test's cgroup and what a failed run left below it.
+fn remove_cgroups(parent: &std::path::Path) -> Result<(), String> {
+    let veil = parent.join(veil_container::cgroups::CONTAINERS_PARENT);
+    for dir in [veil.join("devices"), veil, parent.to_path_buf()] {
+        match std::fs::remove_dir(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(format!("rmdir {}: {e}", dir.display()))
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn run_under_device_rules(cgroup_root: &std::path::Path, rules: &str) -> Result<String, String> {
+    let mut spec: oci_spec::runtime::Spec = serde_json::from_str(include_str!("ctr-spec.json"))
+        .map_err(|e| format!("parse ctr-spec.json: {e}"))?;
+    let mut process = spec.process().clone().ok_or("no process")?;
+    process.set_args(Some(vec![
+        "sh".into(),
+        "-c".into(),
+        "cat /dev/null && echo null ok; mknod /dev/probe c 1 11 || exit 3; \
+         if (true > /dev/probe) 2>/dev/null; then echo kmsg opened; else echo kmsg refused; fi"
+            .into(),
+    ]));
+    spec.set_process(Some(process));
+    let resources: oci_spec::runtime::LinuxResources =
+        serde_json::from_str(&format!(r#"{{"devices":{rules}}}"#)).map_err(|e| e.to_string())?;
+    let device_rules =
+        veil_container::cgroups::DeviceRules::of(Some(&resources)).map_err(|e| e.to_string())?;
+    let cgroup = veil_container::cgroups::Cgroup::create(cgroup_root, "devices")
+        .map_err(|e| e.to_string())?;
+    cgroup
+        .restrict_devices(&device_rules)
+        .map_err(|e| e.to_string())?;
+    let rootfs = Rootfs::new()?;
+    let mut container = ContainerBuilder::new("devices", rootfs.path(), spec)
+        .stdio(StdioConfig::Pipes { stdin: false })
+        .cgroup(cgroup.clone())
+        .build()
+        .map_err(|e| format!("create: {e}"))?;
+    let init = container.take_init_process();
+    container.start().map_err(|e| format!("start: {e}"))?;
+    let stdout = read_all(init.stdout.ok_or("no stdout")?)?;
+    let stderr = read_all(init.stderr.ok_or("no stderr")?)?;
+    expect_exit_code(init.pid, 0).map_err(|e| format!("{e}; stderr: {stderr}"))?;
+    container.mark_stopped();
+    container.delete().map_err(|e| format!("delete: {e}"))?;
+    cgroup.remove().map_err(|e| e.to_string())?;
+    Ok(stdout)
+}
+
+/// Where cgroup2 is mounted on this host (/sys/fs/cgroup, or /sys/fs/cgroup/unified on a
+/// hybrid host).
+fn cgroup2_mount() -> Result<Option<std::path::PathBuf>, String> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").map_err(|e| e.to_string())?;
+    Ok(mounts.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        (fields.get(2) == Some(&"cgroup2")).then(|| std::path::PathBuf::from(fields[1]))
+    }))
 }
