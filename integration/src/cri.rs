@@ -192,6 +192,30 @@ pub fn model_server_container(volume: &Path, listen: &str) -> ContainerConfig {
     config
 }
 
+/// What kubelet asks containerd to mask in every container with `procMount: Default`
+/// (containerd's CRI masks nothing the request does not name).
+const KUBELET_MASKED_PATHS: [&str; 11] = [
+    "/proc/asound",
+    "/proc/acpi",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+];
+/// What kubelet asks containerd to make read-only in the same containers.
+const KUBELET_READONLY_PATHS: [&str; 5] = [
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
+
 /// A busybox container running `command`, logging to `<pod log dir>/<name>.log`.
 pub fn busybox_container(name: &str, command: &[&str], mounts: Vec<Mount>) -> ContainerConfig {
     ContainerConfig {
@@ -209,6 +233,8 @@ pub fn busybox_container(name: &str, command: &[&str], mounts: Vec<Mount>) -> Co
         linux: Some(LinuxContainerConfig {
             security_context: Some(LinuxContainerSecurityContext {
                 namespace_options: Some(host_network_namespaces()),
+                masked_paths: KUBELET_MASKED_PATHS.map(String::from).to_vec(),
+                readonly_paths: KUBELET_READONLY_PATHS.map(String::from).to_vec(),
                 ..Default::default()
             }),
             ..Default::default()

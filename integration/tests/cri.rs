@@ -199,12 +199,53 @@ fn assert_pod_namespaces_shared(cluster: &mut Cluster, a: &str, b: &str) {
     );
 }
 
+/// The pod's /dev/shm, which containerd binds from a host tmpfs, is one tmpfs in guest
+/// memory for all of the pod's containers: what one writes there the other reads, and the
+/// host's directory stays empty.
+fn assert_pod_shm_is_shared_in_guest_memory(
+    cluster: &mut Cluster,
+    spec: &serde_json::Value,
+    reader: &str,
+    writer: &str,
+) {
+    let host_shm = spec["mounts"]
+        .as_array()
+        .expect("mounts")
+        .iter()
+        .find(|m| m["destination"] == "/dev/shm")
+        .and_then(|m| m["source"].as_str())
+        .map(std::path::PathBuf::from)
+        .expect("containerd binds the pod's /dev/shm");
+    let wrote = cluster.exec(writer, &["sh", "-c", "echo tensors > /dev/shm/handed-over"]);
+    assert_eq!(wrote.exit_code, 0, "{wrote:?}");
+    let read = cluster.exec(reader, &["cat", "/dev/shm/handed-over"]);
+    assert_eq!(
+        read.stdout, "tensors\n",
+        "the pod's containers do not share /dev/shm: {read:?}"
+    );
+    let mounted = cluster.exec(reader, &["grep", " /dev/shm ", "/proc/self/mounts"]);
+    assert!(
+        mounted
+            .stdout
+            .starts_with("veil-memory-volume /dev/shm tmpfs"),
+        "/dev/shm is not the pod's memory volume: {mounted:?}"
+    );
+    let on_host: Vec<_> = std::fs::read_dir(&host_shm)
+        .map(|entries| entries.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(
+        on_host.is_empty(),
+        "the host's {} has {on_host:?}",
+        host_shm.display()
+    );
+}
+
 #[test]
 fn a_veil_pod_runs_all_its_containers_in_one_vm_and_leaves_nothing_when_removed() {
     let mut cluster = cluster();
     let (pod, _, sleeper, writer) = two_container_pod(&mut cluster, "veil-pod", VEIL_HANDLER);
     show_spec(&cluster.containerd, "sandbox", &pod);
-    show_spec(&cluster.containerd, "container", &sleeper);
+    let sleeper_spec = show_spec(&cluster.containerd, "container", &sleeper);
 
     let boot_sleeper = cluster.exec(&sleeper, &["cat", "/proc/sys/kernel/random/boot_id"]);
     let boot_writer = cluster.exec(&writer, &["cat", "/proc/sys/kernel/random/boot_id"]);
@@ -238,6 +279,7 @@ fn a_veil_pod_runs_all_its_containers_in_one_vm_and_leaves_nothing_when_removed(
         "the sleeper does not see the writer's file in the shared volume"
     );
     assert_pod_namespaces_shared(&mut cluster, &sleeper, &writer);
+    assert_pod_shm_is_shared_in_guest_memory(&mut cluster, &sleeper_spec, &sleeper, &writer);
 
     let listed = cluster
         .cri

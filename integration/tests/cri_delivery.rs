@@ -144,6 +144,28 @@ fn a_cri_pod_gets_its_sealed_model_in_guest_ram_and_serves_it() {
         "secrets on the host while serving: {during:?}"
     );
 
+    // `procMount: Unmasked`: kubelet asks for nothing read-only, so /proc/sys is writable
+    // and the container could set kernel.core_pattern for the whole guest.
+    let mut unmasked = cri::busybox_container("unmasked", &["sleep", "1000"], vec![]);
+    if let Some(context) = unmasked
+        .linux
+        .as_mut()
+        .and_then(|l| l.security_context.as_mut())
+    {
+        context.masked_paths.clear();
+        context.readonly_paths.clear();
+    }
+    let unmasked = client
+        .create_container(&pod, &unmasked, &sandbox)
+        .expect("CreateContainer unmasked");
+    let refused = client
+        .start_container(&unmasked)
+        .expect_err("a container with a writable /proc/sys next to the model");
+    assert!(
+        format!("{refused:#}").contains("its proc mount leaves /proc/sys writable"),
+        "{refused:#}"
+    );
+
     client.stop_pod_sandbox(&pod).expect("StopPodSandbox");
     client.remove_pod_sandbox(&pod).expect("RemovePodSandbox");
     assert!(

@@ -14,6 +14,9 @@
 //!   as the guest's root);
 //! - mounts other than binds and the kernel's own file systems: an overlay whose
 //!   `lowerdir` is the volume shows the model without binding it;
+//! - kernel file systems it could change the whole guest through: `/proc/sys` not read-only
+//!   (the guest's root may set `kernel.core_pattern` there, whose program the kernel runs
+//!   as the guest's root outside every container), or a writable sysfs or cgroup mount;
 //! - device rules that let it open the guest's attestation devices (`/dev/sev-guest`,
 //!   `/dev/tdx_guest`, TPMs): a container that can ask for a report of this VM with data of
 //!   its choosing can be given the model's key by the broker. configfs, the other way to
@@ -62,6 +65,11 @@ const REACHING_CAPABILITIES: [&str; 6] = [
 const KERNEL_FILE_SYSTEMS: [&str; 7] = [
     "proc", "sysfs", "tmpfs", "devpts", "mqueue", "cgroup", "cgroup2",
 ];
+
+/// Kernel file systems whose files change the whole guest, which containerd mounts `ro`
+/// unless the container is privileged: through a writable cgroup mount a process could
+/// move itself out of its cgroup, past its device rules.
+const GUEST_WIDE_FILE_SYSTEMS: [&str; 3] = ["sysfs", "cgroup", "cgroup2"];
 
 /// Sysctl prefixes that belong to a container's own namespaces (runc's list).
 const NAMESPACED_SYSCTL_PREFIXES: [&str; 3] = ["net.", "fs.mqueue.", "kernel.shm"];
@@ -144,6 +152,17 @@ pub struct Bind {
     pub resolved: PathBuf,
 }
 
+/// A mount of a file system other than a bind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileSystemMount {
+    /// Where it is mounted.
+    pub destination: PathBuf,
+    /// Its type.
+    pub typ: String,
+    /// Mounted `ro`.
+    pub read_only: bool,
+}
+
 /// What a container's create request reaches in the guest.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reach {
@@ -157,8 +176,11 @@ pub struct Reach {
     pub capabilities: BTreeSet<String>,
     /// Sysctl keys it sets.
     pub sysctls: Vec<String>,
-    /// Its other mounts: destination and file system type.
-    pub file_systems: Vec<(PathBuf, String)>,
+    /// Its other mounts.
+    pub file_systems: Vec<FileSystemMount>,
+    /// The paths its spec makes read-only or masks (`linux.readonlyPaths`,
+    /// `linux.maskedPaths`).
+    pub protected_paths: Vec<PathBuf>,
     /// Its process's environment (`NAME=VALUE`), what an exec the owner listed may have.
     pub env: Vec<String>,
     /// The device rules its cgroup will enforce.
@@ -205,6 +227,17 @@ pub enum Confinement {
     /// Device rules that let it open an attestation device.
     #[error("its device rules (linux.resources.devices) let it open {} ({}:{}), through which it could ask for attestation reports of this VM and be given the model's key; a pod that receives a sealed model cannot allow that device (remove the rule that allows it, and do not run the container privileged)", .0.name, .0.major, .0.minor)]
     AttestationDevice(GuestDevice),
+    /// A kernel file system mounted writable whose files change the whole guest.
+    #[error("the {typ} mount at {} is writable, and through it the container could change the whole guest (move itself out of its cgroup, past its device rules, say); mount it ro, as containerd does unless the container is privileged", .destination.display())]
+    WritableGuestFileSystem {
+        /// Where it is mounted.
+        destination: PathBuf,
+        /// Its type.
+        typ: String,
+    },
+    /// A proc mount whose sysctls are writable.
+    #[error("its proc mount leaves {} writable: as the guest's root it could set kernel.core_pattern, whose program the kernel runs as the guest's root outside every container; list {} in linux.readonlyPaths, as containerd does unless the container is privileged", .0.display(), .0.display())]
+    WritableSysctls(PathBuf),
     /// A sysctl of the whole guest.
     #[error("it sets the sysctl {0}, which is not namespaced and would change the whole guest; only net.*, kernel.shm*, kernel.msg*, kernel.sem, fs.mqueue.* and the host and domain names can be set")]
     GlobalSysctl(String),
@@ -229,10 +262,19 @@ impl Reach {
                 .iter()
                 .flatten()
                 .filter(|m| bind_of(m).is_none())
-                .map(|m| {
-                    let typ = m.typ().as_deref().unwrap_or("none");
-                    (m.destination().clone(), typ.to_string())
+                .map(|m| FileSystemMount {
+                    destination: m.destination().clone(),
+                    typ: m.typ().as_deref().unwrap_or("none").to_string(),
+                    read_only: m.options().iter().flatten().any(|o| o == "ro"),
                 })
+                .collect(),
+            protected_paths: spec
+                .linux()
+                .iter()
+                .flat_map(|l| [l.readonly_paths(), l.masked_paths()])
+                .flatten()
+                .flatten()
+                .map(PathBuf::from)
                 .collect(),
             env: spec
                 .process()
@@ -326,15 +368,32 @@ impl Reach {
         if let Some(key) = self.sysctls.iter().find(|k| !is_namespaced_sysctl(k)) {
             return Err(Confinement::GlobalSysctl(key.clone()));
         }
-        if let Some((destination, typ)) = self
+        if let Some(mount) = self
             .file_systems
             .iter()
-            .find(|(_, typ)| !KERNEL_FILE_SYSTEMS.contains(&typ.as_str()))
+            .find(|m| !KERNEL_FILE_SYSTEMS.contains(&m.typ.as_str()))
         {
             return Err(Confinement::FileSystem {
-                destination: destination.clone(),
-                typ: typ.clone(),
+                destination: mount.destination.clone(),
+                typ: mount.typ.clone(),
             });
+        }
+        self.check_kernel_file_systems_cannot_change_the_guest()
+    }
+
+    fn check_kernel_file_systems_cannot_change_the_guest(&self) -> Result<(), Confinement> {
+        for mount in self.file_systems.iter().filter(|m| !m.read_only) {
+            if GUEST_WIDE_FILE_SYSTEMS.contains(&mount.typ.as_str()) {
+                return Err(Confinement::WritableGuestFileSystem {
+                    destination: mount.destination.clone(),
+                    typ: mount.typ.clone(),
+                });
+            }
+            let sysctls = mount.destination.join("sys");
+            let protected = self.protected_paths.iter().any(|p| sysctls.starts_with(p));
+            if mount.typ == "proc" && !protected {
+                return Err(Confinement::WritableSysctls(sysctls));
+            }
         }
         Ok(())
     }
@@ -502,7 +561,8 @@ mod tests {
           {"destination":"/proc","type":"proc","source":"proc"},
           {"destination":"/model","type":"bind","source":"/run/veil/volumes/model","options":["rbind","ro"]},
           {"destination":"/etc/hosts","type":"bind","source":"/run/veil/shared/c1/mounts/0","options":["rbind"]}],
-        "linux":{"namespaces":[{"type":"mount"},{"type":"pid"}],"sysctl":{"net.ipv4.ip_forward":"1","kernel.shmmax":"1"}}}"#;
+        "linux":{"namespaces":[{"type":"mount"},{"type":"pid"}],"sysctl":{"net.ipv4.ip_forward":"1","kernel.shmmax":"1"},
+          "readonlyPaths":["/proc/bus","/proc/sys"]}}"#;
 
     #[test]
     fn a_container_as_the_shim_writes_it_is_confined_and_mounts_its_volume() {
@@ -786,5 +846,65 @@ mod tests {
         );
         let bad = check(r#"[{"allow":true,"access":"rwx"}]"#, &[]).expect_err("bad rule");
         assert!(matches!(bad, Confinement::DeviceRules(_)), "{bad}");
+    }
+
+    fn with_mount(mount: &str) -> String {
+        CONFINED.replace(
+            r#"{"destination":"/proc","type":"proc","source":"proc"},"#,
+            &format!(r#"{{"destination":"/proc","type":"proc","source":"proc"}},{mount},"#),
+        )
+    }
+
+    #[test]
+    fn writable_sysctls_are_refused_wherever_proc_is_mounted() {
+        let open = CONFINED.replace(
+            r#""readonlyPaths":["/proc/bus","/proc/sys"]"#,
+            r#""readonlyPaths":["/proc/bus"]"#,
+        );
+        let refused = refusal(&open, &shared_rootfs(), &[]);
+        assert_eq!(
+            refused,
+            Confinement::WritableSysctls(PathBuf::from("/proc/sys"))
+        );
+        assert!(
+            refused.to_string().contains("kernel.core_pattern"),
+            "{refused}"
+        );
+        let masked = open.replace(
+            r#""readonlyPaths":["/proc/bus"]"#,
+            r#""readonlyPaths":["/proc/bus"],"maskedPaths":["/proc/sys"]"#,
+        );
+        Reach::of(&spec(&masked), &shared_rootfs())
+            .check_sealed(&[], &[])
+            .expect("masked is as good");
+        let second_proc =
+            with_mount(r#"{"destination":"/host/proc","type":"proc","source":"proc"}"#);
+        assert_eq!(
+            refusal(&second_proc, &shared_rootfs(), &[]),
+            Confinement::WritableSysctls(PathBuf::from("/host/proc/sys"))
+        );
+        let read_only =
+            with_mount(r#"{"destination":"/p2","type":"proc","source":"proc","options":["ro"]}"#);
+        Reach::of(&spec(&read_only), &shared_rootfs())
+            .check_sealed(&[], &[])
+            .expect("a read-only proc");
+    }
+
+    #[test]
+    fn writable_sysfs_and_cgroup_mounts_are_refused() {
+        for typ in ["sysfs", "cgroup", "cgroup2"] {
+            let writable = with_mount(&format!(
+                r#"{{"destination":"/sys","type":"{typ}","source":"{typ}","options":["nosuid","rw"]}}"#
+            ));
+            let refused = refusal(&writable, &shared_rootfs(), &[]);
+            assert!(
+                matches!(&refused, Confinement::WritableGuestFileSystem { typ: t, .. } if t == typ),
+                "{typ}: {refused}"
+            );
+            let read_only = writable.replace(r#""rw""#, r#""ro""#);
+            Reach::of(&spec(&read_only), &shared_rootfs())
+                .check_sealed(&[], &[])
+                .expect(typ);
+        }
     }
 }

@@ -8,7 +8,7 @@
 //!
 //! - checks what the spec takes from the node: its command must be an approved one, it
 //!   needs a pid namespace of its own, its binds may cover only the files a pod runtime
-//!   writes (hosts, hostname, resolver, `/dev/shm`, the termination log) and memory
+//!   writes (hosts, hostname, resolver, the termination log) and memory
 //!   volumes (its other mounts are kernel file systems, as in every container next to a
 //!   model, see [`super::guard`]), and its environment no dynamic-loader variable;
 //! - copies the shared rootfs into guest memory ([`VERIFIED_DIR`]), digesting exactly what
@@ -34,13 +34,13 @@ use super::guard::{bind_of, loader_variable, PidNamespace, Reach};
 pub const VERIFIED_DIR: &str = "/run/veil/verified";
 
 /// Destinations a reader may bind from the node: files the pod runtime writes for every
-/// container, and the pod's shared memory. A bind anywhere else could lay the node's files
-/// over the verified rootfs.
-const NODE_BIND_DESTINATIONS: [&str; 5] = [
+/// container. A bind anywhere else could lay the node's files over the verified rootfs;
+/// `/dev/shm` from the node would show the node what the reader's processes share there
+/// (the shim gives a pod's shm as the memory volume `veil.shm`).
+const NODE_BIND_DESTINATIONS: [&str; 4] = [
     "/etc/hosts",
     "/etc/hostname",
     "/etc/resolv.conf",
-    "/dev/shm",
     "/dev/termination-log",
 ];
 
@@ -99,7 +99,7 @@ pub enum Unapproved {
     #[error("it does not have a pid namespace of its own ({0}); a container approved to read the model needs one (no shareProcessNamespace), or the containers sharing it could read the model through /proc/<pid>/root")]
     SharedPidNamespace(String),
     /// A bind from the node over the rootfs.
-    #[error("the mount at {} binds {} from the node; a container approved to read the model may take from the node only /etc/hosts, /etc/hostname, /etc/resolv.conf, /dev/shm and /dev/termination-log, besides memory volumes, so that nothing of the node's covers its verified rootfs", .destination.display(), .from.display())]
+    #[error("the mount at {} binds {} from the node; a container approved to read the model may take from the node only /etc/hosts, /etc/hostname, /etc/resolv.conf and /dev/termination-log, besides memory volumes (a pod's /dev/shm among them), so that nothing of the node's covers its verified rootfs and the node sees nothing it writes", .destination.display(), .from.display())]
     NodeBind {
         /// Where it is mounted.
         destination: PathBuf,
@@ -426,9 +426,16 @@ mod tests {
             check(&spec(ARGS, by_option, r#""A=b""#, r#"{"type": "pid"}"#)),
             Err(Unapproved::NodeBind { .. })
         ));
-        let resolver = r#", {"destination": "/etc/resolv.conf", "type": "bind", "source": "/run/veil/shared/c1/resolv.conf", "options": ["rbind"]}, {"destination": "/scratch", "type": "bind", "source": "/run/veil/volumes/scratch", "options": ["rbind"]}"#;
+        let resolver = r#", {"destination": "/etc/resolv.conf", "type": "bind", "source": "/run/veil/shared/c1/resolv.conf", "options": ["rbind"]}, {"destination": "/scratch", "type": "bind", "source": "/run/veil/volumes/scratch", "options": ["rbind"]}, {"destination": "/dev/shm", "type": "bind", "source": "/run/veil/volumes/veil.shm", "options": ["rbind"]}"#;
         check(&spec(ARGS, resolver, r#""A=b""#, r#"{"type": "pid"}"#))
-            .expect("resolver and a volume");
+            .expect("resolver, a volume and the pod's shm in guest memory");
+        let node_shm = r#", {"destination": "/dev/shm", "type": "bind", "source": "/run/veil/shared/c1/mounts/3", "options": ["rbind"]}"#;
+        let error = check(&spec(ARGS, node_shm, r#""A=b""#, r#"{"type": "pid"}"#))
+            .expect_err("the node's shm");
+        assert!(
+            matches!(&error, Unapproved::NodeBind { destination, .. } if destination == Path::new("/dev/shm")),
+            "{error}"
+        );
     }
 
     #[test]

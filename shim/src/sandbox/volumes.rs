@@ -10,6 +10,12 @@
 //!
 //! `io.veil.volume.<name>.size-limit` (a Kubernetes quantity such as `64Mi`) sizes the
 //! tmpfs: containerd drops emptyDir's `sizeLimit`, so it travels as an annotation.
+//!
+//! Any other bind at `/dev/shm` (the pod's shared memory, which containerd's CRI binds from a
+//! host tmpfs into each of the pod's containers) becomes the pod's memory volume
+//! [`POD_SHM_VOLUME`], as Kata keeps a pod's shm in the guest: what the pod's processes share
+//! through it (tensors handed between a server's workers, say) stays out of the host's
+//! reach, and they still share it with each other. It is as large as the host's tmpfs was.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -22,6 +28,12 @@ use crate::error::{Error, Result};
 /// Prefix of the per-volume annotations.
 pub const VOLUME_ANNOTATION_PREFIX: &str = "io.veil.volume.";
 const EMPTY_DIR_MARKER: &str = "/volumes/kubernetes.io~empty-dir/";
+/// The memory volume holding a pod's `/dev/shm`; a Kubernetes volume name has no dot, so
+/// no pod volume can take it.
+pub const POD_SHM_VOLUME: &str = "veil.shm";
+const SHM_DESTINATION: &str = "/dev/shm";
+/// containerd's size for a pod's shm, used when the host's cannot be measured.
+const DEFAULT_SHM_BYTES: u64 = 64 << 20;
 
 /// What the annotations say about one volume.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -102,6 +114,16 @@ fn is_memory_empty_dir(source: &Path) -> bool {
             .unwrap_or(false)
 }
 
+/// The size of the host tmpfs a pod's shm was bound from, or containerd's default.
+fn shm_size(source: &Path) -> u64 {
+    statfs(source)
+        .ok()
+        .filter(|s| s.filesystem_type() == TMPFS_MAGIC)
+        .map(|s| s.blocks() * s.block_size() as u64)
+        .filter(|&bytes| bytes > 0)
+        .unwrap_or(DEFAULT_SHM_BYTES)
+}
+
 /// Checks the volume annotations without changing anything, so that bad input is
 /// refused before a VM is started for it.
 pub fn validate_annotations(annotations: Option<&HashMap<String, String>>) -> Result<()> {
@@ -145,16 +167,20 @@ pub fn take_memory_volumes(spec: &mut Spec) -> Result<Vec<veil_protocol::MemoryV
             continue;
         };
         let annotation = annotated.get(&name).cloned().unwrap_or_default();
-        if !annotation.memory && !is_memory_empty_dir(&source) {
+        let (name, size_bytes) = if annotation.memory || is_memory_empty_dir(&source) {
+            (name, annotation.size_bytes.unwrap_or(0))
+        } else if mount.destination() == Path::new(SHM_DESTINATION) {
+            (POD_SHM_VOLUME.to_string(), shm_size(&source))
+        } else {
             continue;
-        }
+        };
         mount.set_source(Some(
             PathBuf::from(veil_protocol::GUEST_VOLUMES_DIR).join(&name),
         ));
         if !volumes.iter().any(|v| v.name == name) {
             volumes.push(veil_protocol::MemoryVolume {
                 name,
-                size_bytes: annotation.size_bytes.unwrap_or(0),
+                size_bytes,
                 ..Default::default()
             });
         }
@@ -254,5 +280,54 @@ mod tests {
             .map(|s| s.filesystem_type() == TMPFS_MAGIC)
             .unwrap_or(false);
         assert_eq!(is_memory_empty_dir(&source), on_tmpfs);
+    }
+
+    #[test]
+    fn the_pods_shm_becomes_a_guest_memory_volume_as_large_as_the_hosts() {
+        let cri_shm = "/run/containerd/io.containerd.grpc.v1.cri/sandboxes/0123/shm";
+        let mut spec = spec(serde_json::json!({
+            "ociVersion": "1.0.2",
+            "annotations": {"io.veil.volume.dshm.medium": "Memory"},
+            "mounts": [
+                {"destination": "/dev/shm", "type": "bind", "source": cri_shm, "options": ["rbind", "rprivate", "rw"]},
+                {"destination": "/dev/shm", "type": "bind", "source": "/var/lib/x/dshm", "options": ["rbind"]},
+                {"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["size=65536k"]}
+            ]
+        }));
+        let volumes = take_memory_volumes(&mut spec).expect("volumes");
+        let found: Vec<(&str, u64)> = volumes
+            .iter()
+            .map(|v| (v.name.as_str(), v.size_bytes))
+            .collect();
+        assert_eq!(
+            found,
+            [(POD_SHM_VOLUME, DEFAULT_SHM_BYTES), ("dshm", 0)],
+            "a source that cannot be measured gets containerd's size; an annotated volume keeps its name"
+        );
+        let sources: Vec<Option<&Path>> = spec
+            .mounts()
+            .iter()
+            .flatten()
+            .map(|m| m.source().as_deref())
+            .collect();
+        assert_eq!(
+            sources,
+            [
+                Some(Path::new("/run/veil/volumes/veil.shm")),
+                Some(Path::new("/run/veil/volumes/dshm")),
+                Some(Path::new("shm")),
+            ]
+        );
+    }
+
+    #[test]
+    fn the_shm_volume_takes_the_size_of_the_hosts_tmpfs() {
+        let host = Path::new("/dev/shm");
+        let Ok(stat) = statfs(host) else { return };
+        if stat.filesystem_type() != TMPFS_MAGIC {
+            return;
+        }
+        assert_eq!(shm_size(host), stat.blocks() * stat.block_size() as u64);
+        assert!(veil_protocol::is_valid_volume_name(POD_SHM_VOLUME));
     }
 }
