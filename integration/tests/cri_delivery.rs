@@ -192,7 +192,11 @@ fn a_cri_pod_runs_its_model_only_in_the_reader_its_owner_approved() {
 
     let pod_dir = containerd.dir().join("pods/approved");
     let volume = memory_empty_dir(&pod_dir, "model");
-    let server_config = cri::model_server_container(&volume, "127.0.0.1:8080");
+    let scratch = memory_empty_dir(&pod_dir, "scratch");
+    let mut server_config = cri::model_server_container(&volume, "127.0.0.1:8080");
+    server_config
+        .mounts
+        .push(cri::bind_mount(&scratch, "/scratch"));
     let readers = serde_json::json!([{
         "rootfs": approved,
         "args": server_config.command,
@@ -250,6 +254,33 @@ fn a_cri_pod_runs_its_model_only_in_the_reader_its_owner_approved() {
             "{error:#}"
         ),
     }
+
+    // What the reader shares with the pod's other containers: nothing it writes.
+    assert!(
+        console.lines().any(|line| line
+            .contains("an approved reader shares neither with the pod's other containers")
+            && line.contains("IPC namespace")
+            && line.contains("/dev/shm")),
+        "the reader kept the pod's IPC namespace or /dev/shm: {console}"
+    );
+    let sidecar = client
+        .create_container(
+            &pod,
+            &cri::busybox_container(
+                "sidecar",
+                &["sleep", "1000"],
+                vec![cri::bind_mount(&scratch, "/scratch")],
+            ),
+            &sandbox,
+        )
+        .expect("CreateContainer sidecar");
+    let refused = client
+        .start_container(&sidecar)
+        .expect_err("a sidecar mounting what the reader writes");
+    assert!(
+        format!("{refused:#}").contains("memory volume scratch is written by container"),
+        "{refused:#}"
+    );
 
     let leaked = owner.secrets_on_host(&containerd);
     assert!(leaked.is_empty(), "secrets on the host: {leaked:?}");

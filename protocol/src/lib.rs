@@ -33,6 +33,9 @@ pub const SHARED_FS_TAG: &str = "veilshare";
 pub const GUEST_SHARED_DIR: &str = "/run/veil/shared";
 /// Where the agent mounts memory volumes (one tmpfs per name) inside the guest.
 pub const GUEST_VOLUMES_DIR: &str = "/run/veil/volumes";
+/// The memory volume holding a pod's `/dev/shm`, which containerd's CRI binds from a tmpfs
+/// of the node's; a Kubernetes volume name has no dot, so no pod volume can take it.
+pub const POD_SHM_VOLUME: &str = "veil.shm";
 /// The block size of a reader's rootfs image and of its dm-verity hash tree
 /// ([`RootfsImage`]): the shim makes both with it, the agent's verity table reads with it.
 pub const ROOTFS_IMAGE_BLOCK_SIZE: u64 = 4096;

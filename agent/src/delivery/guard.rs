@@ -150,6 +150,8 @@ pub struct Bind {
     pub source: PathBuf,
     /// The source with symlinks resolved (lexically normalised when it does not exist).
     pub resolved: PathBuf,
+    /// Bound `ro`.
+    pub read_only: bool,
 }
 
 /// A mount of a file system other than a bind.
@@ -303,15 +305,12 @@ impl Reach {
 
     /// Names of the memory volumes its bind mounts lead to, sorted.
     pub fn volumes(&self) -> Vec<String> {
-        let base = Path::new(GUEST_VOLUMES_DIR);
-        let names: BTreeSet<String> = self
-            .binds
-            .iter()
-            .filter_map(|b| b.resolved.strip_prefix(base).ok())
-            .filter_map(|rest| rest.components().next())
-            .map(|c| c.as_os_str().to_string_lossy().into_owned())
-            .collect();
-        names.into_iter().collect()
+        volume_names(self.binds.iter())
+    }
+
+    /// Names of the memory volumes it binds writable, sorted.
+    pub fn written_volumes(&self) -> Vec<String> {
+        volume_names(self.binds.iter().filter(|b| !b.read_only))
     }
 
     /// Whether it may run in a VM that receives a sealed model; `containers` are the init
@@ -414,6 +413,17 @@ pub fn remove_pinned_rootfs_mountpoint(path: &Path) -> std::io::Result<()> {
     }
 }
 
+/// The memory volumes `binds` lead to, sorted.
+fn volume_names<'a>(binds: impl Iterator<Item = &'a Bind>) -> Vec<String> {
+    let base = Path::new(GUEST_VOLUMES_DIR);
+    let names: BTreeSet<String> = binds
+        .filter_map(|b| b.resolved.strip_prefix(base).ok())
+        .filter_map(|rest| rest.components().next())
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+        .collect();
+    names.into_iter().collect()
+}
+
 pub(crate) fn pid_ns_path(pid: i32) -> PathBuf {
     PathBuf::from(format!("/proc/{pid}/ns/pid"))
 }
@@ -448,6 +458,7 @@ pub(crate) fn bind_of(mount: &Mount) -> Option<Bind> {
     is_bind.then(|| Bind {
         destination: mount.destination().clone(),
         source: source.clone(),
+        read_only: mount.options().iter().flatten().any(|o| o == "ro"),
         resolved: if source.is_absolute() {
             resolve(source)
         } else {

@@ -11,6 +11,7 @@
 pub mod fetch;
 pub mod guard;
 pub mod reader_image;
+pub mod reader_isolation;
 pub mod readers;
 pub mod resolve;
 pub mod run;

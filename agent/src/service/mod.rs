@@ -22,6 +22,7 @@ use stream::{FdReader, FdWriter};
 
 use crate::delivery::guard::{self, pid_ns_path, PidNamespace, Reach};
 use crate::delivery::reader_image::{self, ImageError};
+use crate::delivery::reader_isolation::{self, VolumeUse};
 use crate::delivery::readers::{self, Unapproved};
 use crate::delivery::Deliveries;
 use crate::network::PodNetwork;
@@ -226,6 +227,13 @@ impl AgentService {
         if let Some(delivery) = request.model_delivery.as_ref() {
             self.start_delivery(&id, delivery)?;
         }
+        let approved_reader = !self.deliveries.pinned(&reach.volumes()).is_empty();
+        let (spec, reach) = if approved_reader {
+            isolate_reader(&id, spec, &rootfs, &request.memory_volumes)
+        } else {
+            (spec, reach)
+        };
+        self.check_volume_sharing(&id, &reach, approved_reader)?;
         let verified_rootfs = self
             .verify_reader(&id, &spec, &reach, request.rootfs_image.as_ref())
             .await?;
@@ -265,6 +273,26 @@ impl AgentService {
         locked(&self.containers).insert(id.clone(), Arc::new(container));
         tracing::info!(container = %id, pid, "container created");
         Ok(pid as u32)
+    }
+
+    /// Refuses a container that would share a memory volume with an approved reader that
+    /// writes it, one of the two not approved ([`reader_isolation`]).
+    fn check_volume_sharing(
+        &self,
+        id: &str,
+        reach: &Reach,
+        approved: bool,
+    ) -> Result<(), ServiceError> {
+        let existing: Vec<VolumeUse> = locked(&self.containers)
+            .iter()
+            .map(|(other, entry)| volume_use(other, &entry.reach, entry.own_rootfs.is_verified()))
+            .collect();
+        match reader_isolation::check_volume_sharing(&volume_use(id, reach, approved), &existing) {
+            Some(refusal) => Err(ServiceError::PermissionDenied(format!(
+                "container {id} cannot run next to a sealed model: {refusal}"
+            ))),
+            None => Ok(()),
+        }
     }
 
     /// Refuses a container that could reach a delivered model other than by mounting its
@@ -708,6 +736,35 @@ impl VerifiedRootfs {
             }
             VerifiedRootfs::Image(image) => image.release(id),
         }
+    }
+}
+
+/// An approved reader's spec with its own IPC namespace and `/dev/shm`, and what it then
+/// reaches.
+fn isolate_reader(
+    id: &str,
+    mut spec: oci_spec::runtime::Spec,
+    rootfs: &std::path::Path,
+    volumes: &[api::MemoryVolume],
+) -> (oci_spec::runtime::Spec, Reach) {
+    let shm_bytes = volumes
+        .iter()
+        .find(|v| v.name == veil_protocol::POD_SHM_VOLUME)
+        .map_or(0, |v| v.size_bytes);
+    let changed = reader_isolation::isolate(&mut spec, shm_bytes);
+    if !changed.is_empty() {
+        tracing::info!(container = %id, own = ?changed, "an approved reader shares neither with the pod's other containers");
+    }
+    let reach = Reach::of(&spec, rootfs);
+    (spec, reach)
+}
+
+fn volume_use(id: &str, reach: &Reach, approved: bool) -> VolumeUse {
+    VolumeUse {
+        id: id.to_string(),
+        approved,
+        mounts: reach.volumes(),
+        writes: reach.written_volumes(),
     }
 }
 

@@ -23,14 +23,13 @@ use std::path::{Path, PathBuf};
 use nix::sys::statfs::{statfs, TMPFS_MAGIC};
 use oci_spec::runtime::Spec;
 
+use veil_protocol::POD_SHM_VOLUME;
+
 use crate::error::{Error, Result};
 
 /// Prefix of the per-volume annotations.
 pub const VOLUME_ANNOTATION_PREFIX: &str = "io.veil.volume.";
 const EMPTY_DIR_MARKER: &str = "/volumes/kubernetes.io~empty-dir/";
-/// The memory volume holding a pod's `/dev/shm`; a Kubernetes volume name has no dot, so
-/// no pod volume can take it.
-pub const POD_SHM_VOLUME: &str = "veil.shm";
 const SHM_DESTINATION: &str = "/dev/shm";
 /// containerd's size for a pod's shm, used when the host's cannot be measured.
 const DEFAULT_SHM_BYTES: u64 = 64 << 20;
