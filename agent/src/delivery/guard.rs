@@ -37,7 +37,7 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use oci_spec::runtime::{LinuxNamespaceType, Mount, Process, Spec};
+use oci_spec::runtime::{LinuxNamespace, LinuxNamespaceType, Mount, Process, Spec};
 use veil_container::cgroups::{Access, DeviceClass, DeviceRuleError, DeviceRules};
 use veil_container::{Pin, SourcePins};
 use veil_protocol::delivery::variable_name;
@@ -174,6 +174,8 @@ pub struct Reach {
     pub binds: Vec<Bind>,
     /// Its pid namespace.
     pub pid: PidNamespace,
+    /// The IPC namespace it joins by path, if it does.
+    pub joined_ipc: Option<PathBuf>,
     /// Capabilities in any of its process's sets.
     pub capabilities: BTreeSet<String>,
     /// Sysctl keys it sets.
@@ -211,6 +213,9 @@ pub enum Confinement {
     /// Joins a pid namespace that is no container's.
     #[error("it joins the pid namespace {}, which is not /proc/<pid>/ns/pid of a container in this VM; give it a new one or join its pod's", .0.display())]
     ForeignPidNamespace(PathBuf),
+    /// Joins an IPC namespace that is no container's.
+    #[error("it joins the IPC namespace {}, which is not /proc/<pid>/ns/ipc of a container in this VM; give it a new one or join its pod's", .0.display())]
+    ForeignIpcNamespace(PathBuf),
     /// A capability that reaches beyond its namespaces.
     #[error("it asks for {0}, which can read kernel or other processes' memory; a pod that receives a sealed model cannot have it (drop it, and do not run the container privileged)")]
     ReachingCapability(String),
@@ -252,6 +257,8 @@ impl Reach {
             rootfs: resolve(rootfs),
             binds: spec.mounts().iter().flatten().filter_map(bind_of).collect(),
             pid: pid_namespace(spec),
+            joined_ipc: namespace_entry(spec, LinuxNamespaceType::Ipc)
+                .and_then(|ns| ns.path().clone()),
             capabilities: capabilities(spec),
             sysctls: spec
                 .linux()
@@ -308,6 +315,17 @@ impl Reach {
         volume_names(self.binds.iter())
     }
 
+    /// The namespace of an approved reader it joins, if any, as a refusal's subject;
+    /// `readers` are the approved readers' ids and init pids.
+    pub fn joined_reader(&self, readers: &[(String, i32)]) -> Option<String> {
+        readers.iter().find_map(|(reader, pid)| {
+            if self.pid == PidNamespace::Joined(pid_ns_path(*pid)) {
+                return Some(format!("the pid namespace of container {reader}, which the model owner approved to read the sealed model: it could read the model through /proc/<pid>/root; give it a pid namespace of its own"));
+            }
+            (self.joined_ipc == Some(ipc_ns_path(*pid))).then(|| format!("the IPC namespace of container {reader}, which the model owner approved to read the sealed model: it could attach the reader's shared memory; give it the pod's IPC namespace or one of its own"))
+        })
+    }
+
     /// Names of the memory volumes it binds writable, sorted.
     pub fn written_volumes(&self) -> Vec<String> {
         volume_names(self.binds.iter().filter(|b| !b.read_only))
@@ -345,6 +363,14 @@ impl Reach {
                 {
                     return Err(Confinement::ForeignPidNamespace(path.clone()));
                 }
+            }
+        }
+        if let Some(path) = &self.joined_ipc {
+            if !containers
+                .iter()
+                .any(|&pid| pid > 1 && *path == ipc_ns_path(pid))
+            {
+                return Err(Confinement::ForeignIpcNamespace(path.clone()));
             }
         }
         if let Some(cap) = REACHING_CAPABILITIES
@@ -424,8 +450,12 @@ fn volume_names<'a>(binds: impl Iterator<Item = &'a Bind>) -> Vec<String> {
     names.into_iter().collect()
 }
 
-pub(crate) fn pid_ns_path(pid: i32) -> PathBuf {
+fn pid_ns_path(pid: i32) -> PathBuf {
     PathBuf::from(format!("/proc/{pid}/ns/pid"))
+}
+
+fn ipc_ns_path(pid: i32) -> PathBuf {
+    PathBuf::from(format!("/proc/{pid}/ns/ipc"))
 }
 
 /// Inside the share, or inside one named volume: the volumes' parent would bind them all
@@ -473,13 +503,15 @@ fn resolve(path: &Path) -> PathBuf {
     std::fs::canonicalize(path).unwrap_or_else(|_| Path::new("/").join(clean_lexically(path)))
 }
 
-fn pid_namespace(spec: &Spec) -> PidNamespace {
-    let pid = spec
-        .linux()
+fn namespace_entry(spec: &Spec, kind: LinuxNamespaceType) -> Option<&LinuxNamespace> {
+    spec.linux()
         .as_ref()
         .and_then(|l| l.namespaces().as_ref())
-        .and_then(|ns| ns.iter().find(|n| n.typ() == LinuxNamespaceType::Pid));
-    match pid {
+        .and_then(|ns| ns.iter().find(|n| n.typ() == kind))
+}
+
+fn pid_namespace(spec: &Spec) -> PidNamespace {
+    match namespace_entry(spec, LinuxNamespaceType::Pid) {
         None => PidNamespace::Agent,
         Some(ns) => match ns.path() {
             Some(path) => PidNamespace::Joined(path.clone()),
@@ -916,6 +948,43 @@ mod tests {
             Reach::of(&spec(&read_only), &shared_rootfs())
                 .check_sealed(&[], &[])
                 .expect(typ);
+        }
+    }
+
+    #[test]
+    fn ipc_namespaces_are_joined_only_from_the_vms_containers() {
+        let joined = CONFINED.replace(
+            r#"{"type":"pid"}"#,
+            r#"{"type":"pid"},{"type":"ipc","path":"/proc/42/ns/ipc"}"#,
+        );
+        Reach::of(&spec(&joined), &shared_rootfs())
+            .check_sealed(&[42], &[])
+            .expect("the pod's sandbox container");
+        let through_a_task = joined.replace("/proc/42/ns/ipc", "/proc/42/task/42/ns/ipc");
+        assert_eq!(
+            refusal(&through_a_task, &shared_rootfs(), &[42]),
+            Confinement::ForeignIpcNamespace(PathBuf::from("/proc/42/task/42/ns/ipc"))
+        );
+    }
+
+    #[test]
+    fn joining_a_readers_pid_or_ipc_namespace_is_named() {
+        let readers = [("server".to_string(), 42)];
+        for kind in ["pid", "ipc"] {
+            let json = CONFINED.replace(
+                r#"{"type":"pid"}"#,
+                &format!(r#"{{"type":"{kind}","path":"/proc/42/ns/{kind}"}}"#),
+            );
+            let reach = Reach::of(&spec(&json), &shared_rootfs());
+            let refusal = reach.joined_reader(&readers).expect(kind);
+            assert!(
+                refusal.starts_with(&format!(
+                    "the {} namespace of container server",
+                    kind.to_uppercase().replace("PID", "pid")
+                )),
+                "{refusal}"
+            );
+            assert_eq!(reach.joined_reader(&[("server".into(), 7)]), None);
         }
     }
 }

@@ -47,25 +47,32 @@ pub fn isolate(spec: &mut Spec, shm_bytes: u64) -> Vec<&'static str> {
     changed
 }
 
-/// Replaces a joined IPC namespace (the pod's) with a new one.
+/// Replaces a joined IPC namespace (the pod's) with a new one, and gives one to a spec
+/// without any (which would share the agent's with every other such container).
 fn own_ipc_namespace(spec: &mut Spec) -> bool {
-    let Some(linux) = spec.linux_mut().as_mut() else {
-        return false;
-    };
-    let Some(namespaces) = linux.namespaces_mut().as_mut() else {
-        return false;
-    };
-    let Some(ipc) = namespaces
-        .iter_mut()
-        .find(|n| n.typ() == LinuxNamespaceType::Ipc && n.path().is_some())
-    else {
-        return false;
-    };
-    *ipc = LinuxNamespaceBuilder::default()
+    let namespaces = spec
+        .linux_mut()
+        .get_or_insert_with(Default::default)
+        .namespaces_mut()
+        .get_or_insert_with(Vec::new);
+    let new_ipc = LinuxNamespaceBuilder::default()
         .typ(LinuxNamespaceType::Ipc)
         .build()
         .expect("a namespace with a type builds");
-    true
+    match namespaces
+        .iter_mut()
+        .find(|n| n.typ() == LinuxNamespaceType::Ipc)
+    {
+        Some(ipc) if ipc.path().is_none() => false,
+        Some(ipc) => {
+            *ipc = new_ipc;
+            true
+        }
+        None => {
+            namespaces.push(new_ipc);
+            true
+        }
+    }
 }
 
 fn own_shm(spec: &mut Spec, shm_bytes: u64) -> bool {
@@ -163,6 +170,20 @@ mod tests {
             "other volumes stay"
         );
         assert!(isolate(&mut spec, 0).is_empty(), "nothing left to change");
+    }
+
+    #[test]
+    fn a_reader_without_an_ipc_namespace_gets_one() {
+        let json = serde_json::to_string(&cri_reader_spec())
+            .unwrap()
+            .replace(r#",{"type":"ipc","path":"/proc/42/ns/ipc"}"#, "");
+        assert!(!json.contains("ns/ipc"), "{json}");
+        let mut spec: Spec = serde_json::from_str(&json).unwrap();
+        assert_eq!(isolate(&mut spec, 0), vec!["IPC namespace", "/dev/shm"]);
+        let namespaces = spec.linux().as_ref().unwrap().namespaces().clone().unwrap();
+        assert!(namespaces
+            .iter()
+            .any(|n| n.typ() == LinuxNamespaceType::Ipc && n.path().is_none()));
     }
 
     #[test]

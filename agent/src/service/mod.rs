@@ -20,7 +20,7 @@ use veil_protocol::ttrpc::{self, r#async::TtrpcContext};
 pub use error::ServiceError;
 use stream::{FdReader, FdWriter};
 
-use crate::delivery::guard::{self, pid_ns_path, PidNamespace, Reach};
+use crate::delivery::guard::{self, Reach};
 use crate::delivery::reader_image::{self, ImageError};
 use crate::delivery::reader_isolation::{self, VolumeUse};
 use crate::delivery::readers::{self, Unapproved};
@@ -343,18 +343,16 @@ impl AgentService {
     /// Refuses to put a container into the pid namespace of one that reads a model whose
     /// owner approves its readers: it could read the model through `/proc/<pid>/root`.
     fn check_not_joining_a_reader(&self, id: &str, reach: &Reach) -> Result<(), ServiceError> {
-        let PidNamespace::Joined(path) = &reach.pid else {
-            return Ok(());
-        };
-        let containers = locked(&self.containers);
-        let reader = containers
+        let readers: Vec<(String, i32)> = locked(&self.containers)
             .iter()
-            .find(|(_, c)| c.own_rootfs.is_verified() && *path == pid_ns_path(c.init.pid));
-        match reader {
-            None => Ok(()),
-            Some((reader, _)) => Err(ServiceError::PermissionDenied(format!(
-                "container {id} cannot join the pid namespace of container {reader}, which the model owner approved to read the sealed model: it could read the model through /proc/<pid>/root; give it a pid namespace of its own"
+            .filter(|(_, c)| c.own_rootfs.is_verified())
+            .map(|(reader, c)| (reader.clone(), c.init.pid))
+            .collect();
+        match reach.joined_reader(&readers) {
+            Some(refusal) => Err(ServiceError::PermissionDenied(format!(
+                "container {id} cannot join {refusal}"
             ))),
+            None => Ok(()),
         }
     }
 
