@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use k8s_cri::v1::{ContainerConfig, PodSandboxConfig};
 use veil_integration::cri::{self, CriClient, VEIL_HANDLER};
 use veil_integration::owner::ModelOwner;
 use veil_integration::{eventually, Containerd, Options};
@@ -56,6 +57,23 @@ fn memory_empty_dir(pod_dir: &Path, name: &str) -> PathBuf {
         .expect("run mount");
     assert!(status.success(), "mount a tmpfs on {}", dir.display());
     dir
+}
+
+/// Creates `config` in the pod and checks that the agent refuses to start it, saying
+/// `why`.
+fn expect_refused_start(
+    client: &mut CriClient,
+    (pod, sandbox): (&str, &PodSandboxConfig),
+    config: &ContainerConfig,
+    why: &str,
+) {
+    let id = client
+        .create_container(pod, config, sandbox)
+        .expect("CreateContainer");
+    let refused = client
+        .start_container(&id)
+        .expect_err("a container the agent must refuse");
+    assert!(format!("{refused:#}").contains(why), "{refused:#}");
 }
 
 #[test]
@@ -155,15 +173,11 @@ fn a_cri_pod_gets_its_sealed_model_in_guest_ram_and_serves_it() {
         context.masked_paths.clear();
         context.readonly_paths.clear();
     }
-    let unmasked = client
-        .create_container(&pod, &unmasked, &sandbox)
-        .expect("CreateContainer unmasked");
-    let refused = client
-        .start_container(&unmasked)
-        .expect_err("a container with a writable /proc/sys next to the model");
-    assert!(
-        format!("{refused:#}").contains("its proc mount leaves /proc/sys writable"),
-        "{refused:#}"
+    expect_refused_start(
+        &mut client,
+        (&pod, &sandbox),
+        &unmasked,
+        "its proc mount leaves /proc/sys writable",
     );
 
     client.stop_pod_sandbox(&pod).expect("StopPodSandbox");
@@ -258,28 +272,21 @@ fn a_cri_pod_runs_its_model_only_in_the_reader_its_owner_approved() {
     // What the reader shares with the pod's other containers: nothing it writes.
     assert!(
         console.lines().any(|line| line
-            .contains("an approved reader shares neither with the pod's other containers")
+            .contains("an approved reader gets its own instead of the pod's")
             && line.contains("IPC namespace")
             && line.contains("/dev/shm")),
         "the reader kept the pod's IPC namespace or /dev/shm: {console}"
     );
-    let sidecar = client
-        .create_container(
-            &pod,
-            &cri::busybox_container(
-                "sidecar",
-                &["sleep", "1000"],
-                vec![cri::bind_mount(&scratch, "/scratch")],
-            ),
-            &sandbox,
-        )
-        .expect("CreateContainer sidecar");
-    let refused = client
-        .start_container(&sidecar)
-        .expect_err("a sidecar mounting what the reader writes");
-    assert!(
-        format!("{refused:#}").contains("memory volume scratch is written by container"),
-        "{refused:#}"
+    let sidecar = cri::busybox_container(
+        "sidecar",
+        &["sleep", "1000"],
+        vec![cri::bind_mount(&scratch, "/scratch")],
+    );
+    expect_refused_start(
+        &mut client,
+        (&pod, &sandbox),
+        &sidecar,
+        "memory volume scratch is written by container",
     );
 
     let leaked = owner.secrets_on_host(&containerd);

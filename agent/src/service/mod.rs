@@ -340,8 +340,9 @@ impl AgentService {
         Ok(())
     }
 
-    /// Refuses to put a container into the pid namespace of one that reads a model whose
-    /// owner approves its readers: it could read the model through `/proc/<pid>/root`.
+    /// Refuses to put a container into the pid or IPC namespace of one that reads a model
+    /// whose owner approves its readers: it could read the model through `/proc/<pid>/root`
+    /// or attach the reader's shared memory.
     fn check_not_joining_a_reader(&self, id: &str, reach: &Reach) -> Result<(), ServiceError> {
         let readers: Vec<(String, i32)> = locked(&self.containers)
             .iter()
@@ -751,7 +752,7 @@ fn isolate_reader(
         .map_or(0, |v| v.size_bytes);
     let changed = reader_isolation::isolate(&mut spec, shm_bytes);
     if !changed.is_empty() {
-        tracing::info!(container = %id, own = ?changed, "an approved reader shares neither with the pod's other containers");
+        tracing::info!(container = %id, own = ?changed, "an approved reader gets its own instead of the pod's");
     }
     let reach = Reach::of(&spec, rootfs);
     (spec, reach)
