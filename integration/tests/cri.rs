@@ -374,6 +374,46 @@ fn the_same_pod_runs_with_runc_on_the_host_kernel() {
     );
 }
 
+/// `seccompProfile: RuntimeDefault`: containerd writes its default profile into the spec,
+/// and the agent holds the container to it as runc does on the host. The profile lets
+/// `unshare(CLONE_NEWUSER)` through only with CAP_SYS_ADMIN, which the container lacks.
+#[test]
+fn a_runtime_default_seccomp_profile_holds_veil_containers_as_runc_ones() {
+    let mut cluster = cluster();
+    for handler in [VEIL_HANDLER, RUNC_HANDLER] {
+        let name = format!("seccomp-{handler}");
+        let dir = cluster.pod_dir(&name);
+        let config = cri::host_network_pod(&name, &dir, HashMap::new());
+        let pod = cluster.run_pod(&config, handler);
+        let mut container = cri::busybox_container("confined", &["sleep", "1000"], Vec::new());
+        if let Some(context) = container
+            .linux
+            .as_mut()
+            .and_then(|l| l.security_context.as_mut())
+        {
+            context.seccomp = Some(k8s_cri::v1::SecurityProfile::default());
+        }
+        let confined = cluster.start(&pod, &config, &container);
+        let out = cluster.exec(
+            &confined,
+            &[
+                "sh",
+                "-c",
+                "grep Seccomp: /proc/self/status; unshare -U true 2>/dev/null && echo unshared || echo refused",
+            ],
+        );
+        assert_eq!(out.stdout, "Seccomp:\t2\nrefused\n", "{handler}: {out:?}");
+        let unconfined = cluster.start(
+            &pod,
+            &config,
+            &cri::busybox_container("unconfined", &["sleep", "1000"], Vec::new()),
+        );
+        let out = cluster.exec(&unconfined, &["grep", "Seccomp:", "/proc/self/status"]);
+        assert_eq!(out.stdout, "Seccomp:\t0\n", "{handler}: {out:?}");
+        cluster.tear_down(&pod);
+    }
+}
+
 /// Once the agent had relayed a running container's output, its async runtime stalled:
 /// the output pipes were blocking and the relay's next read blocked the guest's only
 /// worker thread, so every later reply (here an ExecSync) never came.

@@ -214,6 +214,7 @@ impl ContainerBuilder {
         let mut container =
             Container::new(self.id, self.rootfs, launched, io, options, mount_namespace);
         container.cgroup = self.cgroup;
+        container.seccomp = self.spec.linux().as_ref().and_then(|l| l.seccomp().clone());
         Ok(container)
     }
 }

@@ -59,6 +59,8 @@ pub struct Container {
     pub(crate) mount_namespace: NamespaceId,
     /// The cgroup its processes run in, when the caller gave one.
     pub(crate) cgroup: Option<Cgroup>,
+    /// Its seccomp profile, for the processes exec'd into it.
+    pub(crate) seccomp: Option<oci_spec::runtime::LinuxSeccomp>,
 }
 
 impl Container {
@@ -81,6 +83,7 @@ impl Container {
             options,
             mount_namespace,
             cgroup: None,
+            seccomp: None,
         }
     }
 

@@ -89,6 +89,7 @@ impl Container {
             process: process.clone(),
             terminal: stdio == StdioConfig::Terminal,
             cgroup: self.cgroup.as_ref().map(|c| c.path().to_path_buf()),
+            seccomp: self.seccomp.clone(),
         }));
         let launched = launch(&request, child_stdio, false, &self.options).map_err(|source| {
             ExecError::Spawn {

@@ -15,6 +15,7 @@ use oci_spec::runtime::{PosixRlimitType, Process};
 
 use crate::capabilities::CapabilitySets;
 use crate::failure::{InitFailure, StepContext};
+use crate::seccomp::SeccompFilter;
 
 /// The PATH used for the lookup when the process env has none (runc's default).
 pub(crate) const DEFAULT_PATH: &str =
@@ -26,6 +27,9 @@ pub(crate) struct ExecTarget {
     pub path: CString,
     pub args: Vec<CString>,
     pub env: Vec<CString>,
+    /// A seccomp filter to install just before execve (with no_new_privileges; without,
+    /// it was installed before the capabilities were dropped).
+    pub seccomp: Option<SeccompFilter>,
 }
 
 nix::ioctl_write_int_bad!(set_controlling_terminal, libc::TIOCSCTTY);
@@ -43,7 +47,13 @@ pub(crate) struct SessionSetup {
 pub(crate) fn prepare_process(
     process: &Process,
     session: SessionSetup,
+    seccomp: Option<&oci_spec::runtime::LinuxSeccomp>,
 ) -> Result<ExecTarget, InitFailure> {
+    let filter = seccomp
+        .map(crate::seccomp::compile)
+        .transpose()
+        .map_err(|e| InitFailure::new("compile the seccomp profile", e.to_string()))?;
+    let no_new_privileges = process.no_new_privileges().unwrap_or(false);
     reset_signals()?;
     setup_session(session)?;
     if let Some(score) = process.oom_score_adj() {
@@ -51,6 +61,11 @@ pub(crate) fn prepare_process(
             .step(|| format!("set oom_score_adj to {score} (is /proc mounted?)"))?;
     }
     apply_rlimits(process)?;
+    // Without no_new_privileges installing a filter needs CAP_SYS_ADMIN, which is about to
+    // go: as runc does, install it now, so the profile must allow what follows.
+    if let Some(filter) = filter.as_ref().filter(|_| !no_new_privileges) {
+        crate::seccomp::install(filter).step(|| "install the seccomp filter".into())?;
+    }
     let caps = CapabilitySets::from_spec(process.capabilities().as_ref());
     caps.apply_bounding()?;
     switch_user(process)?;
@@ -60,10 +75,12 @@ pub(crate) fn prepare_process(
     }
     let cwd = process.cwd();
     nix::unistd::chdir(cwd).step(|| format!("enter the working directory {}", cwd.display()))?;
-    if process.no_new_privileges().unwrap_or(false) {
+    if no_new_privileges {
         nix::sys::prctl::set_no_new_privs().step(|| "set no_new_privileges".into())?;
     }
-    exec_target(process)
+    let mut target = exec_target(process)?;
+    target.seccomp = filter.filter(|_| no_new_privileges);
+    Ok(target)
 }
 
 /// The kernel's `struct sigaction` for rt_sigaction(2) on x86_64.
@@ -200,6 +217,7 @@ pub(crate) fn exec_target(process: &Process) -> Result<ExecTarget, InitFailure> 
             .iter()
             .map(|e| c_string(e.as_bytes(), "process.env"))
             .collect::<Result<_, _>>()?,
+        seccomp: None,
     })
 }
 

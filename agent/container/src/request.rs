@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use oci_spec::runtime::{Process, Spec};
+use oci_spec::runtime::{LinuxSeccomp, Process, Spec};
 use serde::{Deserialize, Serialize};
 
 use crate::namespaces::NamespacePlan;
@@ -54,6 +54,9 @@ pub(crate) struct ExecRequest {
     /// The container's cgroup directory, joined like at create.
     #[serde(default)]
     pub cgroup: Option<PathBuf>,
+    /// The container's seccomp profile, which holds its exec'd processes too (as runc's).
+    #[serde(default)]
+    pub seccomp: Option<LinuxSeccomp>,
 }
 
 #[cfg(test)]

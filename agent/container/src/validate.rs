@@ -37,6 +37,9 @@ pub enum ValidateError {
         "the spec sets hostname {0:?} but has no new uts namespace; add {{\"type\": \"uts\"}}"
     )]
     HostnameWithoutUts(String),
+    /// The seccomp profile cannot be enforced as written.
+    #[error(transparent)]
+    Seccomp(#[from] crate::seccomp::SeccompError),
     /// `linux.rootfsPropagation` has an unknown value.
     #[error("linux.rootfsPropagation {0:?} is not one of private, rprivate, slave, rslave, shared, rshared, unbindable, runbindable")]
     RootfsPropagation(String),
@@ -90,6 +93,9 @@ pub(crate) fn validate_create(rootfs: &Path, spec: &Spec) -> Result<NamespacePla
     }
     rootfs_propagation(linux.rootfs_propagation().as_deref())
         .map_err(ValidateError::RootfsPropagation)?;
+    if let Some(profile) = linux.seccomp() {
+        crate::seccomp::compile(profile)?;
+    }
     Ok(plan)
 }
 
@@ -101,9 +107,6 @@ pub(crate) fn ignored_fields(spec: &Spec) -> Vec<&'static str> {
         ignored.push("hooks");
     }
     if let Some(linux) = spec.linux() {
-        if linux.seccomp().is_some() {
-            ignored.push("linux.seccomp");
-        }
         if linux.resources().as_ref().is_some_and(|r| {
             r.memory().is_some()
                 || r.cpu().is_some()
@@ -171,14 +174,27 @@ mod tests {
     }
 
     #[test]
-    fn seccomp_and_hooks_are_reported_as_ignored() {
+    fn hooks_are_reported_as_ignored_and_seccomp_is_applied() {
         let mut spec = spec_with(&[LinuxNamespaceType::Mount]);
         assert!(ignored_fields(&spec).is_empty());
         let mut linux = spec.linux().clone().unwrap();
         linux.set_seccomp(Some(Default::default()));
         spec.set_linux(Some(linux));
         spec.set_hooks(Some(Default::default()));
-        assert_eq!(ignored_fields(&spec), vec!["hooks", "linux.seccomp"]);
+        assert_eq!(ignored_fields(&spec), vec!["hooks"]);
+    }
+
+    #[test]
+    fn a_seccomp_profile_the_guest_cannot_enforce_is_refused_at_create() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spec = spec_with(&[LinuxNamespaceType::Mount, LinuxNamespaceType::Uts]);
+        let mut linux = spec.linux().clone().unwrap();
+        linux.set_seccomp(Some(
+            serde_json::from_str(r#"{"defaultAction":"SCMP_ACT_NOTIFY"}"#).unwrap(),
+        ));
+        spec.set_linux(Some(linux));
+        let error = validate_create(dir.path(), &spec).expect_err("notify");
+        assert!(matches!(error, ValidateError::Seccomp(_)), "{error}");
     }
 
     #[test]

@@ -115,6 +115,7 @@ fn setup_container(request: &CreateRequest) -> Result<ExecTarget, InitFailure> {
             new_session: true,
             terminal: request.terminal,
         },
+        linux.seccomp().as_ref(),
     )?;
     close_other_fds_on_exec()?;
     Ok(target)

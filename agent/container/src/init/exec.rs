@@ -80,6 +80,7 @@ fn exec_setup(request: &ExecRequest, root: OwnedFd) -> Result<ExecTarget, InitFa
             new_session: false,
             terminal: request.terminal,
         },
+        request.seccomp.as_ref(),
     )?;
     close_other_fds_on_exec()?;
     Ok(target)

@@ -155,6 +155,13 @@ fn exec(sync: BorrowedFd<'_>, target: &ExecTarget) -> i32 {
         let failure = InitFailure::from_errno("restore address-space randomization", errno);
         return report_failure(sync, failure);
     }
+    // Last, so that the profile need allow only execve itself.
+    if let Some(filter) = &target.seccomp {
+        if let Err(errno) = crate::seccomp::install(filter) {
+            let failure = InitFailure::from_errno("install the seccomp filter", errno);
+            return report_failure(sync, failure);
+        }
+    }
     let Err(errno) = nix::unistd::execve(&target.path, &target.args, &target.env);
     let failure = InitFailure::from_errno(format!("exec {}", target.path.to_string_lossy()), errno);
     report_failure(sync, failure);

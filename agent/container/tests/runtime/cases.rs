@@ -57,6 +57,7 @@ pub const CASES: &[(&str, Case)] = cases![
     containerd_shaped_spec_runs,
     a_new_network_namespace_has_loopback_up,
     device_rules_hold_the_container_to_its_devices,
+    seccomp_profile_holds_the_process_with_and_without_no_new_privileges,
     threaded_helper_is_refused,
 ];
 
@@ -877,4 +878,33 @@ fn cgroup2_mount() -> Result<Option<std::path::PathBuf>, String> {
         let fields: Vec<&str> = line.split_whitespace().collect();
         (fields.get(2) == Some(&"cgroup2")).then(|| std::path::PathBuf::from(fields[1]))
     }))
+}
+
+/// A profile denying mkdir with EACCES, under both ways of installing it: just before exec
+/// (no_new_privileges) and before the capabilities go (without).
+fn seccomp_profile_holds_the_process_with_and_without_no_new_privileges() -> Result<(), String> {
+    for no_new_privileges in [true, false] {
+        let mut s = spec(&[
+            "sh",
+            "-c",
+            "grep Seccomp: /proc/self/status; mkdir /tmp/denied 2>&1; echo done",
+        ]);
+        let mut process = s.process().clone().ok_or("no process")?;
+        process.set_no_new_privileges(Some(no_new_privileges));
+        s.set_process(Some(process));
+        let profile: oci_spec::runtime::LinuxSeccomp = serde_json::from_str(
+            r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["mkdir","mkdirat"],"action":"SCMP_ACT_ERRNO","errnoRet":13}]}"#,
+        )
+        .map_err(|e| e.to_string())?;
+        let mut linux = s.linux().clone().unwrap_or_default();
+        linux.set_seccomp(Some(profile));
+        s.set_linux(Some(linux));
+        let (out, err) = output_of(s, 0)?;
+        let what = format!("no_new_privileges {no_new_privileges}");
+        expect_contains(&what, &out, "Seccomp:\t2\n")?;
+        expect_contains(&what, &out, "Permission denied")
+            .map_err(|e| format!("{e}; stderr: {err}"))?;
+        expect_contains(&what, &out, "done\n")?;
+    }
+    Ok(())
 }
