@@ -244,34 +244,46 @@ fn condition(out: &mut Emitter, arg: &LinuxSeccompArg, fail: usize) -> Result<()
                 out.jump(JMP_JEQ_K, wanted, None, Some(fail));
             }
         }
-        LinuxSeccompOperator::ScmpCmpGt | LinuxSeccompOperator::ScmpCmpGe => {
-            let low_test = if arg.op() == LinuxSeccompOperator::ScmpCmpGt {
-                JMP_JGT_K
-            } else {
-                JMP_JGE_K
-            };
-            out.load(high);
-            out.jump(JMP_JGT_K, v_high, Some(pass), None);
-            out.jump(JMP_JEQ_K, v_high, None, Some(fail));
-            out.load(low);
-            out.jump(low_test, v_low, None, Some(fail));
+        LinuxSeccompOperator::ScmpCmpGt => {
+            ordered(out, (high, low), value, true, JMP_JGT_K, (fail, pass))
         }
-        LinuxSeccompOperator::ScmpCmpLt | LinuxSeccompOperator::ScmpCmpLe => {
-            // Less than is "not greater or equal"; less or equal is "not greater".
-            let low_test = if arg.op() == LinuxSeccompOperator::ScmpCmpLt {
-                JMP_JGE_K
-            } else {
-                JMP_JGT_K
-            };
-            out.load(high);
-            out.jump(JMP_JGT_K, v_high, Some(fail), None);
-            out.jump(JMP_JEQ_K, v_high, None, Some(pass));
-            out.load(low);
-            out.jump(low_test, v_low, Some(fail), None);
+        LinuxSeccompOperator::ScmpCmpGe => {
+            ordered(out, (high, low), value, true, JMP_JGE_K, (fail, pass))
+        }
+        // Less than is "not greater or equal"; less or equal is "not greater".
+        LinuxSeccompOperator::ScmpCmpLt => {
+            ordered(out, (high, low), value, false, JMP_JGE_K, (fail, pass))
+        }
+        LinuxSeccompOperator::ScmpCmpLe => {
+            ordered(out, (high, low), value, false, JMP_JGT_K, (fail, pass))
         }
     }
     out.bind(pass);
     Ok(())
+}
+
+/// An ordered comparison of a 64-bit argument: the high halves decide unless equal, then
+/// `low_test` on the low halves. `above` says whether the argument must be the greater
+/// (GT, GE) or not (LT, LE, whose `low_test` is the one that fails them).
+fn ordered(
+    out: &mut Emitter,
+    (high, low): (u32, u32),
+    value: u64,
+    above: bool,
+    low_test: u16,
+    (fail, pass): (usize, usize),
+) {
+    let (v_high, v_low) = ((value >> 32) as u32, value as u32);
+    let (when_higher, when_lower) = if above { (pass, fail) } else { (fail, pass) };
+    out.load(high);
+    out.jump(JMP_JGT_K, v_high, Some(when_higher), None);
+    out.jump(JMP_JEQ_K, v_high, None, Some(when_lower));
+    out.load(low);
+    if above {
+        out.jump(low_test, v_low, None, Some(fail));
+    } else {
+        out.jump(low_test, v_low, Some(fail), None);
+    }
 }
 
 /// What the filter returns for `action`; `errno` defaults to EPERM, as runc's does.
