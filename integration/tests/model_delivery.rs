@@ -352,6 +352,20 @@ fn only_approved_readers_over(shared_fs: Option<&str>, how: ReaderRootfs) {
         &[&changed, "did not approve"],
     );
 
+    // The readers refused above that ran the approved image reused the server's image:
+    // the node made one image of the snapshot for the pod.
+    if how == ReaderRootfs::Image {
+        let log = containerd.log();
+        assert!(
+            log.contains("rootfs image of the same snapshot reused"),
+            "every reader of the same image got a new image:\n{}",
+            log.lines()
+                .filter(|l| l.contains("rootfs image"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
+
     // The server still serves, and nothing secret reached the host.
     containerd
         .model_server_answer(id, INPUT)

@@ -42,6 +42,13 @@ struct ContainerState {
     execs: Mutex<HashMap<String, Arc<ProcessState>>>,
 }
 
+/// A container's rootfs on the node: where it is mounted, and the snapshot it was mounted
+/// from when an image of it may be reused ([`rootfs_image::snapshot_key`]).
+struct HostRootfs<'a> {
+    path: &'a std::path::Path,
+    snapshot: Option<String>,
+}
+
 impl ContainerState {
     fn processes(&self) -> Vec<Arc<ProcessState>> {
         let mut all = vec![self.init.clone()];
@@ -246,7 +253,10 @@ impl TaskService {
                 &sandbox,
                 &request.id,
                 spec,
-                &host_rootfs,
+                HostRootfs {
+                    path: &host_rootfs,
+                    snapshot: rootfs_image::snapshot_key(&request.rootfs),
+                },
                 &stdio,
                 model_delivery,
             )
@@ -285,11 +295,11 @@ impl TaskService {
         sandbox: &Sandbox,
         id: &str,
         mut spec: Spec,
-        host_rootfs: &std::path::Path,
+        host_rootfs: HostRootfs<'_>,
         stdio: &StdioPaths,
         mut model_delivery: Option<veil_protocol::ModelDelivery>,
     ) -> Result<u32> {
-        let guest_rootfs = storage::share_rootfs(&sandbox.shared_dir, id, host_rootfs)?;
+        let guest_rootfs = storage::share_rootfs(&sandbox.shared_dir, id, host_rootfs.path)?;
         storage::adapt_spec_for_guest(&mut spec, &self.container_pids());
         let mut memory_volumes = volumes::take_memory_volumes(&mut spec)?;
         if let Some(declaration) = model_delivery.as_mut() {
@@ -308,7 +318,7 @@ impl TaskService {
         }
         storage::share_bind_mounts(&sandbox.shared_dir, id, &mut spec)?;
         let rootfs_image = self
-            .offer_rootfs_image(sandbox, id, &spec, host_rootfs, model_delivery.as_ref())
+            .offer_rootfs_image(sandbox, id, &spec, &host_rootfs, model_delivery.as_ref())
             .await?;
         let spec_json = serde_json::to_vec(&spec)
             .map_err(|e| Error::InvalidArgument(format!("serialize the OCI spec of {id}: {e}")))?;
@@ -334,7 +344,7 @@ impl TaskService {
         sandbox: &Sandbox,
         id: &str,
         spec: &Spec,
-        host_rootfs: &std::path::Path,
+        host_rootfs: &HostRootfs<'_>,
         delivery: Option<&veil_protocol::ModelDelivery>,
     ) -> Result<Option<veil_protocol::RootfsImage>> {
         if sandbox.reader_rootfs != ReaderRootfs::Image
@@ -344,13 +354,28 @@ impl TaskService {
         }
         let started = std::time::Instant::now();
         let share = storage::container_share(&sandbox.shared_dir, id);
-        let image = rootfs_image::build(host_rootfs, &share, id).await?;
+        let cache = sandbox.state_dir.join(rootfs_image::IMAGE_CACHE_DIR);
+        let (image, reused) = rootfs_image::build_or_reuse(
+            host_rootfs.path,
+            &share,
+            id,
+            host_rootfs
+                .snapshot
+                .as_deref()
+                .map(|key| (cache.as_path(), key)),
+        )
+        .await?;
         tracing::info!(
             container = %id,
             blocks = image.data_blocks,
             root_hash = %image.root_hash,
             elapsed_ms = started.elapsed().as_millis() as u64,
-            "rootfs image made for the guest to verify in place"
+            "{}",
+            if reused {
+                "rootfs image of the same snapshot reused for the guest to verify in place"
+            } else {
+                "rootfs image made for the guest to verify in place"
+            }
         );
         Ok(Some(image))
     }
