@@ -328,18 +328,26 @@ mod tests {
         assert!(!is_reader_candidate(&reader, None));
     }
 
-    /// Needs mkfs.erofs and veritysetup (installed by `make setup`); skipped without them.
-    #[tokio::test]
-    async fn a_built_image_has_whole_blocks_and_a_tree_that_veritysetup_verifies() {
+    /// A one-file rootfs in a temporary directory, where mkfs.erofs and veritysetup are
+    /// installed (`make setup` installs them); `None`, saying so, where they are not.
+    fn small_rootfs_and_tools() -> Option<(tempfile::TempDir, std::path::PathBuf)> {
         let tools = ["mkfs.erofs", "veritysetup"];
         if tools.iter().any(|t| which(t).is_none()) {
             eprintln!("skipped: needs {tools:?}");
-            return;
+            return None;
         }
         let dir = tempfile::tempdir().unwrap();
         let rootfs = dir.path().join("rootfs");
         std::fs::create_dir_all(rootfs.join("bin")).unwrap();
         std::fs::write(rootfs.join("bin/server"), vec![7u8; 100_000]).unwrap();
+        Some((dir, rootfs))
+    }
+
+    #[tokio::test]
+    async fn a_built_image_has_whole_blocks_and_a_tree_that_veritysetup_verifies() {
+        let Some((dir, rootfs)) = small_rootfs_and_tools() else {
+            return;
+        };
         let share = dir.path().join("share");
         std::fs::create_dir(&share).unwrap();
         let offered = build(&rootfs, &share, "c1").await.expect("build");
@@ -422,16 +430,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_second_container_of_the_same_snapshot_gets_links_to_the_first_image() {
-        let tools = ["mkfs.erofs", "veritysetup"];
-        if tools.iter().any(|t| which(t).is_none()) {
-            eprintln!("skipped: needs {tools:?}");
-            return;
-        }
         use std::os::unix::fs::MetadataExt;
-        let dir = tempfile::tempdir().unwrap();
-        let rootfs = dir.path().join("rootfs");
-        std::fs::create_dir_all(rootfs.join("bin")).unwrap();
-        std::fs::write(rootfs.join("bin/server"), vec![7u8; 100_000]).unwrap();
+        let Some((dir, rootfs)) = small_rootfs_and_tools() else {
+            return;
+        };
         let cache = dir.path().join(IMAGE_CACHE_DIR);
         std::fs::create_dir(&cache).unwrap();
         let mut offered = Vec::new();
