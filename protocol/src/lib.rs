@@ -16,10 +16,12 @@ mod generated {
 }
 
 pub mod delivery;
+mod path_error;
 pub mod rootfs;
 
 pub use generated::agent::*;
 pub use generated::agent_ttrpc::{create_agent_service, AgentService, AgentServiceClient};
+pub use path_error::PathError;
 pub use protobuf;
 pub use ttrpc;
 

@@ -22,6 +22,8 @@ use std::path::{Component, Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
+use crate::PathError;
+
 /// The `sha256:` prefix of a written digest.
 pub const DIGEST_PREFIX: &str = "sha256:";
 
@@ -37,24 +39,8 @@ pub enum TreeError {
         kind: &'static str,
     },
     /// A read, write or metadata call failed.
-    #[error("{what} {}: {source}", .path.display())]
-    Io {
-        /// What was being done.
-        what: &'static str,
-        /// The path.
-        path: PathBuf,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
-}
-
-fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> TreeError + 'a {
-    move |source| TreeError::Io {
-        what,
-        path: path.to_path_buf(),
-        source,
-    }
+    #[error(transparent)]
+    Io(#[from] PathError),
 }
 
 /// Writes a digest as `sha256:<hex>`.
@@ -102,7 +88,7 @@ fn walk(
     destination: Option<&Path>,
     progress: &mut dyn FnMut(u64),
 ) -> Result<[u8; 32], TreeError> {
-    let meta = std::fs::symlink_metadata(root).map_err(io("read", root))?;
+    let meta = std::fs::symlink_metadata(root).map_err(PathError::at("read", root))?;
     if !meta.is_dir() {
         return Err(TreeError::Unsupported {
             path: root.to_path_buf(),
@@ -115,7 +101,7 @@ fn walk(
         progress,
     };
     if let Some(destination) = destination {
-        std::fs::create_dir(destination).map_err(io("create", destination))?;
+        std::fs::create_dir(destination).map_err(PathError::at("create", destination))?;
         copy_attributes(destination, &meta, false)?;
     }
     record_entry(
@@ -135,29 +121,31 @@ fn visit(
 ) -> Result<(), TreeError> {
     let dir = root.join(relative);
     let mut names: Vec<std::ffi::OsString> = std::fs::read_dir(&dir)
-        .map_err(io("list", &dir))?
+        .map_err(PathError::at("list", &dir))?
         .map(|entry| entry.map(|e| e.file_name()))
         .collect::<Result<_, _>>()
-        .map_err(io("list", &dir))?;
+        .map_err(PathError::at("list", &dir))?;
     names.sort_by(|a, b| a.as_encoded_bytes().cmp(b.as_encoded_bytes()));
     for name in names {
         let child = relative.join(&name);
         let source = root.join(&child);
         let target = destination.map(|d| d.join(&child));
-        let meta = std::fs::symlink_metadata(&source).map_err(io("read", &source))?;
+        let meta = std::fs::symlink_metadata(&source).map_err(PathError::at("read", &source))?;
         let kind = meta.file_type();
         if kind.is_dir() {
             if let Some(target) = &target {
-                std::fs::create_dir(target).map_err(io("create", target))?;
+                std::fs::create_dir(target).map_err(PathError::at("create", target))?;
                 copy_attributes(target, &meta, false)?;
             }
             let directory = TreeEntry::Directory { mode: mode(&meta) };
             record_entry(&mut walker.hasher, &child, &directory);
             visit(root, &child, destination, walker)?;
         } else if kind.is_symlink() {
-            let link = std::fs::read_link(&source).map_err(io("read the link", &source))?;
+            let link =
+                std::fs::read_link(&source).map_err(PathError::at("read the link", &source))?;
             if let Some(target) = &target {
-                std::os::unix::fs::symlink(&link, target).map_err(io("create", target))?;
+                std::os::unix::fs::symlink(&link, target)
+                    .map_err(PathError::at("create", target))?;
                 copy_attributes(target, &meta, true)?;
             }
             record_entry(
@@ -197,8 +185,8 @@ fn copy_file(
         .read(true)
         .custom_flags(libc::O_NOFOLLOW)
         .open(source)
-        .map_err(io("open", source))?;
-    let meta = file.metadata().map_err(io("read", source))?;
+        .map_err(PathError::at("open", source))?;
+    let meta = file.metadata().map_err(PathError::at("read", source))?;
     if !meta.is_file() {
         return Err(TreeError::Unsupported {
             path: source.to_path_buf(),
@@ -211,7 +199,7 @@ fn copy_file(
                 .write(true)
                 .create_new(true)
                 .open(target)
-                .map_err(io("create", target))?,
+                .map_err(PathError::at("create", target))?,
         ),
         None => None,
     };
@@ -219,7 +207,9 @@ fn copy_file(
     let mut size = 0u64;
     let mut buffer = vec![0u8; 1 << 20];
     loop {
-        let n = file.read(&mut buffer).map_err(io("read", source))?;
+        let n = file
+            .read(&mut buffer)
+            .map_err(PathError::at("read", source))?;
         if n == 0 {
             break;
         }
@@ -227,7 +217,8 @@ fn copy_file(
         size += n as u64;
         on_read(n as u64);
         if let (Some(out), Some(target)) = (out.as_mut(), target) {
-            out.write_all(&buffer[..n]).map_err(io("write", target))?;
+            out.write_all(&buffer[..n])
+                .map_err(PathError::at("write", target))?;
         }
     }
     if let Some(target) = target {
@@ -247,7 +238,7 @@ fn copy_attributes(target: &Path, meta: &Metadata, is_symlink: bool) -> Result<(
     let _ = std::os::unix::fs::lchown(target, Some(meta.uid()), Some(meta.gid()));
     if !is_symlink {
         std::fs::set_permissions(target, std::fs::Permissions::from_mode(mode(meta)))
-            .map_err(io("set the mode of", target))?;
+            .map_err(PathError::at("set the mode of", target))?;
     }
     Ok(())
 }

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use sha2::{Digest, Sha256};
 use veil_protocol::rootfs::{digest_tree, TreeError};
-use veil_protocol::{RootfsImage, GUEST_SHARED_DIR};
+use veil_protocol::{PathError, RootfsImage, GUEST_SHARED_DIR};
 
 use super::readers::{check_digest, ApprovedDigests, Unapproved};
 use crate::blockdev::device_mapper::{self, DeviceMapperError, VerityDevice, VerityTable};
@@ -47,16 +47,8 @@ pub enum ImageSetupError {
     #[error(transparent)]
     DeviceMapper(#[from] DeviceMapperError),
     /// A directory, mount or unmount.
-    #[error("{what} {}: {source}", .path.display())]
-    Io {
-        /// What was being done.
-        what: &'static str,
-        /// The path.
-        path: PathBuf,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] PathError),
 }
 
 /// Why an offered image was not used.
@@ -173,11 +165,7 @@ fn set_up(
         mounted.writable_mount(),
         mounted.root(),
     ] {
-        std::fs::create_dir_all(&dir).map_err(|source| ImageSetupError::Io {
-            what: "create",
-            path: dir,
-            source,
-        })?;
+        std::fs::create_dir_all(&dir).map_err(PathError::at("create", &dir))?;
     }
     let device = device_mapper::create_verity(&device_name(id), &table)?;
     // The table holds both loop devices now; they go when it is removed.
@@ -191,11 +179,8 @@ fn set_up(
         MsFlags::MS_RDONLY | MsFlags::MS_NODEV,
         None::<&str>,
     )
-    .map_err(|e| ImageSetupError::Io {
-        what: "mount the erofs image from",
-        path: node,
-        source: e.into(),
-    })
+    .map_err(PathError::at("mount the erofs image from", &node))?;
+    Ok(())
 }
 
 /// The writable layer lives on a tmpfs of its own, in guest memory.
@@ -208,18 +193,10 @@ fn overlay(mounted: &MountedImage) -> Result<(), ImageSetupError> {
         MsFlags::MS_NODEV,
         Some("mode=0755"),
     )
-    .map_err(|e| ImageSetupError::Io {
-        what: "mount the writable layer's tmpfs at",
-        path: rw.clone(),
-        source: e.into(),
-    })?;
+    .map_err(PathError::at("mount the writable layer's tmpfs at", &rw))?;
     let (upper, work) = (rw.join("upper"), rw.join("work"));
     for dir in [&upper, &work] {
-        std::fs::create_dir(dir).map_err(|source| ImageSetupError::Io {
-            what: "create",
-            path: dir.clone(),
-            source,
-        })?;
+        std::fs::create_dir(dir).map_err(PathError::at("create", dir))?;
     }
     let options = format!(
         "lowerdir={},upperdir={},workdir={}",
@@ -234,11 +211,11 @@ fn overlay(mounted: &MountedImage) -> Result<(), ImageSetupError> {
         MsFlags::empty(),
         Some(options.as_str()),
     )
-    .map_err(|e| ImageSetupError::Io {
-        what: "mount the container's overlay at",
-        path: mounted.root(),
-        source: e.into(),
-    })
+    .map_err(PathError::at(
+        "mount the container's overlay at",
+        &mounted.root(),
+    ))?;
+    Ok(())
 }
 
 /// The node's root hash, salt and block count, checked for shape (their values are the

@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 use oci_spec::runtime::{Mount, Spec};
 use veil_protocol::delivery::ApprovedReader;
 use veil_protocol::rootfs::{copy_tree, format_digest, TreeError};
-use veil_protocol::GUEST_VOLUMES_DIR;
+use veil_protocol::{PathError, GUEST_VOLUMES_DIR};
 
 use super::guard::{bind_of, loader_variable, PidNamespace, Reach};
 
@@ -113,16 +113,8 @@ pub enum Unapproved {
     #[error("its rootfs could not be copied into guest memory to be verified: {0}")]
     Copy(#[from] TreeError),
     /// The copy could not be prepared or removed.
-    #[error("{what} {}: {source}", .path.display())]
-    Io {
-        /// What was being done.
-        what: &'static str,
-        /// The path.
-        path: PathBuf,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] PathError),
 }
 
 /// For each pinned volume, the rootfs digests the owner approved with the container's
@@ -234,11 +226,7 @@ pub fn copy_approved(
 ) -> Result<[u8; 32], Unapproved> {
     remove_copy(destination)?;
     if let Some(parent) = destination.parent() {
-        std::fs::create_dir_all(parent).map_err(|source| Unapproved::Io {
-            what: "create",
-            path: parent.to_path_buf(),
-            source,
-        })?;
+        std::fs::create_dir_all(parent).map_err(PathError::at("create", parent))?;
     }
     let outcome = copy_tree(rootfs, destination)
         .map_err(Unapproved::from)
@@ -270,11 +258,9 @@ pub(crate) fn check_digest(digest: [u8; 32], approved: &ApprovedDigests) -> Resu
 /// Removes a verified copy; one that is not there is fine.
 pub fn remove_copy(destination: &Path) -> Result<(), Unapproved> {
     match std::fs::remove_dir_all(destination) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Unapproved::Io {
-            what: "remove",
-            path: destination.to_path_buf(),
-            source: e,
-        }),
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(PathError::at("remove", destination)(e).into())
+        }
         _ => Ok(()),
     }
 }

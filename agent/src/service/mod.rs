@@ -227,7 +227,8 @@ impl AgentService {
         if let Some(delivery) = request.model_delivery.as_ref() {
             self.start_delivery(&id, delivery)?;
         }
-        let approved_reader = !self.deliveries.pinned(&reach.volumes()).is_empty();
+        let reader_pins = self.deliveries.pinned(&reach.volumes());
+        let approved_reader = !reader_pins.is_empty();
         let (spec, reach) = if approved_reader {
             isolate_reader(&id, spec, &rootfs, &request.memory_volumes)
         } else {
@@ -235,7 +236,13 @@ impl AgentService {
         };
         self.check_volume_sharing(&id, &reach, approved_reader)?;
         let verified_rootfs = self
-            .verify_reader(&id, &spec, &reach, request.rootfs_image.as_ref())
+            .verify_reader(
+                &id,
+                &spec,
+                &reach,
+                &reader_pins,
+                request.rootfs_image.as_ref(),
+            )
             .await?;
         let own = OwnRootfs::prepare(&id, confined, verified_rootfs)?;
         let pins = confined.then(|| reach.pins(own.mountpoint.as_ref().map(|_| rootfs.as_path())));
@@ -357,30 +364,30 @@ impl AgentService {
         }
     }
 
-    /// For a container that mounts a volume whose owner approves its readers: checks that
-    /// it is one, and returns the verified rootfs it is to run from: the node's erofs image
-    /// through dm-verity where the node offers one and this guest can mount it, otherwise a
-    /// verified copy in guest memory.
+    /// For a container that mounts a volume whose owner approves its readers (`pins`, none
+    /// for any other): checks that it is one, and returns the verified rootfs it is to run
+    /// from: the node's erofs image through dm-verity where the node offers one and this
+    /// guest can mount it, otherwise a verified copy in guest memory.
     async fn verify_reader(
         &self,
         id: &str,
         spec: &oci_spec::runtime::Spec,
         reach: &Reach,
+        pins: &readers::Pins,
         offered: Option<&api::RootfsImage>,
     ) -> Result<Option<VerifiedRootfs>, ServiceError> {
-        let pins = self.deliveries.pinned(&reach.volumes());
         if pins.is_empty() {
             return Ok(None);
         }
         let refuse = |e: Unapproved| match e {
-            Unapproved::Io { .. } | Unapproved::Copy(_) => {
+            Unapproved::Io(_) | Unapproved::Copy(_) => {
                 ServiceError::FailedPrecondition(format!("container {id}: {e}"))
             }
             refusal => ServiceError::PermissionDenied(format!(
                 "container {id} may not mount the sealed model's volume: {refusal}"
             )),
         };
-        let approved = readers::check_spec(spec, reach, &pins).map_err(refuse)?;
+        let approved = readers::check_spec(spec, reach, pins).map_err(refuse)?;
         let dir = readers::verified_rootfs(id);
         let started = Instant::now();
         let stopped = |e: tokio::task::JoinError| {
