@@ -230,6 +230,10 @@ pub struct RuntimeConfig {
     pub state_dir: PathBuf,
     /// How an approved reader's rootfs reaches the guest.
     pub reader_rootfs: ReaderRootfs,
+    /// MiB of reader rootfs images that no container uses any more the node keeps under
+    /// `state_dir` for the next pod of the same image; 0 keeps an image only while a
+    /// container uses it.
+    pub image_cache_mib: u64,
 }
 
 impl Default for RuntimeConfig {
@@ -238,6 +242,7 @@ impl Default for RuntimeConfig {
             log_level: "info".to_string(),
             state_dir: PathBuf::from("/run/veil"),
             reader_rootfs: ReaderRootfs::Image,
+            image_cache_mib: 4096,
         }
     }
 }

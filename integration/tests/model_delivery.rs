@@ -377,6 +377,61 @@ fn only_approved_readers_over(shared_fs: Option<&str>, how: ReaderRootfs) {
         containerd.qemu_processes().is_empty(),
         "a VM outlived its pod"
     );
+    if how == ReaderRootfs::Image {
+        the_next_pod_of_the_image_reuses_its_rootfs_image(&containerd, &annotations);
+    }
+}
+
+/// After the pod that made it ended, the node keeps the serving image's rootfs image, and
+/// the next pod of that image links it instead of making its own; the guest verifies it
+/// as before and the server serves.
+fn the_next_pod_of_the_image_reuses_its_rootfs_image(
+    containerd: &Containerd,
+    annotations: &[(String, String)],
+) {
+    let cache = containerd.dir().join("veil").join("_rootfs-images");
+    let entries = std::fs::read_dir(&cache)
+        .map(|dir| dir.count())
+        .unwrap_or_default();
+    assert!(
+        entries > 0,
+        "no rootfs image kept in {} after its pod ended",
+        cache.display()
+    );
+    let id = "next";
+    let started = containerd
+        .run_model_server(id, annotations)
+        .expect("ctr run");
+    assert_eq!(
+        started.code,
+        0,
+        "the next server did not start: {}\nconsole: {}",
+        started.stderr,
+        containerd.console_log(id)
+    );
+    containerd
+        .model_server_answer(id, INPUT)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let log = containerd.log();
+    let reused = log.lines().any(|line| {
+        line.contains("rootfs image of the same snapshot reused from the node's cache")
+            && line.contains(id)
+    });
+    assert!(
+        reused,
+        "the next pod made its own image:\n{}",
+        log.lines()
+            .filter(|l| l.contains("rootfs image"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert!(
+        containerd
+            .console_log(id)
+            .contains("from the node's image through dm-verity"),
+        "the reused image was not verified in place"
+    );
+    containerd.remove(id);
 }
 
 /// Runs the server with `annotations` and expects its start to fail with `expected` in

@@ -4,6 +4,7 @@
 
 pub mod cgroup;
 pub mod delivery;
+pub mod image_cache;
 pub mod network;
 pub mod rootfs_image;
 pub mod storage;
@@ -37,6 +38,8 @@ pub struct Sandbox {
     pub egress: bool,
     /// How the rootfs of a container approved to read the pod's model reaches the guest.
     pub reader_rootfs: veil_config::ReaderRootfs,
+    /// The node's reader rootfs images, shared with every other pod.
+    pub image_cache: image_cache::ImageCache,
     vm: Box<dyn Vm>,
     agent: AgentClient,
     pod_network: Option<network::PodNetwork>,
@@ -156,6 +159,10 @@ impl Sandbox {
             guest,
             egress,
             reader_rootfs: config.runtime.reader_rootfs,
+            image_cache: image_cache::ImageCache::new(
+                &config.runtime.state_dir,
+                config.runtime.image_cache_mib,
+            ),
             vm,
             agent,
             pod_network,
@@ -200,6 +207,9 @@ impl Sandbox {
             &self.state_dir,
         )
         .await;
+        // The pod's containers no longer hold their images: collect what is now unused.
+        let cache = self.image_cache.clone();
+        let _ = tokio::task::spawn_blocking(move || cache.collect()).await;
         tracing::info!(sandbox = %self.id, "sandbox.stopped");
     }
 }

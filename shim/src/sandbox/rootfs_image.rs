@@ -8,21 +8,17 @@
 //! (cryptsetup), the tools Kata's and Confidential Containers' image builders use; veil
 //! does not re-implement either format.
 //!
-//! A sandbox keeps the images it made under `<state dir>/images`, named by the snapshot's
-//! read-only layers ([`snapshot_key`]): a container of the same image in the same pod (one
-//! kubelet restarts, say) gets hard links to the image already made instead of a new one,
-//! which for a serving image of gigabytes saves minutes and as much node memory per
-//! restart. The guest checks a reused image as it checks a new one.
+//! A container of an image the node already made one of (the same snapshot, in any pod) gets
+//! hard links to it from the node's cache ([`super::image_cache`]) instead of a new one.
 
 use std::path::Path;
 
-use containerd_shim::protos::types::mount::Mount;
 use oci_spec::runtime::Spec;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use tokio::process::Command;
 use veil_protocol::{ModelDelivery, RootfsImage, GUEST_SHARED_DIR, GUEST_VOLUMES_DIR};
 
+use super::image_cache::{ImageCache, SnapshotKey};
 use crate::error::{Error, Result};
 
 /// The image's file name in the container's share.
@@ -79,14 +75,22 @@ pub async fn build(host_rootfs: &Path, share: &Path, container_id: &str) -> Resu
 
 /// What the agent needs besides the files' paths; kept beside a cached image.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-struct ImageParameters {
+pub(super) struct ImageParameters {
     root_hash: String,
     salt: String,
     data_blocks: u64,
 }
 
 impl ImageParameters {
-    fn for_container(self, container_id: &str) -> RootfsImage {
+    pub(super) fn of(image: &RootfsImage) -> Self {
+        ImageParameters {
+            root_hash: image.root_hash.clone(),
+            salt: image.salt.clone(),
+            data_blocks: image.data_blocks,
+        }
+    }
+
+    pub(super) fn for_container(self, container_id: &str) -> RootfsImage {
         let guest = |file: &str| format!("{GUEST_SHARED_DIR}/{container_id}/{file}");
         RootfsImage {
             image: guest(IMAGE_FILE),
@@ -99,99 +103,26 @@ impl ImageParameters {
     }
 }
 
-/// The cache of a sandbox's images: `<dir>/<snapshot key>/`.
-pub const IMAGE_CACHE_DIR: &str = "images";
-const PARAMETERS_FILE: &str = "parameters.json";
-
-/// A name for the tree a rootfs was mounted from, when an image of it can be reused: an
-/// overlay (containerd's overlayfs snapshotter) whose writable layer is still empty, named
-/// by its read-only layers. `None` for anything else.
-pub fn snapshot_key(mounts: &[Mount]) -> Option<String> {
-    let [mount] = mounts else { return None };
-    if mount.type_ != "overlay" {
-        return None;
-    }
-    let option = |name: &str| mount.options.iter().find_map(|o| o.strip_prefix(name));
-    let lower = option("lowerdir=")?;
-    if let Some(upper) = option("upperdir=") {
-        std::fs::read_dir(upper)
-            .ok()?
-            .next()
-            .is_none()
-            .then_some(())?;
-    }
-    Some(
-        Sha256::digest(lower.as_bytes())
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect(),
-    )
-}
-
-/// [`build`], or the image already made from the same snapshot (`cache`: the cache
-/// directory and the snapshot's key) linked into `share`. Says whether it was reused.
+/// [`build`], or the image already made from the same snapshot (`cache`: the node's cache
+/// and the snapshot's key) linked into `share`. Says whether it was reused.
 pub async fn build_or_reuse(
     host_rootfs: &Path,
     share: &Path,
     container_id: &str,
-    cache: Option<(&Path, &str)>,
+    cache: Option<(&ImageCache, &SnapshotKey)>,
 ) -> Result<(RootfsImage, bool)> {
-    let entry = cache.map(|(dir, key)| dir.join(key));
-    if let Some(image) = entry.as_deref().and_then(|e| reuse(e, share, container_id)) {
+    if let Some(image) = cache.and_then(|(cache, key)| cache.link_into(key, share, container_id)) {
         return Ok((image, true));
     }
     let image = build(host_rootfs, share, container_id).await?;
-    if let Some(entry) = entry {
-        if let Err(error) = keep(&entry, share, &image) {
-            tracing::warn!(container = %container_id, cache = %entry.display(), %error, "rootfs image not cached; the next container of this image makes its own");
+    if let Some((cache, key)) = cache {
+        if let Err(error) = cache.keep(key, share, &image) {
+            tracing::warn!(container = %container_id, snapshot = %key.name, %error, "rootfs image not cached; the next container of this image makes its own");
         }
+        let cache = cache.clone();
+        let _ = tokio::task::spawn_blocking(move || cache.collect()).await;
     }
     Ok((image, false))
-}
-
-/// Links a cached image into `share`; `None` (and nothing left behind) when there is none
-/// or it cannot be linked.
-fn reuse(entry: &Path, share: &Path, container_id: &str) -> Option<RootfsImage> {
-    let parameters: ImageParameters =
-        serde_json::from_slice(&std::fs::read(entry.join(PARAMETERS_FILE)).ok()?).ok()?;
-    let linked = [IMAGE_FILE, HASH_TREE_FILE]
-        .iter()
-        .try_for_each(|file| std::fs::hard_link(entry.join(file), share.join(file)));
-    if let Err(error) = linked {
-        tracing::warn!(container = %container_id, cache = %entry.display(), %error, "cached rootfs image not linked; making a new one");
-        for file in [IMAGE_FILE, HASH_TREE_FILE] {
-            let _ = std::fs::remove_file(share.join(file));
-        }
-        return None;
-    }
-    Some(parameters.for_container(container_id))
-}
-
-/// Keeps the image just made in `share` as the cache entry `entry`: links into a directory
-/// of its own, renamed into place, so that a container reading the cache sees a whole entry
-/// or none.
-fn keep(entry: &Path, share: &Path, image: &RootfsImage) -> std::io::Result<()> {
-    let staging = entry.with_extension(format!("{}.partial", std::process::id()));
-    std::fs::create_dir_all(&staging)?;
-    let staged = (|| {
-        for file in [IMAGE_FILE, HASH_TREE_FILE] {
-            std::fs::hard_link(share.join(file), staging.join(file))?;
-        }
-        let parameters = ImageParameters {
-            root_hash: image.root_hash.clone(),
-            salt: image.salt.clone(),
-            data_blocks: image.data_blocks,
-        };
-        std::fs::write(
-            staging.join(PARAMETERS_FILE),
-            serde_json::to_vec(&parameters).map_err(std::io::Error::other)?,
-        )?;
-        std::fs::rename(&staging, entry)
-    })();
-    if staged.is_err() {
-        let _ = std::fs::remove_dir_all(&staging);
-    }
-    staged
 }
 
 /// Times are fixed so that the same tree gives the same image; owners and extended
@@ -250,7 +181,7 @@ fn parse_veritysetup_format(output: &str) -> Result<(String, String)> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     /// `veritysetup format --no-superblock` of cryptsetup 2.6.1 (Debian 12), as printed.
@@ -330,7 +261,8 @@ mod tests {
 
     /// A one-file rootfs in a temporary directory, where mkfs.erofs and veritysetup are
     /// installed (`make setup` installs them); `None`, saying so, where they are not.
-    fn small_rootfs_and_tools() -> Option<(tempfile::TempDir, std::path::PathBuf)> {
+    pub(in crate::sandbox) fn small_rootfs_and_tools(
+    ) -> Option<(tempfile::TempDir, std::path::PathBuf)> {
         let tools = ["mkfs.erofs", "veritysetup"];
         if tools.iter().any(|t| which(t).is_none()) {
             eprintln!("skipped: needs {tools:?}");
@@ -380,84 +312,5 @@ mod tests {
                 .map(|dir| dir.join(tool))
                 .find(|path| path.is_file())
         })
-    }
-
-    fn overlay(options: &[String]) -> Mount {
-        Mount {
-            type_: "overlay".into(),
-            source: "overlay".into(),
-            options: options.to_vec(),
-            ..Default::default()
-        }
-    }
-
-    #[test]
-    fn an_overlay_with_an_empty_writable_layer_is_named_by_its_read_only_layers() {
-        let dir = tempfile::tempdir().unwrap();
-        let upper = dir.path().join("upper");
-        std::fs::create_dir(&upper).unwrap();
-        let options = |lower: &str| {
-            vec![
-                "index=off".to_string(),
-                format!("workdir={}", dir.path().join("work").display()),
-                format!("upperdir={}", upper.display()),
-                format!("lowerdir={lower}"),
-            ]
-        };
-        let key = snapshot_key(&[overlay(&options("/s/2/fs:/s/1/fs"))]).expect("a key");
-        assert_eq!(key.len(), 64);
-        assert_eq!(
-            snapshot_key(&[overlay(&options("/s/2/fs:/s/1/fs"))]),
-            Some(key.clone())
-        );
-        assert_ne!(
-            snapshot_key(&[overlay(&options("/s/3/fs:/s/1/fs"))]),
-            Some(key)
-        );
-        let bind = Mount {
-            type_: "bind".into(),
-            source: "/s/1/fs".into(),
-            ..Default::default()
-        };
-        assert_eq!(snapshot_key(&[bind]), None, "not an overlay");
-        std::fs::write(upper.join("written"), b"x").unwrap();
-        assert_eq!(
-            snapshot_key(&[overlay(&options("/s/2/fs:/s/1/fs"))]),
-            None,
-            "the writable layer has files the layers do not"
-        );
-    }
-
-    #[tokio::test]
-    async fn a_second_container_of_the_same_snapshot_gets_links_to_the_first_image() {
-        use std::os::unix::fs::MetadataExt;
-        let Some((dir, rootfs)) = small_rootfs_and_tools() else {
-            return;
-        };
-        let cache = dir.path().join(IMAGE_CACHE_DIR);
-        std::fs::create_dir(&cache).unwrap();
-        let mut offered = Vec::new();
-        for id in ["c1", "c2"] {
-            let share = dir.path().join(id);
-            std::fs::create_dir(&share).unwrap();
-            offered.push(
-                build_or_reuse(&rootfs, &share, id, Some((&cache, "key")))
-                    .await
-                    .expect("image"),
-            );
-        }
-        let [(first, made), (second, reused)] = [offered[0].clone(), offered[1].clone()];
-        assert!(!made && reused);
-        assert_eq!(second.image, format!("{GUEST_SHARED_DIR}/c2/{IMAGE_FILE}"));
-        assert_eq!(
-            (&second.root_hash, &second.salt, second.data_blocks),
-            (&first.root_hash, &first.salt, first.data_blocks)
-        );
-        let inode = |path: std::path::PathBuf| std::fs::metadata(path).unwrap().ino();
-        assert_eq!(
-            inode(dir.path().join("c2").join(IMAGE_FILE)),
-            inode(dir.path().join("c1").join(IMAGE_FILE)),
-            "one image on the node, linked"
-        );
     }
 }

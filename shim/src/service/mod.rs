@@ -19,6 +19,7 @@ use veil_config::{Config, ReaderRootfs};
 use crate::error::{Error, Result};
 use crate::io::{self, StdioPaths};
 use crate::options;
+use crate::sandbox::image_cache::SnapshotKey;
 use crate::sandbox::{delivery, rootfs_image, storage, volumes, Sandbox};
 use events::EventSink;
 use process::{ExitInfo, ProcessState, Status};
@@ -43,10 +44,10 @@ struct ContainerState {
 }
 
 /// A container's rootfs on the node: where it is mounted, and the snapshot it was mounted
-/// from when an image of it may be reused ([`rootfs_image::snapshot_key`]).
+/// from when an image of it may be reused ([`SnapshotKey`]).
 struct HostRootfs<'a> {
     path: &'a std::path::Path,
-    snapshot: Option<String>,
+    snapshot: Option<SnapshotKey>,
 }
 
 impl ContainerState {
@@ -255,7 +256,7 @@ impl TaskService {
                 spec,
                 HostRootfs {
                     path: &host_rootfs,
-                    snapshot: rootfs_image::snapshot_key(&request.rootfs),
+                    snapshot: SnapshotKey::of(&request.rootfs),
                 },
                 &stdio,
                 model_delivery,
@@ -354,15 +355,14 @@ impl TaskService {
         }
         let started = std::time::Instant::now();
         let share = storage::container_share(&sandbox.shared_dir, id);
-        let cache = sandbox.state_dir.join(rootfs_image::IMAGE_CACHE_DIR);
         let (image, reused) = rootfs_image::build_or_reuse(
             host_rootfs.path,
             &share,
             id,
             host_rootfs
                 .snapshot
-                .as_deref()
-                .map(|key| (cache.as_path(), key)),
+                .as_ref()
+                .map(|key| (&sandbox.image_cache, key)),
         )
         .await?;
         tracing::info!(
@@ -372,7 +372,7 @@ impl TaskService {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "{}",
             if reused {
-                "rootfs image of the same snapshot reused for the guest to verify in place"
+                "rootfs image of the same snapshot reused from the node's cache for the guest to verify in place"
             } else {
                 "rootfs image made for the guest to verify in place"
             }

@@ -1,0 +1,556 @@
+//! The node's cache of reader rootfs images ([`super::rootfs_image`]), shared by every pod:
+//! `<state_dir>/_rootfs-images/<snapshot key>/`, one entry per snapshot the images were made
+//! from. A container whose snapshot has an entry gets hard links to it instead of a new
+//! `mkfs.erofs` and `veritysetup` run over its whole image, which for a serving image of
+//! gigabytes is most of a pod's start on the node.
+//!
+//! An entry is in use while a container's share links its image (its link count is above
+//! one); an entry in use is never dropped. Of the entries no container uses, the node keeps
+//! the most recently used up to `[runtime] image_cache_mib`; entries whose snapshot layers
+//! are gone or were made anew are dropped at once. Collection runs when a new entry is
+//! made and when a pod ends.
+//!
+//! Several shims share the directory without locks: an entry is staged under a name of its
+//! own and renamed into place, so a shim sees a whole entry or none, and a shim that loses
+//! a race (the entry removed between its look and its links, or made by another shim
+//! first) makes or keeps its own image as if there were no cache. Nothing here is trusted
+//! by the guest, which checks a linked image as it checks a new one.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use containerd_shim::protos::types::mount::Mount;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use veil_protocol::RootfsImage;
+
+use super::rootfs_image::{ImageParameters, HASH_TREE_FILE, IMAGE_FILE};
+
+/// The cache's directory under `[runtime] state_dir`. Sandboxes live in
+/// `<state_dir>/<namespace>/<id>`, and a containerd namespace cannot start with `_`.
+pub const DIR_NAME: &str = "_rootfs-images";
+const PARAMETERS_FILE: &str = "parameters.json";
+const LAYERS_FILE: &str = "layers.json";
+/// Suffix of an entry being staged, after the staging shim's pid.
+const STAGING_SUFFIX: &str = "partial";
+
+/// Names the tree a rootfs was mounted from, when an image of it may be reused: an overlay
+/// (containerd's overlayfs snapshotter) whose writable layer is still empty.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotKey {
+    /// Hex SHA-256 of the read-only layers' paths and identities.
+    pub name: String,
+    layers: Vec<PathBuf>,
+}
+
+impl SnapshotKey {
+    /// The key of a rootfs mounted with `mounts`, or `None` for anything but an overlay with
+    /// an empty writable layer and layers that exist.
+    pub fn of(mounts: &[Mount]) -> Option<SnapshotKey> {
+        let [mount] = mounts else { return None };
+        if mount.type_ != "overlay" {
+            return None;
+        }
+        let option = |name: &str| mount.options.iter().find_map(|o| o.strip_prefix(name));
+        if let Some(upper) = option("upperdir=") {
+            std::fs::read_dir(upper)
+                .ok()?
+                .next()
+                .is_none()
+                .then_some(())?;
+        }
+        let layers: Vec<PathBuf> = option("lowerdir=")?.split(':').map(PathBuf::from).collect();
+        let name = Self::name_of(&layers)?;
+        Some(SnapshotKey { name, layers })
+    }
+
+    /// A snapshot's layer directories are never written once committed, but a path can
+    /// come back holding other files (containerd's metadata wiped and images pulled anew),
+    /// so each layer counts with the identity of its directory, not its path alone.
+    fn name_of(layers: &[PathBuf]) -> Option<String> {
+        let mut hash = Sha256::new();
+        for layer in layers {
+            let meta = std::fs::metadata(layer).ok()?;
+            hash.update(layer.as_os_str().as_encoded_bytes());
+            for number in [meta.dev(), meta.ino()] {
+                hash.update(number.to_le_bytes());
+            }
+            hash.update(meta.ctime().to_le_bytes());
+            hash.update(meta.ctime_nsec().to_le_bytes());
+        }
+        Some(hash.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    }
+
+    /// Whether the layers still exist as they were when the key was taken.
+    fn is_current(&self) -> bool {
+        Self::name_of(&self.layers).as_deref() == Some(self.name.as_str())
+    }
+}
+
+/// What a collection dropped.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Collected {
+    /// Entries whose snapshot is gone.
+    pub stale: usize,
+    /// Entries no container used, dropped to stay within the limit.
+    pub evicted: usize,
+    /// Staging directories of shims that are gone.
+    pub abandoned: usize,
+}
+
+/// The node's image cache.
+#[derive(Debug, Clone)]
+pub struct ImageCache {
+    dir: PathBuf,
+    idle_limit_bytes: u64,
+}
+
+impl ImageCache {
+    /// The cache under `state_root` (`[runtime] state_dir`), keeping at most `idle_limit_mib`
+    /// of images no container uses.
+    pub fn new(state_root: &Path, idle_limit_mib: u64) -> Self {
+        ImageCache {
+            dir: state_root.join(DIR_NAME),
+            idle_limit_bytes: idle_limit_mib.saturating_mul(1 << 20),
+        }
+    }
+
+    fn entry(&self, key: &SnapshotKey) -> PathBuf {
+        self.dir.join(&key.name)
+    }
+
+    /// Links the image cached for `key` into `share`; `None` (and nothing left behind) when
+    /// there is none or it cannot be linked.
+    pub fn link_into(
+        &self,
+        key: &SnapshotKey,
+        share: &Path,
+        container_id: &str,
+    ) -> Option<RootfsImage> {
+        let entry = self.entry(key);
+        let parameters: ImageParameters =
+            serde_json::from_slice(&std::fs::read(entry.join(PARAMETERS_FILE)).ok()?).ok()?;
+        let linked = [IMAGE_FILE, HASH_TREE_FILE]
+            .iter()
+            .try_for_each(|file| std::fs::hard_link(entry.join(file), share.join(file)));
+        if let Err(error) = linked {
+            tracing::warn!(container = %container_id, cache = %entry.display(), %error, "cached rootfs image not linked; making a new one");
+            for file in [IMAGE_FILE, HASH_TREE_FILE] {
+                let _ = std::fs::remove_file(share.join(file));
+            }
+            return None;
+        }
+        mark_used(&entry);
+        Some(parameters.for_container(container_id))
+    }
+
+    /// Keeps the image just made in `share` as the entry of `key`. Another shim may have
+    /// kept one first; its entry stays, and this image is still the container's.
+    pub fn keep(
+        &self,
+        key: &SnapshotKey,
+        share: &Path,
+        image: &RootfsImage,
+    ) -> std::io::Result<()> {
+        let entry = self.entry(key);
+        let staging = self.dir.join(format!(
+            "{}.{}.{STAGING_SUFFIX}",
+            key.name,
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&staging)?;
+        let staged = (|| {
+            for file in [IMAGE_FILE, HASH_TREE_FILE] {
+                std::fs::hard_link(share.join(file), staging.join(file))?;
+            }
+            write_json(&staging.join(LAYERS_FILE), &key.layers)?;
+            write_json(&staging.join(PARAMETERS_FILE), &ImageParameters::of(image))?;
+            std::fs::rename(&staging, &entry)
+        })();
+        if staged.is_err() {
+            let _ = std::fs::remove_dir_all(&staging);
+        }
+        match staged {
+            Err(error) if entry.join(PARAMETERS_FILE).exists() => {
+                tracing::debug!(cache = %entry.display(), %error, "another shim cached this snapshot's image first");
+                Ok(())
+            }
+            other => other,
+        }
+    }
+
+    /// Drops stale entries, abandoned staging directories, and the least recently used
+    /// entries no container uses beyond the limit. Best effort: what cannot be read or
+    /// removed stays, and is logged.
+    pub fn collect(&self) -> Collected {
+        let mut collected = Collected::default();
+        let Ok(listing) = std::fs::read_dir(&self.dir) else {
+            return collected;
+        };
+        let mut idle = Vec::new();
+        // Only directories are entries; anything else is not the cache's to judge.
+        let dirs = listing
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()));
+        for path in dirs.map(|e| e.path()) {
+            match Entry::read(&path) {
+                EntryState::Staging { pid } if !Path::new(&format!("/proc/{pid}")).exists() => {
+                    collected.abandoned += usize::from(remove(&path, "its shim is gone"));
+                }
+                EntryState::Staging { .. } => {}
+                EntryState::Stale => {
+                    collected.stale += usize::from(remove(&path, "its snapshot is gone"));
+                }
+                EntryState::Kept(entry) if !entry.in_use => idle.push(entry),
+                EntryState::Kept(_) => {}
+            }
+        }
+        // Newest first: everything past the limit goes, oldest last used first.
+        idle.sort_by_key(|entry| std::cmp::Reverse(entry.last_used));
+        let mut kept_bytes = 0u64;
+        for entry in idle {
+            kept_bytes = kept_bytes.saturating_add(entry.bytes);
+            if kept_bytes > self.idle_limit_bytes {
+                collected.evicted +=
+                    usize::from(remove(&entry.path, "unused, beyond image_cache_mib"));
+            }
+        }
+        collected
+    }
+}
+
+/// A cache entry as collection finds it.
+struct Entry {
+    path: PathBuf,
+    bytes: u64,
+    in_use: bool,
+    last_used: SystemTime,
+}
+
+enum EntryState {
+    Staging {
+        pid: u32,
+    },
+    /// Its snapshot's layers are gone or were made anew, or it cannot be read.
+    Stale,
+    Kept(Entry),
+}
+
+impl Entry {
+    fn read(path: &Path) -> EntryState {
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        let mut parts = name.rsplitn(3, '.');
+        if let (Some(STAGING_SUFFIX), Some(pid), Some(_)) =
+            (parts.next(), parts.next(), parts.next())
+        {
+            if let Ok(pid) = pid.parse() {
+                return EntryState::Staging { pid };
+            }
+        }
+        Self::read_kept(path, name).map_or(EntryState::Stale, EntryState::Kept)
+    }
+
+    fn read_kept(path: &Path, name: &str) -> Option<Entry> {
+        let layers: Vec<PathBuf> =
+            serde_json::from_slice(&std::fs::read(path.join(LAYERS_FILE)).ok()?).ok()?;
+        let key = SnapshotKey {
+            name: name.to_string(),
+            layers,
+        };
+        if !key.is_current() {
+            return None;
+        }
+        let image = std::fs::metadata(path.join(IMAGE_FILE)).ok()?;
+        let tree = std::fs::metadata(path.join(HASH_TREE_FILE)).ok()?;
+        let last_used = std::fs::metadata(path.join(PARAMETERS_FILE))
+            .and_then(|m| m.modified())
+            .ok()?;
+        Some(Entry {
+            path: path.to_path_buf(),
+            bytes: image.len().saturating_add(tree.len()),
+            in_use: image.nlink() > 1,
+            last_used,
+        })
+    }
+}
+
+/// Records a use in the entry's parameters' modification time, which orders eviction.
+fn mark_used(entry: &Path) {
+    let touched = std::fs::File::open(entry.join(PARAMETERS_FILE))
+        .and_then(|file| file.set_modified(SystemTime::now()));
+    if let Err(error) = touched {
+        tracing::debug!(cache = %entry.display(), %error, "cache entry's last use not recorded");
+    }
+}
+
+fn write_json(path: &Path, value: &impl Serialize) -> std::io::Result<()> {
+    std::fs::write(
+        path,
+        serde_json::to_vec(value).map_err(std::io::Error::other)?,
+    )
+}
+
+/// Removes a cache directory; says whether it went.
+fn remove(path: &Path, why: &str) -> bool {
+    match std::fs::remove_dir_all(path) {
+        Ok(()) => {
+            tracing::info!(cache = %path.display(), "rootfs image dropped from the node's cache: {why}");
+            true
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => false,
+        Err(error) => {
+            tracing::warn!(cache = %path.display(), %error, "rootfs image not dropped from the node's cache ({why})");
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn overlay(lower: &str, upper: &Path) -> Mount {
+        Mount {
+            type_: "overlay".into(),
+            source: "overlay".into(),
+            options: vec![
+                "index=off".into(),
+                format!("upperdir={}", upper.display()),
+                format!("lowerdir={lower}"),
+            ],
+            ..Default::default()
+        }
+    }
+
+    /// Layer directories `names` under `dir`, created.
+    fn layers(dir: &Path, names: &[&str]) -> String {
+        let paths: Vec<String> = names
+            .iter()
+            .map(|name| {
+                let path = dir.join(name);
+                std::fs::create_dir_all(&path).unwrap();
+                path.display().to_string()
+            })
+            .collect();
+        paths.join(":")
+    }
+
+    #[test]
+    fn an_overlay_with_an_empty_writable_layer_is_named_by_its_read_only_layers() {
+        let dir = tempfile::tempdir().unwrap();
+        let upper = dir.path().join("upper");
+        std::fs::create_dir(&upper).unwrap();
+        let image = layers(dir.path(), &["2", "1"]);
+        let key = SnapshotKey::of(&[overlay(&image, &upper)]).expect("a key");
+        assert_eq!(key.name.len(), 64);
+        assert_eq!(
+            SnapshotKey::of(&[overlay(&image, &upper)]),
+            Some(key.clone())
+        );
+        let other = layers(dir.path(), &["3", "1"]);
+        assert_ne!(SnapshotKey::of(&[overlay(&other, &upper)]), Some(key));
+        let missing = format!("{}:{}", dir.path().join("gone").display(), image);
+        assert_eq!(
+            SnapshotKey::of(&[overlay(&missing, &upper)]),
+            None,
+            "a layer is missing"
+        );
+        let bind = Mount {
+            type_: "bind".into(),
+            source: dir.path().join("1").display().to_string(),
+            ..Default::default()
+        };
+        assert_eq!(SnapshotKey::of(&[bind]), None, "not an overlay");
+        std::fs::write(upper.join("written"), b"x").unwrap();
+        assert_eq!(
+            SnapshotKey::of(&[overlay(&image, &upper)]),
+            None,
+            "the writable layer has files the layers do not"
+        );
+    }
+
+    #[test]
+    fn a_layer_made_anew_at_the_same_path_is_another_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let upper = dir.path().join("upper");
+        std::fs::create_dir(&upper).unwrap();
+        let image = layers(dir.path(), &["2", "1"]);
+        let before = SnapshotKey::of(&[overlay(&image, &upper)]).unwrap();
+        assert!(before.is_current());
+        // containerd's metadata wiped and the image pulled again: the same path, other files.
+        std::fs::rename(dir.path().join("1"), dir.path().join("old")).unwrap();
+        std::fs::create_dir(dir.path().join("1")).unwrap();
+        let after = SnapshotKey::of(&[overlay(&image, &upper)]).unwrap();
+        assert_ne!(before, after);
+        assert!(!before.is_current());
+    }
+
+    /// A share holding an image of `bytes` bytes and a small tree, as `build` leaves it.
+    fn share_with_image(dir: &Path, name: &str, bytes: usize) -> (PathBuf, RootfsImage) {
+        let share = dir.join(name);
+        std::fs::create_dir_all(&share).unwrap();
+        std::fs::write(share.join(IMAGE_FILE), vec![1u8; bytes]).unwrap();
+        std::fs::write(share.join(HASH_TREE_FILE), [2u8; 64]).unwrap();
+        let image = RootfsImage {
+            root_hash: format!("{name:0>64}"),
+            salt: "00".into(),
+            data_blocks: (bytes / 4096) as u64,
+            ..Default::default()
+        };
+        (share, image)
+    }
+
+    fn key_of(dir: &Path, layer: &str) -> SnapshotKey {
+        let upper = dir.join("upper");
+        std::fs::create_dir_all(&upper).unwrap();
+        SnapshotKey::of(&[overlay(&layers(dir, &[layer]), &upper)]).unwrap()
+    }
+
+    fn cached(cache: &ImageCache, key: &SnapshotKey) -> bool {
+        cache.entry(key).join(PARAMETERS_FILE).exists()
+    }
+
+    #[test]
+    fn a_kept_image_is_linked_into_the_next_share_with_its_parameters() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let cache = ImageCache::new(&dir.path().join("state"), 0);
+        let key = key_of(dir.path(), "layer");
+        assert_eq!(
+            cache.link_into(&key, dir.path(), "c0"),
+            None,
+            "nothing cached yet"
+        );
+        let (first, image) = share_with_image(dir.path(), "c1", 8192);
+        cache.keep(&key, &first, &image).unwrap();
+        let second = dir.path().join("c2");
+        std::fs::create_dir(&second).unwrap();
+        let linked = cache.link_into(&key, &second, "c2").expect("linked");
+        assert_eq!(
+            linked.image,
+            format!("{}/c2/{IMAGE_FILE}", veil_protocol::GUEST_SHARED_DIR)
+        );
+        assert_eq!(
+            (&linked.root_hash, &linked.salt, linked.data_blocks),
+            (&image.root_hash, &image.salt, image.data_blocks)
+        );
+        let inode = |share: &Path| std::fs::metadata(share.join(IMAGE_FILE)).unwrap().ino();
+        assert_eq!(inode(&first), inode(&second), "one image on the node");
+        // A second keep of the same snapshot (another shim that made its own) leaves the
+        // entry as it was.
+        let (third, other) = share_with_image(dir.path(), "c3", 4096);
+        cache.keep(&key, &third, &other).unwrap();
+        assert_eq!(inode(&cache.entry(&key)), inode(&first));
+    }
+
+    #[test]
+    fn collection_keeps_images_in_use_and_the_most_recently_used_within_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        // 1 MiB for unused images; each image here is 600 KiB.
+        let cache = ImageCache::new(&state, 1);
+        let bytes = 600 << 10;
+        let keys: Vec<SnapshotKey> = ["old", "recent", "in-use", "gone"]
+            .iter()
+            .map(|layer| key_of(dir.path(), layer))
+            .collect();
+        for (n, key) in keys.iter().enumerate() {
+            let (share, image) = share_with_image(dir.path(), &format!("share{n}"), bytes);
+            cache.keep(key, &share, &image).unwrap();
+        }
+        let long_ago = SystemTime::now() - Duration::from_secs(3600);
+        std::fs::File::open(cache.entry(&keys[0]).join(PARAMETERS_FILE))
+            .unwrap()
+            .set_modified(long_ago)
+            .unwrap();
+        // The pods of "old", "recent" and "gone" ended; "in-use"'s container still runs.
+        for n in [0, 1, 3] {
+            std::fs::remove_dir_all(dir.path().join(format!("share{n}"))).unwrap();
+        }
+        std::fs::remove_dir_all(dir.path().join("gone")).unwrap();
+        // A shim that died while staging, and one staging now.
+        let abandoned = cache
+            .dir
+            .join(format!("{}.4294967295.{STAGING_SUFFIX}", keys[0].name));
+        let staging = cache.dir.join(format!(
+            "{}.{}.{STAGING_SUFFIX}",
+            keys[1].name,
+            std::process::id()
+        ));
+        std::fs::create_dir(&abandoned).unwrap();
+        std::fs::create_dir(&staging).unwrap();
+
+        let collected = cache.collect();
+        assert_eq!(
+            collected,
+            Collected {
+                stale: 1,
+                evicted: 1,
+                abandoned: 1
+            }
+        );
+        assert!(
+            !cached(&cache, &keys[0]),
+            "least recently used, beyond the limit"
+        );
+        assert!(
+            cached(&cache, &keys[1]),
+            "most recently used, within the limit"
+        );
+        assert!(cached(&cache, &keys[2]), "in use");
+        assert!(!cache.entry(&keys[3]).exists(), "its snapshot is gone");
+        assert!(!abandoned.exists() && staging.exists());
+
+        // With no room for unused images, an image goes once its last container does.
+        let cache = ImageCache::new(&state, 0);
+        assert_eq!(cache.collect().evicted, 1);
+        assert!(cached(&cache, &keys[2]));
+        std::fs::remove_dir_all(dir.path().join("share2")).unwrap();
+        assert_eq!(cache.collect().evicted, 1);
+        assert!(!cached(&cache, &keys[2]));
+    }
+
+    #[tokio::test]
+    async fn a_container_of_a_snapshot_another_pod_made_an_image_of_gets_links_to_it() {
+        use std::os::unix::fs::MetadataExt;
+        let Some((dir, rootfs)) = super::super::rootfs_image::tests::small_rootfs_and_tools()
+        else {
+            return;
+        };
+        let cache = ImageCache::new(&dir.path().join("state"), 0);
+        let key = key_of(dir.path(), "layer");
+        let mut offered = Vec::new();
+        for pod in ["pod1", "pod2"] {
+            let share = dir.path().join(pod).join("c");
+            std::fs::create_dir_all(&share).unwrap();
+            offered.push(
+                super::super::rootfs_image::build_or_reuse(
+                    &rootfs,
+                    &share,
+                    "c",
+                    Some((&cache, &key)),
+                )
+                .await
+                .expect("image"),
+            );
+        }
+        let [(first, made), (second, reused)] = [offered[0].clone(), offered[1].clone()];
+        assert!(!made && reused);
+        assert_eq!(second, first);
+        let inode = |pod: &str| {
+            std::fs::metadata(dir.path().join(pod).join("c").join(IMAGE_FILE))
+                .unwrap()
+                .ino()
+        };
+        assert_eq!(
+            inode("pod2"),
+            inode("pod1"),
+            "one image on the node, linked"
+        );
+    }
+}
