@@ -103,10 +103,16 @@ pub struct HypervisorConfig {
     pub machine: String,
     /// Acceleration.
     pub accel: Accel,
-    /// Guest memory in MiB.
+    /// Guest memory in MiB before the pod's own: a pod's VM gets this (or its
+    /// `io.veil.vm.memory-mib`) plus its containers' memory limits.
     pub memory_mib: u32,
-    /// Guest vCPUs.
+    /// Guest vCPUs before the pod's own: a pod's VM gets this (or its `io.veil.vm.vcpus`)
+    /// plus its containers' CPU limits, rounded up.
     pub vcpus: u32,
+    /// The most memory (MiB) a pod's VM may get; 0: the host's memory.
+    pub max_memory_mib: u32,
+    /// The most vCPUs a pod's VM may get; 0: the host's CPUs.
+    pub max_vcpus: u32,
     /// Extra kernel command-line words.
     pub kernel_params: String,
     /// Show kernel messages on the console.
@@ -153,6 +159,8 @@ impl Default for HypervisorConfig {
             accel: Accel::Auto,
             memory_mib: 512,
             vcpus: 1,
+            max_memory_mib: 0,
+            max_vcpus: 0,
             kernel_params: String::new(),
             debug_console: false,
             shared_fs: SharedFs::Auto,
@@ -312,6 +320,18 @@ impl Config {
         }
         if !(1..=256).contains(&h.vcpus) {
             return Err(invalid("hypervisor.vcpus", "must be between 1 and 256"));
+        }
+        if h.max_memory_mib != 0 && h.max_memory_mib < h.memory_mib {
+            return Err(invalid(
+                "hypervisor.max_memory_mib",
+                "must be 0 (the host's memory) or at least memory_mib",
+            ));
+        }
+        if h.max_vcpus != 0 && !(h.vcpus..=256).contains(&h.max_vcpus) {
+            return Err(invalid(
+                "hypervisor.max_vcpus",
+                "must be 0 (the host's CPUs) or between vcpus and 256",
+            ));
         }
         if h.boot_timeout_secs == 0 {
             return Err(invalid(

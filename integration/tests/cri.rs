@@ -443,6 +443,54 @@ fn exec_sync_after_the_container_printed() {
     assert_nothing_left(&cluster.containerd);
 }
 
+/// The pod's resources (the sum of its containers' limits, which kubelet sends with
+/// RunPodSandbox) size its VM on top of the node's base, as Kata sizes its sandboxes: 512 MiB
+/// and 1 vCPU by default, plus 256 MiB and one CPU here.
+#[test]
+fn a_pods_vm_is_sized_by_its_containers_limits() {
+    let mut cluster = cluster();
+    let dir = cluster.pod_dir("sized-pod");
+    let mut config = cri::host_network_pod("sized-pod", &dir, HashMap::new());
+    let limits = cri::memory_and_cpu_limits(256 << 20, Some(100_000));
+    if let Some(linux) = config.linux.as_mut() {
+        linux.resources = Some(limits.clone());
+    }
+    let pod = cluster.run_pod(&config, VEIL_HANDLER);
+    let container = cri::with_resources(
+        cri::busybox_container("sized", &["sleep", "1000"], Vec::new()),
+        limits,
+    );
+    let id = cluster.start(&pod, &config, &container);
+    let sandbox = show_spec(&cluster.containerd, "sandbox", &pod);
+    assert_eq!(
+        sandbox["annotations"]["io.kubernetes.cri.sandbox-memory"], "268435456",
+        "containerd did not pass the pod's memory on"
+    );
+    let cpus = cluster.exec(&id, &["grep", "-c", "^processor", "/proc/cpuinfo"]);
+    assert_eq!(cpus.stdout.trim(), "2", "{cpus:?}");
+    let meminfo = cluster.exec(&id, &["grep", "MemTotal", "/proc/meminfo"]);
+    let total_kib: u64 = meminfo
+        .stdout
+        .split_whitespace()
+        .nth(1)
+        .and_then(|kib| kib.parse().ok())
+        .unwrap_or_else(|| panic!("no MemTotal: {meminfo:?}"));
+    // 768 MiB less what the guest kernel keeps for itself; the base alone is under 512.
+    assert!(
+        (600 << 10..=768 << 10).contains(&total_kib),
+        "MemTotal {total_kib} kB in a VM of 768 MiB"
+    );
+    assert!(cluster
+        .containerd
+        .log()
+        .lines()
+        .any(|line| line.contains("VM sized")
+            && line.contains("memory_mib=768")
+            && line.contains("vcpus=2")));
+    cluster.tear_down(&pod);
+    assert_nothing_left(&cluster.containerd);
+}
+
 /// The stdout lines of the CRI log file `log` in `dir`.
 fn stdout_lines(dir: &std::path::Path, log: &str) -> Vec<String> {
     let text = std::fs::read_to_string(dir.join(log)).unwrap_or_default();

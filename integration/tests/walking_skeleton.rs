@@ -459,6 +459,54 @@ fn a_missing_kernel_fails_create_naming_the_file() {
     assert!(containerd.qemu_processes().is_empty());
 }
 
+/// `ctr run --annotation`s of the pod's VM size, from a `ctr run --rm` with the veil runtime.
+fn run_sized(
+    containerd: &Containerd,
+    id: &str,
+    sizes: &[&str],
+    script: &str,
+) -> veil_integration::CtrOutput {
+    let mut args = vec!["run", "--rm", "--runtime", VEIL_RUNTIME];
+    for size in sizes {
+        args.extend(["--annotation", size]);
+    }
+    args.extend([IMAGE, id, "sh", "-c", script]);
+    containerd.run_ctr(&args, None, TASK_END).expect("ctr run")
+}
+
+#[test]
+fn a_pods_annotations_size_its_vm_and_a_size_the_node_does_not_allow_is_refused() {
+    let containerd = containerd();
+    let sized = run_sized(
+        &containerd,
+        "sized",
+        &["io.veil.vm.memory-mib=640", "io.veil.vm.vcpus=2"],
+        "grep -c ^processor /proc/cpuinfo; grep MemTotal /proc/meminfo",
+    );
+    assert_eq!(sized.code, 0, "{}", sized.stderr);
+    let mut lines = sized.stdout.lines();
+    assert_eq!(lines.next(), Some("2"), "{}", sized.stdout);
+    let total_kib: u64 = lines
+        .next()
+        .and_then(|line| line.split_whitespace().nth(1))
+        .and_then(|kib| kib.parse().ok())
+        .unwrap_or_else(|| panic!("no MemTotal: {}", sized.stdout));
+    // 640 MiB less what the guest kernel keeps; the default 512 MiB VM has less than 512.
+    assert!(
+        (530 << 10..=640 << 10).contains(&total_kib),
+        "MemTotal {total_kib} kB in a VM of 640 MiB"
+    );
+    for (size, named) in [
+        ("io.veil.vm.vcpus=100000", "max_vcpus"),
+        ("io.veil.vm.memory-mib=4G", "io.veil.vm.memory-mib"),
+    ] {
+        let refused = run_sized(&containerd, "refused", &[size], "true");
+        assert_ne!(refused.code, 0, "{size} ran");
+        assert!(refused.stderr.contains(named), "{size}: {}", refused.stderr);
+    }
+    assert_nothing_left(&containerd);
+}
+
 #[test]
 fn a_qemu_that_dies_ends_the_task_without_hanging() {
     let containerd = containerd();

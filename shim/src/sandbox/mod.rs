@@ -7,6 +7,7 @@ pub mod delivery;
 pub mod image_cache;
 pub mod network;
 pub mod rootfs_image;
+pub mod sizing;
 pub mod storage;
 pub mod volumes;
 
@@ -101,6 +102,7 @@ impl Sandbox {
         id: &str,
         delivery: Option<&veil_protocol::ModelDelivery>,
         placement: HostPlacement<'_>,
+        size: sizing::VmSize,
     ) -> Result<Sandbox> {
         let egress = delivery.is_some();
         let host_data = self::delivery::host_data(delivery)?;
@@ -122,7 +124,7 @@ impl Sandbox {
             share,
         };
         let mut partial = PartialStart::new(&state_dir);
-        let started = start_vm(config, &spec, placement, &mut partial).await;
+        let started = start_vm(config, size, &spec, placement, &mut partial).await;
         let (mut agent, guest) = match started {
             Ok(connected) => connected,
             Err(error) => {
@@ -251,6 +253,7 @@ impl PartialStart {
 /// recording each step in `partial` as it succeeds.
 async fn start_vm(
     config: &Config,
+    size: sizing::VmSize,
     spec: &VmSpec,
     placement: HostPlacement<'_>,
     partial: &mut PartialStart,
@@ -267,14 +270,23 @@ async fn start_vm(
             Some(joined.map_err(|e| Error::Vm(format!("place the VM in the pod's cgroup: {e}")))?);
     }
     partial.pod_network = network::attach(placement.netns).await?;
-    let hypervisor = Qemu::new(config.hypervisor.clone(), config.agent.log_level.clone())
-        .with_pod_nics(
-            partial
-                .pod_network
-                .as_ref()
-                .map(|n| n.nics())
-                .unwrap_or_default(),
-        );
+    tracing::info!(
+        sandbox = %spec.id,
+        memory_mib = size.memory_mib,
+        vcpus = size.vcpus,
+        "VM sized from the configured base, the pod's io.veil.vm annotations and its containers' limits"
+    );
+    let hypervisor = Qemu::new(
+        size.apply(&config.hypervisor),
+        config.agent.log_level.clone(),
+    )
+    .with_pod_nics(
+        partial
+            .pod_network
+            .as_ref()
+            .map(|n| n.nics())
+            .unwrap_or_default(),
+    );
     let vm = partial.vm.insert(hypervisor.launch(spec).await?);
     let connected = AgentClient::connect(
         &spec.channel,
@@ -357,7 +369,11 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut config = config_in(dir.path());
         config.hypervisor.path = qemu;
-        let error = Sandbox::start(&config, "default", id, None, HostPlacement::default())
+        let size = sizing::VmSize {
+            memory_mib: config.hypervisor.memory_mib,
+            vcpus: config.hypervisor.vcpus,
+        };
+        let error = Sandbox::start(&config, "default", id, None, HostPlacement::default(), size)
             .await
             .err()
             .expect("the start fails");

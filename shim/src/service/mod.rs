@@ -20,6 +20,7 @@ use crate::error::{Error, Result};
 use crate::io::{self, StdioPaths};
 use crate::options;
 use crate::sandbox::image_cache::SnapshotKey;
+use crate::sandbox::sizing::{self, HostCapacity, VmSize};
 use crate::sandbox::{delivery, rootfs_image, storage, volumes, Sandbox};
 use events::EventSink;
 use process::{ExitInfo, ProcessState, Status};
@@ -130,6 +131,7 @@ impl TaskService {
         sandbox_id: &str,
         delivery: Option<&veil_protocol::ModelDelivery>,
         placement: crate::sandbox::HostPlacement<'_>,
+        size: VmSize,
     ) -> Result<Arc<Sandbox>> {
         let mut slot = self.sandbox.lock().await;
         if let Some(sandbox) = slot.as_ref() {
@@ -142,6 +144,7 @@ impl TaskService {
                 sandbox_id,
                 delivery,
                 placement,
+                size,
             )
             .await?,
         );
@@ -207,6 +210,11 @@ impl TaskService {
         volumes::validate_annotations(spec.annotations().as_ref())?;
         let model_delivery = delivery::declaration(spec.annotations().as_ref())?;
         let sandbox_id = options::sandbox_id(spec.annotations().as_ref(), &request.id);
+        let vm_size = sizing::size_for(
+            &config.hypervisor,
+            spec.annotations().as_ref(),
+            HostCapacity::probe(),
+        )?;
 
         let pod_netns = crate::sandbox::network::pod_netns(&spec);
         let cgroups_path = spec
@@ -220,7 +228,13 @@ impl TaskService {
         };
         // Boot the VM while containerd's snapshot is mounted: both take time.
         let (sandbox, rootfs) = tokio::join!(
-            self.ensure_sandbox(&config, &sandbox_id, model_delivery.as_ref(), placement),
+            self.ensure_sandbox(
+                &config,
+                &sandbox_id,
+                model_delivery.as_ref(),
+                placement,
+                vm_size
+            ),
             storage::mount_rootfs(&bundle, &request.rootfs, &spec)
         );
         let (host_rootfs, rootfs_mounted) = match rootfs {
