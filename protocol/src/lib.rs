@@ -21,7 +21,7 @@ pub mod rootfs;
 
 pub use generated::agent::*;
 pub use generated::agent_ttrpc::{create_agent_service, AgentService, AgentServiceClient};
-pub use path_error::PathError;
+pub use path_error::{in_context, PathError};
 pub use protobuf;
 pub use ttrpc;
 

@@ -463,3 +463,21 @@ impl AgentClient {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_agents_answer_is_not_prefixed_with_what_it_already_names() {
+        let refused = |message: &str| {
+            let status = ttrpc::get_status(ttrpc::Code::UNKNOWN, message.to_string());
+            agent_error("exec e in container c", ttrpc::Error::RpcStatus(status)).to_string()
+        };
+        assert_eq!(
+            refused("exec e in container c: find executable \"x\": ENOENT"),
+            "guest agent: exec e in container c: find executable \"x\": ENOENT"
+        );
+        assert_eq!(refused("EIO"), "guest agent: exec e in container c: EIO");
+    }
+}

@@ -42,7 +42,7 @@ pub enum Error {
     #[error("virtual machine: {0}")]
     Vm(String),
     /// The guest agent failed or did not answer.
-    #[error("guest agent: {what}: {detail}")]
+    #[error("guest agent: {}", veil_protocol::in_context(what, detail))]
     Agent {
         /// What the shim asked for.
         what: String,

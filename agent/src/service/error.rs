@@ -29,7 +29,7 @@ pub enum ServiceError {
     #[error("{0}")]
     PermissionDenied(String),
     /// The container runtime failed.
-    #[error("{what}: {source}")]
+    #[error("{}", veil_protocol::in_context(what, &source.to_string()))]
     Runtime {
         /// What was being done.
         what: String,
@@ -118,5 +118,25 @@ mod tests {
         };
         assert_eq!(status.code(), ttrpc::Code::NOT_FOUND);
         assert!(status.message().contains("c1"));
+    }
+
+    #[test]
+    fn a_runtime_error_that_names_its_exec_is_not_prefixed_with_it_again() {
+        let message = |why: &str| {
+            let error: ttrpc::Error = ServiceError::Runtime {
+                what: "exec e in container c".into(),
+                source: Box::new(std::io::Error::other(why.to_string())),
+            }
+            .into();
+            let ttrpc::Error::RpcStatus(status) = error else {
+                panic!("expected a status")
+            };
+            status.message().to_string()
+        };
+        assert_eq!(
+            message("exec e in container c: find executable \"x\": ENOENT"),
+            "exec e in container c: find executable \"x\": ENOENT"
+        );
+        assert_eq!(message("EPERM"), "exec e in container c: EPERM");
     }
 }
