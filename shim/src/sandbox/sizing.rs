@@ -98,39 +98,60 @@ pub fn size_for(
 ) -> Result<VmSize> {
     let empty = HashMap::new();
     let annotations = annotations.unwrap_or(&empty);
-    let base_memory = veil_annotation(annotations, MEMORY_ANNOTATION, "MiB, e.g. 4096")?
-        .unwrap_or(config.memory_mib.into());
-    let base_vcpus = veil_annotation(annotations, VCPUS_ANNOTATION, "vCPUs, e.g. 4")?
-        .unwrap_or(config.vcpus.into());
-    let memory = base_memory.saturating_add(containers_memory_mib(annotations)?);
-    let vcpus = base_vcpus.saturating_add(containers_vcpus(annotations)?);
-    let max_memory = match config.max_memory_mib {
-        0 => host.memory_mib,
-        max => max.into(),
+    let memory = Figure {
+        unit: "MiB",
+        annotation: MEMORY_ANNOTATION,
+        max_setting: "max_memory_mib",
+        base: veil_annotation(annotations, MEMORY_ANNOTATION, "MiB, e.g. 4096")?
+            .unwrap_or(config.memory_mib.into()),
+        containers: containers_memory_mib(annotations)?,
+        max: match config.max_memory_mib {
+            0 => host.memory_mib,
+            max => max.into(),
+        },
     };
-    let max_vcpus = match config.max_vcpus {
-        0 => host.cpus.into(),
-        max => max.into(),
+    let vcpus = Figure {
+        unit: "vCPUs",
+        annotation: VCPUS_ANNOTATION,
+        max_setting: "max_vcpus",
+        base: veil_annotation(annotations, VCPUS_ANNOTATION, "vCPUs, e.g. 4")?
+            .unwrap_or(config.vcpus.into()),
+        containers: containers_vcpus(annotations)?,
+        max: match config.max_vcpus {
+            0 => host.cpus.into(),
+            max => max.into(),
+        },
     };
-    let too_large = |what: &str, asked: u64, max: u64, field: &str| {
-        Error::InvalidArgument(format!(
-            "the pod's VM would get {asked} {what} (the base {} plus its containers' limits), more than the {max} this node allows ([hypervisor] {field}, or the host's own when 0); lower the pod's limits or its {} annotation, or raise {field} in the veil configuration",
-            if what == "MiB" { base_memory } else { base_vcpus },
-            if what == "MiB" { MEMORY_ANNOTATION } else { VCPUS_ANNOTATION },
-        ))
-    };
-    if memory > max_memory {
-        return Err(too_large("MiB", memory, max_memory, "max_memory_mib"));
-    }
-    if vcpus > max_vcpus {
-        return Err(too_large("vCPUs", vcpus, max_vcpus, "max_vcpus"));
-    }
     Ok(VmSize {
-        memory_mib: u32::try_from(memory)
-            .map_err(|_| too_large("MiB", memory, max_memory, "max_memory_mib"))?,
-        vcpus: u32::try_from(vcpus)
-            .map_err(|_| too_large("vCPUs", vcpus, max_vcpus, "max_vcpus"))?,
+        memory_mib: memory.total()?,
+        vcpus: vcpus.total()?,
     })
+}
+
+/// One figure of a VM's size (memory or vCPUs), worked out the same way for both.
+struct Figure {
+    unit: &'static str,
+    annotation: &'static str,
+    max_setting: &'static str,
+    base: u64,
+    containers: u64,
+    max: u64,
+}
+
+impl Figure {
+    /// The base plus the containers' share, if the node allows that much.
+    fn total(&self) -> Result<u32> {
+        let total = self.base.saturating_add(self.containers);
+        u32::try_from(total)
+            .ok()
+            .filter(|_| total <= self.max)
+            .ok_or_else(|| {
+                let Figure { unit, annotation, max_setting, base, max, .. } = self;
+                Error::InvalidArgument(format!(
+                    "the pod's VM would get {total} {unit} (the base {base} plus its containers' limits), more than the {max} this node allows ([hypervisor] {max_setting}, or the host's own when 0); lower the pod's limits or its {annotation} annotation, or raise {max_setting} in the veil configuration"
+                ))
+            })
+    }
 }
 
 /// A veil sizing annotation: a whole number of at least 1.
