@@ -20,8 +20,9 @@ use veil_shim::hypervisor::{qemu::kernel_cmdline_for, snp, Channel};
 #[derive(Debug, Args)]
 pub struct MeasureArgs {
     /// A veil configuration.toml: measure the SNP pods its shim launches (instead of
-    /// --firmware, --kernel, --initrd, --append, --vcpus and --vcpu-type).
-    #[arg(long, conflicts_with_all = ["firmware", "kernel", "initrd", "append", "vcpus", "vcpu_type"])]
+    /// --firmware, --kernel, --initrd, --append and --vcpu-type; --vcpus, when given, is the
+    /// pods' vCPU count in place of the configured base).
+    #[arg(long, conflicts_with_all = ["firmware", "kernel", "initrd", "append", "vcpu_type"])]
     config: Option<PathBuf>,
     /// With --config whose agent.channel is "auto": the channel the nodes use (vsock
     /// where they have /dev/vhost-vsock, else serial); it is on the measured command line.
@@ -39,7 +40,8 @@ pub struct MeasureArgs {
     /// Kernel command line (QEMU -append), exactly as QEMU gets it.
     #[arg(long, requires = "kernel")]
     append: Option<String>,
-    /// Number of vCPUs (QEMU -smp).
+    /// Number of vCPUs (QEMU -smp). A pod's VM has the configured base plus its containers'
+    /// CPU limits (or its io.veil.vm.vcpus), and each count measures differently.
     #[arg(long, required_unless_present = "config")]
     vcpus: Option<u32>,
     /// vCPU model as QEMU names it (-cpu), e.g. EPYC-v4, EPYC-Milan, EPYC-Genoa.
@@ -71,7 +73,9 @@ pub enum ChannelChoice {
 
 fn inputs(args: &MeasureArgs) -> anyhow::Result<MeasureInputs> {
     if let Some(config) = &args.config {
-        return inputs_from_config(config, args.agent_channel, args.guest_features);
+        let mut inputs = inputs_from_config(config, args.agent_channel, args.guest_features)?;
+        inputs.vcpus = args.vcpus.unwrap_or(inputs.vcpus);
+        return Ok(inputs);
     }
     let (Some(firmware), Some(vcpus), Some(vcpu_type)) =
         (&args.firmware, args.vcpus, &args.vcpu_type)
@@ -391,10 +395,25 @@ mod tests {
     }
 
     #[test]
-    fn config_is_exclusive_with_the_explicit_inputs() {
-        let error = parse(&["--config", "c.toml", "--vcpus", "2"]).unwrap_err();
-        assert!(error.to_string().contains("--vcpus"), "{error}");
+    fn config_is_exclusive_with_the_explicit_inputs_but_the_vcpu_count() {
+        let error = parse(&["--config", "c.toml", "--vcpu-type", "EPYC-v4"]).unwrap_err();
+        assert!(error.to_string().contains("--vcpu-type"), "{error}");
         assert!(parse(&["--vcpus", "2", "--vcpu-type", "EPYC-v4"]).is_err());
+    }
+
+    /// A pod whose containers' CPU limits add vCPUs to the configured base is measured with
+    /// its own count: the same inputs otherwise, another digest.
+    #[test]
+    fn vcpus_with_config_measure_the_pods_of_that_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = snp_node(dir.path(), "vcpus = 1", "channel = \"serial\"");
+        let config = config.to_str().unwrap();
+        let base = inputs(&parse(&["--config", config]).unwrap()).unwrap();
+        let four = inputs(&parse(&["--config", config, "--vcpus", "4"]).unwrap()).unwrap();
+        assert_eq!((base.vcpus, four.vcpus), (1, 4));
+        assert_eq!(four.direct_boot, base.direct_boot);
+        let (base, four) = (measure(&base).unwrap(), measure(&four).unwrap());
+        assert_ne!(base.launch_digest, four.launch_digest);
     }
 
     #[test]
