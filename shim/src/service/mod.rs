@@ -44,11 +44,11 @@ struct ContainerState {
     execs: Mutex<HashMap<String, Arc<ProcessState>>>,
 }
 
-/// A container's rootfs on the node: where it is mounted, and the snapshot it was mounted
-/// from when an image of it may be reused ([`SnapshotKey`]).
+/// A container's rootfs on the node: where it is mounted, and the mounts containerd gave
+/// for it, which name its snapshot when an image of it may be reused ([`SnapshotKey`]).
 struct HostRootfs<'a> {
     path: &'a std::path::Path,
-    snapshot: Option<SnapshotKey>,
+    mounts: &'a [containerd_shim::protos::types::mount::Mount],
 }
 
 impl ContainerState {
@@ -270,7 +270,7 @@ impl TaskService {
                 spec,
                 HostRootfs {
                     path: &host_rootfs,
-                    snapshot: SnapshotKey::of(&request.rootfs),
+                    mounts: &request.rootfs,
                 },
                 &stdio,
                 model_delivery,
@@ -369,14 +369,13 @@ impl TaskService {
         }
         let started = std::time::Instant::now();
         let share = storage::container_share(&sandbox.shared_dir, id);
+        // Only a reader's image is cached: other containers never stat the snapshot's layers.
+        let snapshot = SnapshotKey::of(host_rootfs.mounts);
         let (image, reused) = rootfs_image::build_or_reuse(
             host_rootfs.path,
             &share,
             id,
-            host_rootfs
-                .snapshot
-                .as_ref()
-                .map(|key| (&sandbox.image_cache, key)),
+            snapshot.as_ref().map(|key| (&sandbox.image_cache, key)),
         )
         .await?;
         tracing::info!(
