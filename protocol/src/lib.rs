@@ -16,12 +16,14 @@ mod generated {
 }
 
 pub mod delivery;
+mod error_context;
 mod path_error;
 pub mod rootfs;
 
+pub use error_context::in_context;
 pub use generated::agent::*;
 pub use generated::agent_ttrpc::{create_agent_service, AgentService, AgentServiceClient};
-pub use path_error::{in_context, PathError};
+pub use path_error::PathError;
 pub use protobuf;
 pub use ttrpc;
 
