@@ -17,6 +17,7 @@
 mod containerd;
 mod files;
 mod image;
+mod images;
 mod runtime_config;
 
 use std::path::{Path, PathBuf};
@@ -47,6 +48,9 @@ enum NodeCommand {
     Install(NodeOptions),
     /// Remove what `install` added; everything else is left as it is. Idempotent.
     Uninstall(NodeOptions),
+    /// List the rootfs images the shims cached on this node for pods of the same image;
+    /// with --prune, drop those the shims would drop now (or, with --all, every unused one).
+    Images(images::ImagesArgs),
 }
 
 /// Where things go; the same flags for install and uninstall.
@@ -115,6 +119,7 @@ pub fn run(args: NodeArgs) -> Result<()> {
             let report = uninstall(&options)?;
             (options, report)
         }
+        NodeCommand::Images(args) => return images::run(&args),
     };
     report.print(options.dry_run);
     Ok(())

@@ -83,18 +83,23 @@ pub fn write_model_server_archive(
 /// `veil rootfs digest --oci ARCHIVE`: the rootfs digest a model owner takes of the image
 /// archive they publish, with the `veil` binary built next to this one.
 pub fn owner_image_digest(archive: &Path) -> Result<String> {
+    let archive = archive.to_string_lossy();
+    veil_cli(&["rootfs", "digest", "--oci", &archive])
+}
+
+/// Runs the `veil` binary built next to this one with `args`; its stdout, trimmed.
+pub fn veil_cli(args: &[&str]) -> Result<String> {
     let veil = target_profile_dir()
         .map(|d| d.join("veil"))
         .context("cannot find the build directory")?;
     let output = Command::new(&veil)
-        .args(["rootfs", "digest", "--oci"])
-        .arg(archive)
+        .args(args)
         .output()
         .with_context(|| format!("run {} (cargo build --workspace builds it)", veil.display()))?;
     if !output.status.success() {
         bail!(
-            "veil rootfs digest --oci {} failed: {}",
-            archive.display(),
+            "veil {} failed: {}",
+            args.join(" "),
             String::from_utf8_lossy(&output.stderr)
         );
     }
@@ -358,6 +363,16 @@ impl Containerd {
     /// The private directory (containerd root and state, veil state, logs).
     pub fn dir(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// `veil node images --json` with this instance's veil configuration, and `extra`
+    /// flags (`--prune`, `--all`).
+    pub fn node_images(&self, extra: &[&str]) -> Result<serde_json::Value> {
+        let config = self.dir().join("veil.toml");
+        let config = config.to_string_lossy();
+        let mut args = vec!["node", "images", "--json", "--config", &config];
+        args.extend_from_slice(extra);
+        Ok(serde_json::from_str(&veil_cli(&args)?)?)
     }
 
     /// containerd's log so far.

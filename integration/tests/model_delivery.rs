@@ -389,14 +389,20 @@ fn the_next_pod_of_the_image_reuses_its_rootfs_image(
     containerd: &Containerd,
     annotations: &[(String, String)],
 ) {
-    let cache = containerd.dir().join("veil").join("_rootfs-images");
-    let entries = std::fs::read_dir(&cache)
-        .map(|dir| dir.count())
-        .unwrap_or_default();
+    let states = |extra: &[&str]| {
+        let listing = containerd.node_images(extra).expect("veil node images");
+        let states: Vec<String> = listing["images"]
+            .as_array()
+            .expect("images")
+            .iter()
+            .map(|image| format!("{} {}", image["state"], image["users"]))
+            .collect();
+        (listing, states)
+    };
+    let (listing, ended) = states(&[]);
     assert!(
-        entries > 0,
-        "no rootfs image kept in {} after its pod ended",
-        cache.display()
+        !ended.is_empty() && ended.iter().all(|s| s == "\"unused\" 0"),
+        "no unused rootfs image kept after its pod ended: {listing}"
     );
     let id = "next";
     let started = containerd
@@ -431,7 +437,18 @@ fn the_next_pod_of_the_image_reuses_its_rootfs_image(
             .contains("from the node's image through dm-verity"),
         "the reused image was not verified in place"
     );
+    let (listing, running) = states(&["--prune"]);
+    assert!(
+        running.contains(&"\"in use\" 1".to_string()),
+        "the running server's image is not listed in use: {listing}"
+    );
     containerd.remove(id);
+    // The operator takes the idle node's memory back: every unused image goes at once.
+    let (listing, pruned) = states(&["--prune", "--all"]);
+    assert!(
+        pruned.is_empty() && listing["pruned"]["unused"].as_u64() >= Some(1),
+        "unused images left after --prune --all: {listing}"
+    );
 }
 
 /// Runs the server with `annotations` and expects its start to fail with `expected` in

@@ -60,7 +60,12 @@ impl SnapshotKey {
                 .is_none()
                 .then_some(())?;
         }
-        let layers: Vec<PathBuf> = option("lowerdir=")?.split(':').map(PathBuf::from).collect();
+        Self::of_layers(option("lowerdir=")?.split(':').map(PathBuf::from).collect())
+    }
+
+    /// The key of a snapshot of these read-only layers (uppermost first), or `None` when
+    /// one of them is missing.
+    pub fn of_layers(layers: Vec<PathBuf>) -> Option<SnapshotKey> {
         let name = Self::name_of(&layers)?;
         Some(SnapshotKey { name, layers })
     }
@@ -97,6 +102,8 @@ pub struct Collected {
     pub evicted: usize,
     /// Staging directories of shims that are gone.
     pub abandoned: usize,
+    /// What the evicted entries held.
+    pub evicted_bytes: u64,
 }
 
 /// The node's image cache.
@@ -180,46 +187,56 @@ impl ImageCache {
         }
     }
 
+    /// What the cache holds, in no particular order: entries, staging directories and
+    /// stale entries alike. Anything but a directory is not the cache's, and is left out.
+    pub fn entries(&self) -> Vec<Entry> {
+        let Ok(listing) = std::fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        listing
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .map(|e| Entry::read(&e.path()))
+            .collect()
+    }
+
     /// Drops stale entries, abandoned staging directories, and the least recently used
     /// entries no container uses beyond the limit. Best effort: what cannot be read or
     /// removed stays, and is logged.
     pub fn collect(&self) -> Collected {
         let mut collected = Collected::default();
-        let Ok(listing) = std::fs::read_dir(&self.dir) else {
-            return collected;
-        };
         let mut idle = Vec::new();
-        // Only directories are entries; anything else is not the cache's to judge.
-        let dirs = listing
-            .flatten()
-            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()));
-        for path in dirs.map(|e| e.path()) {
-            match Entry::read(&path) {
+        for entry in self.entries() {
+            match entry.state {
                 EntryState::Staging { pid } if !Path::new(&format!("/proc/{pid}")).exists() => {
-                    collected.abandoned += usize::from(remove(&path, "its shim is gone"));
+                    collected.abandoned += usize::from(remove(&entry.path, "its shim is gone"));
                 }
                 EntryState::Staging { .. } => {}
                 EntryState::Stale => {
-                    collected.stale += usize::from(remove(&path, "its snapshot is gone"));
+                    collected.stale += usize::from(remove(&entry.path, "its snapshot is gone"));
                 }
-                EntryState::Kept(entry) if !entry.in_use => idle.push(entry),
+                EntryState::Kept(image) if image.users == 0 => idle.push((entry.path, image)),
                 EntryState::Kept(_) => {}
             }
         }
-        let idle_bytes = idle.iter().map(|e| e.bytes).fold(0, u64::saturating_add);
+        let idle_bytes = idle
+            .iter()
+            .map(|(_, i)| i.bytes)
+            .fold(0, u64::saturating_add);
         let limit = idle_limit(
             self.idle_limit_bytes,
             available_bytes(&self.dir),
             idle_bytes,
         );
         // Newest first: everything past the limit goes, oldest last used first.
-        idle.sort_by_key(|entry| std::cmp::Reverse(entry.last_used));
+        idle.sort_by_key(|(_, image)| std::cmp::Reverse(image.last_used));
         let mut kept_bytes = 0u64;
-        for entry in idle {
-            kept_bytes = kept_bytes.saturating_add(entry.bytes);
+        for (path, image) in idle {
+            kept_bytes = kept_bytes.saturating_add(image.bytes);
             if kept_bytes > limit {
                 let why = "unused, beyond image_cache_mib or half the room left in state_dir";
-                collected.evicted += usize::from(remove(&entry.path, why));
+                collected.evicted += usize::from(remove(&path, why));
+                collected.evicted_bytes = collected.evicted_bytes.saturating_add(image.bytes);
             }
         }
         collected
@@ -242,41 +259,60 @@ fn available_bytes(dir: &Path) -> Option<u64> {
     Some(fs.blocks_available().saturating_mul(block))
 }
 
-/// A cache entry as collection finds it.
-struct Entry {
-    path: PathBuf,
-    bytes: u64,
-    in_use: bool,
-    last_used: SystemTime,
+/// A directory of the cache, as listing and collection find it.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    /// The directory.
+    pub path: PathBuf,
+    /// What it holds.
+    pub state: EntryState,
 }
 
-enum EntryState {
+/// What a directory of the cache holds.
+#[derive(Debug, Clone)]
+pub enum EntryState {
+    /// Being made by a shim (or left behind by one that is gone).
     Staging {
+        /// The shim's process.
         pid: u32,
     },
     /// Its snapshot's layers are gone or were made anew, or it cannot be read.
     Stale,
-    Kept(Entry),
+    /// A whole image of a snapshot that is still there.
+    Kept(KeptImage),
+}
+
+/// A whole entry whose snapshot is still there.
+#[derive(Debug, Clone)]
+pub struct KeptImage {
+    /// The image and its hash tree.
+    pub bytes: u64,
+    /// Containers whose shares link the image now; 0 means unused, and up for eviction.
+    pub users: u64,
+    /// When a container last got it (made or linked), which orders eviction.
+    pub last_used: SystemTime,
+    /// The snapshot's read-only layers.
+    pub layers: Vec<PathBuf>,
 }
 
 impl Entry {
-    fn read(path: &Path) -> EntryState {
+    fn read(path: &Path) -> Entry {
         let name = path
             .file_name()
             .and_then(|n| n.to_str())
             .unwrap_or_default();
         let mut parts = name.rsplitn(3, '.');
-        if let (Some(STAGING_SUFFIX), Some(pid), Some(_)) =
-            (parts.next(), parts.next(), parts.next())
-        {
-            if let Ok(pid) = pid.parse() {
-                return EntryState::Staging { pid };
-            }
+        let state = match (parts.next(), parts.next().map(str::parse), parts.next()) {
+            (Some(STAGING_SUFFIX), Some(Ok(pid)), Some(_)) => EntryState::Staging { pid },
+            _ => Self::read_kept(path, name).map_or(EntryState::Stale, EntryState::Kept),
+        };
+        Entry {
+            path: path.to_path_buf(),
+            state,
         }
-        Self::read_kept(path, name).map_or(EntryState::Stale, EntryState::Kept)
     }
 
-    fn read_kept(path: &Path, name: &str) -> Option<Entry> {
+    fn read_kept(path: &Path, name: &str) -> Option<KeptImage> {
         let layers: Vec<PathBuf> =
             serde_json::from_slice(&std::fs::read(path.join(LAYERS_FILE)).ok()?).ok()?;
         let key = SnapshotKey {
@@ -291,12 +327,22 @@ impl Entry {
         let last_used = std::fs::metadata(path.join(PARAMETERS_FILE))
             .and_then(|m| m.modified())
             .ok()?;
-        Some(Entry {
-            path: path.to_path_buf(),
+        Some(KeptImage {
             bytes: image.len().saturating_add(tree.len()),
-            in_use: image.nlink() > 1,
+            users: image.nlink().saturating_sub(1),
             last_used,
+            layers: key.layers,
         })
+    }
+
+    /// The snapshot key the entry is kept under (for a staging directory, the one it will be).
+    pub fn key(&self) -> &str {
+        let name = self
+            .path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        name.split('.').next().unwrap_or(name)
     }
 }
 
@@ -433,6 +479,14 @@ mod tests {
         SnapshotKey::of(&[overlay(&layers(dir, &[layer]), &upper)]).unwrap()
     }
 
+    /// What a kept entry holds (all entries here are made alike, so any one tells).
+    fn entry_bytes(cache: &ImageCache, key: &SnapshotKey) -> u64 {
+        [IMAGE_FILE, HASH_TREE_FILE]
+            .iter()
+            .map(|f| std::fs::metadata(cache.entry(key).join(f)).unwrap().len())
+            .sum()
+    }
+
     fn cached(cache: &ImageCache, key: &SnapshotKey) -> bool {
         cache.entry(key).join(PARAMETERS_FILE).exists()
     }
@@ -507,13 +561,45 @@ mod tests {
         std::fs::create_dir(&abandoned).unwrap();
         std::fs::create_dir(&staging).unwrap();
 
+        let listed = |state: fn(&EntryState) -> bool| {
+            let mut keys: Vec<String> = cache
+                .entries()
+                .into_iter()
+                .filter(|e| state(&e.state))
+                .map(|e| e.key().to_string())
+                .collect();
+            keys.sort();
+            keys
+        };
+        let sorted = |mut keys: Vec<String>| {
+            keys.sort();
+            keys
+        };
+        assert_eq!(
+            listed(|s| matches!(s, EntryState::Kept(i) if i.users == 0)),
+            sorted(vec![keys[0].name.clone(), keys[1].name.clone()])
+        );
+        assert_eq!(
+            listed(|s| matches!(s, EntryState::Kept(i) if i.users == 1 && i.bytes >= 600 << 10)),
+            vec![keys[2].name.clone()]
+        );
+        assert_eq!(
+            listed(|s| matches!(s, EntryState::Stale)),
+            vec![keys[3].name.clone()]
+        );
+        assert_eq!(
+            listed(|s| matches!(s, EntryState::Staging { .. })),
+            sorted(vec![keys[0].name.clone(), keys[1].name.clone()])
+        );
+
         let collected = cache.collect();
         assert_eq!(
             collected,
             Collected {
                 stale: 1,
                 evicted: 1,
-                abandoned: 1
+                abandoned: 1,
+                evicted_bytes: entry_bytes(&cache, &keys[1]),
             }
         );
         assert!(
