@@ -5,10 +5,17 @@
 /// themselves, and a caller adding the same words again only makes them harder to read.
 pub fn in_context(what: &str, message: &str) -> String {
     if what.is_empty() || message.starts_with(what) {
-        message.to_string()
-    } else {
-        format!("{what}: {message}")
+        return message.to_string();
     }
+    // "create container c" and "container c: why" name the same thing; say it once. The
+    // subject must be a kind and a name: a lone word at the end could be anything.
+    if let Some((subject, why)) = message.split_once(": ").filter(|(s, _)| s.contains(' ')) {
+        let verb = what.strip_suffix(subject);
+        if verb.is_some_and(|verb| verb.ends_with(' ')) {
+            return format!("{what}: {why}");
+        }
+    }
+    format!("{what}: {message}")
 }
 
 #[cfg(test)]
@@ -29,5 +36,14 @@ mod tests {
             "exec e in container c: no such file"
         );
         assert_eq!(in_context("", "why"), "why");
+        assert_eq!(
+            in_context("create container c", "container c: no such file"),
+            "create container c: no such file"
+        );
+        // Only a kind and a name count: a lone "c" may not be the container.
+        assert_eq!(
+            in_context("create container c", "c: bad"),
+            "create container c: c: bad"
+        );
     }
 }

@@ -479,5 +479,13 @@ mod tests {
             "guest agent: exec e in container c: find executable \"x\": ENOENT"
         );
         assert_eq!(refused("EIO"), "guest agent: exec e in container c: EIO");
+        let status = ttrpc::get_status(
+            ttrpc::Code::INTERNAL,
+            "container c: cgroup2 is not mounted".to_string(),
+        );
+        assert_eq!(
+            agent_error("create container c", ttrpc::Error::RpcStatus(status)).to_string(),
+            "guest agent: create container c: cgroup2 is not mounted"
+        );
     }
 }
