@@ -507,13 +507,30 @@ impl Containerd {
             .collect();
         // In the VM's network, where the pod's other containers reach it (`ctr run` would
         // otherwise give it a network namespace of its own, with its own loopback).
-        let mut args = vec!["run", "-d", "--net-host", "--runtime", VEIL_RUNTIME];
+        // Its output goes to a file, as kubelet's CRI log path would take it: `ctr run -d`
+        // alone leaves it to a FIFO nobody reads, and a server that logs every request
+        // then blocks once the FIFO is full (as under runc).
+        let log = format!("file://{}", self.server_log_path(id).display());
+        let mut args = vec![
+            "run",
+            "-d",
+            "--net-host",
+            "--runtime",
+            VEIL_RUNTIME,
+            "--log-uri",
+            &log,
+        ];
         for pair in &pairs {
             args.extend(["--annotation", pair.as_str()]);
         }
         args.extend(["--mount", &mount, MODEL_SERVER_IMAGE, id]);
         args.extend(MODEL_SERVER_ARGS);
         self.run_ctr(&args, None, Duration::from_secs(600))
+    }
+
+    /// Where [`Self::run_model_server`] has the output of server `id` written.
+    pub fn server_log_path(&self, id: &str) -> PathBuf {
+        self.dir.path().join(format!("{id}.server.log"))
     }
 
     /// Asks the model server in container `id` (see [`Self::run_model_server`]) for a

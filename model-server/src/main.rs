@@ -70,6 +70,10 @@ enum Command {
         /// Seconds to wait for the server (health polling, or the prediction request).
         #[arg(long, default_value_t = 30)]
         wait_secs: u64,
+        /// Ask for the prediction this many times (a load for soak measurements); every
+        /// answer must be the same, and the last is printed.
+        #[arg(long, default_value_t = 1, conflicts_with = "health", value_parser = clap::value_parser!(u32).range(1..))]
+        repeat: u32,
     },
 }
 
@@ -106,7 +110,17 @@ fn run(command: Command) -> Result<(), Box<dyn Error>> {
             input,
             health,
             wait_secs,
-        } => query(&url, &input, health, Duration::from_secs(wait_secs)),
+            repeat,
+        } => {
+            let wait = Duration::from_secs(wait_secs);
+            if health {
+                wait_until_healthy(&url, wait)?;
+                println!("ok");
+                Ok(())
+            } else {
+                predict(&url, &input, wait, repeat)
+            }
+        }
     }
 }
 
@@ -140,14 +154,26 @@ fn announce_address(addr: SocketAddr) -> std::io::Result<()> {
     stdout.flush()
 }
 
-fn query(url: &str, input: &[f32], health: bool, wait: Duration) -> Result<(), Box<dyn Error>> {
-    if health {
-        wait_until_healthy(url, wait)?;
-        println!("ok");
-    } else {
+fn predict(url: &str, input: &[f32], wait: Duration, repeat: u32) -> Result<(), Box<dyn Error>> {
+    let started = std::time::Instant::now();
+    let first = query_prediction(url, input, wait)?;
+    for n in 2..=repeat {
         let answer = query_prediction(url, input, wait)?;
-        println!("{}", answer.trim_end());
+        if answer != first {
+            return Err(format!(
+                "answer {n} of {repeat} differs from the first: {answer:?} after {first:?}"
+            )
+            .into());
+        }
     }
+    if repeat > 1 {
+        info!(
+            answers = repeat,
+            seconds = started.elapsed().as_secs_f64(),
+            "all answers the same"
+        );
+    }
+    println!("{}", first.trim_end());
     Ok(())
 }
 
