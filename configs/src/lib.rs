@@ -127,6 +127,11 @@ pub struct HypervisorConfig {
     pub vhost_net: bool,
     /// Seconds to wait for the agent after QEMU starts.
     pub boot_timeout_secs: u64,
+    /// Under TCG only: the size (MiB) of QEMU's translated-code cache (`-accel
+    /// tcg,tb-size=`); 0: QEMU's own default (1 GiB on 64-bit hosts with 8 GiB or more). QEMU
+    /// keeps the cache resident as it fills, and it fills with every new program the guest
+    /// runs, so an unbounded one takes a long-lived pod's QEMU far past its overhead.
+    pub tcg_cache_mib: u32,
     /// Confidential guest technology.
     pub confidential_guest: ConfidentialGuest,
     /// SEV-SNP only: the OVMF firmware QEMU boots (`-bios`), an AmdSev build
@@ -143,6 +148,9 @@ pub struct HypervisorConfig {
 /// The vCPU model of an SEV-SNP guest unless configured: the one Kata and AMD's own
 /// launch scripts use, which QEMU measures on Milan and later.
 pub const DEFAULT_SNP_VCPU_TYPE: &str = "EPYC-v4";
+
+/// The default TCG code cache, MiB: see `HypervisorConfig::tcg_cache_mib`.
+pub const DEFAULT_TCG_CACHE_MIB: u32 = 64;
 
 /// The default QEMU machine: microvm (virtio-mmio, no PCI bus or firmware to probe) with
 /// ACPI, on which veil's minimal kernel boots fastest. Debian's stock kernel (the fallback
@@ -167,6 +175,7 @@ impl Default for HypervisorConfig {
             virtiofsd: None,
             vhost_net: true,
             boot_timeout_secs: 90,
+            tcg_cache_mib: DEFAULT_TCG_CACHE_MIB,
             confidential_guest: ConfidentialGuest::None,
             firmware: None,
             vcpu_type: DEFAULT_SNP_VCPU_TYPE.to_string(),

@@ -531,6 +531,54 @@ fn a_qemu_that_dies_ends_the_task_without_hanging() {
     assert_nothing_left(&containerd);
 }
 
+/// Sizes (KiB) of QEMU's anonymous executable mappings: under TCG, its translated-code cache.
+fn executable_anonymous_mappings_kib(pid: u32) -> Vec<u64> {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).expect("QEMU's smaps");
+    let mut sizes = Vec::new();
+    let mut code = false;
+    for line in smaps.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields
+            .first()
+            .is_some_and(|f| f.contains('-') && !f.ends_with(':'))
+        {
+            // start-end perms offset dev inode [path]
+            code = fields.get(1).is_some_and(|p| p.contains('x')) && fields.len() == 5;
+        } else if code && fields.first() == Some(&"Size:") {
+            sizes.extend(fields.get(1).and_then(|kib| kib.parse::<u64>().ok()));
+        }
+    }
+    sizes
+}
+
+/// Under TCG, QEMU's translated-code cache is `hypervisor.tcg_cache_mib` (64 MiB by default),
+/// not QEMU's own 1 GiB: the cache stays resident as it fills, with every program the guest
+/// runs for the first time, so a pod that keeps starting containers or execs would take its
+/// QEMU up to 1 GiB past the guest's memory (and its pod's overhead).
+#[test]
+fn under_tcg_qemus_code_cache_is_bounded() {
+    let containerd = containerd();
+    run_detached(&containerd, "cached", &["sleep", "1000"]);
+    let [qemu] = containerd.qemu_processes()[..] else {
+        panic!("expected one QEMU process");
+    };
+    let cmdline = std::fs::read_to_string(format!("/proc/{qemu}/cmdline")).unwrap_or_default();
+    if cmdline.contains("accel=kvm") {
+        eprintln!("skipped: this VM runs under KVM, which has no code cache");
+    } else {
+        let largest = executable_anonymous_mappings_kib(qemu)
+            .into_iter()
+            .max()
+            .unwrap_or_default();
+        assert!(
+            (32 << 10..=66 << 10).contains(&largest),
+            "QEMU's code cache is {largest} KiB, not about 64 MiB; command line: {cmdline:?}"
+        );
+    }
+    containerd.remove("cached");
+    assert_nothing_left(&containerd);
+}
+
 #[test]
 fn runc_and_veil_give_the_same_results() {
     let containerd = containerd();

@@ -119,15 +119,20 @@ pub fn command_line(
         format!("veil-{},debug-threads=on", spec.id),
         "-machine".into(),
         format!(
-            "{},accel={}{}{}",
+            "{}{}{}{}",
             config.machine,
-            if accel.kvm { "kvm" } else { "tcg" },
+            if accel.kvm { ",accel=kvm" } else { "" },
             snp::machine_options(config),
             match spec.share {
                 Share::Virtio9p => String::new(),
                 Share::VirtioFs { .. } => virtiofs::machine_option(),
             }
         ),
+    ];
+    if !accel.kvm {
+        args.extend(["-accel".into(), tcg_accel(config)]);
+    }
+    args.extend([
         "-cpu".into(),
         snp::vcpu_model(config)
             .unwrap_or(if accel.kvm { "host" } else { "max" })
@@ -136,7 +141,7 @@ pub fn command_line(
         config.vcpus.to_string(),
         "-m".into(),
         format!("{}M", config.memory_mib),
-    ];
+    ]);
     args.extend(snp::launch_args(config, &spec.host_data));
     args.extend([
         "-nodefaults".into(),
@@ -170,9 +175,17 @@ pub fn command_line(
     if spec.egress {
         args.extend(egress_devices(config));
     }
-    // Under TCG an x86 guest gets a host thread per vCPU by default (QEMU 7.2: "CPU n/TCG"
-    // threads), and QEMU refuses an -accel option next to -machine's accel=.
     args
+}
+
+/// TCG with its code cache bounded. QEMU refuses an -accel option next to -machine's
+/// accel=, so under TCG the accelerator is named here only. Each vCPU already gets a host
+/// thread of its own by default (QEMU 7.2: "CPU n/TCG" threads).
+fn tcg_accel(config: &HypervisorConfig) -> String {
+    match config.tcg_cache_mib {
+        0 => "tcg".into(),
+        mib => format!("tcg,tb-size={mib}"),
+    }
 }
 
 /// virtio-9p: QEMU serves `shared_dir` itself. `multidevs=remap` keeps inode numbers of
@@ -470,7 +483,7 @@ mod tests {
         let tcg = emulated();
         let cmdline = kernel_cmdline(&config(), "info", &spec(), &emulated());
         let args = command_line(&config(), &tcg, &spec(), &cmdline).join(" ");
-        let golden = "-name veil-sb1,debug-threads=on -machine q35,accel=tcg -cpu max -smp 1 -m 512M \
+        let golden = "-name veil-sb1,debug-threads=on -machine q35 -accel tcg,tb-size=64 -cpu max -smp 1 -m 512M \
 -nodefaults -no-user-config -nographic -no-reboot -kernel /k/vmlinuz -initrd /k/initramfs.img \
 -append console=ttyS0 panic=-1 reboot=k pci=lastbus=0 i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd cryptomgr.notests net.ifnames=0 quiet veil.log=info veil.channel=serial veil.accel=tcg \
 -chardev file,id=console,path=/run/veil/default/sb1/console.log -serial chardev:console \
@@ -501,7 +514,7 @@ mod tests {
             assert!(args.contains(device), "{device} missing: {args}");
         }
         assert!(!args.contains("-pci"), "{args}");
-        assert!(args.contains("-machine microvm,acpi=on,accel=tcg"));
+        assert!(args.contains("-machine microvm,acpi=on -accel tcg,tb-size=64"));
         assert!(!kernel_cmdline(&config(), "info", &spec(), &emulated()).contains("tsc_early_khz"));
     }
 
@@ -594,8 +607,30 @@ mod tests {
             ..config()
         };
         let args = command_line(&four, &tcg, &spec(), "x");
-        assert!(args.contains(&"q35,accel=tcg".to_string()) && args.contains(&"4".to_string()));
-        assert!(!args.contains(&"-accel".to_string()), "{args:?}");
+        assert!(args.contains(&"4".to_string()));
+        let named = |args: &[String], what: &str| args.iter().filter(|a| a.contains(what)).count();
+        assert_eq!(named(&args, "tcg"), 1, "{args:?}");
+        assert!(!args.contains(&"-accel".to_string()) || named(&args, "accel=") == 0);
+        assert_eq!(
+            named(&command_line(&config(), &kvm, &spec(), "x"), "tb-size"),
+            0
+        );
+    }
+
+    #[test]
+    fn tcgs_code_cache_is_bounded_unless_set_to_qemus_default() {
+        let tcg = emulated();
+        let accel = |mib| {
+            let config = HypervisorConfig {
+                tcg_cache_mib: mib,
+                ..config()
+            };
+            let args = command_line(&config, &tcg, &spec(), "x");
+            let at = args.iter().position(|a| a == "-accel").expect("-accel");
+            args[at + 1].clone()
+        };
+        assert_eq!(accel(32), "tcg,tb-size=32");
+        assert_eq!(accel(0), "tcg");
     }
 
     #[test]
