@@ -53,6 +53,7 @@ demo: setup image
 bench: setup image
 	$(CARGO) build --release --workspace --bins
 	$(CARGO) run --quiet --release -p veil-benches --bin veil-bench-cold-start -- 10
+	$(CARGO) run --quiet --release -p veil-benches --bin veil-bench-cold-start -- --only soak --name soak
 	VEIL=$(TARGET_DIR)/release/veil benches/seal/throughput.sh
 
 lint:

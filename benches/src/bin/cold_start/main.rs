@@ -10,6 +10,7 @@ mod cri;
 mod ctr;
 mod delivery;
 mod memory;
+mod soak;
 mod stages;
 mod table;
 
@@ -34,6 +35,8 @@ enum Part {
     Delivery,
     /// A whole pod through containerd's CRI, veil vs runc.
     Cri,
+    /// A serving pod's host memory as predictions go on.
+    Soak,
 }
 
 /// veil end-to-end benchmarks.
@@ -54,7 +57,13 @@ struct Args {
     /// Deliveries of each model size.
     #[arg(long, default_value_t = 1)]
     delivery_runs: usize,
-    /// Only these parts (default: all).
+    /// Client containers the soak part starts in the serving pod, one after another.
+    #[arg(long, default_value_t = 40)]
+    soak_batches: usize,
+    /// Predictions each soak client asks for.
+    #[arg(long, default_value_t = 25)]
+    soak_predictions: u32,
+    /// Only these parts (default: all but soak).
     #[arg(long, value_enum, value_delimiter = ',')]
     only: Vec<Part>,
     /// Bound on any one container start, seconds.
@@ -67,6 +76,10 @@ struct Args {
     /// guest tmpfs, which holds at most half of it: 256 MiB needs `--memory-mib 1024`.
     #[arg(long)]
     memory_mib: Option<u32>,
+    /// `hypervisor.tcg_cache_mib` of every VM (default: veil's default; 0: QEMU's own,
+    /// 1 GiB), to compare cache sizes under TCG.
+    #[arg(long)]
+    tcg_cache_mib: Option<u32>,
     /// `hypervisor.shared_fs` of every VM ("virtio-fs", "virtio-9p"; default: veil's
     /// default, auto), to compare the two.
     #[arg(long)]
@@ -77,8 +90,10 @@ struct Args {
 }
 
 impl Args {
+    /// The soak runs apart (`make bench` writes it to its own results file), so only when
+    /// named.
     fn wants(&self, part: Part) -> bool {
-        self.only.is_empty() || self.only.contains(&part)
+        (self.only.is_empty() && part != Part::Soak) || self.only.contains(&part)
     }
 
     fn concurrency_levels(&self) -> Vec<usize> {
@@ -126,7 +141,10 @@ fn main() -> Result<()> {
     let containerd = Containerd::start_with(&options)?;
     containerd.import_busybox()?;
     if let Some(memory_mib) = args.memory_mib {
-        set_memory_mib(&containerd.veil_config, memory_mib)?;
+        set_hypervisor_key(&containerd.veil_config, "memory_mib", memory_mib)?;
+    }
+    if let Some(mib) = args.tcg_cache_mib {
+        set_hypervisor_key(&containerd.veil_config, "tcg_cache_mib", mib)?;
     }
     let hypervisor = veil_config::Config::load(&containerd.veil_config)
         .context("read the harness's veil configuration")?
@@ -174,6 +192,13 @@ fn main() -> Result<()> {
         markdown.push_str(&delivery::markdown(&sizes));
         json.insert("delivery".into(), delivery::json(&sizes));
     }
+    if args.wants(Part::Soak) {
+        containerd.import_model_server()?;
+        let samples = soak::measure(&containerd, args.soak_batches, args.soak_predictions)?;
+        let cache = hypervisor.tcg_cache_mib;
+        markdown.push_str(&soak::markdown(&samples, memory_mib, cache));
+        json.insert("soak".into(), soak::json(&samples, memory_mib, cache));
+    }
 
     let facts_after = machine_facts();
     let header = format!(
@@ -217,20 +242,20 @@ fn main() -> Result<()> {
     Ok(())
 }
 
-/// Sets `hypervisor.memory_mib` in the harness's veil configuration (read by every shim
-/// at its start), which the harness writes without one.
-fn set_memory_mib(config: &Path, memory_mib: u32) -> Result<()> {
+/// Sets `hypervisor.<key>` in the harness's veil configuration (read by every shim at its
+/// start), which the harness writes without it.
+fn set_hypervisor_key(config: &Path, key: &str, value: u32) -> Result<()> {
     let text =
         std::fs::read_to_string(config).with_context(|| format!("read {}", config.display()))?;
-    if text.contains("memory_mib") {
-        anyhow::bail!(
-            "{} already sets memory_mib; not overriding it",
-            config.display()
-        );
+    if text
+        .lines()
+        .any(|line| line.starts_with(&format!("{key} =")))
+    {
+        anyhow::bail!("{} already sets {key}; not overriding it", config.display());
     }
     let changed = text.replacen(
         "[hypervisor]\n",
-        &format!("[hypervisor]\nmemory_mib = {memory_mib}\n"),
+        &format!("[hypervisor]\n{key} = {value}\n"),
         1,
     );
     std::fs::write(config, changed).with_context(|| format!("write {}", config.display()))
@@ -275,5 +300,7 @@ mod tests {
         .expect("args");
         assert_eq!(args.concurrency_levels(), vec![1, 4, 8]);
         assert!(args.wants(Part::Memory) && !args.wants(Part::Delivery));
+        let all = Args::try_parse_from(["veil-bench-cold-start"]).expect("args");
+        assert!(all.wants(Part::Cri) && !all.wants(Part::Soak));
     }
 }
