@@ -124,6 +124,13 @@ fn a_sealed_model_is_delivered_into_guest_ram_and_served_and_the_host_sees_none_
         during.is_empty(),
         "secrets on the host while serving: {during:?}"
     );
+    // The scan covered the server's own output, which the node keeps as kubelet keeps a
+    // container's log.
+    let server_log = std::fs::read_to_string(containerd.server_log_path(id)).unwrap_or_default();
+    assert!(
+        server_log.contains("model loaded"),
+        "the server's log on the host: {server_log:?}"
+    );
     let host_volume = containerd.dir().join(format!("pods/{id}/volumes/model"));
     assert_eq!(
         std::fs::read_dir(&host_volume)
