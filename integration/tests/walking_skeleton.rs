@@ -531,6 +531,44 @@ fn a_qemu_that_dies_ends_the_task_without_hanging() {
     assert_nothing_left(&containerd);
 }
 
+fn entries(dir: &str) -> usize {
+    std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
+}
+
+/// An exec whose client never opens its end of the stdin FIFO (`ctr task exec` with stdin
+/// at end of file closes it unopened) leaves nothing in the shim once deleted: exec probes
+/// run for a pod's whole life, and a thread or descriptor each would add up.
+#[test]
+fn execs_leave_no_threads_or_descriptors_behind_in_the_shim() {
+    let containerd = containerd();
+    run_detached(&containerd, "probed", &["sleep", "1000"]);
+    let [shim] = containerd.shim_processes()[..] else {
+        panic!("expected one shim");
+    };
+    let exec = |n: usize| {
+        let probe = containerd
+            .exec("probed", &format!("probe{n}"), &["true"])
+            .expect("ctr task exec");
+        assert_eq!(probe.code, 0, "{}", probe.stderr);
+    };
+    exec(0);
+    let threads = || entries(&format!("/proc/{shim}/task"));
+    let descriptors = || entries(&format!("/proc/{shim}/fd"));
+    let before = (threads(), descriptors());
+    for n in 1..=20 {
+        exec(n);
+    }
+    let after = (threads(), descriptors());
+    // A few idle threads of the runtime's blocking pool may come and go; one per exec
+    // (what a stdin relay left waiting for its writer used to cost) may not.
+    assert!(
+        after.0 < before.0 + 5 && after.1 <= before.1,
+        "shim threads and descriptors before 20 execs {before:?}, after {after:?}"
+    );
+    containerd.remove("probed");
+    assert_nothing_left(&containerd);
+}
+
 /// Sizes (KiB) of QEMU's anonymous executable mappings: under TCG, its translated-code cache.
 fn executable_anonymous_mappings_kib(pid: u32) -> Vec<u64> {
     let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).expect("QEMU's smaps");

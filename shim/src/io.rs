@@ -229,12 +229,13 @@ async fn copy_stdin(
     }
 }
 
-/// Unblocks a thread stuck opening `fifo` for reading by opening its write side once.
-fn release_blocked_open(fifo: &std::path::Path) {
+/// Unblocks a thread stuck opening the FIFO at `path` for reading by opening its write
+/// side once (which fails, harmlessly, when no reader waits).
+pub fn release_blocked_open(path: impl AsRef<std::path::Path>) {
     let _ = std::fs::OpenOptions::new()
         .write(true)
         .custom_flags(libc::O_NONBLOCK)
-        .open(fifo);
+        .open(strip_scheme(&path.as_ref().to_string_lossy()));
 }
 
 #[cfg(test)]
@@ -261,6 +262,27 @@ mod tests {
             PathBuf::from("/var/log/x")
         );
         assert_eq!(strip_scheme("/run/fifo"), PathBuf::from("/run/fifo"));
+    }
+
+    #[test]
+    fn a_read_open_no_writer_will_come_to_is_released() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let fifo = dir.path().join("stdin");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).expect("mkfifo");
+        let (opened, waiting) = std::sync::mpsc::channel();
+        let reader = fifo.clone();
+        std::thread::spawn(move || {
+            let _ = opened.send(std::fs::File::open(reader).is_ok());
+        });
+        // Nothing waits yet, or the reader does: either way the release neither fails nor
+        // blocks, and it is repeated until the reader's open is paired.
+        let released = (0..1000).find_map(|_| {
+            release_blocked_open(format!("file://{}", fifo.display()));
+            waiting
+                .recv_timeout(std::time::Duration::from_millis(10))
+                .ok()
+        });
+        assert_eq!(released, Some(true), "the blocked open never returned");
     }
 
     #[tokio::test]

@@ -553,6 +553,7 @@ impl TaskService {
                 )));
             }
             locked(&container.execs).remove(exec_id);
+            process.release_stdin();
             // An exec whose start failed never exits: release containerd's Wait on it
             // (ExecSync waits before it starts) instead of leaving it to time out.
             process.mark_exited(ExitInfo {
@@ -584,6 +585,7 @@ impl TaskService {
             storage::unmount_rootfs(&container.bundle);
         }
         locked(&self.containers).remove(id);
+        container.processes().iter().for_each(|p| p.release_stdin());
         let exit = process.exit().unwrap_or(ExitInfo {
             status: 128 + libc::SIGKILL as u32,
             at: SystemTime::now(),
