@@ -535,35 +535,48 @@ fn entries(dir: &str) -> usize {
     std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
 }
 
-/// An exec whose client never opens its end of the stdin FIFO (`ctr task exec` with stdin
-/// at end of file closes it unopened) leaves nothing in the shim once deleted: exec probes
-/// run for a pod's whole life, and a thread or descriptor each would add up.
+/// Execs leave nothing behind once deleted, in the shim or in the guest: exec probes run
+/// for a pod's whole life, and a thread or a descriptor each would add up. (A client that
+/// never opens its end of the stdin FIFO, as `ctr task exec` with stdin at end of file,
+/// used to leave the shim's stdin relay waiting for it; the agent used to keep every
+/// exec's streams until its container went.)
 #[test]
-fn execs_leave_no_threads_or_descriptors_behind_in_the_shim() {
+fn execs_leave_nothing_behind_in_the_shim_or_the_agent() {
     let containerd = containerd();
     run_detached(&containerd, "probed", &["sleep", "1000"]);
     let [shim] = containerd.shim_processes()[..] else {
         panic!("expected one shim");
     };
-    let exec = |n: usize| {
+    let exec = |n: usize, args: &[&str]| {
         let probe = containerd
-            .exec("probed", &format!("probe{n}"), &["true"])
+            .exec("probed", &format!("probe{n}"), args)
             .expect("ctr task exec");
         assert_eq!(probe.code, 0, "{}", probe.stderr);
+        probe.stdout
     };
-    exec(0);
+    // Open files in the whole guest: the first of /proc/sys/fs/file-nr's figures. The
+    // kernel sums it from per-CPU counts in steps of 32, so it reads up to 31 off.
+    let guest_files = |n| -> u64 {
+        let nr = exec(n, &["cat", "/proc/sys/fs/file-nr"]);
+        nr.split_whitespace()
+            .next()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("file-nr: {nr:?}"))
+    };
     let threads = || entries(&format!("/proc/{shim}/task"));
     let descriptors = || entries(&format!("/proc/{shim}/fd"));
-    let before = (threads(), descriptors());
-    for n in 1..=20 {
-        exec(n);
+    guest_files(0);
+    let before = (threads(), descriptors(), guest_files(1));
+    for n in 2..42 {
+        exec(n, &["true"]);
     }
-    let after = (threads(), descriptors());
-    // A few idle threads of the runtime's blocking pool may come and go; one per exec
-    // (what a stdin relay left waiting for its writer used to cost) may not.
+    let after = (threads(), descriptors(), guest_files(42));
+    // A few idle threads of the shim's blocking pool may come and go, and the guest's
+    // file count reads up to 31 off; one thread per exec, or two files (its output pipes),
+    // may not: 40 execs would add 40 threads, or 80 files.
     assert!(
-        after.0 < before.0 + 5 && after.1 <= before.1,
-        "shim threads and descriptors before 20 execs {before:?}, after {after:?}"
+        after.0 < before.0 + 5 && after.1 <= before.1 && after.2 < before.2 + 40,
+        "shim threads, shim descriptors, guest files before 40 execs {before:?}, after {after:?}"
     );
     containerd.remove("probed");
     assert_nothing_left(&containerd);

@@ -248,6 +248,25 @@ impl AgentClient {
         Ok(())
     }
 
+    /// Has the agent forget an exec that has exited.
+    pub async fn remove_process(&self, container_id: &str, exec_id: &str) -> Result<()> {
+        let request = api::RemoveProcessRequest {
+            container_id: container_id.to_string(),
+            exec_id: exec_id.to_string(),
+            ..Default::default()
+        };
+        self.client
+            .remove_process(self.short(), &request)
+            .await
+            .map_err(|e| {
+                agent_error(
+                    &format!("remove exec {exec_id} in container {container_id}"),
+                    e,
+                )
+            })?;
+        Ok(())
+    }
+
     /// Reads the next chunk of stdout (`stderr` false) or stderr; empty means end of stream.
     /// Waits without a timeout: a quiet process may print nothing for hours.
     pub async fn read_output(

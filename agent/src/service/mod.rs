@@ -607,6 +607,25 @@ impl AgentService {
         Ok(())
     }
 
+    /// Forgets exec `exec_id` of container `id` once it has exited, closing the streams the
+    /// agent kept for it.
+    fn remove_exec(&self, id: &str, exec_id: &str) -> Result<(), ServiceError> {
+        let process = self.process(id, exec_id)?;
+        if exec_id.is_empty() {
+            return Err(ServiceError::InvalidArgument(format!(
+                "no exec id: remove container {id} itself with RemoveContainer"
+            )));
+        }
+        if !process.has_exited() {
+            return Err(ServiceError::FailedPrecondition(format!(
+                "exec {exec_id} in container {id} is still running; kill it before removing it"
+            )));
+        }
+        locked(&self.container(id)?.execs).remove(exec_id);
+        tracing::debug!(container = %id, exec = %exec_id, "process removed");
+        Ok(())
+    }
+
     fn stats(&self, id: &str) -> Result<api::StatsContainerResponse, ServiceError> {
         self.container(id)?;
         let stats = self
@@ -982,6 +1001,15 @@ impl api::AgentService for AgentService {
         request: api::RemoveContainerRequest,
     ) -> ttrpc::Result<api::Empty> {
         self.remove(&request.container_id)?;
+        Ok(api::Empty::default())
+    }
+
+    async fn remove_process(
+        &self,
+        _: &TtrpcContext,
+        request: api::RemoveProcessRequest,
+    ) -> ttrpc::Result<api::Empty> {
+        self.remove_exec(&request.container_id, &request.exec_id)?;
         Ok(api::Empty::default())
     }
 

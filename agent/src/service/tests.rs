@@ -304,6 +304,43 @@ async fn signals_exec_and_state_errors() {
     assert_eq!(read_all(&client, "sleeper", "e1").await, b"from exec\n");
     assert_eq!(wait(&client, "sleeper", "e1").await, 0);
 
+    // An exec that has exited is forgotten on request, and only then.
+    let remove = |exec_id: &str| api::RemoveProcessRequest {
+        container_id: "sleeper".into(),
+        exec_id: exec_id.into(),
+        ..Default::default()
+    };
+    let long = serde_json::to_vec(
+        &serde_json::json!({"args": ["sleep", "30"], "cwd": "/", "user": {"uid": 0, "gid": 0}}),
+    )
+    .expect("json");
+    let exec_long = api::ExecProcessRequest {
+        exec_id: "e2".into(),
+        oci_process_json: long,
+        ..exec.clone()
+    };
+    client.exec_process(ctx(), &exec_long).await.expect("exec");
+    let refused = |error| status_code(error);
+    let running = client.remove_process(ctx(), &remove("e2")).await;
+    assert_eq!(
+        running.map_err(refused).expect_err("running"),
+        veil_protocol::ttrpc::Code::FAILED_PRECONDITION
+    );
+    let no_exec = client.remove_process(ctx(), &remove("")).await;
+    assert_eq!(
+        no_exec.map_err(refused).expect_err("the init"),
+        veil_protocol::ttrpc::Code::INVALID_ARGUMENT
+    );
+    client
+        .remove_process(ctx(), &remove("e1"))
+        .await
+        .expect("remove an exited exec");
+    let gone = client.remove_process(ctx(), &remove("e1")).await;
+    assert_eq!(
+        gone.map_err(refused).expect_err("removed"),
+        veil_protocol::ttrpc::Code::NOT_FOUND
+    );
+
     let kill = api::SignalProcessRequest {
         container_id: "sleeper".into(),
         signal: 9,

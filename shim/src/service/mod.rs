@@ -554,6 +554,7 @@ impl TaskService {
             }
             locked(&container.execs).remove(exec_id);
             process.release_stdin();
+            self.forget_exec_in_guest(id, exec_id).await;
             // An exec whose start failed never exits: release containerd's Wait on it
             // (ExecSync waits before it starts) instead of leaving it to time out.
             process.mark_exited(ExitInfo {
@@ -594,6 +595,16 @@ impl TaskService {
         self.stop_sandbox_if_empty().await;
         tracing::info!(container = %id, "container.deleted");
         Ok((process.pid(), exit))
+    }
+
+    /// Best effort: an exec whose start failed is unknown to the agent, and a VM that is
+    /// gone has nothing to forget.
+    async fn forget_exec_in_guest(&self, id: &str, exec_id: &str) {
+        if let Ok(sandbox) = self.current_sandbox().await {
+            if let Err(error) = sandbox.agent().remove_process(id, exec_id).await {
+                tracing::debug!(container = %id, exec = %exec_id, %error, "agent did not remove the exec");
+            }
+        }
     }
 
     async fn kill_unstarted(&self, id: &str, process: &ProcessState) {
