@@ -166,20 +166,25 @@ pub fn relay_stdin(
     tokio::spawn(async move {
         let fifo = strip_scheme(&path);
         // Opening a FIFO for reading waits for its writer: do it on a blocking thread,
-        // and give up when CloseIO comes first.
-        let open = tokio::task::spawn_blocking({
+        // and stop waiting when CloseIO comes first.
+        let mut open = tokio::task::spawn_blocking({
             let fifo = fifo.clone();
             move || std::fs::OpenOptions::new().read(true).open(fifo)
         });
-        let file = tokio::select! {
-            opened = open => opened.ok().and_then(Result::ok),
+        let (opened, closing) = tokio::select! {
+            biased;
+            opened = &mut open => (Some(opened), false),
             () = close.notified() => {
+                // A client that wrote its input and sent CloseIO at once may have opened
+                // the FIFO just now, its input in it: that open pairs with ours. If no
+                // writer came, this write-side open releases ours, and it reads nothing.
+                // Bounded: should the FIFO be gone, the process's stdin is closed anyway.
                 release_blocked_open(&fifo);
-                None
+                (tokio::time::timeout(STDIN_DRAIN, &mut open).await.ok(), true)
             }
         };
-        if let Some(file) = file {
-            copy_stdin(&agent, &container_id, &exec_id, file, &close).await;
+        if let Some(file) = opened.and_then(|joined| joined.ok()).and_then(Result::ok) {
+            copy_stdin(&agent, &container_id, &exec_id, file, &close, closing).await;
         }
         if let Err(error) = agent.close_stdin(&container_id, &exec_id).await {
             tracing::debug!(container = %container_id, exec = %exec_id, %error, "close stdin");
@@ -193,10 +198,10 @@ async fn copy_stdin(
     exec_id: &str,
     file: std::fs::File,
     close: &Notify,
+    mut closing: bool,
 ) {
     let mut reader = tokio::fs::File::from_std(file);
     let mut buffer = vec![0u8; 32 * 1024];
-    let mut closing = false;
     loop {
         let read = if closing {
             // CloseIO means the client wrote all it will; what is still in the FIFO is
