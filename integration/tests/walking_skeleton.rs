@@ -5,7 +5,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use veil_integration::{eventually, Containerd, Options, Runtime, VEIL_RUNTIME};
+use veil_integration::{eventually, Containerd, Options, Runtime, GROUP_ANNOTATION, VEIL_RUNTIME};
 
 const IMAGE: &str = veil_integration::oci::BUSYBOX_IMAGE;
 const TASK_END: Duration = Duration::from_secs(60);
@@ -535,13 +535,14 @@ fn entries(dir: &str) -> usize {
     std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
 }
 
-/// Execs leave nothing behind once deleted, in the shim or in the guest: exec probes run
-/// for a pod's whole life, and a thread or a descriptor each would add up. (A client that
-/// never opens its end of the stdin FIFO, as `ctr task exec` with stdin at end of file,
-/// used to leave the shim's stdin relay waiting for it; the agent used to keep every
-/// exec's streams until its container went.)
+/// Execs, and containers started and removed in a pod, leave nothing behind once deleted,
+/// in the shim or in the guest: exec probes and restarts go on for a pod's whole life, and
+/// a thread or a descriptor each would add up. (A client that never opens its end of the
+/// stdin FIFO, as `ctr` with stdin at end of file, used to leave the shim's stdin relay
+/// waiting for it, and `ctr run --rm` removes the FIFO before the delete that released it;
+/// the agent used to keep every exec's streams until its container went.)
 #[test]
-fn execs_leave_nothing_behind_in_the_shim_or_the_agent() {
+fn execs_and_containers_leave_nothing_behind_in_the_shim_or_the_agent() {
     let containerd = containerd();
     run_detached(&containerd, "probed", &["sleep", "1000"]);
     let [shim] = containerd.shim_processes()[..] else {
@@ -577,6 +578,29 @@ fn execs_leave_nothing_behind_in_the_shim_or_the_agent() {
     assert!(
         after.0 < before.0 + 5 && after.1 <= before.1 && after.2 < before.2 + 40,
         "shim threads, shim descriptors, guest files before 40 execs {before:?}, after {after:?}"
+    );
+    let group = format!("{GROUP_ANNOTATION}=probed");
+    for n in 0..10 {
+        let name = format!("probed-{n}");
+        let args = [
+            "run",
+            "--rm",
+            "--runtime",
+            VEIL_RUNTIME,
+            "--annotation",
+            &group,
+            IMAGE,
+            &name,
+            "true",
+        ];
+        let run = containerd.run_ctr(&args, None, TASK_END).expect("ctr run");
+        assert_eq!(run.code, 0, "{}", run.stderr);
+    }
+    let churned = (threads(), descriptors());
+    assert!(
+        churned.0 < after.0 + 5 && churned.1 <= after.1,
+        "shim threads and descriptors before 10 containers in the pod {:?}, after {churned:?}",
+        (after.0, after.1)
     );
     containerd.remove("probed");
     assert_nothing_left(&containerd);

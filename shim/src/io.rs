@@ -155,7 +155,7 @@ pub fn relay_output(
 }
 
 /// Copies stdin from containerd's FIFO to the agent; closes the process's stdin at
-/// end of file or when `close` is notified (CloseIO).
+/// end of file or when `close` is notified (CloseIO, or the process's deletion).
 pub fn relay_stdin(
     agent: AgentClient,
     container_id: String,
@@ -164,32 +164,94 @@ pub fn relay_stdin(
     close: Arc<Notify>,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
-        let fifo = strip_scheme(&path);
-        // Opening a FIFO for reading waits for its writer: do it on a blocking thread,
-        // and stop waiting when CloseIO comes first.
-        let mut open = tokio::task::spawn_blocking({
-            let fifo = fifo.clone();
-            move || std::fs::OpenOptions::new().read(true).open(fifo)
-        });
-        let (opened, closing) = tokio::select! {
-            biased;
-            opened = &mut open => (Some(opened), false),
-            () = close.notified() => {
-                // A client that wrote its input and sent CloseIO at once may have opened
-                // the FIFO just now, its input in it: that open pairs with ours. If no
-                // writer came, this write-side open releases ours, and it reads nothing.
-                // Bounded: should the FIFO be gone, the process's stdin is closed anyway.
-                release_blocked_open(&fifo);
-                (tokio::time::timeout(STDIN_DRAIN, &mut open).await.ok(), true)
+        match StdinFifo::at(&strip_scheme(&path)) {
+            Ok(fifo) => {
+                if let Some((file, closing)) = open_stdin(Arc::new(fifo), &close).await {
+                    copy_stdin(&agent, &container_id, &exec_id, file, &close, closing).await;
+                }
             }
-        };
-        if let Some(file) = opened.and_then(|joined| joined.ok()).and_then(Result::ok) {
-            copy_stdin(&agent, &container_id, &exec_id, file, &close, closing).await;
+            Err(error) => {
+                tracing::warn!(container = %container_id, exec = %exec_id, %path, %error, "stdin FIFO not opened; the process gets none");
+            }
         }
         if let Err(error) = agent.close_stdin(&container_id, &exec_id).await {
             tracing::debug!(container = %container_id, exec = %exec_id, %error, "close stdin");
         }
     })
+}
+
+/// containerd's stdin FIFO, held by an `O_PATH` handle: a wait for its writer can then be
+/// released through `/proc/self/fd` even once containerd has removed the FIFO's name
+/// (`ctr run --rm` does so before it deletes the task), as containerd's own fifo package
+/// does.
+struct StdinFifo {
+    handle: std::os::fd::OwnedFd,
+}
+
+impl StdinFifo {
+    fn at(path: &std::path::Path) -> std::io::Result<StdinFifo> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_PATH)
+            .open(path)?;
+        Ok(StdinFifo {
+            handle: file.into(),
+        })
+    }
+
+    fn reopened(&self) -> PathBuf {
+        use std::os::fd::AsRawFd;
+        PathBuf::from(format!("/proc/self/fd/{}", self.handle.as_raw_fd()))
+    }
+
+    /// Opens the read side, waiting for a writer.
+    fn open_reader(&self) -> std::io::Result<std::fs::File> {
+        std::fs::File::open(self.reopened())
+    }
+
+    /// Pairs a reader waiting in [`Self::open_reader`] by opening the write side once;
+    /// fails, harmlessly, when no reader waits.
+    fn release_reader(&self) {
+        let _ = std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(self.reopened());
+    }
+}
+
+/// Opens the FIFO for reading on a blocking thread (a FIFO's read side waits for its
+/// writer); with whether CloseIO came first. `None` when nothing can be read.
+async fn open_stdin(fifo: Arc<StdinFifo>, close: &Notify) -> Option<(std::fs::File, bool)> {
+    let mut open = tokio::task::spawn_blocking({
+        let fifo = fifo.clone();
+        move || fifo.open_reader()
+    });
+    // Biased: a client that wrote its input and sent CloseIO at once can find both ready,
+    // and an opened FIFO holds that input, which must still be read.
+    let (opened, closing) = tokio::select! {
+        biased;
+        opened = &mut open => (Some(opened), false),
+        () = close.notified() => (released_open(&fifo, &mut open).await, true),
+    };
+    Some((opened?.ok()?.ok()?, closing))
+}
+
+/// After CloseIO: the reader's open, released. A writer that opened just now pairs with it
+/// (its input in the FIFO); if none came, the release does, and it reads nothing. Retried,
+/// as the blocking thread may not be waiting in its open yet; bounded by [`STDIN_DRAIN`].
+async fn released_open(
+    fifo: &StdinFifo,
+    open: &mut JoinHandle<std::io::Result<std::fs::File>>,
+) -> Option<Result<std::io::Result<std::fs::File>, tokio::task::JoinError>> {
+    let deadline = tokio::time::Instant::now() + STDIN_DRAIN;
+    loop {
+        fifo.release_reader();
+        match tokio::time::timeout(READER_POLL, &mut *open).await {
+            Ok(opened) => return Some(opened),
+            Err(_) if tokio::time::Instant::now() < deadline => continue,
+            Err(_) => return None,
+        }
+    }
 }
 
 async fn copy_stdin(
@@ -234,15 +296,6 @@ async fn copy_stdin(
     }
 }
 
-/// Unblocks a thread stuck opening the FIFO at `path` for reading by opening its write
-/// side once (which fails, harmlessly, when no reader waits).
-pub fn release_blocked_open(path: impl AsRef<std::path::Path>) {
-    let _ = std::fs::OpenOptions::new()
-        .write(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(strip_scheme(&path.as_ref().to_string_lossy()));
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -270,19 +323,22 @@ mod tests {
     }
 
     #[test]
-    fn a_read_open_no_writer_will_come_to_is_released() {
+    fn a_read_open_no_writer_will_come_to_is_released_even_once_the_fifo_is_unlinked() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let fifo = dir.path().join("stdin");
-        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).expect("mkfifo");
+        let path = dir.path().join("stdin");
+        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::S_IRWXU).expect("mkfifo");
+        let fifo = Arc::new(StdinFifo::at(&path).expect("O_PATH"));
         let (opened, waiting) = std::sync::mpsc::channel();
         let reader = fifo.clone();
         std::thread::spawn(move || {
-            let _ = opened.send(std::fs::File::open(reader).is_ok());
+            let _ = opened.send(reader.open_reader().is_ok());
         });
-        // Nothing waits yet, or the reader does: either way the release neither fails nor
-        // blocks, and it is repeated until the reader's open is paired.
+        // `ctr run --rm` removes the FIFO before it deletes the task.
+        std::fs::remove_file(&path).expect("unlink");
+        // Whether or not the reader waits yet, a release neither fails nor blocks; it is
+        // repeated until the reader's open is paired.
         let released = (0..1000).find_map(|_| {
-            release_blocked_open(format!("file://{}", fifo.display()));
+            fifo.release_reader();
             waiting
                 .recv_timeout(std::time::Duration::from_millis(10))
                 .ok()

@@ -183,13 +183,10 @@ impl ProcessState {
 
     /// Ends the stdin relay of a process being deleted. A client that never opened its end
     /// of the stdin FIFO (`ctr task exec` with stdin at end of file closes it unopened)
-    /// would otherwise keep the relay's blocking open, and its thread, for the shim's life.
-    /// Called before Delete answers, while containerd's FIFO still exists.
+    /// would otherwise keep the relay's blocking open, and its thread, for the shim's life;
+    /// the relay releases it as for CloseIO ([`crate::io::relay_stdin`]).
     pub fn release_stdin(&self) {
         self.close_stdin.notify_one();
-        if !self.stdio.stdin.is_empty() {
-            crate::io::release_blocked_open(&self.stdio.stdin);
-        }
     }
 
     /// Takes the output relays (to await them).
