@@ -25,6 +25,15 @@ pub struct Sample {
     pub qemu: ProcessMemory,
     /// The shim.
     pub shim: ProcessMemory,
+    /// The shim's threads and open descriptors: relays of processes long gone would
+    /// show here.
+    pub shim_threads: usize,
+    /// See `shim_threads`.
+    pub shim_fds: usize,
+}
+
+fn entries(dir: &str) -> usize {
+    std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
 }
 
 /// Serves the demo model in one pod and runs `batches` client containers in it, each asking
@@ -67,6 +76,8 @@ fn load_and_sample(
             seconds: healthy.elapsed().as_secs_f64(),
             qemu: process_memory(qemu)?,
             shim: process_memory(shim)?,
+            shim_threads: entries(&format!("/proc/{shim}/task")),
+            shim_fds: entries(&format!("/proc/{shim}/fd")),
         })
     };
     let mut samples = vec![sample(1)?];
@@ -122,21 +133,24 @@ pub fn markdown(samples: &[Sample], memory_mib: u32, tcg_cache_mib: u32) -> Stri
          of **{cache}**, `hypervisor.tcg_cache_mib`), a first prediction, then \
          one client container after another started in the pod (`veil-model-server query \
          --repeat N`, over the VM's loopback), each asking for the same prediction N times. \
-         After each: the host processes' resident sets from /proc/<pid>/status, MiB. What \
+         After each: the host processes' resident sets from /proc/<pid>/status, MiB, and the \
+         shim's threads and open descriptors. What \
          grows here grows with the pod's life, and must fit in the RuntimeClass overhead \
          beyond the VM's memory.\n\n\
-         | predictions | s since healthy | QEMU VmRSS | QEMU RssAnon | QEMU VmHWM | shim VmRSS |\n\
-         | ---: | ---: | ---: | ---: | ---: | ---: |\n"
+         | predictions | s since healthy | QEMU VmRSS | QEMU RssAnon | QEMU VmHWM | shim VmRSS | shim threads | shim fds |\n\
+         | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n"
     );
     for s in samples {
         out.push_str(&format!(
-            "| {} | {:.0} | {} | {} | {} | {} |\n",
+            "| {} | {:.0} | {} | {} | {} | {} | {} | {} |\n",
             s.predictions,
             s.seconds,
             mib(s.qemu.rss_kib),
             mib(s.qemu.anon_kib),
             mib(s.qemu.peak_kib),
-            mib(s.shim.rss_kib)
+            mib(s.shim.rss_kib),
+            s.shim_threads,
+            s.shim_fds
         ));
     }
     if let (Some(first), Some(last)) = (samples.first(), samples.last()) {
@@ -164,6 +178,8 @@ pub fn json(samples: &[Sample], memory_mib: u32, tcg_cache_mib: u32) -> serde_js
             "qemu_anon_kib": s.qemu.anon_kib,
             "qemu_peak_kib": s.qemu.peak_kib,
             "shim_rss_kib": s.shim.rss_kib,
+            "shim_threads": s.shim_threads,
+            "shim_fds": s.shim_fds,
         })).collect::<Vec<_>>(),
     })
 }
