@@ -19,25 +19,25 @@ pub const DEFAULT_CONFIG_TOML: &str = include_str!("../configuration.toml");
 /// Loading or validating the configuration failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    // The causes are in the messages and not also `source()`s: a chain printer (anyhow's
+    // "Caused by") would repeat them, while the shim's log lines show the message alone.
     /// The file could not be read.
-    #[error("read veil configuration {path}: {source}")]
+    #[error("read veil configuration {path}: {cause}")]
     Read {
         /// The file.
         path: PathBuf,
         /// Why.
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// The file is not valid TOML for the schema.
     #[error(
-        "parse veil configuration {path}: {source}; see configs/configuration.toml for every key"
+        "parse veil configuration {path}: {cause}; see configs/configuration.toml for every key"
     )]
     Parse {
         /// The file.
         path: PathBuf,
         /// Why.
-        #[source]
-        source: Box<toml::de::Error>,
+        cause: Box<toml::de::Error>,
     },
     /// A value is out of range or inconsistent.
     #[error("invalid veil configuration {path}: {field}: {reason}")]
@@ -279,9 +279,9 @@ pub struct Config {
 impl Config {
     /// Parses and validates `text`, naming `path` in errors.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|source| ConfigError::Parse {
+        let config: Config = toml::from_str(text).map_err(|cause| ConfigError::Parse {
             path: path.to_path_buf(),
-            source: Box::new(source),
+            cause: Box::new(cause),
         })?;
         config.validate(path)?;
         Ok(config)
@@ -289,9 +289,9 @@ impl Config {
 
     /// Reads, parses and validates the file at `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Read {
             path: path.to_path_buf(),
-            source,
+            cause,
         })?;
         Config::parse(&text, path)
     }
@@ -507,6 +507,20 @@ mod tests {
         let error =
             Config::discover(Some(Path::new("/nonexistent/veil.toml"))).expect_err("missing");
         assert!(error.to_string().contains("/nonexistent/veil.toml"));
+        // The cause is in the message once, not again as a source a chain printer adds.
+        let chain = anyhow_like_chain(&error);
+        assert_eq!(chain.matches("No such file").count(), 1, "{chain}");
+    }
+
+    /// The message and its sources, ": "-joined, as anyhow's `{:#}` prints an error.
+    fn anyhow_like_chain(error: &dyn std::error::Error) -> String {
+        let mut text = error.to_string();
+        let mut source = error.source();
+        while let Some(cause) = source {
+            text = format!("{text}: {cause}");
+            source = cause.source();
+        }
+        text
     }
 
     #[test]
