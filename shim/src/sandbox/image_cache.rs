@@ -235,8 +235,10 @@ impl ImageCache {
             kept_bytes = kept_bytes.saturating_add(image.bytes);
             if kept_bytes > limit {
                 let why = "unused, beyond image_cache_mib or half the room left in state_dir";
-                collected.evicted += usize::from(remove(&path, why));
-                collected.evicted_bytes = collected.evicted_bytes.saturating_add(image.bytes);
+                if remove(&path, why) {
+                    collected.evicted += 1;
+                    collected.evicted_bytes = collected.evicted_bytes.saturating_add(image.bytes);
+                }
             }
         }
         collected
