@@ -368,8 +368,7 @@ impl Containerd {
     /// `veil node images --json` with this instance's veil configuration, and `extra`
     /// flags (`--prune`, `--all`).
     pub fn node_images(&self, extra: &[&str]) -> Result<serde_json::Value> {
-        let config = self.dir().join("veil.toml");
-        let config = config.to_string_lossy();
+        let config = self.veil_config.to_string_lossy();
         let mut args = vec!["node", "images", "--json", "--config", &config];
         args.extend_from_slice(extra);
         Ok(serde_json::from_str(&veil_cli(&args)?)?)
