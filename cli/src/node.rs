@@ -12,7 +12,8 @@
 //!    never knows a runtime whose files are not there yet.
 //!
 //! Uninstall removes exactly these, the configuration only when it is still what install
-//! writes, and the containerd entry with only the tables install created.
+//! writes, and the containerd entry with only the tables install created; and the rootfs
+//! images the shims cached under `[runtime] state_dir`, but those containers still use.
 
 mod containerd;
 mod files;
@@ -28,6 +29,7 @@ use clap::{Args, Subcommand};
 use containerd::{ConfigVersion, RuntimeEntry};
 use files::FileChange;
 use image::ImageSource;
+use veil_shim::sandbox::image_cache::{Cleared, ImageCache};
 
 /// The shim's file name; containerd derives it from the runtime type.
 const SHIM_NAME: &str = "containerd-shim-veil-v2";
@@ -46,7 +48,8 @@ enum NodeCommand {
     /// Install the shim, the guest image (built if missing) and the configuration, and
     /// register the `veil` runtime in containerd's config. Idempotent.
     Install(NodeOptions),
-    /// Remove what `install` added; everything else is left as it is. Idempotent.
+    /// Remove what `install` added, and the rootfs images the shims cached that no
+    /// container uses; everything else is left as it is. Idempotent.
     Uninstall(NodeOptions),
     /// List the rootfs images the shims cached on this node for pods of the same image;
     /// with --prune, drop those the shims would drop now (or, with --all, every unused one).
@@ -225,6 +228,8 @@ fn install(options: &NodeOptions) -> Result<Report> {
 
 fn uninstall(options: &NodeOptions) -> Result<Report> {
     let mut report = Report::default();
+    // Read before anything changes: the configuration goes last.
+    let state_dir = configured_state_dir(options)?;
     unregister_runtime(options, &mut report)?;
     let shim = options.on_host(&options.shim_dest());
     report.add(files::remove(&shim, options.dry_run)?, &shim, "shim");
@@ -234,8 +239,48 @@ fn uninstall(options: &NodeOptions) -> Result<Report> {
         report.add(files::remove(&path, options.dry_run)?, &path, "guest image");
     }
     remove_dir_if_empty(&share, options.dry_run, &mut report)?;
+    uninstall_image_cache(options, &state_dir, &mut report);
     uninstall_veil_config(options, &mut report)?;
     Ok(report)
+}
+
+/// `[runtime] state_dir` of the installed configuration (the built-in default when there is
+/// none), where the shims keep their cache of rootfs images.
+fn configured_state_dir(options: &NodeOptions) -> Result<PathBuf> {
+    let path = options.on_host(&options.veil_config);
+    if !path.exists() {
+        return Ok(veil_config::Config::default().runtime.state_dir);
+    }
+    let config = veil_config::Config::load(&path).with_context(|| {
+        format!(
+            "read {} to find [runtime] state_dir, where the shims cache rootfs images; fix the file (or remove it, if it is not wanted) and run uninstall again",
+            path.display()
+        )
+    })?;
+    Ok(config.runtime.state_dir)
+}
+
+/// The shims' cache of rootfs images is veil's own, in node memory by default
+/// (`/run/veil`), so uninstall drops it, but for the images containers of running pods
+/// link: those go with `veil node images --prune --all` once the pods end.
+fn uninstall_image_cache(options: &NodeOptions, state_dir: &Path, report: &mut Report) {
+    let cache = ImageCache::new(&options.on_host(state_dir), 0);
+    for (path, fate) in cache.clear(options.dry_run) {
+        let why = match fate {
+            Cleared::Removed => {
+                report.add(FileChange::Removed, &path, "cached rootfs image");
+                continue;
+            }
+            Cleared::InUse(users) => format!(
+                "rootfs image linked by {users} running container(s): once their pods end, `veil node images --prune --all` drops it"
+            ),
+            Cleared::Staging(pid) => {
+                format!("rootfs image the running shim {pid} is caching now: run uninstall again once its pod ends")
+            }
+            Cleared::Failed(error) => format!("cached rootfs image not removed ({error}): remove it by hand"),
+        };
+        report.kept.push((path, why));
+    }
 }
 
 /// Removes a directory install created once it is empty; a missing or non-empty one is not

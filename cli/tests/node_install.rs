@@ -474,6 +474,107 @@ fn install_from_a_pod_writes_below_the_host_root_and_records_the_nodes_paths() {
     assert!(!host.join("etc/veil/configuration.toml").exists());
 }
 
+/// An image of a snapshot of `layer` kept in the node's cache under `state_dir` as a shim
+/// keeps it; `in_use` leaves a container's share linking it.
+fn cached_image(state_dir: &Path, layer: &Path, in_use: bool) -> PathBuf {
+    use veil_shim::sandbox::image_cache::{ImageCache, SnapshotKey, DIR_NAME};
+    fs::create_dir_all(layer).expect("layer");
+    let key = SnapshotKey::of_layers(vec![layer.to_path_buf()]).expect("key");
+    let share = layer.with_extension("share");
+    fs::create_dir_all(&share).expect("share");
+    for file in ["rootfs.erofs", "rootfs.verity"] {
+        fs::write(share.join(file), file).expect("image");
+    }
+    ImageCache::new(state_dir, 4096)
+        .keep(&key, &share, &veil_protocol::RootfsImage::default())
+        .expect("keep");
+    if !in_use {
+        fs::remove_dir_all(&share).expect("pod ended");
+    }
+    state_dir.join(DIR_NAME).join(&key.name)
+}
+
+/// The shims' image cache is veil's (node memory by default): uninstall drops the images no
+/// container uses, says which pods' images it kept, and a dry run only says.
+#[test]
+fn uninstall_drops_the_image_cache_but_what_running_pods_use() {
+    let node = Node::new();
+    let host = node.path("host");
+    let veil = |verb: &str, extra: &[&str]| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_veil"));
+        command
+            .args(["node", verb, "--host-root"])
+            .arg(&host)
+            .args(extra)
+            .env_remove("VEIL_GUEST_IMAGE_DIR")
+            .env("XDG_CACHE_HOME", node.path("cache"));
+        succeed(command.output().expect("run veil"))
+    };
+    let image = node.path("image");
+    let shim = node.path("shim-build");
+    veil(
+        "install",
+        &[
+            "--shim",
+            shim.to_str().expect("utf-8"),
+            "--image-dir",
+            image.to_str().expect("utf-8"),
+        ],
+    );
+    // The installed configuration's state_dir, as the node sees it: /run/veil.
+    let state_dir = host.join("run/veil");
+    let unused = cached_image(&state_dir, &node.path("layer-unused"), false);
+    let used = cached_image(&state_dir, &node.path("layer-used"), true);
+
+    let dry = veil("uninstall", &["--dry-run"]);
+    assert!(
+        dry.contains(&format!("would remove     {}", unused.display())),
+        "{dry}"
+    );
+    assert!(
+        unused.exists() && used.exists(),
+        "a dry run removed an image"
+    );
+
+    let output = veil("uninstall", &[]);
+    assert!(!unused.exists(), "{output}");
+    assert!(used.exists(), "{output}");
+    let kept = output
+        .lines()
+        .find(|line| line.contains(used.to_str().expect("utf-8")))
+        .unwrap_or_default();
+    assert!(
+        kept.starts_with("kept") && kept.contains("linked by 1 running container"),
+        "{output}"
+    );
+    assert!(!host.join("etc/veil/configuration.toml").exists());
+
+    // Once that pod ends, a second uninstall leaves nothing of the cache.
+    fs::remove_dir_all(node.path("layer-used.share")).expect("pod ended");
+    let output = veil("uninstall", &[]);
+    assert!(output.contains("(cached rootfs image)"), "{output}");
+    assert!(!state_dir.join("_rootfs-images").exists(), "{output}");
+}
+
+#[test]
+fn uninstall_with_a_broken_veil_config_says_so_and_changes_nothing() {
+    let node = Node::new();
+    node.write_containerd_config(V2_CONFIG);
+    node.install();
+    let installed = read(&node.containerd_config());
+    fs::write(node.veil_config(), "[runtime\n").expect("break the config");
+    let output = node.veil("uninstall", &[]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains("configuration.toml to find [runtime] state_dir")
+            && stderr.contains("run uninstall again"),
+        "{stderr}"
+    );
+    assert_eq!(read(&node.containerd_config()), installed);
+    assert!(node.prefix().join("bin/containerd-shim-veil-v2").exists());
+}
+
 /// The node-installer DaemonSet's install and uninstall commands are ones this `veil`
 /// accepts: run with the manifest's flags, the image's paths mapped to this test's files.
 #[test]

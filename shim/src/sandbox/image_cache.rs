@@ -106,6 +106,19 @@ pub struct Collected {
     pub evicted_bytes: u64,
 }
 
+/// What [`ImageCache::clear`] did with one directory of the cache.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Cleared {
+    /// Removed (in a dry run: would be).
+    Removed,
+    /// Kept: this many containers' shares link its image, so their pods still run.
+    InUse(u64),
+    /// Kept: the shim with this pid is staging it now.
+    Staging(u32),
+    /// Kept: it could not be removed, for this reason.
+    Failed(String),
+}
+
 /// The node's image cache.
 #[derive(Debug, Clone)]
 pub struct ImageCache {
@@ -208,7 +221,7 @@ impl ImageCache {
         let mut idle = Vec::new();
         for entry in self.entries() {
             match entry.state {
-                EntryState::Staging { pid } if !Path::new(&format!("/proc/{pid}")).exists() => {
+                EntryState::Staging { pid } if !shim_is_running(pid) => {
                     collected.abandoned += usize::from(remove(&entry.path, "its shim is gone"));
                 }
                 EntryState::Staging { .. } => {}
@@ -243,6 +256,48 @@ impl ImageCache {
         }
         collected
     }
+
+    /// Drops every directory of the cache but the images containers link now and the
+    /// staging of shims that run, then the cache's own directory once empty: what
+    /// `veil node uninstall` leaves is what pods still use. Unlike [`Self::collect`], use
+    /// is read from the image's links alone, whatever the snapshot's layers: an installer
+    /// running in a pod need not see them.
+    pub fn clear(&self, dry_run: bool) -> Vec<(PathBuf, Cleared)> {
+        let cleared: Vec<(PathBuf, Cleared)> = self
+            .entries()
+            .into_iter()
+            .map(|entry| {
+                let fate = match entry.state {
+                    EntryState::Staging { pid } if shim_is_running(pid) => Cleared::Staging(pid),
+                    _ => match links_to_image(&entry.path) {
+                        0 if dry_run => Cleared::Removed,
+                        0 => match std::fs::remove_dir_all(&entry.path) {
+                            Ok(()) => Cleared::Removed,
+                            Err(error) => Cleared::Failed(error.to_string()),
+                        },
+                        users => Cleared::InUse(users),
+                    },
+                };
+                (entry.path, fate)
+            })
+            .collect();
+        if !dry_run && cleared.iter().all(|(_, fate)| *fate == Cleared::Removed) {
+            // Another shim may be making its first entry; then the directory stays.
+            let _ = std::fs::remove_dir(&self.dir);
+        }
+        cleared
+    }
+}
+
+/// Containers' shares linking the image of the cache directory `path` (0 when it has none).
+fn links_to_image(path: &Path) -> u64 {
+    std::fs::metadata(path.join(IMAGE_FILE)).map_or(0, |m| m.nlink().saturating_sub(1))
+}
+
+/// Whether the shim that staged an entry still runs; a staging directory of one that is
+/// gone will never be renamed into place.
+fn shim_is_running(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
 }
 
 /// How many bytes of unused images to keep: at most `configured`, and at most half of what
@@ -623,6 +678,60 @@ mod tests {
         std::fs::remove_dir_all(dir.path().join("share2")).unwrap();
         assert_eq!(cache.collect().evicted, 1);
         assert!(!cached(&cache, &keys[2]));
+    }
+
+    #[test]
+    fn clearing_keeps_only_images_containers_link_and_staging_of_running_shims() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let cache = ImageCache::new(&state, 4096);
+        let keys: Vec<SnapshotKey> = ["unused", "in-use", "gone-in-use"]
+            .iter()
+            .map(|layer| key_of(dir.path(), layer))
+            .collect();
+        for (n, key) in keys.iter().enumerate() {
+            let (share, image) = share_with_image(dir.path(), &format!("share{n}"), 4096);
+            cache.keep(key, &share, &image).unwrap();
+        }
+        std::fs::remove_dir_all(dir.path().join("share0")).unwrap();
+        // Layers out of sight (an installer in a pod) do not make an image unused.
+        std::fs::remove_dir_all(dir.path().join("gone-in-use")).unwrap();
+        let abandoned = cache.dir.join(format!("x.4294967295.{STAGING_SUFFIX}"));
+        let staging = cache
+            .dir
+            .join(format!("y.{}.{STAGING_SUFFIX}", std::process::id()));
+        std::fs::create_dir(&abandoned).unwrap();
+        std::fs::create_dir(&staging).unwrap();
+        let fates = |dry_run| {
+            let mut fates = cache.clear(dry_run);
+            fates.sort();
+            fates
+        };
+        let mut expected = vec![
+            (cache.entry(&keys[0]), Cleared::Removed),
+            (cache.entry(&keys[1]), Cleared::InUse(1)),
+            (cache.entry(&keys[2]), Cleared::InUse(1)),
+            (abandoned.clone(), Cleared::Removed),
+            (staging.clone(), Cleared::Staging(std::process::id())),
+        ];
+        expected.sort();
+
+        assert_eq!(fates(true), expected);
+        assert!(cached(&cache, &keys[0]) && abandoned.exists(), "a dry run");
+        assert_eq!(fates(false), expected);
+        assert!(!cached(&cache, &keys[0]) && !abandoned.exists());
+        assert!(cached(&cache, &keys[1]) && cached(&cache, &keys[2]) && staging.exists());
+
+        // Once the pods end and the staging shim is done, nothing is left, the directory
+        // included.
+        std::fs::remove_dir(&staging).unwrap();
+        for n in [1, 2] {
+            std::fs::remove_dir_all(dir.path().join(format!("share{n}"))).unwrap();
+        }
+        assert!(fates(false)
+            .iter()
+            .all(|(_, fate)| *fate == Cleared::Removed));
+        assert!(!cache.dir.exists() && state.exists());
     }
 
     #[test]
