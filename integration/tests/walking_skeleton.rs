@@ -602,6 +602,14 @@ fn execs_and_containers_leave_nothing_behind_in_the_shim_or_the_agent() {
         "shim threads and descriptors before 10 containers in the pod {:?}, after {churned:?}",
         (after.0, after.1)
     );
+    // Nor did the shim ask the agent about processes it had removed (it used to close
+    // each deleted one's stdin, a failed request logged in the guest every time).
+    let console = containerd.console_log("probed");
+    let failed: Vec<&str> = console
+        .lines()
+        .filter(|line| line.contains("request failed"))
+        .collect();
+    assert!(failed.is_empty(), "{failed:#?}");
     containerd.remove("probed");
     assert_nothing_left(&containerd);
 }

@@ -154,25 +154,57 @@ pub fn relay_output(
     })
 }
 
-/// Copies stdin from containerd's FIFO to the agent; closes the process's stdin at
-/// end of file or when `close` is notified (CloseIO, or the process's deletion).
+/// How a process's stdin relay is told to end: by CloseIO (the client wrote all it will;
+/// the process's stdin is closed once that is relayed) or by the process's deletion (the
+/// agent forgets the process, so there is nothing left there to close).
+#[derive(Debug, Default)]
+pub struct StdinEnd {
+    notify: Notify,
+    deleted: std::sync::atomic::AtomicBool,
+}
+
+impl StdinEnd {
+    /// CloseIO.
+    pub fn close(&self) {
+        self.notify.notify_one();
+    }
+
+    /// The process is being deleted.
+    pub fn delete(&self) {
+        self.deleted
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.notify.notify_one();
+    }
+
+    fn deleted(&self) -> bool {
+        self.deleted.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// Copies stdin from containerd's FIFO to the agent; closes the process's stdin at end of
+/// file or at CloseIO, and stops at the process's deletion ([`StdinEnd`]).
 pub fn relay_stdin(
     agent: AgentClient,
     container_id: String,
     exec_id: String,
     path: String,
-    close: Arc<Notify>,
+    end: Arc<StdinEnd>,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         match StdinFifo::at(&strip_scheme(&path)) {
             Ok(fifo) => {
-                if let Some((file, closing)) = open_stdin(Arc::new(fifo), &close).await {
-                    copy_stdin(&agent, &container_id, &exec_id, file, &close, closing).await;
+                if let Some((file, closing)) = open_stdin(Arc::new(fifo), &end.notify).await {
+                    copy_stdin(&agent, &container_id, &exec_id, file, &end.notify, closing).await;
                 }
             }
             Err(error) => {
                 tracing::warn!(container = %container_id, exec = %exec_id, %path, %error, "stdin FIFO not opened; the process gets none");
             }
+        }
+        // A deleted process is gone from the agent; asking it to close that stdin would
+        // only log a failed request in the guest for every exec and container.
+        if end.deleted() {
+            return;
         }
         if let Err(error) = agent.close_stdin(&container_id, &exec_id).await {
             tracing::debug!(container = %container_id, exec = %exec_id, %error, "close stdin");

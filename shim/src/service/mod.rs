@@ -422,7 +422,7 @@ impl TaskService {
                 cid,
                 eid,
                 stdio.stdin.clone(),
-                process.close_stdin.clone(),
+                process.stdin_end.clone(),
             ));
         }
     }

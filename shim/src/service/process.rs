@@ -3,7 +3,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
-use tokio::sync::{watch, Notify};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::io::StdioPaths;
@@ -66,8 +66,8 @@ pub struct ProcessState {
     pub exec_spec: Option<Vec<u8>>,
     inner: Mutex<Inner>,
     exit_tx: watch::Sender<Option<ExitInfo>>,
-    /// Notified by CloseIO.
-    pub close_stdin: Arc<Notify>,
+    /// Ends the stdin relay: CloseIO, or the process's deletion.
+    pub stdin_end: Arc<crate::io::StdinEnd>,
     /// Held by Start until TaskStart is published, so TaskExit never overtakes it.
     pub start_lock: tokio::sync::Mutex<()>,
     relays: Mutex<Vec<JoinHandle<()>>>,
@@ -91,7 +91,7 @@ impl ProcessState {
                 pid: 0,
             }),
             exit_tx: watch::channel(None).0,
-            close_stdin: Arc::new(Notify::new()),
+            stdin_end: Arc::default(),
             start_lock: tokio::sync::Mutex::new(()),
             relays: Mutex::new(Vec::new()),
         }
@@ -186,7 +186,7 @@ impl ProcessState {
     /// would otherwise keep the relay's blocking open, and its thread, for the shim's life;
     /// the relay releases it as for CloseIO ([`crate::io::relay_stdin`]).
     pub fn release_stdin(&self) {
-        self.close_stdin.notify_one();
+        self.stdin_end.delete();
     }
 
     /// Takes the output relays (to await them).

@@ -288,7 +288,7 @@ impl Task for TaskService {
     ) -> TtrpcResult<api::Empty> {
         let (_, process) = self.process(&request.id, &request.exec_id)?;
         if request.stdin {
-            process.close_stdin.notify_one();
+            process.stdin_end.close();
         }
         Ok(api::Empty::default())
     }
