@@ -210,7 +210,7 @@ impl ContainerBuilder {
                 source,
             }
         })?;
-        tracing::info!(container = %self.id, pid = launched.pid, "container created");
+        tracing::debug!(container = %self.id, pid = launched.pid, "container created");
         let mut container =
             Container::new(self.id, self.rootfs, launched, io, options, mount_namespace);
         container.cgroup = self.cgroup;

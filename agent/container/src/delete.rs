@@ -64,7 +64,7 @@ impl Container {
                 tracing::warn!(container = %self.id, %error, "container cgroup left behind");
             }
         }
-        tracing::info!(container = %self.id, "container deleted");
+        tracing::debug!(container = %self.id, "container deleted");
         Ok(())
     }
 

@@ -98,7 +98,7 @@ impl Container {
                 source,
             }
         })?;
-        tracing::info!(container = %self.id, exec_id, pid = launched.pid, "process exec'd");
+        tracing::debug!(container = %self.id, exec_id, pid = launched.pid, "process exec'd");
         Ok(Process::new(launched.pid, io))
     }
 }

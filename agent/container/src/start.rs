@@ -87,7 +87,7 @@ impl Container {
                 }
             }
         }
-        tracing::info!(container = %self.id, pid = self.init_pid, "container started");
+        tracing::debug!(container = %self.id, pid = self.init_pid, "container started");
         Ok(())
     }
 }
