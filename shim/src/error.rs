@@ -26,6 +26,10 @@ pub enum Error {
     /// No such container or process in this shim.
     #[error("{0} not found")]
     NotFound(String),
+    /// A signal for a process that has exited: containerd's clients race with exits (CRI
+    /// stops a container that just ended), and take this, as runc's shim gives it, as done.
+    #[error("{0} has already finished")]
+    Finished(String),
     /// The id is already in use.
     #[error("{0} already exists")]
     AlreadyExists(String),
@@ -72,7 +76,7 @@ impl Error {
             Error::Config(_) | Error::InvalidArgument(_) | Error::MissingFile { .. } => {
                 ttrpc::Code::INVALID_ARGUMENT
             }
-            Error::NotFound(_) => ttrpc::Code::NOT_FOUND,
+            Error::NotFound(_) | Error::Finished(_) => ttrpc::Code::NOT_FOUND,
             Error::AlreadyExists(_) => ttrpc::Code::ALREADY_EXISTS,
             Error::FailedPrecondition(_) => ttrpc::Code::FAILED_PRECONDITION,
             Error::PermissionDenied(_) => ttrpc::Code::PERMISSION_DENIED,
@@ -100,7 +104,11 @@ pub fn full_message(error: &dyn std::error::Error) -> String {
 impl From<Error> for ttrpc::Error {
     fn from(error: Error) -> Self {
         let message = full_message(&error);
-        tracing::warn!(code = ?error.code(), error = %message, "request failed");
+        if matches!(error, Error::Finished(_)) {
+            tracing::debug!(code = ?error.code(), error = %message, "request refused");
+        } else {
+            tracing::warn!(code = ?error.code(), error = %message, "request failed");
+        }
         ttrpc::Error::RpcStatus(ttrpc::get_status(error.code(), message))
     }
 }
@@ -117,6 +125,13 @@ mod tests {
             ttrpc::Error::RpcStatus(status) => status,
             other => panic!("expected a status, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_signal_for_a_finished_process_is_not_found_and_says_why() {
+        let status = status(Error::Finished("container c".into()));
+        assert_eq!(status.code(), ttrpc::Code::NOT_FOUND);
+        assert_eq!(status.message(), "container c has already finished");
     }
 
     #[test]

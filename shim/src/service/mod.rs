@@ -534,10 +534,7 @@ impl TaskService {
     async fn kill(&self, id: &str, exec_id: &str, signal: u32, all: bool) -> Result<()> {
         let (_, process) = self.process(id, exec_id)?;
         if process.status() == Status::Stopped {
-            return Err(Error::NotFound(format!(
-                "{} has already finished",
-                describe(id, exec_id)
-            )));
+            return Err(Error::Finished(describe(id, exec_id)));
         }
         let sandbox = self.current_sandbox().await?;
         sandbox.agent().signal(id, exec_id, signal, all).await
