@@ -23,7 +23,7 @@ fn agent_error(what: &str, error: ttrpc::Error) -> Error {
         ttrpc::Error::RpcStatus(status) => {
             let detail = status.message().to_string();
             match status.code() {
-                ttrpc::Code::NOT_FOUND => Error::NotFound(detail),
+                ttrpc::Code::NOT_FOUND => Error::NotFoundInGuest(detail),
                 ttrpc::Code::ALREADY_EXISTS => Error::AlreadyExists(detail),
                 ttrpc::Code::INVALID_ARGUMENT => Error::InvalidArgument(detail),
                 ttrpc::Code::FAILED_PRECONDITION => Error::FailedPrecondition(detail),
@@ -506,5 +506,19 @@ mod tests {
             agent_error("create container c", ttrpc::Error::RpcStatus(status)).to_string(),
             "guest agent: create container c: cgroup2 is not mounted"
         );
+    }
+
+    #[test]
+    fn what_the_agent_does_not_know_is_not_found_in_its_own_words() {
+        let status = ttrpc::get_status(
+            ttrpc::Code::NOT_FOUND,
+            "process e not found in container c".to_string(),
+        );
+        let error = agent_error("signal exec e", ttrpc::Error::RpcStatus(status));
+        assert_eq!(error.to_string(), "process e not found in container c");
+        match ttrpc::Error::from(error) {
+            ttrpc::Error::RpcStatus(status) => assert_eq!(status.code(), ttrpc::Code::NOT_FOUND),
+            other => panic!("expected a status, got {other:?}"),
+        }
     }
 }

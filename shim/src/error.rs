@@ -26,6 +26,9 @@ pub enum Error {
     /// No such container or process in this shim.
     #[error("{0} not found")]
     NotFound(String),
+    /// The agent has no such container or process; its message says so.
+    #[error("{0}")]
+    NotFoundInGuest(String),
     /// A signal for a process that has exited: containerd's clients race with exits (CRI
     /// stops a container that just ended), and take this, as runc's shim gives it, as done.
     #[error("{0} has already finished")]
@@ -76,7 +79,9 @@ impl Error {
             Error::Config(_) | Error::InvalidArgument(_) | Error::MissingFile { .. } => {
                 ttrpc::Code::INVALID_ARGUMENT
             }
-            Error::NotFound(_) | Error::Finished(_) => ttrpc::Code::NOT_FOUND,
+            Error::NotFound(_) | Error::NotFoundInGuest(_) | Error::Finished(_) => {
+                ttrpc::Code::NOT_FOUND
+            }
             Error::AlreadyExists(_) => ttrpc::Code::ALREADY_EXISTS,
             Error::FailedPrecondition(_) => ttrpc::Code::FAILED_PRECONDITION,
             Error::PermissionDenied(_) => ttrpc::Code::PERMISSION_DENIED,
