@@ -190,6 +190,8 @@ impl Artifacts {
 pub struct Containerd {
     dir: tempfile::TempDir,
     child: Child,
+    /// How containerd was started, to start it again ([`Containerd::restart`]).
+    launch: Launch,
     /// containerd's socket.
     pub socket: PathBuf,
     /// The veil configuration file the shim uses.
@@ -198,6 +200,43 @@ pub struct Containerd {
     pub veil_state: PathBuf,
     /// The artifacts in use.
     pub artifacts: Artifacts,
+}
+
+/// containerd's command line and environment.
+struct Launch {
+    /// The launcher (`unshare ...`, say) and its arguments, before `containerd`.
+    launcher: Vec<String>,
+    config: PathBuf,
+    path: String,
+    veil_config: PathBuf,
+    log: PathBuf,
+}
+
+impl Launch {
+    /// Starts containerd, appending to its log.
+    fn spawn(&self) -> Result<Child> {
+        let mut command = match self.launcher.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg("containerd");
+                command
+            }
+            None => Command::new("containerd"),
+        };
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
+        command
+            .arg("--config")
+            .arg(&self.config)
+            .env("PATH", &self.path)
+            .env("VEIL_CONFIG", &self.veil_config)
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("start containerd: install it (apt-get install containerd runc)")
+    }
 }
 
 /// What one `ctr` invocation did.
@@ -308,32 +347,22 @@ impl Containerd {
             String::new()
         };
         std::fs::write(&config, base + &cri_section)?;
-        let log = std::fs::File::create(root.join("containerd.log"))?;
-        let path = format!(
-            "{}:{}",
-            bin.display(),
-            std::env::var("PATH").unwrap_or_default()
-        );
-        let mut command = match options.launcher.split_first() {
-            Some((program, args)) => {
-                let mut command = Command::new(program);
-                command.args(args).arg("containerd");
-                command
-            }
-            None => Command::new("containerd"),
+        let launch = Launch {
+            launcher: options.launcher.clone(),
+            config,
+            path: format!(
+                "{}:{}",
+                bin.display(),
+                std::env::var("PATH").unwrap_or_default()
+            ),
+            veil_config: veil_config.clone(),
+            log: root.join("containerd.log"),
         };
-        let child = command
-            .arg("--config")
-            .arg(&config)
-            .env("PATH", path)
-            .env("VEIL_CONFIG", &veil_config)
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("start containerd: install it (apt-get install containerd runc)")?;
+        let child = launch.spawn()?;
         let containerd = Containerd {
             dir,
             child,
+            launch,
             socket,
             veil_config,
             veil_state,
@@ -341,6 +370,26 @@ impl Containerd {
         };
         containerd.wait_ready()?;
         Ok(containerd)
+    }
+
+    /// Stops containerd as systemd does (SIGTERM) and starts it again on the same root,
+    /// state and socket, as a node's containerd upgrade or crash would; shims and VMs go on.
+    pub fn restart(&mut self) -> Result<()> {
+        self.stop_containerd();
+        self.child = self.launch.spawn()?;
+        self.wait_ready()
+    }
+
+    fn stop_containerd(&mut self) {
+        // SAFETY: sending SIGTERM to our own child has no memory-safety preconditions.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let _ = eventually(Duration::from_secs(10), || {
+            matches!(self.child.try_wait(), Ok(Some(_)))
+        });
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     fn wait_ready(&self) -> Result<()> {
@@ -830,15 +879,7 @@ pub fn eventually(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
 
 impl Drop for Containerd {
     fn drop(&mut self) {
-        // SAFETY: sending SIGTERM to our own child has no memory-safety preconditions.
-        unsafe {
-            libc::kill(self.child.id() as i32, libc::SIGTERM);
-        }
-        let _ = eventually(Duration::from_secs(10), || {
-            matches!(self.child.try_wait(), Ok(Some(_)))
-        });
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop_containerd();
         for pid in self
             .qemu_processes()
             .into_iter()
