@@ -227,6 +227,65 @@ fn exec_runs_a_second_process_in_the_same_container() {
     assert_nothing_left(&containerd);
 }
 
+/// A node's containerd restarts (an upgrade, a crash) while pods run: the new containerd
+/// finds the running shim through the task's bundle, and the pod goes on in the same VM;
+/// exec, kill, the exit status (published to the new containerd) and delete work as before.
+#[test]
+fn a_running_container_survives_a_containerd_restart() {
+    let mut containerd = containerd();
+    run_detached(&containerd, "survivor", &["sleep", "1000"]);
+    let qemu = containerd.qemu_processes();
+    let shim = containerd.shim_processes();
+    assert_eq!((qemu.len(), shim.len()), (1, 1));
+
+    containerd.restart().expect("restart containerd");
+    assert_eq!(task_status(&containerd, "survivor"), "RUNNING");
+    assert_eq!(
+        (containerd.qemu_processes(), containerd.shim_processes()),
+        (qemu, shim),
+        "the pod's VM or shim changed with containerd"
+    );
+    let exec = containerd
+        .exec(
+            "survivor",
+            "after",
+            &["sh", "-c", "echo still here; exit 4"],
+        )
+        .expect("ctr task exec");
+    assert_eq!(
+        (exec.code, exec.stdout.as_str()),
+        (4, "still here\n"),
+        "{}",
+        exec.stderr
+    );
+    // The exit reaches the new containerd as an event (CRI's container status follows
+    // those), not only through the shim's State.
+    let mut events = containerd
+        .ctr(&["events"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("ctr events");
+    let stdout = events.stdout.take().expect("events stdout");
+    let topics = std::thread::spawn(move || {
+        use std::io::BufRead;
+        std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .find(|line| line.contains("/tasks/exit") && line.contains("survivor"))
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    kill_and_remove(&containerd, "survivor");
+    let _ = events.kill();
+    let _ = events.wait();
+    let exit = topics.join().expect("events reader");
+    assert!(
+        exit.is_some(),
+        "no /tasks/exit event for survivor after the restart"
+    );
+    assert_nothing_left(&containerd);
+}
+
 /// `ctr task pause` freezes every process of the container in the guest (its cgroup's
 /// cgroup.freeze): a counter the container writes to a host directory stops, the task shows
 /// PAUSED, an exec is refused naming the pause; `ctr task resume` lets the counter go on.

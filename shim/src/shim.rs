@@ -15,7 +15,6 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use containerd_shim::asynchronous::publisher::RemotePublisher;
 use containerd_shim::asynchronous::{spawn, ExitSignal};
 use containerd_shim::protos::bootstrap_api::{BootstrapParams, BootstrapResult};
 use containerd_shim::protos::protobuf::{well_known_types::any::Any, Message, MessageField};
@@ -279,7 +278,7 @@ async fn serve(flags: &Flags) -> Result<(), BootstrapError> {
     }
     let ttrpc_address = std::env::var(TTRPC_ADDRESS_ENV)
         .map_err(|_| failed("serve")(format!("{TTRPC_ADDRESS_ENV} is not set by containerd")))?;
-    let publisher = RemotePublisher::new(&ttrpc_address)
+    let publisher = crate::service::Publisher::connect(&ttrpc_address)
         .await
         .map_err(|e| failed("connect to containerd's event service")(e.to_string()))?;
     let exit = Arc::new(ExitSignal::default());

@@ -4,7 +4,6 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use containerd_shim::api::CreateTaskRequest;
-use containerd_shim::asynchronous::publisher::RemotePublisher;
 use containerd_shim::event::Event;
 use containerd_shim::protos::events::task::{
     TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskOOM, TaskPaused,
@@ -12,9 +11,9 @@ use containerd_shim::protos::events::task::{
 };
 use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim::protos::protobuf::MessageField;
-use containerd_shim::Context;
 
 use super::process::{ExitInfo, ProcessState};
+use super::publisher::Publisher;
 
 /// Converts a time to a protobuf timestamp.
 pub fn timestamp(at: SystemTime) -> Timestamp {
@@ -30,12 +29,12 @@ pub fn timestamp(at: SystemTime) -> Timestamp {
 #[derive(Clone)]
 pub struct EventSink {
     namespace: Arc<str>,
-    publisher: Arc<RemotePublisher>,
+    publisher: Arc<Publisher>,
 }
 
 impl EventSink {
     /// Events for `namespace` through `publisher`.
-    pub fn new(namespace: &str, publisher: RemotePublisher) -> Self {
+    pub fn new(namespace: &str, publisher: Publisher) -> Self {
         EventSink {
             namespace: Arc::from(namespace),
             publisher: Arc::new(publisher),
@@ -51,8 +50,7 @@ impl EventSink {
         let topic = event.topic();
         if let Err(error) = self
             .publisher
-            .publish(Context::default(), &topic, &self.namespace, Box::new(event))
-            .await
+            .publish(&topic, &self.namespace, Box::new(event))
         {
             tracing::warn!(%topic, %error, "event not published");
         }

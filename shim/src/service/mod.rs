@@ -5,13 +5,14 @@
 mod events;
 pub use events::timestamp;
 pub mod process;
+mod publisher;
+pub use publisher::Publisher;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use containerd_shim::asynchronous::publisher::RemotePublisher;
 use containerd_shim::asynchronous::ExitSignal;
 use oci_spec::runtime::Spec;
 use veil_config::{Config, ReaderRootfs};
@@ -77,7 +78,7 @@ pub struct TaskService {
 
 impl TaskService {
     /// A service publishing to containerd through `publisher`.
-    pub fn new(namespace: &str, publisher: RemotePublisher, exit: Arc<ExitSignal>) -> Self {
+    pub fn new(namespace: &str, publisher: Publisher, exit: Arc<ExitSignal>) -> Self {
         TaskService {
             events: EventSink::new(namespace, publisher),
             exit,

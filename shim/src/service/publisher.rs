@@ -1,0 +1,263 @@
+//! Forwarding task events to containerd's ttrpc Events service, in order, across
+//! containerd restarts.
+//!
+//! veil does not use containerd-shim 0.12's `RemotePublisher` here: it reconnects only when
+//! ttrpc reports `RemoteClosed` or `LocalClosed`, but ttrpc 0.10 reports a connection whose
+//! peer has gone as `Others("reserve channel capacity failed: channel closed")`. After a
+//! node's containerd restarted, every event was retried on the dead connection and dropped,
+//! so the new containerd never heard of an exit, an OOM kill or a delete. Here any
+//! transport error drops the connection and the next try dials containerd again, as Go's
+//! shims do through their reconnecting ttrpc client.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use containerd_shim::protos::protobuf::MessageDyn;
+use containerd_shim::protos::shim::event::Envelope;
+use containerd_shim::protos::shim::events::ForwardRequest;
+use containerd_shim::protos::shim_async::EventsClient;
+use containerd_shim::protos::ttrpc;
+use containerd_shim::protos::ttrpc::r#async::Client;
+use tokio::sync::mpsc;
+
+/// Events waiting to be forwarded; past this, new ones are dropped (with a warning) rather
+/// than let a containerd that stays away hold the shim's memory.
+const QUEUE: usize = 1024;
+/// One forward's bound: a containerd that accepted the connection but never answers must
+/// not stall every later event.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one event is retried while containerd is away (a restart takes seconds).
+const RETRY_FOR: Duration = Duration::from_secs(120);
+const FIRST_BACKOFF: Duration = Duration::from_millis(50);
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// Why an event was not queued.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// The event could not be encoded.
+    #[error("encode the event: {0}")]
+    Encode(String),
+    /// Too many events are waiting for containerd.
+    #[error("{QUEUE} events are already waiting for containerd, which does not take them")]
+    QueueFull,
+}
+
+/// Where the shim's events go: one task forwards them in the order they were published.
+pub struct Publisher {
+    queue: mpsc::Sender<Envelope>,
+}
+
+impl Publisher {
+    /// Connects to containerd's ttrpc address (`TTRPC_ADDRESS`: a path, or a `unix://` URL)
+    /// and starts forwarding. The first connection must succeed: a shim that cannot reach
+    /// the containerd that started it is misconfigured.
+    pub async fn connect(address: &str) -> Result<Publisher, ttrpc::Error> {
+        let address: Arc<str> = Arc::from(address);
+        let client = dial(&address).await?;
+        let (queue, events) = mpsc::channel(QUEUE);
+        tokio::spawn(forward_in_order(address, Some(client), events));
+        Ok(Publisher { queue })
+    }
+
+    /// Queues `event` under `topic` for `namespace`.
+    pub fn publish(
+        &self,
+        topic: &str,
+        namespace: &str,
+        event: Box<dyn MessageDyn>,
+    ) -> Result<(), PublishError> {
+        let mut envelope = Envelope::new();
+        envelope.set_topic(topic.to_owned());
+        envelope.set_namespace(namespace.to_owned());
+        envelope.set_timestamp(super::events::timestamp(std::time::SystemTime::now()));
+        envelope.set_event(
+            containerd_shim::util::convert_to_any(event)
+                .map_err(|e| PublishError::Encode(e.to_string()))?,
+        );
+        self.queue
+            .try_send(envelope)
+            .map_err(|_| PublishError::QueueFull)
+    }
+}
+
+async fn dial(address: &str) -> Result<EventsClient, ttrpc::Error> {
+    let url = if address.starts_with("unix://") {
+        address.to_string()
+    } else {
+        format!("unix://{address}")
+    };
+    Ok(EventsClient::new(Client::connect(&url).await?))
+}
+
+async fn forward_in_order(
+    address: Arc<str>,
+    mut client: Option<EventsClient>,
+    mut events: mpsc::Receiver<Envelope>,
+) {
+    while let Some(envelope) = events.recv().await {
+        forward(&address, &mut client, envelope).await;
+    }
+}
+
+/// Forwards one event, dialing containerd again after any transport error, until it is
+/// taken, refused, or [`RETRY_FOR`] has passed.
+async fn forward(address: &str, client: &mut Option<EventsClient>, envelope: Envelope) {
+    let topic = envelope.topic.clone();
+    let mut request = ForwardRequest::new();
+    request.set_envelope(envelope);
+    let deadline = tokio::time::Instant::now() + RETRY_FOR;
+    let mut backoff = FIRST_BACKOFF;
+    loop {
+        let failure = match client {
+            Some(connected) => match forward_once(connected, &request).await {
+                Ok(()) => return,
+                Err(ttrpc::Error::RpcStatus(status)) => {
+                    // containerd answered: another try would get the same answer.
+                    tracing::warn!(%topic, code = ?status.code(), message = %status.message(), "containerd refused the event");
+                    return;
+                }
+                Err(error) => {
+                    *client = None;
+                    error.to_string()
+                }
+            },
+            None => match dial(address).await {
+                Ok(connected) => {
+                    tracing::info!(%address, "reconnected to containerd's event service");
+                    *client = Some(connected);
+                    continue;
+                }
+                Err(error) => error.to_string(),
+            },
+        };
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!(%topic, %address, error = %failure, "event dropped: containerd did not take it within {}s", RETRY_FOR.as_secs());
+            return;
+        }
+        tracing::debug!(%topic, error = %failure, "event not forwarded yet; retrying");
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+async fn forward_once(client: &EventsClient, request: &ForwardRequest) -> Result<(), ttrpc::Error> {
+    let context = ttrpc::context::with_timeout(FORWARD_TIMEOUT.as_nanos() as i64);
+    client.forward(context, request).await.map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use async_trait::async_trait;
+    use containerd_shim::protos::api::Empty;
+    use containerd_shim::protos::events::task::TaskExit;
+    use containerd_shim::protos::protobuf::Message;
+    use containerd_shim::protos::shim_async::{create_events, Events};
+    use containerd_shim::protos::ttrpc::asynchronous::transport::Listener;
+    use containerd_shim::protos::ttrpc::asynchronous::{Server, TtrpcContext};
+
+    /// containerd's Events service, as far as a shim sees it: it takes events, or refuses
+    /// those of one topic.
+    struct Containerd {
+        taken: mpsc::UnboundedSender<(String, String)>,
+        refuses: &'static str,
+    }
+
+    #[async_trait]
+    impl Events for Containerd {
+        async fn forward(&self, _: &TtrpcContext, request: ForwardRequest) -> ttrpc::Result<Empty> {
+            let envelope = request.envelope();
+            if envelope.topic() == self.refuses {
+                return Err(ttrpc::Error::RpcStatus(ttrpc::get_status(
+                    ttrpc::Code::INVALID_ARGUMENT,
+                    "not this one",
+                )));
+            }
+            let exit = TaskExit::parse_from_bytes(&envelope.event.value).expect("a TaskExit");
+            let _ = self
+                .taken
+                .send((envelope.topic().to_string(), exit.container_id));
+            Ok(Empty::default())
+        }
+    }
+
+    async fn serve(
+        path: &std::path::Path,
+        taken: mpsc::UnboundedSender<(String, String)>,
+    ) -> Server {
+        let _ = std::fs::remove_file(path);
+        let listener =
+            Listener::try_from(std::os::unix::net::UnixListener::bind(path).unwrap()).unwrap();
+        let mut server = Server::new()
+            .add_listener(listener)
+            .register_service(create_events(Arc::new(Containerd {
+                taken,
+                refuses: "/tasks/refused",
+            })));
+        server.start().await.unwrap();
+        server
+    }
+
+    fn exit_of(id: &str) -> Box<dyn MessageDyn> {
+        Box::new(TaskExit {
+            container_id: id.to_string(),
+            ..Default::default()
+        })
+    }
+
+    #[tokio::test]
+    async fn events_reach_a_containerd_that_restarted_in_the_order_they_were_published() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("containerd.sock.ttrpc");
+        let (taken, mut received) = mpsc::unbounded_channel();
+        let mut first = serve(&socket, taken.clone()).await;
+        let publisher = Publisher::connect(socket.to_str().unwrap()).await.unwrap();
+        publisher
+            .publish("/tasks/exit", "default", exit_of("a"))
+            .unwrap();
+        assert_eq!(
+            received.recv().await.unwrap(),
+            ("/tasks/exit".to_string(), "a".to_string())
+        );
+
+        // containerd stops; events published meanwhile wait for the next one.
+        first.shutdown().await.unwrap();
+        drop(first);
+        for id in ["b", "c"] {
+            publisher
+                .publish("/tasks/exit", "default", exit_of(id))
+                .unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let _second = serve(&socket, taken.clone()).await;
+        let next = tokio::time::timeout(Duration::from_secs(20), async {
+            [
+                received.recv().await.unwrap(),
+                received.recv().await.unwrap(),
+            ]
+        })
+        .await
+        .expect("events after the restart");
+        assert_eq!(next.map(|(_, id)| id), ["b".to_string(), "c".to_string()]);
+
+        // An event containerd refuses is not retried, and does not hold back the next.
+        publisher
+            .publish("/tasks/refused", "default", exit_of("x"))
+            .unwrap();
+        publisher
+            .publish("/tasks/exit", "default", exit_of("d"))
+            .unwrap();
+        let next = tokio::time::timeout(Duration::from_secs(5), received.recv())
+            .await
+            .expect("the event after a refused one")
+            .unwrap();
+        assert_eq!(next.1, "d");
+    }
+
+    #[tokio::test]
+    async fn a_shim_that_cannot_reach_containerd_at_start_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("nothing.sock");
+        assert!(Publisher::connect(missing.to_str().unwrap()).await.is_err());
+    }
+}
