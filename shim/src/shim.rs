@@ -13,7 +13,7 @@
 use std::io::{Read, Write};
 use std::path::Path;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use containerd_shim::asynchronous::{spawn, ExitSignal};
 use containerd_shim::protos::bootstrap_api::{BootstrapParams, BootstrapResult};
@@ -30,6 +30,8 @@ pub const RUNTIME_ID: &str = "io.containerd.veil.v2";
 const TASK_V2: &str = "containerd.task.v2.Task";
 const TASK_V3: &str = "containerd.task.v3.Task";
 const TTRPC_ADDRESS_ENV: &str = "TTRPC_ADDRESS";
+/// How long an exiting shim waits for containerd to take its last events.
+const EVENTS_DRAIN: Duration = Duration::from_secs(5);
 const GRPC_ADDRESS_ENV: &str = "GRPC_ADDRESS";
 
 /// A bootstrap step failed.
@@ -282,7 +284,12 @@ async fn serve(flags: &Flags) -> Result<(), BootstrapError> {
         .await
         .map_err(|e| failed("connect to containerd's event service")(e.to_string()))?;
     let exit = Arc::new(ExitSignal::default());
-    let service = Arc::new(TaskService::new(&flags.namespace, publisher, exit.clone()));
+    let publisher = Arc::new(publisher);
+    let service = Arc::new(TaskService::new(
+        &flags.namespace,
+        publisher.clone(),
+        exit.clone(),
+    ));
     let mut services = create_task(service.clone());
     if let Some(v2) = create_task(service).remove(TASK_V3) {
         services.insert(TASK_V2.to_string(), v2);
@@ -302,6 +309,7 @@ async fn serve(flags: &Flags) -> Result<(), BootstrapError> {
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupted"),
     }
     let _ = server.shutdown().await;
+    publisher.drain(EVENTS_DRAIN).await;
     let path = flags
         .socket
         .strip_prefix("unix://")

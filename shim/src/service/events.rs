@@ -34,10 +34,10 @@ pub struct EventSink {
 
 impl EventSink {
     /// Events for `namespace` through `publisher`.
-    pub fn new(namespace: &str, publisher: Publisher) -> Self {
+    pub fn new(namespace: &str, publisher: Arc<Publisher>) -> Self {
         EventSink {
             namespace: Arc::from(namespace),
-            publisher: Arc::new(publisher),
+            publisher,
         }
     }
 

@@ -78,7 +78,7 @@ pub struct TaskService {
 
 impl TaskService {
     /// A service publishing to containerd through `publisher`.
-    pub fn new(namespace: &str, publisher: Publisher, exit: Arc<ExitSignal>) -> Self {
+    pub fn new(namespace: &str, publisher: Arc<Publisher>, exit: Arc<ExitSignal>) -> Self {
         TaskService {
             events: EventSink::new(namespace, publisher),
             exit,

@@ -9,6 +9,7 @@
 //! transport error drops the connection and the next try dials containerd again, as Go's
 //! shims do through their reconnecting ttrpc client.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -45,6 +46,8 @@ pub enum PublishError {
 /// Where the shim's events go: one task forwards them in the order they were published.
 pub struct Publisher {
     queue: mpsc::Sender<Envelope>,
+    /// Events queued and not yet taken, refused or dropped.
+    pending: Arc<AtomicUsize>,
 }
 
 impl Publisher {
@@ -55,8 +58,30 @@ impl Publisher {
         let address: Arc<str> = Arc::from(address);
         let client = dial(&address).await?;
         let (queue, events) = mpsc::channel(QUEUE);
-        tokio::spawn(forward_in_order(address, Some(client), events));
-        Ok(Publisher { queue })
+        let pending = Arc::new(AtomicUsize::new(0));
+        tokio::spawn(forward_in_order(
+            address,
+            Some(client),
+            events,
+            pending.clone(),
+        ));
+        Ok(Publisher { queue, pending })
+    }
+
+    /// Waits, at most `bound`, for every queued event to be forwarded: the shim's last
+    /// events (the TaskDelete that lets it exit) must not die with it.
+    pub async fn drain(&self, bound: Duration) {
+        let deadline = tokio::time::Instant::now() + bound;
+        while self.pending.load(Ordering::SeqCst) > 0 {
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(
+                    events = self.pending.load(Ordering::SeqCst),
+                    "shim exiting with events containerd has not taken"
+                );
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// Queues `event` under `topic` for `namespace`.
@@ -74,9 +99,11 @@ impl Publisher {
             containerd_shim::util::convert_to_any(event)
                 .map_err(|e| PublishError::Encode(e.to_string()))?,
         );
-        self.queue
-            .try_send(envelope)
-            .map_err(|_| PublishError::QueueFull)
+        self.pending.fetch_add(1, Ordering::SeqCst);
+        self.queue.try_send(envelope).map_err(|_| {
+            self.pending.fetch_sub(1, Ordering::SeqCst);
+            PublishError::QueueFull
+        })
     }
 }
 
@@ -93,9 +120,11 @@ async fn forward_in_order(
     address: Arc<str>,
     mut client: Option<EventsClient>,
     mut events: mpsc::Receiver<Envelope>,
+    pending: Arc<AtomicUsize>,
 ) {
     while let Some(envelope) = events.recv().await {
         forward(&address, &mut client, envelope).await;
+        pending.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -252,6 +281,40 @@ mod tests {
             .expect("the event after a refused one")
             .unwrap();
         assert_eq!(next.1, "d");
+        publisher.drain(Duration::from_secs(5)).await;
+        assert_eq!(publisher.pending.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn draining_waits_for_queued_events_and_no_longer_than_its_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("containerd.sock.ttrpc");
+        let (taken, mut received) = mpsc::unbounded_channel();
+        let mut server = serve(&socket, taken).await;
+        let publisher = Publisher::connect(socket.to_str().unwrap()).await.unwrap();
+        for id in ["a", "b", "c"] {
+            publisher
+                .publish("/tasks/exit", "default", exit_of(id))
+                .unwrap();
+        }
+        publisher.drain(Duration::from_secs(10)).await;
+        for id in ["a", "b", "c"] {
+            assert_eq!(
+                received.try_recv().unwrap().1,
+                id,
+                "taken before drain returned"
+            );
+        }
+        // With containerd gone, draining gives up at its bound.
+        server.shutdown().await.unwrap();
+        drop(server);
+        publisher
+            .publish("/tasks/exit", "default", exit_of("d"))
+            .unwrap();
+        let started = std::time::Instant::now();
+        publisher.drain(Duration::from_millis(300)).await;
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert_eq!(publisher.pending.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test]
