@@ -299,6 +299,85 @@ fn a_veil_pod_runs_all_its_containers_in_one_vm_and_leaves_nothing_when_removed(
     assert!(failed.is_empty(), "{failed:#?}");
 }
 
+/// containerd restarts under kubelet (an upgrade, a crash): its CRI plugin recovers the
+/// veil pod in the same VM; what the container prints, its exit and exit code after the
+/// restart reach CRI, and the pod is torn down leaving nothing.
+#[test]
+fn a_veil_pod_goes_on_across_a_containerd_restart() {
+    let mut cluster = cluster();
+    let dir = cluster.pod_dir("restart-pod");
+    let config = cri::host_network_pod("restart-pod", &dir, HashMap::new());
+    let pod = cluster.run_pod(&config, VEIL_HANDLER);
+    let waiter = cluster.start(
+        &pod,
+        &config,
+        &cri::busybox_container(
+            "waiter",
+            &[
+                "sh",
+                "-c",
+                "echo before; while [ ! -f /tmp/go ]; do sleep 0.2; done; echo after; exit 9",
+            ],
+            Vec::new(),
+        ),
+    );
+    let boot = cluster.exec(&waiter, &["cat", "/proc/sys/kernel/random/boot_id"]);
+    let qemu = cluster.containerd.qemu_processes();
+
+    cluster.containerd.restart().expect("restart containerd");
+    cluster.cri = CriClient::connect(&cluster.containerd.socket)
+        .unwrap_or_else(|e| panic!("CRI client: {e:#}\n{}", cluster.containerd.log()));
+    assert_eq!(
+        cluster.state(&waiter).0,
+        ContainerState::ContainerRunning as i32
+    );
+    assert_eq!(cluster.containerd.qemu_processes(), qemu, "another VM");
+    let again = cluster.exec(&waiter, &["cat", "/proc/sys/kernel/random/boot_id"]);
+    assert_eq!(again.stdout, boot.stdout, "another guest kernel");
+    let touch = cluster.exec(&waiter, &["touch", "/tmp/go"]);
+    assert_eq!(touch.exit_code, 0, "{touch:?}");
+    assert!(
+        eventually(TASK_END, || cluster.state(&waiter).0
+            == ContainerState::ContainerExited as i32),
+        "the exit after the restart did not reach CRI: {:?}",
+        cluster.cri.container_status(&waiter)
+    );
+    assert_eq!(cluster.state(&waiter).1, 9);
+    let log = std::fs::read_to_string(dir.join("waiter.log")).expect("the CRI log file");
+    assert!(
+        log.lines().any(|l| l.contains(" stdout F before"))
+            && log.lines().any(|l| l.contains(" stdout F after")),
+        "the CRI log lacks what the container printed around the restart: {log:?}"
+    );
+
+    // The pod's shim took its events to the containerd that started it; an OOM kill
+    // after the restart must still reach the new one (CRI's reason comes from TaskOOM).
+    let hog = cri::with_resources(
+        cri::busybox_container(
+            "hog",
+            &["dd", "if=/dev/zero", "of=/dev/null", "bs=96M", "count=1"],
+            Vec::new(),
+        ),
+        cri::memory_and_cpu_limits(32 << 20, None),
+    );
+    let hog = cluster.start(&pod, &config, &hog);
+    assert!(
+        eventually(Duration::from_secs(120), || cluster.state(&hog).0
+            == ContainerState::ContainerExited as i32),
+        "the hog did not exit: {:?}",
+        cluster.cri.container_status(&hog)
+    );
+    let status = cluster.cri.container_status(&hog).expect("ContainerStatus");
+    assert_eq!(
+        (status.exit_code, status.reason.as_str()),
+        (137, "OOMKilled"),
+        "the OOM kill after the restart did not reach CRI"
+    );
+
+    cluster.tear_down(&pod);
+    assert_nothing_left(&cluster.containerd);
+}
+
 #[test]
 fn container_status_reports_running_then_the_exit_code_and_logs_reach_the_cri_log() {
     let mut cluster = cluster();
