@@ -610,12 +610,12 @@ impl AgentService {
     /// Forgets exec `exec_id` of container `id` once it has exited, closing the streams the
     /// agent kept for it.
     fn remove_exec(&self, id: &str, exec_id: &str) -> Result<(), ServiceError> {
-        let process = self.process(id, exec_id)?;
         if exec_id.is_empty() {
             return Err(ServiceError::InvalidArgument(format!(
                 "no exec id: remove container {id} itself with RemoveContainer"
             )));
         }
+        let process = self.process(id, exec_id)?;
         if !process.has_exited() {
             return Err(ServiceError::FailedPrecondition(format!(
                 "exec {exec_id} in container {id} is still running; kill it before removing it"
