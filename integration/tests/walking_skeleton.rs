@@ -590,6 +590,39 @@ fn a_qemu_that_dies_ends_the_task_without_hanging() {
     assert_nothing_left(&containerd);
 }
 
+/// A shim that crashes (SIGKILL) takes its pod's VM with it: containerd finds the shim gone,
+/// runs the shim binary's `delete` in the bundle, which kills the QEMU the dead shim left and
+/// removes the sandbox's state; the task ends and nothing is left.
+#[test]
+fn a_shim_that_dies_takes_its_vm_and_leaves_nothing() {
+    let containerd = containerd();
+    run_detached(&containerd, "orphaned", &["sleep", "1000"]);
+    let [shim] = containerd.shim_processes()[..] else {
+        panic!("expected one shim");
+    };
+    // SAFETY: killing the test's own shim process.
+    unsafe {
+        libc::kill(shim as i32, libc::SIGKILL);
+    }
+    assert!(
+        eventually(TASK_END, || containerd.qemu_processes().is_empty()),
+        "the dead shim's QEMU is still running: {:?}\n{}",
+        containerd.qemu_processes(),
+        containerd.log()
+    );
+    assert!(
+        eventually(TASK_END, || task_status(&containerd, "orphaned")
+            != "RUNNING"),
+        "the task still runs"
+    );
+    let _ = containerd.run_ctr(&["task", "delete", "orphaned"], None, TASK_END);
+    let rm = containerd
+        .run_ctr(&["container", "rm", "orphaned"], None, TASK_END)
+        .expect("rm");
+    assert_eq!(rm.code, 0, "{}", rm.stderr);
+    assert_nothing_left(&containerd);
+}
+
 fn entries(dir: &str) -> usize {
     std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
 }
