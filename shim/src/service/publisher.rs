@@ -118,54 +118,78 @@ async fn dial(address: &str) -> Result<EventsClient, ttrpc::Error> {
 
 async fn forward_in_order(
     address: Arc<str>,
-    mut client: Option<EventsClient>,
+    client: Option<EventsClient>,
     mut events: mpsc::Receiver<Envelope>,
     pending: Arc<AtomicUsize>,
 ) {
+    let mut link = Link {
+        address,
+        client,
+        lost_at: None,
+    };
     while let Some(envelope) = events.recv().await {
-        forward(&address, &mut client, envelope).await;
+        link.forward(envelope).await;
         pending.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
-/// Forwards one event, dialing containerd again after any transport error, until it is
-/// taken, refused, or [`RETRY_FOR`] has passed.
-async fn forward(address: &str, client: &mut Option<EventsClient>, envelope: Envelope) {
-    let topic = envelope.topic.clone();
-    let mut request = ForwardRequest::new();
-    request.set_envelope(envelope);
-    let deadline = tokio::time::Instant::now() + RETRY_FOR;
-    let mut backoff = FIRST_BACKOFF;
-    loop {
-        let failure = match client {
-            Some(connected) => match forward_once(connected, &request).await {
-                Ok(()) => return,
+/// The connection to containerd's Events service, and since when it has been lost.
+struct Link {
+    address: Arc<str>,
+    client: Option<EventsClient>,
+    /// When containerd stopped taking events; [`RETRY_FOR`] counts from here, not from each
+    /// event, so a containerd that stays away costs each waiting event one try, not 120 s.
+    lost_at: Option<tokio::time::Instant>,
+}
+
+impl Link {
+    /// Forwards one event, dialing containerd again after any transport error, until it
+    /// is taken, refused, or containerd has been away for [`RETRY_FOR`].
+    async fn forward(&mut self, envelope: Envelope) {
+        let topic = envelope.topic.clone();
+        let mut request = ForwardRequest::new();
+        request.set_envelope(envelope);
+        let mut backoff = FIRST_BACKOFF;
+        loop {
+            let failure = match self.try_forward(&request).await {
+                Ok(()) => {
+                    self.lost_at = None;
+                    return;
+                }
                 Err(ttrpc::Error::RpcStatus(status)) => {
                     // containerd answered: another try would get the same answer.
+                    self.lost_at = None;
                     tracing::warn!(%topic, code = ?status.code(), message = %status.message(), "containerd refused the event");
                     return;
                 }
-                Err(error) => {
-                    *client = None;
-                    error.to_string()
-                }
-            },
-            None => match dial(address).await {
-                Ok(connected) => {
-                    tracing::info!(%address, "reconnected to containerd's event service");
-                    *client = Some(connected);
-                    continue;
-                }
                 Err(error) => error.to_string(),
-            },
-        };
-        if tokio::time::Instant::now() >= deadline {
-            tracing::warn!(%topic, %address, error = %failure, "event dropped: containerd did not take it within {}s", RETRY_FOR.as_secs());
-            return;
+            };
+            let lost_at = *self.lost_at.get_or_insert_with(tokio::time::Instant::now);
+            if lost_at.elapsed() >= RETRY_FOR {
+                tracing::warn!(%topic, address = %self.address, error = %failure, "event dropped: containerd has not taken events for {}s", RETRY_FOR.as_secs());
+                return;
+            }
+            tracing::debug!(%topic, error = %failure, "event not forwarded yet; retrying");
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
         }
-        tracing::debug!(%topic, error = %failure, "event not forwarded yet; retrying");
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+
+    /// One try, on the connection there is or a new one; a transport error drops it.
+    async fn try_forward(&mut self, request: &ForwardRequest) -> Result<(), ttrpc::Error> {
+        let client = match self.client.take() {
+            Some(client) => client,
+            None => {
+                let client = dial(&self.address).await?;
+                tracing::info!(address = %self.address, "connected to containerd's event service again");
+                client
+            }
+        };
+        let forwarded = forward_once(&client, request).await;
+        if matches!(forwarded, Ok(()) | Err(ttrpc::Error::RpcStatus(_))) {
+            self.client = Some(client);
+        }
+        forwarded
     }
 }
 
@@ -315,6 +339,36 @@ mod tests {
         publisher.drain(Duration::from_millis(300)).await;
         assert!(started.elapsed() < Duration::from_secs(5));
         assert_eq!(publisher.pending.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_containerd_that_stays_away_costs_each_later_event_one_try() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("containerd.sock.ttrpc");
+        let (taken, _received) = mpsc::unbounded_channel();
+        let mut server = serve(&socket, taken).await;
+        let publisher = Publisher::connect(socket.to_str().unwrap()).await.unwrap();
+        server.shutdown().await.unwrap();
+        drop(server);
+        std::fs::remove_file(&socket).unwrap();
+
+        let start = tokio::time::Instant::now();
+        publisher.publish("/tasks/exit", "default", exit_of("a")).unwrap();
+        publisher.drain(RETRY_FOR * 2).await;
+        assert_eq!(publisher.pending.load(Ordering::SeqCst), 0);
+        assert!(start.elapsed() >= RETRY_FOR, "dropped before its bound");
+
+        let later = tokio::time::Instant::now();
+        for id in ["b", "c", "d"] {
+            publisher.publish("/tasks/exit", "default", exit_of(id)).unwrap();
+        }
+        publisher.drain(RETRY_FOR).await;
+        assert_eq!(publisher.pending.load(Ordering::SeqCst), 0);
+        assert!(
+            later.elapsed() < Duration::from_secs(1),
+            "each later event waited: {:?}",
+            later.elapsed()
+        );
     }
 
     #[tokio::test]
