@@ -299,27 +299,51 @@ fn a_veil_pod_runs_all_its_containers_in_one_vm_and_leaves_nothing_when_removed(
     assert!(failed.is_empty(), "{failed:#?}");
 }
 
+/// A veil pod `name` whose container "waiter" runs `first`, then waits for /tmp/go (so
+/// "running" is observed without racing a timer) and runs `then`: the pod's directory, its
+/// config, the pod's and the waiter's ids.
+fn waiting_pod(
+    cluster: &mut Cluster,
+    name: &str,
+    first: &str,
+    then: &str,
+) -> (PathBuf, PodSandboxConfig, String, String) {
+    let dir = cluster.pod_dir(name);
+    let config = cri::host_network_pod(name, &dir, HashMap::new());
+    let pod = cluster.run_pod(&config, VEIL_HANDLER);
+    let script = format!("{first}; while [ ! -f /tmp/go ]; do sleep 0.2; done; {then}");
+    let waiter = cluster.start(
+        &pod,
+        &config,
+        &cri::busybox_container("waiter", &["sh", "-c", &script], Vec::new()),
+    );
+    (dir, config, pod, waiter)
+}
+
+/// Lets a [`waiting_pod`]'s waiter go on, and returns the exit code CRI reports for it.
+fn let_finish(cluster: &mut Cluster, waiter: &str) -> i32 {
+    let touch = cluster.exec(waiter, &["touch", "/tmp/go"]);
+    assert_eq!(touch.exit_code, 0, "{touch:?}");
+    assert!(
+        eventually(TASK_END, || cluster.state(waiter).0
+            == ContainerState::ContainerExited as i32),
+        "the container's exit did not reach CRI: {:?}",
+        cluster.cri.container_status(waiter)
+    );
+    cluster.state(waiter).1
+}
+
 /// containerd restarts under kubelet (an upgrade, a crash): its CRI plugin recovers the
 /// veil pod in the same VM; what the container prints, its exit and exit code after the
 /// restart reach CRI, and the pod is torn down leaving nothing.
 #[test]
 fn a_veil_pod_goes_on_across_a_containerd_restart() {
     let mut cluster = cluster();
-    let dir = cluster.pod_dir("restart-pod");
-    let config = cri::host_network_pod("restart-pod", &dir, HashMap::new());
-    let pod = cluster.run_pod(&config, VEIL_HANDLER);
-    let waiter = cluster.start(
-        &pod,
-        &config,
-        &cri::busybox_container(
-            "waiter",
-            &[
-                "sh",
-                "-c",
-                "echo before; while [ ! -f /tmp/go ]; do sleep 0.2; done; echo after; exit 9",
-            ],
-            Vec::new(),
-        ),
+    let (dir, config, pod, waiter) = waiting_pod(
+        &mut cluster,
+        "restart-pod",
+        "echo before",
+        "echo after; exit 9",
     );
     let boot = cluster.exec(&waiter, &["cat", "/proc/sys/kernel/random/boot_id"]);
     let qemu = cluster.containerd.qemu_processes();
@@ -334,15 +358,7 @@ fn a_veil_pod_goes_on_across_a_containerd_restart() {
     assert_eq!(cluster.containerd.qemu_processes(), qemu, "another VM");
     let again = cluster.exec(&waiter, &["cat", "/proc/sys/kernel/random/boot_id"]);
     assert_eq!(again.stdout, boot.stdout, "another guest kernel");
-    let touch = cluster.exec(&waiter, &["touch", "/tmp/go"]);
-    assert_eq!(touch.exit_code, 0, "{touch:?}");
-    assert!(
-        eventually(TASK_END, || cluster.state(&waiter).0
-            == ContainerState::ContainerExited as i32),
-        "the exit after the restart did not reach CRI: {:?}",
-        cluster.cri.container_status(&waiter)
-    );
-    assert_eq!(cluster.state(&waiter).1, 9);
+    assert_eq!(let_finish(&mut cluster, &waiter), 9);
     let log = std::fs::read_to_string(dir.join("waiter.log")).expect("the CRI log file");
     assert!(
         log.lines().any(|l| l.contains(" stdout F before"))
@@ -381,37 +397,18 @@ fn a_veil_pod_goes_on_across_a_containerd_restart() {
 #[test]
 fn container_status_reports_running_then_the_exit_code_and_logs_reach_the_cri_log() {
     let mut cluster = cluster();
-    let dir = cluster.pod_dir("status-pod");
-    let config = cri::host_network_pod("status-pod", &dir, HashMap::new());
-    let pod = cluster.run_pod(&config, VEIL_HANDLER);
-    // Ends with 7 once told to, so "running" is observed without racing a timer. It
-    // prints only at the end: see exec_sync_after_the_container_printed.
-    let waiter = cluster.start(
-        &pod,
-        &config,
-        &cri::busybox_container(
-            "waiter",
-            &[
-                "sh",
-                "-c",
-                "while [ ! -f /tmp/go ]; do sleep 0.2; done; echo finishing; echo done >&2; exit 7",
-            ],
-            Vec::new(),
-        ),
+    // It prints only at the end: see exec_sync_after_the_container_printed.
+    let (dir, _, pod, waiter) = waiting_pod(
+        &mut cluster,
+        "status-pod",
+        "true",
+        "echo finishing; echo done >&2; exit 7",
     );
     assert_eq!(
         cluster.state(&waiter).0,
         ContainerState::ContainerRunning as i32
     );
-    let touch = cluster.exec(&waiter, &["touch", "/tmp/go"]);
-    assert_eq!(touch.exit_code, 0, "{touch:?}");
-    assert!(
-        eventually(TASK_END, || cluster.state(&waiter).0
-            == ContainerState::ContainerExited as i32),
-        "the container did not exit: {:?}",
-        cluster.cri.container_status(&waiter)
-    );
-    assert_eq!(cluster.state(&waiter).1, 7);
+    assert_eq!(let_finish(&mut cluster, &waiter), 7);
 
     let log = std::fs::read_to_string(dir.join("waiter.log")).expect("the CRI log file");
     assert!(

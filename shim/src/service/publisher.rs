@@ -353,14 +353,18 @@ mod tests {
         std::fs::remove_file(&socket).unwrap();
 
         let start = tokio::time::Instant::now();
-        publisher.publish("/tasks/exit", "default", exit_of("a")).unwrap();
+        publisher
+            .publish("/tasks/exit", "default", exit_of("a"))
+            .unwrap();
         publisher.drain(RETRY_FOR * 2).await;
         assert_eq!(publisher.pending.load(Ordering::SeqCst), 0);
         assert!(start.elapsed() >= RETRY_FOR, "dropped before its bound");
 
         let later = tokio::time::Instant::now();
         for id in ["b", "c", "d"] {
-            publisher.publish("/tasks/exit", "default", exit_of(id)).unwrap();
+            publisher
+                .publish("/tasks/exit", "default", exit_of(id))
+                .unwrap();
         }
         publisher.drain(RETRY_FOR).await;
         assert_eq!(publisher.pending.load(Ordering::SeqCst), 0);
