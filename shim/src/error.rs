@@ -109,7 +109,10 @@ pub fn full_message(error: &dyn std::error::Error) -> String {
 impl From<Error> for ttrpc::Error {
     fn from(error: Error) -> Self {
         let message = full_message(&error);
-        if matches!(error, Error::Finished(_)) {
+        // containerd asks about what is gone as part of its own cleanup (the Delete after a
+        // failed Create, a kill racing an exit) and takes NOT_FOUND as done; its log has the
+        // failures users act on.
+        if error.code() == ttrpc::Code::NOT_FOUND {
             tracing::debug!(code = ?error.code(), error = %message, "request refused");
         } else {
             tracing::warn!(code = ?error.code(), error = %message, "request failed");
