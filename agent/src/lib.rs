@@ -18,6 +18,7 @@ pub mod port_forward;
 pub mod reaper;
 pub mod runtime;
 pub mod service;
+pub mod shares;
 pub mod volumes;
 
 use std::sync::Arc;

@@ -7,7 +7,7 @@ mod stream;
 
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -603,7 +603,8 @@ impl AgentService {
             })?;
         locked(&self.containers).remove(id);
         container.own_rootfs.release(id);
-        tracing::info!(container = %id, "container removed");
+        let share_mounts = crate::shares::release(Path::new(veil_protocol::GUEST_SHARED_DIR), id);
+        tracing::info!(container = %id, share_mounts, "container removed");
         Ok(())
     }
 
