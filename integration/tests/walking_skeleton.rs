@@ -672,25 +672,31 @@ fn execs_and_containers_leave_nothing_behind_in_the_shim_or_the_agent() {
         "shim threads, shim descriptors, guest files before 40 execs {before:?}, after {after:?}"
     );
     let group = format!("{GROUP_ANNOTATION}=probed");
-    let mut root_devices = std::collections::BTreeSet::new();
-    for n in 0..10 {
-        let name = format!("probed-{n}");
-        let args = [
+    // Each prints its root's mount: over virtio-fs, a submount of the guest's own.
+    let run_in_pod = |name: &str, flags: &[&str]| {
+        let mut args = vec![
             "run",
             "--rm",
             "--runtime",
             VEIL_RUNTIME,
             "--annotation",
             &group,
-            IMAGE,
-            &name,
-            "grep",
-            " / / ",
-            "/proc/self/mountinfo",
         ];
-        let run = containerd.run_ctr(&args, None, TASK_END).expect("ctr run");
+        args.extend(flags);
+        args.extend([IMAGE, name, "grep", " / / ", "/proc/self/mountinfo"]);
+        containerd.run_ctr(&args, None, TASK_END).expect("ctr run")
+    };
+    let root_device = |run: &veil_integration::CtrOutput| {
         assert_eq!(run.code, 0, "{}", run.stderr);
-        root_devices.extend(run.stdout.split_whitespace().nth(2).map(str::to_string));
+        run.stdout
+            .split_whitespace()
+            .nth(2)
+            .unwrap_or_default()
+            .to_string()
+    };
+    let mut root_devices = std::collections::BTreeSet::new();
+    for n in 0..10 {
+        root_devices.insert(root_device(&run_in_pod(&format!("probed-{n}"), &[])));
     }
     let churned = (threads(), descriptors());
     assert!(
@@ -698,9 +704,8 @@ fn execs_and_containers_leave_nothing_behind_in_the_shim_or_the_agent() {
         "shim threads and descriptors before 10 containers in the pod {:?}, after {churned:?}",
         (after.0, after.1)
     );
-    // Over virtio-fs each container's rootfs is a submount in the guest, with a device
-    // number of its own that the kernel hands out again once the submount is gone; one
-    // left mounted per container (they never expire) gave each next one a new number.
+    // The kernel hands a submount's device number out again once it is gone; one left
+    // mounted per container (they never expire) gave each next one a new number.
     assert!(
         root_devices.len() <= 2,
         "the guest kept the rootfs submounts of removed containers: root devices {root_devices:?}"
@@ -713,6 +718,18 @@ fn execs_and_containers_leave_nothing_behind_in_the_shim_or_the_agent() {
         .filter(|line| line.contains("request failed"))
         .collect();
     assert!(failed.is_empty(), "{failed:#?}");
+    // A container whose create fails in the guest (a tmpfs option the kernel refuses) is
+    // never removed; its share's submount goes all the same.
+    let refused = run_in_pod(
+        "refused",
+        &["--mount", "type=tmpfs,src=none,dst=/x,options=nosuchoption"],
+    );
+    assert_ne!(refused.code, 0, "a refused tmpfs option was accepted");
+    let next = root_device(&run_in_pod("after-refused", &[]));
+    assert!(
+        root_devices.contains(&next),
+        "the guest kept the submount of a container whose create failed: {next} after {root_devices:?}"
+    );
     containerd.remove("probed");
     assert_nothing_left(&containerd);
 }

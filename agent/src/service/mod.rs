@@ -208,6 +208,20 @@ impl AgentService {
         if locked(&self.containers).contains_key(&id) {
             return Err(ServiceError::AlreadyExists(format!("container {id}")));
         }
+        let created = self.create_new(id.clone(), request).await;
+        if created.is_err() {
+            // The checks and the runtime may have crossed into the share's submounts, and
+            // no RemoveContainer comes for a container that was never created.
+            crate::shares::release(Path::new(veil_protocol::GUEST_SHARED_DIR), &id);
+        }
+        created
+    }
+
+    async fn create_new(
+        &self,
+        id: String,
+        request: api::CreateContainerRequest,
+    ) -> Result<u32, ServiceError> {
         let spec: oci_spec::runtime::Spec = serde_json::from_slice(&request.oci_spec_json)
             .map_err(|e| {
                 ServiceError::InvalidArgument(format!("OCI spec of container {id}: {e}"))
