@@ -6,8 +6,7 @@
 //! peer has gone as `Others("reserve channel capacity failed: channel closed")`. After a
 //! node's containerd restarted, every event was retried on the dead connection and dropped,
 //! so the new containerd never heard of an exit, an OOM kill or a delete. Here any
-//! transport error drops the connection and the next try dials containerd again, as Go's
-//! shims do through their reconnecting ttrpc client.
+//! transport error drops the connection and the next try dials containerd again.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -27,7 +26,7 @@ const QUEUE: usize = 1024;
 /// One forward's bound: a containerd that accepted the connection but never answers must
 /// not stall every later event.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long one event is retried while containerd is away (a restart takes seconds).
+/// How long events are retried once containerd stops taking them (a restart takes seconds).
 const RETRY_FOR: Duration = Duration::from_secs(120);
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
