@@ -18,8 +18,9 @@ use std::time::{Duration, SystemTime};
 use containerd_shim::asynchronous::{spawn, ExitSignal};
 use containerd_shim::protos::bootstrap_api::{BootstrapParams, BootstrapResult};
 use containerd_shim::protos::protobuf::{well_known_types::any::Any, Message, MessageField};
-use containerd_shim::protos::shim_async::create_task;
-use containerd_shim::protos::ttrpc::r#async::{transport::Listener, Server};
+use containerd_shim::protos::shim_async::{create_task, TaskClient};
+use containerd_shim::protos::ttrpc;
+use containerd_shim::protos::ttrpc::r#async::{transport::Listener, Client, Server};
 use containerd_shim::{api::DeleteResponse, Flags, StartOpts};
 
 use crate::sandbox;
@@ -30,6 +31,9 @@ pub const RUNTIME_ID: &str = "io.containerd.veil.v2";
 const TASK_V2: &str = "containerd.task.v2.Task";
 const TASK_V3: &str = "containerd.task.v3.Task";
 const TTRPC_ADDRESS_ENV: &str = "TTRPC_ADDRESS";
+/// How long a shim gets to answer [`shim_answers`]; containerd bounds `delete` at a few
+/// seconds.
+const SHIM_ANSWER_WAIT: Duration = Duration::from_secs(2);
 /// How long an exiting shim waits for containerd to take its last events.
 const EVENTS_DRAIN: Duration = Duration::from_secs(5);
 const GRPC_ADDRESS_ENV: &str = "GRPC_ADDRESS";
@@ -75,7 +79,7 @@ pub async fn run() -> i32 {
     } else {
         match flags.action.as_str() {
             "start" => start(&flags).await,
-            "delete" => delete(),
+            "delete" => delete().await,
             "" => serve(&flags).await,
             other => Err(BootstrapError {
                 what: "parse the command line",
@@ -173,7 +177,7 @@ async fn start(flags: &Flags) -> Result<(), BootstrapError> {
     let existing = opts.socket_address(&grouping);
     // containerd_shim's `spawn` always starts a new server, and a new server takes the
     // socket over (and boots a second VM): join the pod's live shim instead.
-    let address = if shim_answers(&existing) {
+    let address = if shim_answers(&existing).await {
         tracing::info!(container = %opts.id, sandbox = %grouping, address = %existing, "joining the pod's running shim");
         existing
     } else {
@@ -191,11 +195,36 @@ async fn start(flags: &Flags) -> Result<(), BootstrapError> {
         .map_err(|e| failed("answer containerd")(e.to_string()))
 }
 
-/// Whether a shim server accepts connections on `address` (a socket file left by a
-/// dead one refuses them).
-fn shim_answers(address: &str) -> bool {
-    let path = address.strip_prefix("unix://").unwrap_or(address);
-    std::os::unix::net::UnixStream::connect(path).is_ok()
+/// Whether a shim serves on `address`, asked with a Task API `Connect`. A connection alone
+/// proves nothing: a shim being killed keeps its listening socket open (and the kernel
+/// queues connections on it) until its last thread is gone, which is when containerd sees
+/// it disconnect and runs `delete`. A socket file left by a dead shim refuses the
+/// connection; a dying one takes the request and closes without an answer. A shim too
+/// busy to answer within [`SHIM_ANSWER_WAIT`] counts as alive: taking a live pod's VM
+/// down is the worse mistake.
+async fn shim_answers(address: &str) -> bool {
+    let url = if address.starts_with("unix://") {
+        address.to_string()
+    } else {
+        format!("unix://{address}")
+    };
+    let Ok(client) = Client::connect(&url).await else {
+        return false;
+    };
+    let request = containerd_shim::api::ConnectRequest::default();
+    // Bounded here, not by ttrpc's own timeout, which would read as a dead shim.
+    match tokio::time::timeout(
+        SHIM_ANSWER_WAIT,
+        TaskClient::new(client).connect(ttrpc::context::Context::default(), &request),
+    )
+    .await
+    {
+        Ok(Ok(_) | Err(ttrpc::Error::RpcStatus(_))) | Err(_) => true,
+        Ok(Err(error)) => {
+            tracing::debug!(%address, %error, "the shim took the connection but did not answer");
+            false
+        }
+    }
 }
 
 /// Runs in the bundle directory after the serving shim is gone (or crashed).
@@ -204,10 +233,12 @@ fn shim_answers(address: &str) -> bool {
 /// connection for that task, and a closed connection means "dead shim" to it): when the
 /// pod's shim still answers, other containers of the pod are running in the VM, so only
 /// this container's rootfs is cleaned up.
-fn delete() -> Result<(), BootstrapError> {
+async fn delete() -> Result<(), BootstrapError> {
     let bundle = Path::new(".");
-    let pod_shim_alive = std::fs::read_to_string(bundle.join("address"))
-        .is_ok_and(|address| shim_answers(address.trim()));
+    let pod_shim_alive = match std::fs::read_to_string(bundle.join("address")) {
+        Ok(address) => shim_answers(address.trim()).await,
+        Err(_) => false,
+    };
     let state_dir = std::fs::read_to_string(bundle.join(STATE_DIR_FILE))
         .ok()
         .filter(|_| !pod_shim_alive);
@@ -331,16 +362,42 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_live_socket_answers_and_a_stale_one_does_not() {
+    /// A Task API server that answers every call with UNIMPLEMENTED: an answer all the same.
+    struct Answering;
+    impl containerd_shim::protos::shim_async::Task for Answering {}
+
+    #[tokio::test]
+    async fn a_shim_is_alive_when_it_answers_not_when_its_socket_takes_a_connection() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("shim.sock");
-        let address = format!("unix://{}", path.display());
-        assert!(!shim_answers(&address), "no socket yet");
-        let listener = std::os::unix::net::UnixListener::bind(&path).expect("bind");
-        assert!(shim_answers(&address));
-        drop(listener);
-        assert!(!shim_answers(&address), "a socket file without a server");
+        let address = |name: &str| format!("unix://{}", dir.path().join(name).display());
+
+        assert!(!shim_answers(&address("none.sock")).await, "no socket");
+
+        let mut server = Server::new()
+            .add_listener(bind_socket(&address("live.sock")).expect("bind"))
+            .register_service(create_task(Arc::new(Answering)));
+        server.start().await.expect("serve");
+        assert!(shim_answers(&address("live.sock")).await, "a serving shim");
+
+        // A shim being killed: its socket still queues connections, then closes unanswered.
+        let dying =
+            std::os::unix::net::UnixListener::bind(dir.path().join("dying.sock")).expect("bind");
+        let closer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            drop(dying);
+        });
+        assert!(!shim_answers(&address("dying.sock")).await, "a dying shim");
+        closer.join().expect("closer");
+        assert!(
+            !shim_answers(&address("dying.sock")).await,
+            "a socket file left behind"
+        );
+
+        // One that takes the connection but is too busy to answer counts as alive.
+        let _busy =
+            std::os::unix::net::UnixListener::bind(dir.path().join("busy.sock")).expect("bind");
+        assert!(shim_answers(&address("busy.sock")).await, "a busy shim");
+        server.shutdown().await.expect("shutdown");
     }
 
     #[test]
