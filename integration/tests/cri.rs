@@ -349,8 +349,19 @@ fn a_veil_pod_goes_on_across_a_containerd_restart() {
     let qemu = cluster.containerd.qemu_processes();
 
     cluster.containerd.restart().expect("restart containerd");
-    cluster.cri = CriClient::connect(&cluster.containerd.socket)
-        .unwrap_or_else(|e| panic!("CRI client: {e:#}\n{}", cluster.containerd.log()));
+    // The CRI plugin answers once it has recovered the node's pods, after containerd's
+    // own API is up.
+    let mut reconnected = None;
+    let recovered = eventually(Duration::from_secs(60), || {
+        reconnected = CriClient::connect(&cluster.containerd.socket).ok();
+        reconnected.is_some()
+    });
+    assert!(
+        recovered,
+        "CRI did not answer after the restart\n{}",
+        cluster.containerd.log()
+    );
+    cluster.cri = reconnected.expect("a CRI client");
     assert_eq!(
         cluster.state(&waiter).0,
         ContainerState::ContainerRunning as i32
