@@ -734,6 +734,58 @@ fn execs_and_containers_leave_nothing_behind_in_the_shim_or_the_agent() {
     assert_nothing_left(&containerd);
 }
 
+/// Containers started at once in one pod each run to their own end. The guest kernel gives
+/// a freed mount namespace's number to the next one made, and a container's delete killed
+/// whatever it found under its namespace's number: with containers ending and starting
+/// together, one of 8 here used to die of SIGKILL (137) before printing anything.
+#[test]
+fn containers_started_together_in_one_pod_each_run_to_their_own_end() {
+    let containerd = containerd();
+    run_detached(&containerd, "together", &["sleep", "1000"]);
+    let group = format!("{GROUP_ANNOTATION}=together");
+    let results: Vec<(usize, veil_integration::CtrOutput)> = std::thread::scope(|scope| {
+        let runs: Vec<_> = (0..8)
+            .map(|n| {
+                let (containerd, group) = (&containerd, &group);
+                scope.spawn(move || {
+                    let name = format!("together-{n}");
+                    let script = format!("echo {n}; exit {}", n % 3);
+                    let args = [
+                        "run",
+                        "--rm",
+                        "--runtime",
+                        VEIL_RUNTIME,
+                        "--annotation",
+                        group,
+                        IMAGE,
+                        &name,
+                        "sh",
+                        "-c",
+                        &script,
+                    ];
+                    (
+                        n,
+                        containerd.run_ctr(&args, None, TASK_END).expect("ctr run"),
+                    )
+                })
+            })
+            .collect();
+        runs.into_iter()
+            .map(|run| run.join().expect("ctr run thread"))
+            .collect()
+    });
+    for (n, run) in results {
+        assert_eq!(
+            (run.code, run.stdout.trim()),
+            ((n % 3) as i32, n.to_string().as_str()),
+            "container {n}: {}",
+            run.stderr
+        );
+    }
+    kill_and_remove(&containerd, "together");
+    assert_nothing_left(&containerd);
+}
+
 /// Sizes (KiB) of QEMU's anonymous executable mappings: under TCG, its translated-code cache.
 fn executable_anonymous_mappings_kib(pid: u32) -> Vec<u64> {
     let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).expect("QEMU's smaps");

@@ -10,7 +10,7 @@ use crate::container::Container;
 use crate::pins::SourcePins;
 use crate::request::{CreateRequest, InitRequest};
 use crate::rootfs::RootSwitch;
-use crate::signal::mount_namespace_of;
+use crate::signal::HeldNamespace;
 use crate::spawn::{default_init_binary, launch, LaunchOptions, SpawnError};
 use crate::stdio::{allocate, StdioConfig, StdioError};
 use crate::validate::{ignored_fields, validate_create, validate_id, ValidateError};
@@ -203,13 +203,12 @@ impl ContainerBuilder {
             source,
         })?;
         // The init waits at the start gate, so its /proc entry is certainly its own.
-        let mount_namespace = mount_namespace_of(&launched.pid.to_string()).map_err(|source| {
-            CreateError::Inspect {
+        let mount_namespace =
+            HeldNamespace::of(launched.pid).map_err(|source| CreateError::Inspect {
                 id: self.id.clone(),
                 pid: launched.pid,
                 source,
-            }
-        })?;
+            })?;
         tracing::debug!(container = %self.id, pid = launched.pid, "container created");
         let mut container =
             Container::new(self.id, self.rootfs, launched, io, options, mount_namespace);

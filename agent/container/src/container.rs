@@ -4,7 +4,7 @@ use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
 use crate::cgroups::Cgroup;
-use crate::signal::NamespaceId;
+use crate::signal::HeldNamespace;
 use crate::spawn::{LaunchOptions, Launched};
 use crate::status::ContainerStatus;
 use crate::stdio::ProcessIo;
@@ -55,8 +55,8 @@ pub struct Container {
     pub(crate) sync: Option<SyncReader>,
     pub(crate) init_io: ProcessIo,
     pub(crate) options: LaunchOptions,
-    /// The init's mount namespace, recorded while it surely lived (see `signal_all`).
-    pub(crate) mount_namespace: NamespaceId,
+    /// The init's mount namespace, held from while it surely lived (see `signal_all`).
+    pub(crate) mount_namespace: HeldNamespace,
     /// The cgroup its processes run in, when the caller gave one.
     pub(crate) cgroup: Option<Cgroup>,
     /// Its seccomp profile, for the processes exec'd into it.
@@ -70,7 +70,7 @@ impl Container {
         launched: Launched,
         io: ProcessIo,
         options: LaunchOptions,
-        mount_namespace: NamespaceId,
+        mount_namespace: HeldNamespace,
     ) -> Self {
         Container {
             id,

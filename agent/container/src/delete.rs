@@ -72,7 +72,7 @@ impl Container {
     /// a container sharing a pid namespace). The namespace was recorded at create, so a
     /// reused init pid cannot mislead this.
     fn kill_leftovers(&self) -> Result<(), DeleteError> {
-        let pids = crate::signal::processes_in_mount_namespace(self.mount_namespace).map_err(
+        let pids = crate::signal::processes_in_mount_namespace(self.mount_namespace.id()).map_err(
             |source| DeleteError::Kill {
                 id: self.id.clone(),
                 source: SignalError::ListProcesses {

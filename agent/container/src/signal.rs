@@ -100,7 +100,7 @@ impl Container {
     /// Pids (in the caller's pid namespace) of every process in the container, for the
     /// shim's Pids call; empty once the container's last process is gone.
     pub fn pids(&self) -> Result<Vec<i32>, SignalError> {
-        processes_in_mount_namespace(self.mount_namespace).map_err(|source| {
+        processes_in_mount_namespace(self.mount_namespace.id()).map_err(|source| {
             SignalError::ListProcesses {
                 id: self.id.clone(),
                 source,
@@ -127,6 +127,34 @@ pub(crate) type NamespaceId = (u64, u64);
 pub(crate) fn mount_namespace_of(pid: &str) -> std::io::Result<NamespaceId> {
     let meta = std::fs::metadata(format!("/proc/{pid}/ns/mnt"))?;
     Ok((meta.dev(), meta.ino()))
+}
+
+/// A container's mount namespace, held open for the container's life. A namespace's inode
+/// number is all that names it, and the kernel hands a freed one's number to the next
+/// namespace made: a container whose last process had exited, deleted while another
+/// container of the pod started, found the newcomer's processes under its old number and
+/// killed them. Held, the namespace (and its number) lives until the container is deleted.
+#[derive(Debug)]
+pub(crate) struct HeldNamespace {
+    _file: std::fs::File,
+    id: NamespaceId,
+}
+
+impl HeldNamespace {
+    /// Holds the mount namespace of `pid`.
+    pub(crate) fn of(pid: i32) -> std::io::Result<HeldNamespace> {
+        let file = std::fs::File::open(format!("/proc/{pid}/ns/mnt"))?;
+        let meta = file.metadata()?;
+        Ok(HeldNamespace {
+            id: (meta.dev(), meta.ino()),
+            _file: file,
+        })
+    }
+
+    /// Its identity, unique while it is held.
+    pub(crate) fn id(&self) -> NamespaceId {
+        self.id
+    }
 }
 
 /// Pids in the mount namespace `target`. Never the caller's own namespace: a mistake

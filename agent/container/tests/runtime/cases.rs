@@ -47,6 +47,7 @@ pub const CASES: &[(&str, Case)] = cases![
     terminal_is_a_tty_and_resizes,
     sigterm_ends_an_init_that_handles_it,
     sigkill_ends_the_init,
+    a_deleted_container_kills_no_container_made_after_it_stopped,
     signal_all_reaches_every_process,
     failing_mount_reports_its_step,
     missing_program_fails_at_create,
@@ -340,6 +341,47 @@ fn sigkill_ends_the_init() -> Result<(), String> {
         return Err("a stopped container accepted a signal".into());
     }
     container.delete().map_err(|e| e.to_string())
+}
+
+/// A stopped container holds its mount namespace until it is deleted: the kernel gives a
+/// freed namespace's number to the next one made, and delete kills what it finds under the
+/// number, so a container started in between was killed by its neighbour's delete.
+fn a_deleted_container_kills_no_container_made_after_it_stopped() -> Result<(), String> {
+    let rootfs = Rootfs::new()?;
+    let mut first = ContainerBuilder::new("first", rootfs.path(), spec(&["true"]))
+        .stdio(StdioConfig::Null)
+        .build()
+        .map_err(|e| format!("create first: {e}"))?;
+    let first_init = first.take_init_process();
+    first.start().map_err(|e| format!("start first: {e}"))?;
+    expect_exit_code(first_init.pid, 0)?;
+    first.mark_stopped();
+
+    let other_rootfs = Rootfs::new()?;
+    let mut second = ContainerBuilder::new("second", other_rootfs.path(), spec(&["sleep", "1000"]))
+        .stdio(StdioConfig::Null)
+        .build()
+        .map_err(|e| format!("create second: {e}"))?;
+    let second_init = second.take_init_process();
+    second.start().map_err(|e| format!("start second: {e}"))?;
+    first.delete().map_err(|e| format!("delete first: {e}"))?;
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let state = std::fs::read_to_string(format!("/proc/{}/stat", second_init.pid))
+        .ok()
+        .and_then(|stat| {
+            stat.rsplit(") ")
+                .next()
+                .map(|rest| rest.chars().take(1).collect::<String>())
+        });
+    if !matches!(state.as_deref(), Some("S" | "R")) {
+        return Err(format!(
+            "deleting the first container ended the second (state {state:?})"
+        ));
+    }
+    second.signal(libc::SIGKILL).map_err(|e| e.to_string())?;
+    wait_exit(second_init.pid)?;
+    second.mark_stopped();
+    second.delete().map_err(|e| e.to_string())
 }
 
 fn failing_mount_reports_its_step() -> Result<(), String> {
