@@ -20,7 +20,7 @@ use containerd_shim::protos::bootstrap_api::{BootstrapParams, BootstrapResult};
 use containerd_shim::protos::protobuf::{well_known_types::any::Any, Message, MessageField};
 use containerd_shim::protos::shim_async::{create_task, TaskClient};
 use containerd_shim::protos::ttrpc;
-use containerd_shim::protos::ttrpc::r#async::{transport::Listener, Client, Server};
+use containerd_shim::protos::ttrpc::r#async::{transport::Listener, Server};
 use containerd_shim::{api::DeleteResponse, Flags, StartOpts};
 
 use crate::sandbox;
@@ -203,12 +203,7 @@ async fn start(flags: &Flags) -> Result<(), BootstrapError> {
 /// busy to answer within [`SHIM_ANSWER_WAIT`] counts as alive: taking a live pod's VM
 /// down is the worse mistake.
 async fn shim_answers(address: &str) -> bool {
-    let url = if address.starts_with("unix://") {
-        address.to_string()
-    } else {
-        format!("unix://{address}")
-    };
-    let Ok(client) = Client::connect(&url).await else {
+    let Ok(client) = crate::service::connect_unix(address).await else {
         return false;
     };
     let request = containerd_shim::api::ConnectRequest::default();

@@ -6,6 +6,7 @@ mod events;
 pub use events::timestamp;
 pub mod process;
 mod publisher;
+pub(crate) use publisher::connect_unix;
 pub use publisher::Publisher;
 
 use std::collections::HashMap;

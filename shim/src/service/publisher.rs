@@ -107,12 +107,18 @@ impl Publisher {
 }
 
 async fn dial(address: &str) -> Result<EventsClient, ttrpc::Error> {
+    Ok(EventsClient::new(connect_unix(address).await?))
+}
+
+/// A ttrpc client on the unix socket `address`, given as containerd gives addresses: a
+/// path, or a `unix://` URL.
+pub(crate) async fn connect_unix(address: &str) -> Result<Client, ttrpc::Error> {
     let url = if address.starts_with("unix://") {
         address.to_string()
     } else {
         format!("unix://{address}")
     };
-    Ok(EventsClient::new(Client::connect(&url).await?))
+    Client::connect(&url).await
 }
 
 async fn forward_in_order(
